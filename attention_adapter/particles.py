@@ -1,0 +1,274 @@
+"""Particle systems: which head blocks form one particle, for every selected attention module.
+
+A :class:`ParticleGroup` is one system of ``M`` particles (the ``M`` heads of one attention module,
+for one choice of roles). Its particle ``h`` is the concatenation, in a fixed order, of head ``h``'s
+blocks of the chosen tensors, so a group gathers to an ``(M, P)`` matrix and scatters back.
+
+Particle choices (:class:`HeadParticles`):
+
+* ``particles="separate"`` (the paper's default): Q, K and V are three systems per module, head
+  ``h``'s particle being its rows of ``W_q`` (resp. ``W_k``, ``W_v``); ``include_bias`` appends
+  that role's per-head bias, ``include_output`` adds the output-projection columns as a fourth
+  system.
+* ``particles="joint"``: one system per module, head ``h``'s particle being
+  ``q_h || k_h || v_h`` (``|| o_h`` with ``include_output``, then the per-head biases with
+  ``include_bias``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .discovery import find_attention, select_layers
+from .layouts import BIAS_ROLES, ResolvedBlock, ResolvedLayout
+
+__all__ = ["ParticleGroup", "HeadParticles", "PARTICLE_CHOICES"]
+
+PARTICLE_CHOICES = ("separate", "joint")
+_BIAS_OF = {"q": "q_bias", "k": "k_bias", "v": "v_bias"}
+
+
+@dataclass(frozen=True, eq=False)
+class ParticleGroup:
+    """``M`` head particles made of the same blocks of one attention module.
+
+    Attributes
+    ----------
+    name : str
+        ``"<module name>:<roles>"``, e.g. ``"encoder.layers.0.self_attn:q"``.
+    site : ResolvedLayout
+        The attention module the heads belong to.
+    roles : tuple of str
+        Roles concatenated into each particle, in order.
+    blocks : tuple of ResolvedBlock
+        The blocks, in the same order.
+    """
+
+    name: str
+    site: ResolvedLayout
+    roles: Tuple[str, ...]
+    blocks: Tuple[ResolvedBlock, ...]
+
+    @property
+    def num_particles(self) -> int:
+        """``M``, the number of heads."""
+        return self.site.num_heads
+
+    @property
+    def dim(self) -> int:
+        """``P``, the length of one particle."""
+        return sum(b.numel_per_head for b in self.blocks)
+
+    @property
+    def params(self) -> Tuple[nn.Parameter, ...]:
+        """The distinct parameters the group touches."""
+        seen: Dict[int, nn.Parameter] = {}
+        for b in self.blocks:
+            seen.setdefault(id(b.param), b.param)
+        return tuple(seen.values())
+
+    def gather(self, source: str = "data") -> Optional[torch.Tensor]:
+        """The ``(M, P)`` particle matrix.
+
+        Parameters
+        ----------
+        source : {"data", "param", "grad"}
+            ``"data"``: detached parameter values; ``"param"``: the parameters themselves
+            (differentiable, for penalties); ``"grad"``: the ``.grad`` tensors (``None`` if any block's
+            gradient is ``None``).
+        """
+        parts = []
+        for b in self.blocks:
+            if source == "data":
+                t = b.param.detach()
+            elif source == "param":
+                t = b.param
+            elif source == "grad":
+                t = b.param.grad
+                if t is None:
+                    return None
+            else:
+                raise ValueError(f"expected source 'data', 'param' or 'grad', received {source!r}")
+            parts.append(b.gather(t))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def scatter_grad(self, rows: torch.Tensor) -> None:
+        """Write an ``(M, P)`` matrix into the head positions of the parameters' ``.grad``."""
+        if tuple(rows.shape) != (self.num_particles, self.dim):
+            raise ValueError(
+                f"expected rows of shape {(self.num_particles, self.dim)} for group {self.name!r}, "
+                f"received {tuple(rows.shape)}"
+            )
+        offset = 0
+        for b in self.blocks:
+            n = b.numel_per_head
+            b.scatter(b.param.grad, rows[:, offset:offset + n])
+            offset += n
+
+    def scatter(self, target: Mapping[int, torch.Tensor], rows: torch.Tensor) -> None:
+        """Write ``rows`` into ``target[id(param)]`` tensors (each of its parameter's shape)."""
+        offset = 0
+        for b in self.blocks:
+            n = b.numel_per_head
+            b.scatter(target[id(b.param)], rows[:, offset:offset + n])
+            offset += n
+
+
+def _check_choice(particles, roles, include_output, include_bias) -> Tuple[str, ...]:
+    if particles not in PARTICLE_CHOICES:
+        raise ValueError(f"expected particles in {PARTICLE_CHOICES}, received {particles!r}")
+    if isinstance(roles, str):
+        roles = (roles,)
+    roles = tuple(roles)
+    bad = [r for r in roles if r not in ("q", "k", "v")]
+    if not roles or bad:
+        raise ValueError(f"expected roles as a non-empty subset of ('q', 'k', 'v'), received {roles!r}")
+    if len(set(roles)) != len(roles):
+        raise ValueError(f"expected distinct roles, received {roles!r}")
+    for flag, name in ((include_output, "include_output"), (include_bias, "include_bias")):
+        if not isinstance(flag, bool):
+            raise TypeError(f"expected {name} as a bool, received {flag!r}")
+    return roles
+
+
+def _groups_of_site(site: ResolvedLayout, particles: str, roles, include_output, include_bias):
+    blocks = site.blocks
+    present = [r for r in roles if r in blocks]
+    if include_output and "out" not in blocks:
+        raise ValueError(
+            f"include_output=True but attention module {site.name!r} ({site.kind}) declares no output projection"
+        )
+    if particles == "separate":
+        specs = [(r, [r] + ([_BIAS_OF[r]] if include_bias and _BIAS_OF[r] in blocks else [])) for r in present]
+        if include_output:
+            specs.append(("out", ["out"]))
+    else:
+        members = list(present) + (["out"] if include_output else [])
+        if include_bias:
+            members += [_BIAS_OF[r] for r in present if _BIAS_OF[r] in blocks]
+        label = "".join(present) + ("+out" if include_output else "") + ("+bias" if include_bias else "")
+        specs = [(label, members)] if present else []
+    return [
+        ParticleGroup(f"{site.name}:{label}", site, tuple(m), tuple(blocks[r] for r in m)) for label, m in specs
+    ]
+
+
+def _overlaps(a: ResolvedBlock, b: ResolvedBlock) -> bool:
+    if a.param is not b.param:
+        return False
+    if a.axis != b.axis:
+        return True
+    return a.start < b.start + b.size and b.start < a.start + a.size
+
+
+class HeadParticles:
+    """The particle systems of a model: discovery, layer selection and particle choice in one object.
+
+    Parameters
+    ----------
+    model : nn.Module
+    particles : {"separate", "joint"}
+        Q, K, V as separate systems (default, as in An et al. 2020) or one joint particle per head.
+    roles : sequence of {"q", "k", "v"}
+        Which projections take part (default all three).
+    include_output : bool
+        Add the head's output-projection columns (a 4th system with ``"separate"``, appended to the
+        joint particle with ``"joint"``).
+    include_bias : bool
+        Append each role's per-head bias to its particle.
+    layouts : mapping, optional
+        User layouts, see :func:`~attention_adapter.discovery.find_attention`.
+    layers : optional
+        Subset of the attention modules, see :func:`~attention_adapter.discovery.select_layers`.
+    skip_frozen : bool
+        Groups with a parameter that has ``requires_grad=False`` are skipped with a warning (if
+        false, they are kept, e.g. for diversity metrics).
+
+    Raises
+    ------
+    ValueError
+        No attention module found, no group left, or two groups claiming overlapping parts of one
+        tensor.
+    """
+
+    def __init__(self, model: nn.Module, *, particles: str = "separate", roles: Sequence[str] = ("q", "k", "v"),
+                 include_output: bool = False, include_bias: bool = False, layouts=None, layers: Any = None,
+                 skip_frozen: bool = True):
+        roles = _check_choice(particles, roles, include_output, include_bias)
+        self.particles = particles
+        self.roles = roles
+        self.include_output = include_output
+        self.include_bias = include_bias
+        self.sites: List[ResolvedLayout] = select_layers(find_attention(model, layouts), layers)
+        groups: List[ParticleGroup] = []
+        self.skipped: Dict[str, str] = {}
+        for site in self.sites:
+            for g in _groups_of_site(site, particles, roles, include_output, include_bias):
+                frozen = [b.name for b in g.blocks if not b.param.requires_grad]
+                if frozen and skip_frozen:
+                    self.skipped[g.name] = "frozen: " + ", ".join(frozen)
+                    warnings.warn(
+                        f"attention heads {g.name!r} skipped: parameter(s) {', '.join(frozen)} have "
+                        f"requires_grad=False",
+                        UserWarning,
+                        stacklevel=2,
+                    )
+                    continue
+                groups.append(g)
+        kept: List[ParticleGroup] = []
+        for g in groups:
+            dup = next((o for o in kept if [b.key() for b in o.blocks] == [b.key() for b in g.blocks]), None)
+            if dup is not None:  # the same tensors reached through two modules (tied weights)
+                self.skipped[g.name] = f"shares its parameters with {dup.name!r}"
+                continue
+            for o in kept:
+                clash = [(a.name, b.name) for a in o.blocks for b in g.blocks if _overlaps(a, b)]
+                if clash:
+                    raise ValueError(
+                        f"particle groups {o.name!r} and {g.name!r} claim overlapping parts of {clash[0][0]!r}; "
+                        "expected each head block to belong to one group"
+                    )
+            kept.append(g)
+        if not kept:
+            raise ValueError(
+                f"expected at least one trainable group of attention heads, found none "
+                f"(skipped: {self.skipped or 'none'})"
+            )
+        self.groups: Tuple[ParticleGroup, ...] = tuple(kept)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __iter__(self):
+        return iter(self.groups)
+
+    @property
+    def names(self) -> List[str]:
+        return [g.name for g in self.groups]
+
+    def parameters(self) -> List[nn.Parameter]:
+        """Distinct parameters touched by any group."""
+        seen: Dict[int, nn.Parameter] = {}
+        for g in self.groups:
+            for p in g.params:
+                seen.setdefault(id(p), p)
+        return list(seen.values())
+
+    def report(self) -> str:
+        """Readable summary: modules found, groups (M x P) and skipped groups."""
+        lines = [f"{len(self.sites)} attention module(s), {len(self.groups)} particle group(s) "
+                 f"(particles={self.particles!r}, roles={''.join(self.roles)}, "
+                 f"include_output={self.include_output}, include_bias={self.include_bias})"]
+        for site in self.sites:
+            lines.append(f"  {site.name or '<root>'}: {type(site.module).__name__}, {site.num_heads} heads, {site.kind}")
+            lines.append(site.describe())
+        for g in self.groups:
+            lines.append(f"  group {g.name}: {g.num_particles} x {g.dim} ({' || '.join(g.roles)})")
+        for name, why in self.skipped.items():
+            lines.append(f"  skipped {name}: {why}")
+        return "\n".join(lines)
