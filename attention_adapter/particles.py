@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .discovery import find_attention, select_layers
-from .layouts import BIAS_ROLES, ResolvedBlock, ResolvedLayout
+from .layouts import ResolvedBlock, ResolvedLayout
 
 __all__ = ["ParticleGroup", "HeadParticles", "PARTICLE_CHOICES"]
 

@@ -118,8 +118,9 @@ def check_same_shape(a, b, name_a: str, name_b: str) -> None:
 def sqdist(x, y=None, *, xp=None):
     """Pairwise squared Euclidean distances by the Gram trick.
 
-    ``D2[i, j] = |x_i|^2 + |y_j|^2 - 2 x_i . y_j``, clamped at zero. When ``y`` is None the result is
-    symmetric with an exact zero diagonal.
+    ``D2[i, j] = |x_i|^2 + |y_j|^2 - 2 x_i . y_j`` after subtracting the mean of ``x`` from both sets
+    (translation invariance, no cancellation far from the origin), clamped at zero. When ``y`` is
+    None the result is symmetric with an exact zero diagonal.
 
     Parameters
     ----------
@@ -132,6 +133,12 @@ def sqdist(x, y=None, *, xp=None):
     """
     if xp is None:
         xp = namespace(x) if y is None else namespace(x, y)
+    # Centre first: the Gram trick cancels catastrophically when the points lie far from the origin
+    # compared with their spread (|x|^2 ~ 1e8 and |x - y|^2 ~ 1 loses every digit in float32).
+    centre = xp.mean(x, axis=0)
+    x = x - centre
+    if y is not None:
+        y = y - centre
     xx = xp.sum(x * x, axis=1)
     if y is None:
         d2 = xx[:, None] + xx[None, :] - 2.0 * (x @ xp.matrix_transpose(x))

@@ -15,8 +15,8 @@ name               median taken over                                 h          
 ``"an2020"``       all n^2 entries of D2, lower median               med / log(n + 1)       repulsive-attention code
 ``"blackjax"``     distances |x_i - x_j| over pairs i < j,           med^2 / log(n)         BlackJAX ``svgd``
                    midpoint median, then squared
-``"numpyro"``      all n^2 distances, element n^2 // 2 of the sort,  med^2 / log(n) + 1e-5  NumPyro ``RBFKernel``
-                   then squared
+``"numpyro"``      all n^2 distances (zero diagonal included),      med^2 / log(n) + eps   NumPyro ``RBFKernel``
+                   midpoint median, then squared (eps: dtype's)
 ``"pyro"``         per dimension k, (x_ik - x_jk)^2 over i < j,      med_k / log(n + 1)     Pyro ``RBFSteinKernel``
                    lower median                                      (a (d,) array)
 =================  ===============================================  =====================  ===========================
@@ -33,7 +33,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from ._backend import device_of, finfo_eps, lower_median, midpoint_median, namespace, upper_median
+from ._backend import device_of, finfo_eps, lower_median, midpoint_median, namespace, order_statistics
 
 __all__ = [
     "BandwidthRule",
@@ -81,16 +81,6 @@ def _floor(xp, h, sq):
     return xp.where(h > 0, h, xp.ones_like(h))
 
 
-def _pairs_upper(xp, sq):
-    """The ``n (n - 1) / 2`` entries of ``sq`` above the diagonal, as a 1-D array."""
-    n = sq.shape[0]
-    dev = device_of(sq)
-    i = xp.arange(n, device=dev)
-    mask = i[:, None] < i[None, :]
-    idx = xp.nonzero(xp.reshape(mask, (-1,)))[0]
-    return xp.take(xp.reshape(sq, (-1,)), idx)
-
-
 @dataclass(frozen=True)
 class Median(BandwidthRule):
     """Median heuristic in one of :data:`MEDIAN_CONVENTIONS` (see the module table)."""
@@ -118,10 +108,13 @@ class Median(BandwidthRule):
         elif c == "an2020":
             h = lower_median(sq, xp=xp) / math.log(n + 1)
         elif c == "blackjax":
-            dist = xp.sqrt(_pairs_upper(xp, sq))
-            h = midpoint_median(dist, xp=xp) ** 2 / math.log(n)
+            # median of the N = n(n-1)/2 pair distances, read off the full sorted list (n zeros from
+            # the diagonal, then every pair twice): elements n + N - 1 and n + N (no host sync).
+            big_n = n * (n - 1) // 2
+            lo, hi = order_statistics(xp.sqrt(sq), [n + big_n - 1, n + big_n], xp=xp)
+            h = (0.5 * (lo + hi)) ** 2 / math.log(n)
         elif c == "numpyro":
-            h = upper_median(xp.sqrt(sq), xp=xp) ** 2 / math.log(n) + 1e-5
+            h = midpoint_median(xp.sqrt(sq), xp=xp) ** 2 / math.log(n) + finfo_eps(xp, sq)
         else:  # pyro
             return self._pyro(xp, particles)
         return _floor(xp, h, sq)
@@ -133,14 +126,14 @@ class Median(BandwidthRule):
         Built one dimension at a time (``n x n`` memory), since Pyro's rule is per dimension.
         """
         n, d = x.shape
-        dev = device_of(x)
-        i = xp.arange(n, device=dev)
-        idx = xp.nonzero(xp.reshape(i[:, None] < i[None, :], (-1,)))[0]
+        # the lower median of the N = n(n-1)/2 pairs is element n + 2 ((N - 1) // 2) of the full
+        # sorted n x n list (n diagonal zeros first, then every pair twice): no index gather.
+        k_pairs = n + 2 * ((n * (n - 1) // 2 - 1) // 2)
         meds = []
         for k in range(d):
             col = x[:, k]
             diff2 = (col[:, None] - col[None, :]) ** 2
-            meds.append(lower_median(xp.take(xp.reshape(diff2, (-1,)), idx), xp=xp))
+            meds.append(order_statistics(diff2, [k_pairs], xp=xp)[0])
         h = xp.stack(meds) / math.log(n + 1)
         # floor per dimension at eps * (mean squared pair difference); coincident -> 1
         var = xp.mean((x - xp.mean(x, axis=0)) ** 2, axis=0) * (2.0 * n / (n - 1))
@@ -191,7 +184,9 @@ class Scaled(BandwidthRule):
         return self.rule.needs_scores
 
     def __call__(self, particles, sq, scores=None):
-        return self.factor * self.rule(particles, sq, scores)
+        h = self.rule(particles, sq, scores)
+        xp = namespace(h)
+        return xp.asarray(self.factor * h, dtype=h.dtype, device=device_of(h))
 
 
 @dataclass(frozen=True)
@@ -199,10 +194,13 @@ class MaxKSD(BandwidthRule):
     """Adaptive rule: the ``h`` on a grid around a base rule that maximises the squared KSD.
 
     For a step ``x <- x + eps * phi_h`` along the SVGD direction with kernel ``k_h``, the KL
-    divergence falls at the rate ``eps * KSD_h^2`` to first order (Liu & Wang 2016, Theorem 3.3,
-    where ``KSD_h^2`` is the V-statistic of the Stein kernel built on ``k_h``). This rule picks, among
-    ``factor * h_base`` for ``factor`` in ``factors``, the bandwidth with the steepest descent. It
-    costs one extra ``n x n`` elementwise pass per grid point (the Gram products are shared).
+    divergence of the particles' law ``q`` falls at the rate ``eps * KSD_h(q, p)^2`` to first order
+    (Liu & Wang 2016, Theorem 3.3). This rule picks, among ``factor * h_base`` for ``factor`` in
+    ``factors``, the bandwidth with the steepest descent, estimating ``KSD_h(q, p)^2`` by the
+    unbiased U-statistic. (The V-statistic is not used: its diagonal terms ``(|s|^2 - 2 d f'(0)/h)/n``
+    grow without bound as ``h -> 0``, so it would always pick the smallest h, where ``K = I`` and
+    the repulsion vanishes.) It costs one extra ``n x n`` elementwise pass per grid point (the Gram
+    products are shared). With ``n = 1`` it returns the base bandwidth.
 
     Requires ``scores`` and a radial kernel (the kernel used by the direction is passed by the
     caller; defaults to RBF).
@@ -230,12 +228,14 @@ class MaxKSD(BandwidthRule):
         h0 = self.base(particles, sq, scores)
         if h0.ndim != 0:
             raise ValueError("MaxKSD needs a scalar base bandwidth; received a per-dimension one")
+        if particles.shape[0] < 2:
+            return h0
         kernel = get_kernel(self.kernel)
         stats = stein_gram_stats(particles, scores, sq)
-        values = [stats.ksd_squared(kernel, f * h0) for f in self.factors]
+        values = [stats.ksd_squared(kernel, f * h0, "u") for f in self.factors]
         best = xp.argmax(xp.stack(values))
         factors = xp.asarray(self.factors, dtype=particles.dtype, device=device_of(particles))
-        return xp.take(factors, xp.reshape(best, (1,)))[0] * h0
+        return xp.reshape(xp.take(factors, xp.reshape(best, (1,))) * h0, ())
 
 
 def get_bandwidth(spec: Any = None) -> BandwidthRule:
@@ -261,6 +261,8 @@ def get_bandwidth(spec: Any = None) -> BandwidthRule:
         raise TypeError("expected a bandwidth name, a positive number or a BandwidthRule, received a bool")
     if isinstance(spec, (int, float, list, tuple)):
         return Fixed(spec)
+    if hasattr(spec, "shape") and hasattr(spec, "dtype"):  # an array: 0-d h or (d,) per dimension
+        return _ArrayRule(spec)
     if callable(spec):
         return _CallableRule(spec)
     raise TypeError(
@@ -274,3 +276,19 @@ class _CallableRule(BandwidthRule):
 
     def __call__(self, particles, sq, scores=None):
         return self.fn(particles, sq, scores)
+
+
+@dataclass(frozen=True)
+class _ArrayRule(BandwidthRule):
+    """A bandwidth given as an array (0-d, or (d,) per dimension), for example a previous step's h."""
+
+    h: Any = None
+
+    def __call__(self, particles, sq, scores=None):
+        xp = namespace(particles)
+        h = xp.asarray(self.h, dtype=particles.dtype, device=device_of(particles))
+        if h.ndim > 1 or (h.ndim == 1 and h.shape[0] != particles.shape[1]):
+            raise ValueError(f"expected a 0-d bandwidth or one of shape ({particles.shape[1]},), received shape {tuple(h.shape)}")
+        if not bool(xp.all(h > 0)):
+            raise ValueError("expected a positive bandwidth array, received non-positive values")
+        return h

@@ -162,7 +162,8 @@ def mode_weights(particles, modes: Any, num_modes: int | None = None):
         if num_modes is not None and num_modes != centers.shape[0]:
             raise ValueError(f"num_modes = {num_modes} disagrees with {centers.shape[0]} mode centers")
         num_modes = centers.shape[0]
-        labels = xp.argmin(sqdist(particles, centers, xp=xp), axis=1)
+        shift = xp.mean(particles, axis=0)  # the Gram trick is accurate for centred inputs
+        labels = xp.argmin(sqdist(particles - shift, centers - shift, xp=xp), axis=1)
     if isinstance(num_modes, bool) or not isinstance(num_modes, int) or num_modes < 1:
         raise ValueError(f"expected num_modes as an integer >= 1, received {num_modes!r}")
     ks = xp.arange(num_modes, dtype=labels.dtype, device=dev)

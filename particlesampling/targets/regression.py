@@ -159,7 +159,7 @@ class BayesianLogisticRegression(Target):
 
     Model: ``y_i ~ Bernoulli(σ(x_iᵀ w))``, prior ``w ~ N(0, σ₀² I)`` with ``σ₀ = 1``.
     ``x_i`` is the intercept plus the 30 features z-scored with the mean and std of the train
-    part.  Split: fixed, seeded, stratified 80/20 (455 train / 114 test rows;
+    part.  Split: fixed, seeded, stratified 80/20 (456 train / 113 test rows;
     :func:`~particlesampling.targets.datasets.stratified_split` with seed 0); the row indices are
     stored with the reference so the two can never disagree.  σ₀ = 1 keeps the posterior proper and
     well conditioned even though the classes are nearly separable (with a flat prior the
@@ -182,7 +182,7 @@ class BayesianLogisticRegression(Target):
     """
 
     name = "blr-breast-cancer"
-    description = "Bayesian logistic regression, sklearn breast_cancer (455 train x 30 + intercept), HMC reference"
+    description = "Bayesian logistic regression, sklearn breast_cancer (456 train x 30 + intercept), HMC reference"
     normalised = False
     prior_std = 1.0
 
@@ -255,7 +255,7 @@ class BayesianLogisticRegression(Target):
         """
         xp = self._check(particles)
         x = self.X_test if X is None else X
-        if array_api_compat.is_numpy_array(x) or not hasattr(x, "__array_namespace__"):
+        if array_api_compat.is_numpy_array(x) or not array_api_compat.is_array_api_obj(x):
             x = np.asarray(x, dtype=np.float64)
             if x.ndim != 2 or x.shape[1] != self.dim:
                 raise ValueError(f"X: expected shape (N, {self.dim}), got {x.shape}")

@@ -157,7 +157,7 @@ def test_ksd_accepts_array_bandwidth():
     ref = dg.ksd_squared(x, s, "rbf", 0.9)
     np.testing.assert_allclose(dg.ksd_squared(x, s, "rbf", np.asarray(0.9)), ref, rtol=1e-12)
     tx, ts = torch.asarray(x), torch.asarray(s)
-    np.testing.assert_allclose(float(dg.ksd_squared(tx, ts, "rbf", torch.tensor(0.9))), ref, rtol=1e-12)
+    np.testing.assert_allclose(float(dg.ksd_squared(tx, ts, "rbf", torch.tensor(0.9, dtype=torch.float64))), ref, rtol=1e-12)
     np.testing.assert_allclose(dg.ksd_squared(x, s, "rbf", np.array([0.9, 0.9])), ref, rtol=1e-12)
     with pytest.raises(ValueError, match="positive"):
         dg.ksd_squared(x, s, "rbf", np.array([0.9, 0.0]))
@@ -436,6 +436,13 @@ def test_moments_hand_worked(ns, dtype):
     _check_like(w, x, (2,))
     np.testing.assert_allclose(_np(w), [0.75, 0.25], rtol=rtol)
     np.testing.assert_allclose(_np(dg.sample_cov(x)), np.eye(2) * 4.0 / 3.0, rtol=rtol)
+
+
+def test_mode_weights_float32_far_from_origin():
+    # the hand example shifted by 1000: squared-distance margins of 0.25 must survive float32
+    x = np.asarray(X_HAND, dtype=np.float32) + 1000.0
+    w = dg.mode_weights(x, np.array([[0.0, 0.0], [2.0, 2.5]], dtype=np.float32) + 1000.0)
+    np.testing.assert_allclose(w, [0.75, 0.25])
 
 
 def test_mode_weights_callable_and_unassigned():

@@ -376,18 +376,16 @@ def test_sqdist_nonnegative_for_near_duplicates():
     assert np.max(d2) < 1e-12
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: sqdist's Gram trick is not translation invariant; float32 particles near 1000 get "
-    "D2 errors of O(1) (catastrophic cancellation in |x_i|^2 + |x_j|^2 - 2 x_i.x_j). Fix: centre x "
-    "(and y) by x's column mean before the Gram trick.",
-)
 def test_sqdist_float32_far_from_origin():
+    """Regression: the uncentred Gram trick gave O(1) errors here (|x|^2 ~ 3e6 vs D2 ~ 1..30)."""
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((20, 3)) + 1000.0).astype(np.float32)
     xr = x.astype(np.float64)
     ref = np.array([[np.sum((a - b) ** 2) for b in xr] for a in xr])
     d2 = _backend.sqdist(x).astype(np.float64)
+    y = x[:5] + np.float32(0.5)
+    ref_xy = np.array([[np.sum((a - b) ** 2) for b in y.astype(np.float64)] for a in xr])
+    np.testing.assert_allclose(_backend.sqdist(x, y).astype(np.float64), ref_xy, rtol=0, atol=1e-3 * ref_xy.max())
     # D2 entries are O(1..30); centred float32 arithmetic gets them to ~1e-5
     np.testing.assert_allclose(d2, ref, rtol=0, atol=1e-3 * ref.max())
 

@@ -1,0 +1,63 @@
+"""attention_adapter: the heads of multi-head attention as SVGD/SPOS particles in PyTorch training.
+
+Repulsive attention (An et al., "Repulsive Attention: Rethinking Multi-head Attention as Bayesian
+Inference", EMNLP 2020): the ``M`` heads of an attention layer are ``M`` particles; their gradients
+are replaced by the Stein variational (SVGD) or SPOS direction, computed by the core
+:mod:`particlesampling`, so that heads repel each other during ordinary training. See
+``docs/attention_adapter.md``.
+
+Five lines turn a training loop repulsive::
+
+    from attention_adapter import RepulsiveHeads
+    heads = RepulsiveHeads(model, preset="an2020", alpha=0.01, epsilon=0.01)
+    ...
+    loss.backward()
+    heads.apply()          # before clipping and optimizer.step()
+    optimizer.step()
+"""
+
+from .capture import HeadCapture
+from .discovery import describe_attention, find_attention, select_layers
+from .diversity import (
+    LayerDiversity,
+    attention_map_distance,
+    head_diversity,
+    head_output_similarity,
+    lin_redundancy,
+    mean_offdiagonal,
+    pairwise_cosine,
+    parameter_similarity,
+)
+from .layouts import HeadLayout, ResolvedLayout, TensorBlock
+from .noise import step_seed
+from .particles import HeadParticles, ParticleGroup
+from .penalty import HeadRepulsionPenalty, head_kernel_similarity
+from .recorder import HeadRecorder
+from .repulsive import ApplyInfo, NonFiniteGradientError, RepulsiveHeads
+
+__all__ = [
+    "RepulsiveHeads",
+    "ApplyInfo",
+    "NonFiniteGradientError",
+    "HeadLayout",
+    "TensorBlock",
+    "ResolvedLayout",
+    "find_attention",
+    "select_layers",
+    "describe_attention",
+    "HeadParticles",
+    "ParticleGroup",
+    "HeadRepulsionPenalty",
+    "head_kernel_similarity",
+    "HeadCapture",
+    "head_diversity",
+    "LayerDiversity",
+    "pairwise_cosine",
+    "mean_offdiagonal",
+    "head_output_similarity",
+    "attention_map_distance",
+    "lin_redundancy",
+    "parameter_similarity",
+    "HeadRecorder",
+    "step_seed",
+]

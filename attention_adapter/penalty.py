@@ -1,0 +1,93 @@
+"""A differentiable head-repulsion penalty, for comparison with SVGD/SPOS.
+
+``HeadRepulsionPenalty(model)()`` returns
+
+.. math::
+
+    \\Omega(\\theta) = w \\sum_{\\text{groups}} \\frac{1}{M (M - 1)} \\sum_{i \\ne j} k(\\theta_i, \\theta_j),
+
+the mean off-diagonal kernel similarity of each group's head particles, summed over groups, to be
+added to the loss: ``(loss + penalty()).backward()``. The kernel and the bandwidth rule are the
+core's (:func:`particlesampling.get_kernel`, :func:`particlesampling.get_bandwidth`); the bandwidth is
+computed on detached parameters, so gradients flow through the kernel values only.
+
+How it differs from the SVGD/SPOS adapter (:class:`attention_adapter.RepulsiveHeads`): for the RBF
+kernel, ``grad_{theta_i} Omega = -(2 w / (M (M - 1))) R_i`` with ``R`` the SVGD repulsion, so
+gradient descent on ``loss + Omega`` moves head ``i`` along ``-G_i + c R_i``: the same repulsive force,
+but the data term is the head's *own* gradient ``G_i``, not the kernel-smoothed ``(K G)_i / M`` of
+SVGD. It is a regulariser of a modified objective (a point estimate), not a sampler of a posterior:
+there is no dataset size, prior or noise, and the heads converge to a stationary point of
+``loss + Omega`` rather than to a set of particles representing ``p(theta | D)``. Being part of the
+loss it goes through autograd, so AMP loss scaling, gradient accumulation and DDP all-reduce
+apply to it automatically, at the cost of one extra ``O(M^2 P)`` forward/backward per group.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from particlesampling import get_bandwidth, get_kernel
+from particlesampling._backend import sqdist
+
+from .particles import HeadParticles
+
+__all__ = ["HeadRepulsionPenalty", "head_kernel_similarity"]
+
+
+def head_kernel_similarity(theta: torch.Tensor, kernel=None, bandwidth=None) -> torch.Tensor:
+    """Mean off-diagonal kernel value of the rows of ``theta`` ``(M, P)``; differentiable in ``theta``.
+
+    The bandwidth is computed by the core rule on ``theta.detach()``. With ``M = 1`` returns 0.
+    """
+    if not isinstance(theta, torch.Tensor) or theta.dim() != 2:
+        raise ValueError(f"expected theta as a 2-D (M, P) tensor, received {getattr(theta, 'shape', type(theta))}")
+    m = theta.shape[0]
+    if m < 2:
+        return theta.sum() * 0.0
+    kern = get_kernel(kernel)
+    rule = get_bandwidth(bandwidth)
+    xd = theta.detach()
+    h = rule(xd, sqdist(xd), None) if kern.uses_bandwidth else None
+    k = kern.gram(theta, theta, h)
+    return (k.sum() - k.diagonal().sum()) / float(m * (m - 1))
+
+
+class HeadRepulsionPenalty(nn.Module):
+    """``Omega = weight * sum_groups mean_{i != j} k(theta_i, theta_j)`` (see the module docstring).
+
+    Parameters
+    ----------
+    model : nn.Module
+    weight : float >= 0
+    kernel, bandwidth :
+        Core kernel and bandwidth specs (defaults RBF and the core's default median rule).
+    particles, roles, include_output, include_bias, layouts, layers :
+        As in :class:`attention_adapter.HeadParticles`.
+    """
+
+    def __init__(self, model: nn.Module, *, weight: float = 1.0, kernel=None, bandwidth=None,
+                 particles: str = "separate", roles=("q", "k", "v"), include_output: bool = False,
+                 include_bias: bool = False, layouts=None, layers: Any = None):
+        super().__init__()
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"expected weight as a finite number >= 0, received {weight!r}")
+        self.weight = float(weight)
+        self.kernel = get_kernel(kernel)
+        self.bandwidth = get_bandwidth(bandwidth)
+        # not registered as sub-modules: the penalty owns no parameters of its own
+        object.__setattr__(self, "heads", HeadParticles(
+            model, particles=particles, roles=roles, include_output=include_output, include_bias=include_bias,
+            layouts=layouts, layers=layers))
+
+    def per_group(self) -> dict:
+        """``{group name: mean off-diagonal kernel value}`` (differentiable 0-d tensors)."""
+        return {g.name: head_kernel_similarity(g.gather("param"), self.kernel, self.bandwidth)
+                for g in self.heads.groups}
+
+    def forward(self) -> torch.Tensor:
+        terms = list(self.per_group().values())
+        return torch.stack(terms).sum() * self.weight

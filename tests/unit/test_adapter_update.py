@@ -1,0 +1,414 @@
+"""RepulsiveHeads: the an2020 preset against an independent re-derivation of the fairseq formula,
+the principled mode, pass-through, hooks, accumulation, AMP, state and errors."""
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from attention_adapter import NonFiniteGradientError, RepulsiveHeads, step_seed
+
+E, H, T, B = 16, 4, 5, 3
+
+
+def _encoder(dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
+    layer = nn.TransformerEncoderLayer(E, H, 32, dropout=0.0, batch_first=True)
+    return nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).to(dtype)
+
+
+def _batch(dtype=torch.float64, seed=1, n=B):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, T, E, generator=g, dtype=dtype), torch.randn(n, T, E, generator=g, dtype=dtype)
+
+
+def _loss(model, x, y):
+    return ((model(x) - y) ** 2).mean()
+
+
+def _backward(model, dtype=torch.float64):
+    x, y = _batch(dtype)
+    model.zero_grad(set_to_none=True)
+    _loss(model, x, y).backward()
+
+
+def _qkv_groups(model):
+    """(layer, role, theta, G) per Q/K/V system, sliced as the fairseq trainer does (chunk 3, view M x -1)."""
+    out = []
+    for i, layer in enumerate(model.layers):
+        w = layer.self_attn.in_proj_weight
+        for r, th, gr in zip("qkv", torch.chunk(w.detach(), 3, 0), torch.chunk(w.grad, 3, 0)):
+            out.append((i, r, th.reshape(H, -1).clone(), gr.reshape(H, -1).clone()))
+    return out
+
+
+def _fairseq_rbf(theta):
+    """K and the kernel gradient exactly as in An et al.'s trainer (broadcast distances, torch.median)."""
+    m = theta.shape[0]
+    d2 = ((theta[None, :, :] - theta[:, None, :]) ** 2).sum(-1)
+    med = torch.median(d2.reshape(m * m))  # lower median, diagonal zeros included
+    sigma2 = 0.5 * med / math.log(m + 1)
+    k = torch.exp(-d2 / sigma2 / 2.0)
+    kgrad = (-(k @ theta) + theta * k.sum(-1, keepdim=True)) / sigma2
+    return k, kgrad
+
+
+def _fairseq_svgd(theta, g, alpha, eps):
+    k, kgrad = _fairseq_rbf(theta)
+    return eps * (k @ g - alpha * kgrad) / theta.shape[0]
+
+
+def _noise_stream(seed, step, shapes, dtype=torch.float64):
+    """The documented noise contract: one generator seeded with step_seed(seed, step), groups in order."""
+    gen = torch.Generator().manual_seed(step_seed(seed, step))
+    return [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
+
+
+@pytest.mark.parametrize("alpha,eps", [(0.01, 0.01), (1.0, 0.1), (0.0, 1.0)])
+def test_an2020_svgd_matches_fairseq_formula(alpha, eps):
+    model = _encoder()
+    _backward(model)
+    ref = _qkv_groups(model)
+    out_grad = model.layers[0].self_attn.out_proj.weight.grad.clone()
+    heads = RepulsiveHeads(model, preset="an2020", alpha=alpha, epsilon=eps)
+    info = heads.apply()
+    got = _qkv_groups(model)
+    for (i, r, theta, g), (_, _, _, new) in zip(ref, got):
+        expected = _fairseq_svgd(theta, g, alpha, eps)
+        torch.testing.assert_close(new, expected, rtol=1e-10, atol=1e-14)
+        # the reported bandwidth is h = 2 sigma^2 of the fairseq kernel
+        d2 = ((theta[None] - theta[:, None]) ** 2).sum(-1)
+        h = torch.median(d2.reshape(-1)) / math.log(H + 1)
+        torch.testing.assert_close(info.groups[f"layers.{i}.self_attn:{r}"].bandwidth, h, rtol=1e-10, atol=0)
+    assert torch.equal(model.layers[0].self_attn.out_proj.weight.grad, out_grad)  # not a particle
+    assert len(info.groups) == 6
+
+
+def test_an2020_spos_matches_fairseq_formula():
+    alpha, eps, beta, seed = 0.01, 0.1, 0.5, 7
+    model = _encoder()
+    heads = RepulsiveHeads(model, method="spos", preset="an2020", alpha=alpha, epsilon=eps, beta=beta, seed=seed)
+    for step in range(2):
+        _backward(model)
+        ref = _qkv_groups(model)
+        heads.apply()
+        got = _qkv_groups(model)
+        noise = _noise_stream(seed, step, [theta.shape for _, _, theta, _ in ref])
+        for (_, _, theta, g), (_, _, _, new), xi in zip(ref, got, noise):
+            svgd = _fairseq_svgd(theta, g, alpha, 1.0)
+            c = torch.median(g.abs())
+            expected = eps * (svgd + beta * g - math.sqrt(2.0 * beta / eps) * c * xi)
+            torch.testing.assert_close(new, expected, rtol=1e-10, atol=1e-14)
+
+
+def _midpoint_median(v):
+    s = torch.sort(v.reshape(-1)).values
+    n = s.numel()
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def _principled_phi(theta, g, n_data, prior_std, repulsion):
+    m = theta.shape[0]
+    s = -n_data * g - theta / prior_std**2
+    d2 = ((theta[None] - theta[:, None]) ** 2).sum(-1)
+    h = _midpoint_median(d2) / math.log(m + 1)
+    k = torch.exp(-d2 / h)
+    r = (2.0 / h) * (k.sum(1, keepdim=True) * theta - k @ theta)
+    return s, (k @ s + repulsion * r) / m
+
+
+@pytest.mark.parametrize("method", ["svgd", "spos"])
+def test_principled_mode_matches_posterior_svgd_and_spos(method):
+    n_data, prior_std, rep, eps, beta, lr, seed = 50.0, 2.0, 0.5, 0.3, 2.0, 0.05, 3
+    model = _encoder()
+    kw = dict(beta=beta, lr=lr) if method == "spos" else {}
+    heads = RepulsiveHeads(model, method=method, dataset_size=n_data, prior=prior_std, repulsion=rep,
+                           epsilon=eps, bandwidth="liu_wang", seed=seed, **kw)
+    _backward(model)
+    ref = _qkv_groups(model)
+    heads.apply()
+    got = _qkv_groups(model)
+    noise = _noise_stream(seed, 0, [theta.shape for _, _, theta, _ in ref])
+    for (_, _, theta, g), (_, _, _, new), xi in zip(ref, got, noise):
+        s, phi = _principled_phi(theta, g, n_data, prior_std, rep)
+        if method == "svgd":
+            expected = -eps * phi
+        else:
+            expected = -eps * (s / beta + phi) - math.sqrt(2 * eps / (beta * lr)) * xi
+        torch.testing.assert_close(new, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_paper_preset_is_the_n1_flat_prior_special_case():
+    a, b = _encoder(), _encoder()
+    _backward(a)
+    _backward(b)
+    RepulsiveHeads(a, preset="an2020", alpha=0.3, epsilon=0.2).apply()
+    RepulsiveHeads(b, dataset_size=1, prior=None, repulsion=0.3, epsilon=0.2, bandwidth="an2020").apply()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa.grad, pb.grad)
+
+
+@pytest.mark.parametrize("particles", ["separate", "joint"])
+def test_identity_kernel_without_repulsion_passes_gradients_through(particles):
+    """K = I (tiny fixed bandwidth) and repulsion 0: G_hat = epsilon * G / M, so epsilon = M is identity."""
+    model = _encoder(torch.float32)
+    _backward(model, torch.float32)
+    before = [p.grad.clone() for p in model.parameters()]
+    heads = RepulsiveHeads(model, repulsion=0.0, bandwidth=1e-30, epsilon=float(H), particles=particles,
+                           include_output=True, include_bias=True)
+    info = heads.apply()
+    for p, g in zip(model.parameters(), before):
+        torch.testing.assert_close(p.grad, g, rtol=1e-6, atol=0)
+    for gi in info.groups.values():
+        assert float(gi.mean_kernel) == 0.0
+    # and with epsilon = 1 exactly the stated 1/M scaling
+    _backward(model, torch.float32)
+    w = model.layers[1].self_attn.in_proj_weight
+    before = w.grad.clone()
+    RepulsiveHeads(model, repulsion=0.0, bandwidth=1e-30).apply()
+    torch.testing.assert_close(w.grad, before / H, rtol=1e-6, atol=0)
+
+
+def test_attach_equals_apply_and_handle_removes():
+    a, b = _encoder(), _encoder()
+    ha = RepulsiveHeads(a, preset="an2020", alpha=0.5, epsilon=0.5)
+    hb = RepulsiveHeads(b, preset="an2020", alpha=0.5, epsilon=0.5)
+    opt_a = torch.optim.Adam(a.parameters(), lr=1e-2)
+    opt_b = torch.optim.Adam(b.parameters(), lr=1e-2)
+    handle = hb.attach(opt_b)
+    for _ in range(3):
+        _backward(a)
+        ha.apply()
+        opt_a.step()
+        _backward(b)
+        opt_b.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+    assert hb.step == 3 and hb.last_info.step == 2
+    handle.remove()
+    _backward(b)
+    g = [p.grad.clone() for p in b.parameters()]
+    opt_b.step()
+    assert hb.step == 3  # the hook no longer runs
+    assert all(torch.equal(p.grad, q) for p, q in zip(b.parameters(), g))
+
+
+def test_applying_twice_to_the_same_gradients_is_an_error():
+    model = _encoder()
+    heads = RepulsiveHeads(model)
+    _backward(model)
+    heads.apply()
+    with pytest.raises(RuntimeError, match="twice"):
+        heads.apply()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    heads.attach(opt)
+    with pytest.raises(RuntimeError, match="twice"):
+        opt.step()
+    _backward(model)  # a new backward makes it legal again
+    opt.step()
+    # accumulation into existing gradients (zero_grad(set_to_none=False)) also counts as new
+    opt.zero_grad(set_to_none=False)
+    _loss(model, *_batch()).backward()
+    opt.step()
+
+
+def test_gradient_accumulation_matches_full_batch():
+    a, b = _encoder(), _encoder()
+    ha, hb = RepulsiveHeads(a, preset="an2020", alpha=1.0, epsilon=0.1), RepulsiveHeads(b, preset="an2020",
+                                                                                         alpha=1.0, epsilon=0.1)
+    oa, ob = torch.optim.SGD(a.parameters(), lr=0.5), torch.optim.SGD(b.parameters(), lr=0.5)
+    x, y = _batch(n=4)
+    for _ in range(2):
+        oa.zero_grad()
+        _loss(a, x, y).backward()
+        ha.apply()
+        oa.step()
+        ob.zero_grad()
+        for sl in (slice(0, 2), slice(2, 4)):
+            (_loss(b, x[sl], y[sl]) / 2).backward()
+        hb.apply()
+        ob.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-12, atol=1e-12)
+
+
+def _amp_run(mode, steps=3):
+    model = _encoder(torch.float32)
+    heads = RepulsiveHeads(model, preset="an2020", alpha=1.0, epsilon=0.1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12) if mode != "fp32" else None
+    if mode == "attach":
+        heads.attach(opt)
+    x, y = _batch(torch.float32)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = _loss(model, x, y)
+        if scaler is None:
+            loss.backward()
+            heads.apply()
+            opt.step()
+            continue
+        scaler.scale(loss).backward()
+        if mode == "unscale_then_apply":
+            scaler.unscale_(opt)
+            heads.apply()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1e6)  # clipping after the adapter
+        elif mode == "apply_on_scaled":
+            heads.apply()
+        scaler.step(opt)
+        scaler.update()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_amp_grad_scaler_transform_acts_on_unscaled_gradients():
+    ref = _amp_run("fp32")
+    for mode in ("unscale_then_apply", "attach"):
+        got = _amp_run(mode)
+        for p, q in zip(got, ref):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    # the transform is not scale-equivariant (K G scales, the repulsion does not): order matters
+    wrong = _amp_run("apply_on_scaled")
+    assert max(float((p - q).abs().max()) for p, q in zip(wrong, ref)) > 1e-3
+
+
+def test_autocast_bfloat16_training_runs_finite():
+    model = _encoder(torch.float32)
+    heads = RepulsiveHeads(model, method="spos", preset="an2020")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    heads.attach(opt)
+    x, y = _batch(torch.float32)
+    for _ in range(2):
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = _loss(model, x, y)
+        loss.backward()
+        opt.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(torch.isfinite(i.bandwidth) for i in heads.last_info.groups.values())
+
+
+def test_half_precision_parameters_are_computed_in_float32():
+    model = _encoder(torch.bfloat16)
+    _backward(model, torch.bfloat16)
+    info = RepulsiveHeads(model).apply()
+    assert all(i.bandwidth.dtype == torch.float32 for i in info.groups.values())
+    assert all(p.grad.dtype == torch.bfloat16 and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_nonfinite_gradient_is_an_error_naming_the_module_or_skipped():
+    model = _encoder()
+    heads = RepulsiveHeads(model)
+    _backward(model)
+    model.layers[1].self_attn.in_proj_weight.grad[E + 2, 3] = float("nan")
+    with pytest.raises(NonFiniteGradientError, match=r"layers\.1\.self_attn:k.*MultiheadAttention"):
+        heads.apply()
+    skipper = RepulsiveHeads(model, on_nonfinite="skip")
+    before = [p.grad.clone() for p in model.parameters()]
+    info = skipper.apply()
+    assert info.skipped and info.nonfinite == ("layers.1.self_attn:k",) and info.groups == {}
+    for p, g in zip(model.parameters(), before):
+        assert torch.equal(p.grad, g) or (torch.isnan(p.grad) == torch.isnan(g)).all()
+    assert skipper.step == 1
+
+
+def test_modules_without_gradient_are_reported_missing():
+    model = _encoder()
+    _backward(model)
+    model.layers[0].self_attn.in_proj_weight.grad = None
+    info = RepulsiveHeads(model).apply()
+    assert set(info.missing) == {"layers.0.self_attn:q", "layers.0.self_attn:k", "layers.0.self_attn:v"}
+    assert len(info.groups) == 3
+
+
+def test_state_dict_resumes_the_noise_stream():
+    a, b = _encoder(), _encoder()
+    ha = RepulsiveHeads(a, method="spos", preset="an2020", seed=11)
+    for _ in range(2):
+        _backward(a)
+        ha.apply()
+    state = ha.state_dict()
+    hb = RepulsiveHeads(b, method="spos", preset="an2020", seed=0)
+    hb.load_state_dict(state)
+    assert hb.step == 2 and hb.seed == 11
+    _backward(a)
+    _backward(b)
+    ha.apply()
+    hb.apply()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa.grad, pb.grad)
+    with pytest.raises(ValueError, match="method"):
+        RepulsiveHeads(b).load_state_dict(state)
+    with pytest.raises(ValueError, match="keys"):
+        hb.load_state_dict({"step": 1})
+    with pytest.raises(ValueError, match="non-negative int step"):
+        hb.load_state_dict({**state, "step": -1})
+
+
+def test_spos_lr_is_read_from_the_attached_optimizer():
+    a, b = _encoder(), _encoder()
+    ha = RepulsiveHeads(a, method="spos", lr=0.05)
+    hb = RepulsiveHeads(b, method="spos")
+    ob = torch.optim.SGD(b.parameters(), lr=0.05)
+    hb.attach(ob)
+    _backward(a)
+    _backward(b)
+    ha.apply()
+    ob.step()  # runs hb.apply() first, then the step
+    oa = torch.optim.SGD(a.parameters(), lr=0.05)
+    oa.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+    with pytest.raises(ValueError, match="lr="):
+        c = _encoder()
+        _backward(c)
+        RepulsiveHeads(c, method="spos").apply()
+
+
+def test_argument_errors_say_what_was_expected():
+    model = _encoder()
+    with pytest.raises(ValueError, match="method in"):
+        RepulsiveHeads(model, method="sgld")
+    with pytest.raises(ValueError, match="preset None or one of"):
+        RepulsiveHeads(model, preset="an2021")
+    with pytest.raises(ValueError, match="fixes bandwidth, kernel"):
+        RepulsiveHeads(model, preset="an2020", kernel="imq", bandwidth="liu_wang")
+    with pytest.raises(ValueError, match="beta is an SPOS option"):
+        RepulsiveHeads(model, beta=2.0)
+    with pytest.raises(ValueError, match="lr is used only"):
+        RepulsiveHeads(model, lr=0.1)
+    with pytest.raises(ValueError, match="epsilon > 0"):
+        RepulsiveHeads(model, epsilon=-1.0)
+    with pytest.raises(TypeError, match="alpha/repulsion as a finite real"):
+        RepulsiveHeads(model, alpha="big")
+    with pytest.raises(ValueError, match="alias"):
+        RepulsiveHeads(model, alpha=1.0, repulsion=1.0)
+    with pytest.raises(TypeError, match="prior as None"):
+        RepulsiveHeads(model, prior="gaussian")
+    with pytest.raises(ValueError, match="seed"):
+        RepulsiveHeads(model, seed=-1)
+    with pytest.raises(ValueError, match="on_nonfinite"):
+        RepulsiveHeads(model, on_nonfinite="ignore")
+    with pytest.raises(ValueError, match="unknown bandwidth"):
+        RepulsiveHeads(model, bandwidth="silverman")
+    heads = RepulsiveHeads(model)
+    with pytest.raises(TypeError, match="torch.optim.Optimizer"):
+        heads.attach("adam")
+    with pytest.raises(ValueError, match="none of the"):
+        heads.attach(torch.optim.SGD(model.layers[0].linear1.parameters(), lr=0.1))
+
+
+def test_any_optimizer_works_unchanged():
+    for make in (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), lambda p: torch.optim.Adam(p, lr=1e-3),
+                 lambda p: torch.optim.RMSprop(p, lr=1e-3), lambda p: torch.optim.Adagrad(p, lr=1e-2)):
+        model = _encoder()
+        opt = make(model.parameters())
+        RepulsiveHeads(model, preset="an2020").attach(opt)
+        start = copy.deepcopy(model.state_dict())
+        for _ in range(2):
+            opt.zero_grad()
+            _loss(model, *_batch()).backward()
+            opt.step()
+        assert any(not torch.equal(v, model.state_dict()[k]) for k, v in start.items())
+        assert all(torch.isfinite(p).all() for p in model.parameters())
