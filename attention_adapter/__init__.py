@@ -17,7 +17,7 @@ Five lines turn a training loop repulsive::
 """
 
 from .capture import HeadCapture
-from .discovery import describe_attention, find_attention, select_layers
+from .discovery import describe_attention, find_attention, select_layers, unwrap_model
 from .diversity import (
     LayerDiversity,
     attention_map_distance,
@@ -45,6 +45,7 @@ __all__ = [
     "find_attention",
     "select_layers",
     "describe_attention",
+    "unwrap_model",
     "HeadParticles",
     "ParticleGroup",
     "HeadRepulsionPenalty",

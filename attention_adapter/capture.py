@@ -72,7 +72,8 @@ class HeadCapture:
         def hook(module, args, kwargs, output):
             if self._busy:
                 return None
-            names = ("query", "key", "value")
+            names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask",
+                     "average_attn_weights", "is_causal")
             call = dict(zip(names, args))
             call.update({k: v for k, v in kwargs.items()})
             call["need_weights"] = True

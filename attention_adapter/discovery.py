@@ -36,7 +36,7 @@ from .layouts import (
     resolve_layout,
 )
 
-__all__ = ["find_attention", "select_layers", "describe_attention", "BUILTIN_LAYOUTS"]
+__all__ = ["find_attention", "select_layers", "describe_attention", "unwrap_model", "BUILTIN_LAYOUTS"]
 
 Matcher = Union[type, Callable[[nn.Module], bool]]
 LayoutSpec = Union[HeadLayout, Callable[[nn.Module], HeadLayout]]
@@ -119,6 +119,21 @@ def _user_matchers(layouts: Optional[Mapping[Matcher, LayoutSpec]]):
     return out
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside ``DistributedDataParallel``, ``DataParallel`` or ``torch.compile`` wrappers.
+
+    Discovery names modules relative to the unwrapped model, so an adapter built on a DDP model
+    and one built on the plain model have the same group names (and exchange state dicts).
+    """
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
 def find_attention(model: nn.Module, layouts: Optional[Mapping[Matcher, LayoutSpec]] = None,
                    *, builtin: bool = True, required: bool = True) -> List[ResolvedLayout]:
     """Find every attention module of ``model`` and resolve its head layout.
@@ -140,6 +155,7 @@ def find_attention(model: nn.Module, layouts: Optional[Mapping[Matcher, LayoutSp
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected model as a torch.nn.Module, received {type(model).__name__}")
+    model = unwrap_model(model)
     matchers = _user_matchers(layouts) + (list(BUILTIN_LAYOUTS) if builtin else [])
     found: List[ResolvedLayout] = []
     covered: List[str] = []

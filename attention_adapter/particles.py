@@ -265,7 +265,8 @@ class HeadParticles:
                  f"(particles={self.particles!r}, roles={''.join(self.roles)}, "
                  f"include_output={self.include_output}, include_bias={self.include_bias})"]
         for site in self.sites:
-            lines.append(f"  {site.name or '<root>'}: {type(site.module).__name__}, {site.num_heads} heads, {site.kind}")
+            where = site.name or "<root>"
+            lines.append(f"  {where}: {type(site.module).__name__}, {site.num_heads} heads, {site.kind}")
             lines.append(site.describe())
         for g in self.groups:
             lines.append(f"  group {g.name}: {g.num_particles} x {g.dim} ({' || '.join(g.roles)})")

@@ -265,12 +265,16 @@ class RepulsiveHeads:
         """Number of :meth:`apply` calls so far (the next step's index)."""
         return self._step
 
+    def report(self) -> str:
+        """Readable summary of the attention modules and particle groups (see ``HeadParticles.report``)."""
+        return self.heads.report()
+
     def __repr__(self) -> str:
         return (f"RepulsiveHeads(method={self.method!r}, preset={self.preset!r}, groups={len(self.groups)}, "
                 f"repulsion={self.repulsion}, epsilon={self.epsilon}, step={self._step})")
 
     # ------------------------------------------------------------------------------------------
-    def _check_not_reapplied(self, present: List[Tuple[ParticleGroup, torch.Tensor]]) -> None:
+    def _check_not_reapplied(self) -> None:
         for param, ref, version in self._last_grads:
             t = ref()
             if t is not None and t is param.grad and t._version == version:
@@ -350,11 +354,14 @@ class RepulsiveHeads:
                 missing.append(g.name)
             else:
                 present.append((g, grad))
-        self._check_not_reapplied(present)
+        self._check_not_reapplied()
         self._step += 1
         if self.check_finite and present:
+            # min and max propagate NaN and show +-inf: one cheap reduction per group (isfinite().all()
+            # is ~15x slower on CPU), then a single device-to-host sync for all groups
             dev = present[0][1].device
-            flags = torch.stack([torch.isfinite(grad).all().to(dev) for _, grad in present])
+            extremes = torch.stack([torch.stack(torch.aminmax(grad)).to(dev) for _, grad in present])
+            flags = torch.isfinite(extremes).all(dim=1)
             if not bool(flags.all()):
                 bad = [g for (g, _), ok in zip(present, flags.tolist()) if not ok]
                 if self.on_nonfinite == "raise":

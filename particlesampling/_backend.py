@@ -118,9 +118,12 @@ def check_same_shape(a, b, name_a: str, name_b: str) -> None:
 def sqdist(x, y=None, *, xp=None):
     """Pairwise squared Euclidean distances by the Gram trick.
 
-    ``D2[i, j] = |x_i|^2 + |y_j|^2 - 2 x_i . y_j`` after subtracting the mean of ``x`` from both sets
-    (translation invariance, no cancellation far from the origin), clamped at zero. When ``y`` is
-    None the result is symmetric with an exact zero diagonal.
+    ``D2[i, j] = |x_i|^2 + |y_j|^2 - 2 x_i . y_j``, clamped at zero. When ``y`` is None the result is
+    symmetric with an exact zero diagonal.
+
+    Both sets are first shifted by the mean of ``x`` (distances are translation invariant): the Gram
+    trick cancels ``|x|^2`` against ``2 x . y``, and far from the origin that cancellation would cost
+    all the digits of a float32 result. The shift is one ``O(n d)`` pass.
 
     Parameters
     ----------
@@ -133,12 +136,14 @@ def sqdist(x, y=None, *, xp=None):
     """
     if xp is None:
         xp = namespace(x) if y is None else namespace(x, y)
-    # Centre first: the Gram trick cancels catastrophically when the points lie far from the origin
-    # compared with their spread (|x|^2 ~ 1e8 and |x - y|^2 ~ 1 loses every digit in float32).
-    centre = xp.mean(x, axis=0)
-    x = x - centre
+    shift = xp.mean(x, axis=0)
+    x = x - shift
     if y is not None:
-        y = y - centre
+        y = y - shift
+    if array_api_compat.is_torch_array(x) and not x.requires_grad and (y is None or not y.requires_grad):
+        return _sqdist_torch(x, y)
+    if array_api_compat.is_numpy_array(x) and x.ndim == 2:
+        return _sqdist_numpy(x, y)
     xx = xp.sum(x * x, axis=1)
     if y is None:
         d2 = xx[:, None] + xx[None, :] - 2.0 * (x @ xp.matrix_transpose(x))
@@ -151,6 +156,80 @@ def sqdist(x, y=None, *, xp=None):
     yy = xp.sum(y * y, axis=1)
     d2 = xx[:, None] + yy[None, :] - 2.0 * (x @ xp.matrix_transpose(y))
     return xp.clip(d2, min=0.0)
+
+
+def _sqdist_torch(x, y):
+    """PyTorch fast path of :func:`sqdist` (same values to rounding): the ``-2 x y^T`` product is
+    fused into ``addmm_`` over the ``|x_i|^2 + |y_j|^2`` matrix and the clamp, diagonal and
+    symmetrisation work in place, so the whole takes one GEMM and three ``n x m`` passes instead of
+    nine. Same device and dtype as ``x`` (CPU or CUDA)."""
+    xx = (x * x).sum(dim=1)
+    if y is None:
+        d2 = xx[:, None] + xx[None, :]
+        d2.addmm_(x, x.T, alpha=-2.0)
+        d2.clamp_(min=0.0)
+        d2.fill_diagonal_(0.0)
+        # symmetrise rounding so that D2 == D2.T exactly (float64 GEMMs are not always symmetric)
+        return d2.add(d2.T).mul_(0.5)
+    yy = (y * y).sum(dim=1)
+    d2 = xx[:, None] + yy[None, :]
+    d2.addmm_(x, y.T, alpha=-2.0)
+    return d2.clamp_(min=0.0)
+
+
+def _sqdist_numpy(x, y):
+    """NumPy fast path of :func:`sqdist` (same values to rounding): in-place ``out=`` arithmetic on
+    the Gram product, so one GEMM and four ``n x m`` passes instead of nine allocations."""
+    import numpy as np
+
+    xx = np.einsum("ij,ij->i", x, x)
+    yy = xx if y is None else np.einsum("ij,ij->i", y, y)
+    d2 = x @ (x if y is None else y).T
+    d2 *= -2.0
+    d2 += xx[:, None]
+    d2 += yy[None, :]
+    np.maximum(d2, 0.0, out=d2)
+    if y is None:
+        np.fill_diagonal(d2, 0.0)
+        # symmetrise rounding so that D2 == D2.T exactly (NumPy buffers the overlapping transpose)
+        d2 += d2.T
+        d2 *= 0.5
+    return d2
+
+
+#: sample size of the bracketing selection in :func:`_bracket_select`
+_BRACKET_SAMPLE = 1 << 15
+
+
+def _bracket_select(v, ks):
+    """Exact order statistics of a large 1-D NumPy array without a full selection (Floyd–Rivest).
+
+    A fixed pseudo-random sample of ``_BRACKET_SAMPLE`` entries brackets the wanted ranks with a
+    margin of 4 binomial standard deviations; one pass counts the entries below the bracket and
+    keeps those inside it (about 3 % of a 10^6-entry array), and ``numpy.partition`` finishes on
+    that small set. The result is exact whatever the sample: if the ranks are not inside the
+    bracket (probability < 1e-4), ``None`` is returned and the caller selects on the whole array.
+    About 3x faster than ``numpy.partition`` on the n^2 distances of a median bandwidth.
+    """
+    import numpy as np
+
+    big_n, m = v.shape[0], _BRACKET_SAMPLE
+    idx = np.random.default_rng(big_n).integers(0, big_n, size=m)
+    sample = np.sort(v[idx])
+    lo_rank, hi_rank = min(ks) / big_n * m, max(ks) / big_n * m
+    slack = 4.0 * math.sqrt(m * 0.25) + 2.0
+    i_lo, i_hi = int(math.floor(lo_rank - slack)), int(math.ceil(hi_rank + slack))
+    if i_lo <= 0 or i_hi >= m - 1:
+        return None
+    lo, hi = sample[i_lo], sample[i_hi]
+    below = v < lo
+    n_below = int(np.count_nonzero(below))
+    cand = v[(v <= hi) & ~below]
+    if not (n_below <= min(ks) and max(ks) < n_below + cand.shape[0]):
+        return None
+    rel = sorted({k - n_below for k in ks})
+    part = np.partition(cand, rel)
+    return [part[k - n_below] for k in ks]
 
 
 def order_statistics(v, ks, *, xp=None):
@@ -168,14 +247,31 @@ def order_statistics(v, ks, *, xp=None):
     if any(k < 0 or k >= n for k in ks):
         raise ValueError(f"expected order statistics in [0, {n}), received {ks}")
     if array_api_compat.is_numpy_array(v):
-        import numpy as np
-
-        part = np.partition(np.asarray(v), sorted(set(ks)))
-        return [xp.asarray(part[k]) for k in ks]
+        return [xp.asarray(t) for t in _numpy_select(v, ks)]
     if array_api_compat.is_torch_array(v):
+        if v.device.type == "cpu" and not v.requires_grad:
+            # On the CPU the NumPy selection on a zero-copy view is 2-5x faster than torch.kthvalue
+            # (measured, n^2 = 10^6) and serves every k at once; the results stay 0-d tensors.
+            import torch
+
+            return [torch.as_tensor(t) for t in _numpy_select(v.numpy(), ks)]
         return [v.kthvalue(k + 1).values for k in ks]
     s = xp.sort(v)
     return [s[k] for k in ks]
+
+
+def _numpy_select(v, ks):
+    """Order statistics ``ks`` of a 1-D NumPy array: bracketing selection for large arrays,
+    ``numpy.partition`` otherwise (and as the bracketing's fallback). Exact in every case."""
+    import numpy as np
+
+    v = np.asarray(v)
+    if v.shape[0] >= 8 * _BRACKET_SAMPLE:
+        out = _bracket_select(v, ks)
+        if out is not None:
+            return out
+    part = np.partition(v, sorted(set(ks)))
+    return [part[k] for k in ks]
 
 
 def lower_median(v, *, xp=None):

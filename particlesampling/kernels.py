@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import array_api_compat
 import numpy as np
 
 from ._backend import device_of, namespace, sqdist
@@ -49,6 +50,24 @@ def _scaled_sq(xp, x, h, sq):
         d2 = sqdist(x, xp=xp) if sq is None else sq
         return d2 / h
     return sqdist(x / xp.sqrt(h), xp=xp)
+
+
+def _exp_neg_scaled(xp, sq, h):
+    """``exp(-sq / h)`` for a scalar ``h`` in two ``n x n`` passes (multiply, exp), in place where the
+    library allows it (NumPy ``out=``, torch ``exp_``); other namespaces get the out-of-place form.
+    ``sq`` itself is never modified."""
+    u = sq * (-1.0 / h)
+    if array_api_compat.is_torch_array(u) and not u.requires_grad:
+        return u.exp_()
+    if array_api_compat.is_numpy_array(u):
+        return np.exp(u, out=u)
+    return xp.exp(u)
+
+
+def _centred(xp, x):
+    """``x - mean(x)``: the repulsion ``rowsum(K') x_i - (K' X)_i`` is translation invariant, and
+    centring keeps its cancellation accurate in float32 far from the origin."""
+    return x - xp.mean(x, axis=0)
 
 
 class RadialKernel(Kernel):
@@ -95,7 +114,8 @@ class RadialKernel(Kernel):
         u = _scaled_sq(xp, x, h, sq)
         k, k1 = self._value_and_slope(u)
         # R_i = sum_j f'(u_ij) * 2 (x_j - x_i) / h
-        r = (k1 @ x - xp.sum(k1, axis=1)[:, None] * x) * (2.0 / h)
+        xc = _centred(xp, x)
+        r = (k1 @ xc - xp.sum(k1, axis=1)[:, None] * xc) * (2.0 / h)
         return k, r
 
     def _value_and_slope(self, u):
@@ -122,8 +142,12 @@ class RBF(RadialKernel):
         # Specialised: R = (2/h) (rowsum(K) * X - K X), saving one n x n negation.
         xp = namespace(x)
         h = xp.asarray(h, dtype=x.dtype, device=device_of(x))
-        k = xp.exp(-_scaled_sq(xp, x, h, sq))
-        r = (xp.sum(k, axis=1)[:, None] * x - k @ x) * (2.0 / h)
+        if h.ndim == 0:
+            k = _exp_neg_scaled(xp, sqdist(x, xp=xp) if sq is None else sq, h)
+        else:
+            k = xp.exp(-_scaled_sq(xp, x, h, sq))
+        xc = _centred(xp, x)
+        r = (xp.sum(k, axis=1)[:, None] * xc - k @ xc) * (2.0 / h)
         return k, r
 
 

@@ -14,6 +14,7 @@ step count and the seed. Since the noise is a pure function of ``(seed, particle
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -70,7 +71,12 @@ class Trace:
 
 
 def _first_bad_particle(xp, s, x_new) -> int:
-    bad = ~(xp.all(xp.isfinite(x_new), axis=1) & xp.all(xp.isfinite(s), axis=1))
+    """The first particle whose score is non-finite; failing that, the first non-finite new position.
+
+    (A NaN score spreads to every row of ``K S``, so the score, not the update, names the culprit.)
+    """
+    bad_score = ~xp.all(xp.isfinite(s), axis=1)
+    bad = bad_score if bool(xp.any(bad_score)) else ~xp.all(xp.isfinite(x_new), axis=1)
     return int(xp.argmax(xp.astype(bad, xp.int32)))
 
 
@@ -93,8 +99,8 @@ def run_sampler(sampler: Sampler, state: SamplerState, steps: int, *, trace_ever
     ----------
     steps : int >= 0
     trace_every : int >= 1
-        Record the info (and metrics, and particles if ``keep_particles``) at every multiple of this
-        step count, at step 0 and at the final step.
+        Record the info (and metrics, and particles if ``keep_particles``) at the starting state
+        (info NaN there), at every multiple of this step count, and at the final step.
     metrics : mapping name -> callable(particles) -> scalar, optional
         Extra diagnostics computed at trace points (e.g. a KSD).
     progress : bool or None
@@ -125,18 +131,17 @@ def run_sampler(sampler: Sampler, state: SamplerState, steps: int, *, trace_ever
     def record(st, info):
         trace.steps.append(st.step)
         trace.seconds.append(time.perf_counter() - t0)
-        if info is not None:
-            for k in ("bandwidth", "mean_kernel", "update_norm", "score_norm"):
-                v = getattr(info, k)
-                trace.info.setdefault(k, []).append(float(np.mean(to_numpy(v))))
+        for k in ("bandwidth", "mean_kernel", "update_norm", "score_norm"):
+            # the initial state has no step info yet: NaN keeps every series aligned with `steps`
+            v = math.nan if info is None else float(np.mean(to_numpy(getattr(info, k))))
+            trace.info.setdefault(k, []).append(v)
         for name, fn in metrics.items():
             trace.metrics.setdefault(name, []).append(float(to_numpy(fn(st.particles))))
         if keep_particles:
             trace.particles.append(to_numpy(st.particles).copy())
 
     start = state.step
-    if steps == 0 or metrics or keep_particles:
-        record(state, None)
+    record(state, None)
     bar = _progress(steps, progress)
     try:
         for _ in range(steps):

@@ -29,6 +29,7 @@ batches of ``b`` each step and the Stein direction is taken within each batch (`
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
@@ -72,6 +73,7 @@ class Sampler:
     beta: float = 1.0  #: SPOS inverse temperature weight of the Langevin part
     temperature: float = 1.0  #: SGLD temperature
     batch_size: int | None = None  #: random-batch SVGD/SPOS
+    memory_budget: int | None = None  #: bytes for n x n temporaries; tiled evaluation above it
     config: dict = field(default_factory=dict)
 
     @property
@@ -85,9 +87,9 @@ class Sampler:
     def init(self, particles, seed: int = 0) -> SamplerState:
         """Validate ``particles`` (n x d, floating, finite) and build the initial state."""
         check_particles(particles, "initial particles")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"expected a non-negative integer seed, received {seed!r}")
-        return SamplerState(particles, self.step_rule.init(particles), 0, seed)
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ValueError(f"expected a non-negative integer seed, received {seed!r} ({type(seed).__name__})")
+        return SamplerState(particles, self.step_rule.init(particles), 0, int(seed))
 
     def scores(self, particles):
         """Evaluate ``score_fn`` once and check the result's shape and type."""
@@ -101,11 +103,14 @@ class Sampler:
             raise ValueError(
                 f"score_fn returned shape {tuple(s.shape)}; expected the particles' shape {tuple(particles.shape)}"
             )
+        if s.dtype != particles.dtype:
+            raise TypeError(f"score_fn returned dtype {s.dtype}; expected the particles' dtype {particles.dtype}")
         return s
 
     def _stein(self, xp, x, s, step: int, seed: int):
         if self.batch_size is None or self.batch_size >= x.shape[0]:
-            phi, info = stein_direction_with_info(x, s, self.kernel, self.bandwidth, self.repulsion)
+            phi, info = stein_direction_with_info(x, s, self.kernel, self.bandwidth, self.repulsion,
+                                                  memory_budget=self.memory_budget)
             return phi, info.bandwidth, info.mean_kernel
         return _random_batch_direction(self, xp, x, s, step, seed)
 
@@ -142,8 +147,9 @@ class Sampler:
 def _random_batch_direction(sampler: Sampler, xp, x, s, step: int, seed: int):
     """Random-batch Stein direction (Li, Li, Liu & Liu 2020, "A stochastic version of SVGD").
 
-    A fresh uniform permutation per step splits the n particles into ``m = ceil(n / b)`` batches of
-    near-equal size (``numpy.array_split``). Writing the SVGD sum as the self term plus the
+    A fresh uniform permutation per step splits the n particles into ``m = max(n // b, 1)`` batches
+    of near-equal size (``numpy.array_split``), so every batch has between ``b`` and ``2b - 1``
+    particles (never a lone particle without interactions). Writing the SVGD sum as the self term plus the
     interactions, particle ``i`` in batch ``C`` moves along
 
         phi_i = (1/n) k(x_i, x_i) s_i
@@ -158,7 +164,7 @@ def _random_batch_direction(sampler: Sampler, xp, x, s, step: int, seed: int):
     from .stein import stein_terms
 
     n = x.shape[0]
-    m = -(-n // sampler.batch_size)
+    m = max(n // sampler.batch_size, 1)
     perm = permutation(seed, step, n)
     dev = device_of(x)
     parts, hs, mks = [], [], []
@@ -169,7 +175,7 @@ def _random_batch_direction(sampler: Sampler, xp, x, s, step: int, seed: int):
         self_term = t.kernel_diagonal[:, None] * sb
         size = xb.shape[0]
         inter = t.driving + sampler.repulsion * t.repulsion - self_term
-        scale = (n - 1) / (n * (size - 1)) if size > 1 else 0.0
+        scale = (n - 1) / (n * (size - 1))
         parts.append(self_term / float(n) + scale * inter)
         hs.append(xp.mean(t.bandwidth))
         mks.append(t.mean_kernel)
@@ -196,9 +202,20 @@ def _check_positive(name: str, value) -> float:
 def _check_batch(batch_size):
     if batch_size is None:
         return None
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"expected batch_size as a positive integer or None, received {batch_size!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
+        raise ValueError(f"expected batch_size as an integer >= 2 (particles interact within a batch) "
+                         f"or None, received {batch_size!r}")
     return batch_size
+
+
+def _check_budget(memory_budget):
+    if memory_budget is None:
+        return None
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float)) or not (
+        math.isfinite(memory_budget) and memory_budget > 0
+    ):
+        raise ValueError(f"expected memory_budget as a positive number of bytes or None, received {memory_budget!r}")
+    return memory_budget
 
 
 def _check_score_fn(score_fn):
@@ -208,7 +225,7 @@ def _check_score_fn(score_fn):
 
 
 def svgd(score_fn, step_size=1e-2, *, kernel=None, bandwidth=None, repulsion: float = 1.0,
-         batch_size: int | None = None) -> Sampler:
+         batch_size: int | None = None, memory_budget: int | None = None) -> Sampler:
     """Stein variational gradient descent (Liu & Wang 2016).
 
     Parameters
@@ -219,22 +236,28 @@ def svgd(score_fn, step_size=1e-2, *, kernel=None, bandwidth=None, repulsion: fl
     kernel, bandwidth, repulsion : see :func:`~particlesampling.stein_direction`.
     batch_size : int, optional
         Random-batch SVGD: interactions only within random batches of this size.
+    memory_budget : int, optional
+        Bytes allowed for the ``n x n`` temporaries of the direction; above it the direction is
+        evaluated in row blocks (:mod:`particlesampling.tiled`, same result to rounding).
     """
     return Sampler("svgd", _check_score_fn(score_fn), get_step_rule(step_size), kernel, bandwidth,
                    float(repulsion), batch_size=_check_batch(batch_size),
+                   memory_budget=_check_budget(memory_budget),
                    config={"kernel": repr(kernel), "bandwidth": repr(bandwidth), "repulsion": repulsion,
                            "batch_size": batch_size})
 
 
 def spos(score_fn, step_size=1e-2, *, beta: float = 1.0, kernel=None, bandwidth=None,
-         repulsion: float = 1.0, batch_size: int | None = None) -> Sampler:
+         repulsion: float = 1.0, batch_size: int | None = None, memory_budget: int | None = None) -> Sampler:
     """Stochastic particle-optimisation sampling (Zhang et al. 2020); update in the module docstring.
 
     ``beta > 0`` weights the Langevin part (drift ``s / beta``, noise variance ``2 eps / beta``).
+    ``memory_budget``: as for :func:`svgd`.
     """
     beta = _check_positive("beta", beta)
     return Sampler("spos", _check_score_fn(score_fn), get_step_rule(step_size), kernel, bandwidth,
                    float(repulsion), beta=beta, batch_size=_check_batch(batch_size),
+                   memory_budget=_check_budget(memory_budget),
                    config={"kernel": repr(kernel), "bandwidth": repr(bandwidth), "repulsion": repulsion,
                            "beta": beta, "batch_size": batch_size})
 

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from ._backend import check_same_shape, device_of, namespace, sqdist
 from .bandwidths import get_bandwidth
-from .kernels import Kernel, get_kernel
+from .kernels import RBF, Kernel, _centred, _exp_neg_scaled, get_kernel
 
 __all__ = ["stein_direction", "stein_direction_with_info", "stein_terms", "SteinInfo", "SteinTerms"]
 
@@ -72,6 +72,8 @@ def stein_terms(particles, scores, kernel=None, bandwidth=None, *, sq=None) -> S
         h = get_bandwidth(bandwidth)(particles, sq, scores)
     else:
         h = xp.ones((), dtype=particles.dtype, device=device_of(particles))
+    if type(kern) is RBF and h.ndim == 0:
+        return _rbf_terms(xp, particles, scores, h, sq)
     k, r = kern.gram_and_repulsion(particles, h, sq)
     diag = xp.linalg.diagonal(k)
     if n > 1:
@@ -81,14 +83,50 @@ def stein_terms(particles, scores, kernel=None, bandwidth=None, *, sq=None) -> S
     return SteinTerms(k @ scores, r, diag, h, mean_k)
 
 
+def _rbf_terms(xp, x, s, h, sq) -> SteinTerms:
+    """Fast path of :func:`stein_terms` for the RBF kernel and a scalar ``h`` (same values to rounding).
+
+    ``K = exp(-D2 / h)`` is built in place from ``D2`` (two passes), and ``K X``, ``K S`` and the row
+    sums of ``K`` come from one matrix product ``K [Xc | S | 1]`` (Xc the centred particles), so the
+    step is the ``D2`` product, one ``n x n`` by ``n x (2d + 1)`` product and O(n^2) elementwise work.
+    """
+    n, d = x.shape
+    k = _exp_neg_scaled(xp, sq, h)
+    ones = xp.ones((n, 1), dtype=x.dtype, device=device_of(x))
+    xc = _centred(xp, x)
+    prod = k @ xp.concat([xc, s, ones], axis=1)
+    rowsum = prod[:, 2 * d]
+    r = (rowsum[:, None] * xc - prod[:, :d]) * (2.0 / h)
+    diag = xp.linalg.diagonal(k)
+    if n > 1:
+        mean_k = (xp.sum(rowsum) - xp.sum(diag)) / float(n * (n - 1))
+    else:
+        mean_k = xp.ones((), dtype=x.dtype, device=device_of(x))
+    return SteinTerms(prod[:, d:2 * d], r, diag, h, mean_k)
+
+
+def _needs_tiling(particles, memory_budget) -> bool:
+    """Whether the untiled path's ``n x n`` temporaries (about three: D2, K, one more) exceed the budget."""
+    if memory_budget is None:
+        return False
+    n = particles.shape[0]
+    itemsize = 4 if str(particles.dtype).endswith("float32") else 8
+    return 3 * n * n * itemsize > memory_budget
+
+
 def stein_direction_with_info(particles, scores, kernel=None, bandwidth=None, repulsion: float = 1.0,
-                              *, sq=None):
+                              *, sq=None, memory_budget=None):
     """Stein direction and :class:`SteinInfo`; see :func:`stein_direction` for the arguments.
 
     ``sq`` may pass a precomputed ``sqdist(particles)`` to share it with other computations of the
     same step (a KSD, say).
     """
     xp = _check_inputs(particles, scores, repulsion)
+    if sq is None and _needs_tiling(particles, memory_budget):
+        from .tiled import tiled_stein_direction_with_info  # lazy: tiled imports this module
+
+        return tiled_stein_direction_with_info(particles, scores, kernel, bandwidth, repulsion,
+                                               memory_budget=memory_budget)
     n = particles.shape[0]
     t = stein_terms(particles, scores, kernel, bandwidth, sq=sq)
     phi = (t.driving + repulsion * t.repulsion) / float(n)
@@ -101,7 +139,8 @@ def stein_direction_with_info(particles, scores, kernel=None, bandwidth=None, re
     return phi, info
 
 
-def stein_direction(particles, scores, kernel=None, bandwidth=None, repulsion: float = 1.0):
+def stein_direction(particles, scores, kernel=None, bandwidth=None, repulsion: float = 1.0, *,
+                    memory_budget=None):
     """The SVGD direction ``phi = (K S + repulsion * R) / n`` (Liu & Wang 2016, eq. 8).
 
     Parameters
@@ -117,9 +156,15 @@ def stein_direction(particles, scores, kernel=None, bandwidth=None, repulsion: f
         number ``h`` fixes the bandwidth of ``k(x, y) = exp(-|x - y|^2 / h)`` for RBF.
     repulsion : float
         Weight ``alpha`` of the repulsive term (1 for SVGD).
+    memory_budget : int, optional
+        Bytes allowed for ``n x n`` temporaries. ``None`` (default): untiled. If the untiled path
+        would need more (about ``3 n^2`` numbers), the rows are processed in blocks that fit the
+        budget (:mod:`particlesampling.tiled`: same result to float rounding, ``O(n * tile)``
+        memory, radial kernels and scalar median / fixed bandwidths).
 
     Returns
     -------
     phi : array, shape (n, d), same namespace, dtype and device as ``particles``.
     """
-    return stein_direction_with_info(particles, scores, kernel, bandwidth, repulsion)[0]
+    return stein_direction_with_info(particles, scores, kernel, bandwidth, repulsion,
+                                     memory_budget=memory_budget)[0]

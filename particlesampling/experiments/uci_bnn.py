@@ -264,9 +264,12 @@ def load_records(path) -> list[dict]:
     return out
 
 
-def run_many(datasets, splits, methods, configs: dict, cache_path, root=None, workers: int = 1,
-             log=print) -> list[dict]:
-    """Run every (split, data set, method) not yet in ``cache_path``; append each result as it ends.
+def run_many(datasets, splits, methods, configs: dict, cache_dir, root=None, workers: int = 1,
+             log=print, run: bool = True) -> list[dict]:
+    """Run every (split, data set, method) not yet cached; append each result as it ends.
+
+    The cache is one JSON-lines file per method, ``cache_dir/uci_runs_<method>.jsonl``; with
+    ``run=False`` nothing is run and the cached records are returned.
 
     ``configs`` maps a method name to its :class:`BNNConfig`. Splits are the outer loop so that a
     job stopped early has covered every data set equally. Returns all records for the requested
@@ -275,9 +278,16 @@ def run_many(datasets, splits, methods, configs: dict, cache_path, root=None, wo
     import json
     from pathlib import Path
 
-    cache_path = Path(cache_path)
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    done = {_key(r) for r in load_records(cache_path)}
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def path_of(method):
+        return cache_dir / f"uci_runs_{method}.jsonl"
+
+    def cached():
+        return [r for m in methods for r in load_records(path_of(m))]
+
+    done = {_key(r) for r in cached()}
     jobs = []
     for k in splits:
         for name in datasets:
@@ -286,8 +296,11 @@ def run_many(datasets, splits, methods, configs: dict, cache_path, root=None, wo
                 if (name, int(k), m, int(cfg.iters)) not in done:
                     jobs.append((name, int(k), cfg, root))
 
+    if not run:
+        jobs = []
+
     def write(rec):
-        with open(cache_path, "a") as f:
+        with open(path_of(rec["method"]), "a") as f:
             f.write(json.dumps(rec) + "\n")
         log(f"{rec['dataset']:>17s} split {rec['split']:2d} {rec['method']:4s} rmse {rec['rmse']:.3f} "
             f"ll {rec['loglik']:.3f} ({rec['seconds']:.1f} s)")
@@ -302,4 +315,4 @@ def run_many(datasets, splits, methods, configs: dict, cache_path, root=None, wo
         for j in jobs:
             write(_job(j))
     want = {(n, int(k), m, int(configs[m].iters)) for k in splits for n in datasets for m in methods}
-    return [r for r in load_records(cache_path) if _key(r) in want]
+    return [r for r in cached() if _key(r) in want]

@@ -37,7 +37,7 @@ __all__ = ["VCConfig", "run_one", "run_grid"]
 
 @dataclass(frozen=True)
 class VCConfig:
-    steps: int = 1000
+    steps: int = 500
     svgd_lr0: float = 0.1
     eps: float = 0.01
     beta: float = 1.0
@@ -66,17 +66,20 @@ def run_one(method: str, d: int, n: int, cfg: VCConfig = VCConfig()) -> dict:
         raise ValueError(f"unknown method {method!r}")
     state = s.init(x0, seed=cfg.seed)
     tail = max(1, cfg.steps // 5)
+    half = math.nan
     acc, cnt = 0.0, 0
     with torch.no_grad(), _noise_patch(cfg.fast_noise and method != "svgd", cfg.seed + 7919 * d + n):
         for t in range(cfg.steps):
             state, info = s.step(state)
+            if t + 1 == cfg.steps // 2:
+                half = float(marginal_variance(state.particles))
             if method != "svgd" and t >= cfg.steps - tail:
                 acc += float(marginal_variance(state.particles))
                 cnt += 1
     final = float(marginal_variance(state.particles))
     value = final if method == "svgd" else acc / cnt
     return {"method": method, "d": d, "n": n, "d_over_n": d / n, "marginal_variance": value,
-            "final_marginal_variance": final, "last_update_norm": float(info.update_norm),
+            "final_marginal_variance": final, "halfway_marginal_variance": half, "last_update_norm": float(info.update_norm),
             "steps": cfg.steps, "seconds": time.perf_counter() - t0}
 
 

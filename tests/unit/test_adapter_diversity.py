@@ -19,6 +19,16 @@ from attention_adapter import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is faster and insensitive to other load on the machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
 def _one_hot_maps(targets, b=2, t=3, s=5):
     """maps[b, h, t, :] = one-hot at targets[h]."""
     m = len(targets)

@@ -23,6 +23,16 @@ E, H = 16, 4
 D = E // H
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is faster and insensitive to other load on the machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
 class TinyAttention(nn.Module):
     """A user module in the style of LLaMA: separate wq/wk/wv/wo Linear layers."""
 
@@ -242,6 +252,13 @@ def test_discovery_finds_every_attention_module_of_transformer():
     assert names == ["encoder.layers.0.self_attn", "decoder.layers.0.self_attn", "decoder.layers.0.multihead_attn"]
     bert_names = [s.name for s in find_attention(_build("bert"))]
     assert bert_names == ["encoder.layer.0.attention", "encoder.layer.1.attention"]
+
+
+def test_wrappers_are_looked_through():
+    model = _build("bert")
+    plain = [s.name for s in find_attention(model)]
+    assert [s.name for s in find_attention(nn.DataParallel(model))] == plain
+    assert HeadParticles(nn.DataParallel(model)).names == HeadParticles(model).names
 
 
 def test_report_is_readable():

@@ -13,6 +13,16 @@ from attention_adapter import NonFiniteGradientError, RepulsiveHeads, step_seed
 E, H, T, B = 16, 4, 5, 3
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is faster and insensitive to other load on the machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
 def _encoder(dtype=torch.float64, seed=0):
     torch.manual_seed(seed)
     layer = nn.TransformerEncoderLayer(E, H, 32, dropout=0.0, batch_first=True)

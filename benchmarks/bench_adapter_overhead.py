@@ -1,0 +1,203 @@
+"""Training-step overhead of the repulsive-attention adapter on the MiniLM configuration.
+
+Model: BERT with the all-MiniLM-L6-v2 configuration (6 layers, 12 heads, hidden 384, intermediate
+1536, vocabulary 30522), random initialisation (nothing downloaded), mean-pooled regression head,
+AdamW. One training step = zero_grad, forward, backward, [adapter], optimizer step, on a batch of
+``--batch`` x ``--seq`` tokens.
+
+Steps with and without the adapter alternate on the same model and optimizer (A B B A ...), so
+slow drifts of the machine hit both equally; the table reports medians, the ratio of the medians,
+and, separately, the median time of ``RepulsiveHeads.apply()`` alone (timed on the gradients of
+the step it belongs to), which is the overhead with the least noise.
+
+Usage::
+
+    python benchmarks/bench_adapter_overhead.py                       # CPU, 16 x 128, 9 pairs
+    python benchmarks/bench_adapter_overhead.py --device cuda --batch 64
+    python benchmarks/bench_adapter_overhead.py --profile             # where apply() spends its time
+
+Writes ``benchmarks/results/adapter_overhead[ _<tag>].{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from attention_adapter import RepulsiveHeads  # noqa: E402
+
+
+class MiniLMRegressor(nn.Module):
+    def __init__(self, attn_implementation: str):
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        cfg = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                         intermediate_size=1536, max_position_embeddings=512,
+                         attn_implementation=attn_implementation)
+        self.bert = BertModel(cfg, add_pooling_layer=False)
+        self.head = nn.Linear(384, 1)
+
+    def forward(self, ids, mask):
+        h = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        return self.head(pooled).squeeze(-1)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _adapter_options(name):
+    return {
+        "an2020-svgd": dict(preset="an2020", alpha=0.01, epsilon=0.01),
+        "an2020-spos": dict(method="spos", preset="an2020", alpha=0.01, epsilon=0.01, beta=0.01),
+        "principled-svgd": dict(method="svgd", dataset_size=10_000, prior=1.0),
+        "joint-svgd": dict(method="svgd", particles="joint", include_output=True, include_bias=True),
+    }[name]
+
+
+def run(args):
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = MiniLMRegressor(args.attn).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    heads = RepulsiveHeads(model, **_adapter_options(args.adapter))
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 30522, (args.batch, args.seq), generator=gen).to(device)
+    mask = torch.ones(args.batch, args.seq, dtype=torch.long, device=device)
+    target = torch.randn(args.batch, generator=gen).to(device)
+
+    def step(with_adapter):
+        _sync(device)
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = ((model(ids, mask) - target) ** 2).mean()
+        loss.backward()
+        t_apply = None
+        if with_adapter:
+            _sync(device)
+            a0 = time.perf_counter()
+            heads.apply()
+            _sync(device)
+            t_apply = time.perf_counter() - a0
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        _sync(device)
+        return time.perf_counter() - t0, t_apply
+
+    for i in range(args.warmup):
+        step(i % 2 == 0)
+    plain, rep, applies = [], [], []
+    for i in range(args.pairs):
+        order = (False, True) if i % 2 == 0 else (True, False)
+        for w in order:
+            t, a = step(w)
+            (rep if w else plain).append(t)
+            if a is not None:
+                applies.append(a)
+        print(f"pair {i + 1}/{args.pairs}: without {plain[-1] * 1e3:8.1f} ms   with {rep[-1] * 1e3:8.1f} ms   "
+              f"apply {applies[-1] * 1e3:6.2f} ms", flush=True)
+
+    if args.profile:
+        opt.zero_grad(set_to_none=True)
+        ((model(ids, mask) - target) ** 2).mean().backward()
+        with torch.profiler.profile() as prof:
+            heads.apply()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+    med_plain, med_rep, med_apply = (statistics.median(v) for v in (plain, rep, applies))
+    groups = heads.groups
+    return {
+        "model": "BERT MiniLM-L6 config (6 layers, 12 heads, hidden 384, intermediate 1536), random init",
+        "adapter": args.adapter,
+        "adapter_options": {k: v for k, v in _adapter_options(args.adapter).items()},
+        "particle_groups": len(groups),
+        "group_shape": [groups[0].num_particles, groups[0].dim],
+        "batch": args.batch,
+        "seq": args.seq,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "attn_implementation": args.attn,
+        "pairs": args.pairs,
+        "median_step_without_s": med_plain,
+        "median_step_with_s": med_rep,
+        "ratio_with_over_without": med_rep / med_plain,
+        "median_apply_s": med_apply,
+        "apply_fraction_of_step": med_apply / med_plain,
+        "steps_without_s": plain,
+        "steps_with_s": rep,
+        "apply_s": applies,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+def markdown(results):
+    rows = ["| adapter | device | threads | batch | step without (ms) | step with (ms) | ratio | apply() (ms) "
+            "| apply / step |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        rows.append(
+            f"| {r['adapter']} | {r['device']} | {r['threads']} | {r['batch']} x {r['seq']} "
+            f"| {r['median_step_without_s'] * 1e3:.1f} | {r['median_step_with_s'] * 1e3:.1f} "
+            f"| {r['ratio_with_over_without']:.3f} | {r['median_apply_s'] * 1e3:.2f} "
+            f"| {100 * r['apply_fraction_of_step']:.2f}% |"
+        )
+    r0 = results[0]
+    head = (f"Adapter overhead, {r0['model']}; {r0['particle_groups']} particle groups of "
+            f"{r0['group_shape'][0]} x {r0['group_shape'][1]}; medians of {r0['pairs']} interleaved pairs of "
+            f"training steps (AdamW, clipping); torch {r0['torch']}; load average at end {r0['load_average_at_end']}.")
+    return head + "\n\n" + "\n".join(rows) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--pairs", type=int, default=9)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
+    p.add_argument("--adapter", nargs="+", default=["an2020-svgd", "an2020-spos"],
+                   choices=["an2020-svgd", "an2020-spos", "principled-svgd", "joint-svgd"])
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--tag", default="", help="suffix of the output files")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = p.parse_args(argv)
+    results = []
+    for name in args.adapter:
+        one = argparse.Namespace(**{**vars(args), "adapter": name})
+        print(f"== {name} ==", flush=True)
+        results.append(run(one))
+    md = markdown(results)
+    print()
+    print(md)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "adapter_overhead" + (f"_{args.tag}" if args.tag else "")
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
+    (out / f"{stem}.md").write_text(md)
+    print(f"wrote {out / stem}.json and .md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""DistributedDataParallel: 2 gloo processes on CPU end with identical parameters, equal to a
+single-process run on the same global batch (SVGD and SPOS: every rank draws the same noise)."""
+
+import os
+import socket
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from attention_adapter import RepulsiveHeads
+
+WORLD, STEPS, GLOBAL_BATCH = 2, 3, 8
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _model():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+    return nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).double()
+
+
+def _global_batch(step):
+    gen = torch.Generator().manual_seed(100 + step)
+    x = torch.randn(GLOBAL_BATCH, 5, 16, generator=gen, dtype=torch.float64)
+    return x, torch.randn(GLOBAL_BATCH, 5, 16, generator=gen, dtype=torch.float64)
+
+
+def _train(model, method, rank=0, world=1):
+    heads = RepulsiveHeads(model, method=method, preset="an2020", alpha=0.5, epsilon=0.1, seed=5)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    heads.attach(opt)
+    per = GLOBAL_BATCH // world
+    for step in range(STEPS):
+        x, y = _global_batch(step)
+        x, y = x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()  # DDP all-reduces (averages) during backward
+        opt.step()  # the adapter runs here, after the all-reduce
+    return heads
+
+
+def _worker(rank, port, out_dir, method):
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        model = nn.parallel.DistributedDataParallel(_model())
+        _train(model, method, rank, WORLD)
+        torch.save({k: v.detach().clone() for k, v in model.module.state_dict().items()},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["svgd", "spos"])
+def test_ddp_two_ranks_match_single_process(method):
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_worker, args=(_free_port(), tmp, method), nprocs=WORLD, join=True)
+        states = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(WORLD)]
+    ref_model = _model()
+    _train(ref_model, method)
+    ref = ref_model.state_dict()
+    start = _model().state_dict()
+    for k in ref:
+        assert torch.equal(states[0][k], states[1][k]), k  # replicas identical, noise included
+        torch.testing.assert_close(states[0][k], ref[k], rtol=1e-9, atol=1e-11)
+    assert not torch.equal(ref["layers.0.self_attn.in_proj_weight"], start["layers.0.self_attn.in_proj_weight"])

