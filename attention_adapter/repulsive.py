@@ -180,6 +180,11 @@ class RepulsiveHeads:
         then skips the optimizer step). The check costs one device-to-host sync per step.
     check_finite : bool
         Set False to drop the check (and its sync); non-finite values then propagate.
+    num_threads : int or None
+        Intra-op CPU threads used inside :meth:`apply` when the heads are on the CPU (torch's setting
+        is restored afterwards). Default 1: the transform is a few dozen small, memory-bound
+        operations per group, for which OpenMP synchronisation costs more than it saves, and
+        several times more on a busy machine. ``None`` keeps torch's setting.
 
     Attributes
     ----------
@@ -194,7 +199,8 @@ class RepulsiveHeads:
                  particles: Optional[str] = None, roles=None, include_output: Optional[bool] = None,
                  include_bias: Optional[bool] = None, layouts=None, layers=None, kernel=None, bandwidth=None,
                  repulsion: Optional[float] = None, dataset_size: Optional[float] = None, prior=None,
-                 lr: Optional[float] = None, seed: int = 0, on_nonfinite: str = "raise", check_finite: bool = True):
+                 lr: Optional[float] = None, seed: int = 0, on_nonfinite: str = "raise", check_finite: bool = True,
+                 num_threads: Optional[int] = 1):
         if method not in METHODS:
             raise ValueError(f"expected method in {METHODS}, received {method!r}")
         if preset is not None and preset not in PRESETS:
@@ -205,6 +211,10 @@ class RepulsiveHeads:
             raise ValueError(f"expected seed as a non-negative int, received {seed!r}")
         if not isinstance(check_finite, bool):
             raise TypeError(f"expected check_finite as a bool, received {check_finite!r}")
+        if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
+                                        or num_threads < 1):
+            raise ValueError(f"expected num_threads as a positive int or None, received {num_threads!r}")
+        self.num_threads = num_threads
         given = dict(particles=particles, roles=roles, include_output=include_output, include_bias=include_bias,
                      kernel=kernel, bandwidth=bandwidth, dataset_size=dataset_size, prior=prior, lr=lr,
                      repulsion=repulsion)
@@ -329,7 +339,6 @@ class RepulsiveHeads:
             new = (s * (1.0 / self.beta) + phi) * (-eps) - xi * math.sqrt(2.0 * eps / (self.beta * lr))
         return new, info
 
-    @torch.no_grad()
     def apply(self) -> ApplyInfo:
         """Rewrite the head gradients in place; call after ``backward()`` (and ``scaler.unscale_``).
 
@@ -346,6 +355,19 @@ class RepulsiveHeads:
         RuntimeError
             Called twice on the same gradients.
         """
+        first = self.heads.groups[0].blocks[0].param
+        if self.num_threads is None or first.device.type != "cpu":
+            with torch.no_grad():
+                return self._apply()
+        saved = torch.get_num_threads()
+        torch.set_num_threads(self.num_threads)
+        try:
+            with torch.no_grad():
+                return self._apply()
+        finally:
+            torch.set_num_threads(saved)
+
+    def _apply(self) -> ApplyInfo:
         step = self._step
         present, missing = [], []
         for g in self.heads.groups:

@@ -22,7 +22,6 @@ import shlex
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +47,7 @@ def parse(argv=None):
     ap.add_argument("--datasets", default=",".join(UCI_DATASETS))
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--only", default="uci,vc,blr", help="subset of uci,vc,blr")
-    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--workers", type=int, default=None, help="processes for the UCI runs (default 2; quick 1)")
     ap.add_argument("--out", default=None, help="output directory (quick mode; default a temp dir)")
     ap.add_argument("--cache-dir", default=None, help="UCI run cache (default out/evidence, quick: <out>/cache)")
     ap.add_argument("--report-only", action="store_true", help="no new runs: aggregate cached UCI runs and "
@@ -95,7 +94,8 @@ def main(argv=None) -> int:
         if avail is not None:
             K = min([K] + list(avail.values()))
             configs = {m: BNNConfig(method=m, iters=iters) for m in methods}
-            recs = run_many(datasets, range(K), methods, configs, cache, root=a.uci_dir, workers=a.workers,
+            workers = a.workers or (1 if a.quick else min(2, os.cpu_count() or 1))
+            recs = run_many(datasets, range(K), methods, configs, cache, root=a.uci_dir, workers=workers,
                             run=not a.report_only)
             summary = report.aggregate_uci(recs)
             uci = {"protocol": "Liu & Wang 2016 (see particlesampling/experiments/uci_bnn.py)",
@@ -135,9 +135,7 @@ def main(argv=None) -> int:
             blr["command"] = command
             _json(path, blr)
 
-    notes_path = ROOT / "benchmarks" / "evidence_notes.md"
-    notes = notes_path.read_text() if (notes_path.is_file() and not a.quick) else ""
-    report.write_report(doc, uci, vc, blr, command, img_prefix="img/evidence_", notes=notes)
+    report.write_report(doc, uci, vc, blr, command, img_prefix="img/evidence_")
     print(f"done in {time.perf_counter() - t_start:.0f} s; report: {doc}", flush=True)
     return 0
 

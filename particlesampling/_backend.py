@@ -182,12 +182,11 @@ def _sqdist_numpy(x, y):
     the Gram product, so one GEMM and four ``n x m`` passes instead of nine allocations."""
     import numpy as np
 
-    xx = np.einsum("ij,ij->i", x, x)
-    yy = xx if y is None else np.einsum("ij,ij->i", y, y)
+    xx = np.sum(x * x, axis=1)
+    yy = xx if y is None else np.sum(y * y, axis=1)
     d2 = x @ (x if y is None else y).T
-    d2 *= -2.0
-    d2 += xx[:, None]
-    d2 += yy[None, :]
+    d2 *= -2.0  # exact; then (|x_i|^2 + |y_j|^2) + (-2 G): the same rounding as the generic path
+    d2 += xx[:, None] + yy[None, :]
     np.maximum(d2, 0.0, out=d2)
     if y is None:
         np.fill_diagonal(d2, 0.0)

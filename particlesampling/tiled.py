@@ -95,14 +95,20 @@ def _blocks(xp, xc, xx, tile):
     dev = device_of(xc)
     for a in range(0, n, tile):
         b = min(n, a + tile)
-        d2 = xx[a:b, None] + xx[None, :] - 2.0 * (xc[a:b, :] @ xt)
-        if array_api_compat.is_torch_array(d2) and not d2.requires_grad:
-            d2.clamp_(min=0.0)  # in place: two fewer block passes than clip + where
+        if array_api_compat.is_torch_array(xc) and not xc.requires_grad:
+            # one block temporary: the product is accumulated into |x_i|^2 + |x_j|^2 (as sqdist)
+            d2 = xx[a:b, None] + xx[None, :]
+            d2.addmm_(xc[a:b, :], xt, alpha=-2.0)
+            d2.clamp_(min=0.0)
             d2[:, a:b].fill_diagonal_(0.0)
-        elif array_api_compat.is_numpy_array(d2):
+        elif array_api_compat.is_numpy_array(xc):
+            d2 = xc[a:b, :] @ xt
+            d2 *= -2.0
+            d2 += xx[a:b, None] + xx[None, :]
             np.maximum(d2, 0.0, out=d2)
             np.fill_diagonal(d2[:, a:b], 0.0)
         else:
+            d2 = xx[a:b, None] + xx[None, :] - 2.0 * (xc[a:b, :] @ xt)
             d2 = xp.clip(d2, min=0.0)
             cols = xp.arange(n, device=dev)
             on_diag = (cols[None, :] - a) == xp.arange(b - a, device=dev)[:, None]
@@ -451,8 +457,8 @@ def tiled_ksd_squared(particles, scores, kernel="imq", bandwidth=1.0, statistic:
         hmat = f * ss + (2.0 / h) * (f1 * (cross - float(d)) - 2.0 * (u * f2))
         total = total + xp.sum(hmat)
     if statistic == "v":
-        return total / float(n * n)
+        return xp.asarray(total / float(n * n))  # xp.asarray: a 0-d array, not a NumPy scalar
     # diagonal u_p(x_i, x_i) = f(0) |s_i|^2 - (2/h) f'(0) d  (U = 0, C_ii = 0)
     f0, f10, _ = kern.profile(xp.zeros((), dtype=particles.dtype, device=dev))
     diag = f0 * xp.sum(scores * scores) - (2.0 / h) * f10 * float(d * n)
-    return (total - diag) / float(n * (n - 1))
+    return xp.asarray((total - diag) / float(n * (n - 1)))

@@ -45,6 +45,7 @@ def aggregate_uci(records: list[dict]) -> dict:
             summary[ds][m] = {
                 "rmse_mean": rm, "rmse_se": rse, "loglik_mean": lm, "loglik_se": lse,
                 "n_splits": len(recs), "splits": [r["split"] for r in recs],
+                "rmse_by_split": [r["rmse"] for r in recs], "loglik_by_split": [r["loglik"] for r in recs],
                 "n_failed": int(sum(not r["finite"] for r in recs)),
                 "iters": sorted({int(r["iters"]) for r in recs}),
                 "seconds_mean": float(np.mean([r["seconds"] for r in recs])),
@@ -71,14 +72,22 @@ def _fmt(m, se, digits=3):
     return f"{m:.{digits}f} ± {se:.{digits}f}" if np.isfinite(se) else f"{m:.{digits}f}"
 
 
+def _z(metric: str, s: dict, ds: str) -> str:
+    """(ours − published) / sqrt(SE_ours² + SE_pub²); needs at least 2 splits."""
+    if ds not in PUBLISHED or not np.isfinite(s[f"{metric}_se"]):
+        return ""
+    mu, se = PUBLISHED[ds][metric]
+    return f"{(s[f'{metric}_mean'] - mu) / math.hypot(se, s[f'{metric}_se']):+.1f}"
+
+
 def uci_table(summary: dict, methods=("svgd", "spos", "sgld")) -> str:
-    lines = ["| data set | method | splits | iters | test RMSE | verdict | test log-lik | verdict | s/split |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| data set | method | splits | iters | test RMSE | verdict | z | test log-lik | verdict | z | s/split |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for ds in [d for d in PUBLISHED if d in summary] + [d for d in summary if d not in PUBLISHED]:
         if ds in PUBLISHED:
             p = PUBLISHED[ds]
-            lines.append(f"| {DISPLAY.get(ds, ds)} | published SVGD | 20 | ? | {_fmt(*p['rmse'])} | | "
-                         f"{_fmt(*p['loglik'])} | | |")
+            lines.append(f"| {DISPLAY.get(ds, ds)} | published SVGD | 20 | ? | {_fmt(*p['rmse'])} | | | "
+                         f"{_fmt(*p['loglik'])} | | | |")
         for m in methods:
             s = summary[ds].get(m)
             if s is None:
@@ -86,9 +95,66 @@ def uci_table(summary: dict, methods=("svgd", "spos", "sgld")) -> str:
             lines.append(
                 f"| {DISPLAY.get(ds, ds)} | {m.upper()} (ours) | {s['n_splits']} | "
                 f"{','.join(map(str, s['iters']))} | {_fmt(s['rmse_mean'], s['rmse_se'])} | "
-                f"{verdict('rmse', s['rmse_mean'], ds)} | {_fmt(s['loglik_mean'], s['loglik_se'])} | "
-                f"{verdict('loglik', s['loglik_mean'], ds)} | {s['seconds_mean']:.0f} |")
+                f"{verdict('rmse', s['rmse_mean'], ds)} | {_z('rmse', s, ds)} | "
+                f"{_fmt(s['loglik_mean'], s['loglik_se'])} | "
+                f"{verdict('loglik', s['loglik_mean'], ds)} | {_z('loglik', s, ds)} | {s['seconds_mean']:.0f} |")
     return "\n".join(lines)
+
+
+UCI_NOTES = """Notes on the UCI numbers:
+
+* **Iterations.** The table of Liu & Wang does not state them; their released script defaults to
+  2,000 iterations of 100 rows. We use 5,000 (DESIGN §4: 2,000 fall short on some sets, 5,000 reach
+  the table). Where we are *better* than the published interval (Boston, Energy), the likeliest
+  reason is that longer training: the protocol is otherwise the original one, line by line. We did
+  not have the compute to rerun at 2,000 iterations to confirm this.
+* **Splits.** The standard error is over the splits actually run (column `splits`); with few splits
+  it is itself uncertain, and the verdict compares only our mean with the published interval.
+  Splits are taken in order 0, 1, 2, ... for every data set.
+* **SPOS.** The core sampler adds the Langevin noise outside the AdaGrad rule, so with an adaptive
+  rule SPOS does not target the posterior exactly (see `particlesampling.step_sizes`); β = N makes the
+  drift φ + s/N and the per-step noise standard deviation √(2·10⁻³/N) ≈ 1.2–2.2·10⁻³, comparable to
+  the AdaGrad step of 10⁻³. β was fixed a priori (β = N, temperature 1 per data point), not tuned on
+  test data. SGLD is the same chain without the Stein term.
+* **Numerics.** Training in float32 (score in closed form, batched over the 20 networks), evaluation
+  in float64. Seconds per split were measured on 2 CPU cores shared with other jobs (load average
+  6–9), so they are upper bounds, not benchmarks of the code."""
+
+
+def uci_discussion(summary: dict) -> str:
+    """Counts of verdicts and the SPOS-vs-SVGD comparison, generated from the numbers."""
+    out = []
+    for m in ("svgd", "spos", "sgld"):
+        counts: dict = {}
+        for ds in PUBLISHED:
+            s = summary.get(ds, {}).get(m)
+            if s is None:
+                continue
+            for metric in ("rmse", "loglik"):
+                v = verdict(metric, s[f"{metric}_mean"], ds)
+                counts.setdefault(v, []).append(f"{DISPLAY[ds]} {'RMSE' if metric == 'rmse' else 'log-lik'}")
+        if counts:
+            out.append(f"* {m.upper()}: " + "; ".join(f"{k} {len(v)} ({', '.join(v)})" for k, v in sorted(counts.items())))
+    cmp = []
+    for ds in PUBLISHED:
+        a, b = summary.get(ds, {}).get("svgd"), summary.get(ds, {}).get("spos")
+        if a is None or b is None:
+            continue
+        common = sorted(set(a["splits"]) & set(b["splits"]))
+        if not common:
+            continue
+        ia = {k: i for i, k in enumerate(a["splits"])}
+        ib = {k: i for i, k in enumerate(b["splits"])}
+        parts = []
+        for metric, name in (("rmse", "RMSE"), ("loglik", "log-lik")):
+            dlt = np.array([b[f"{metric}_by_split"][ib[k]] - a[f"{metric}_by_split"][ia[k]] for k in common])
+            se = dlt.std(ddof=1) / math.sqrt(dlt.size) if dlt.size > 1 else math.nan
+            parts.append(f"{name} {dlt.mean():+.3f}" + (f" ± {se:.3f}" if np.isfinite(se) else ""))
+        cmp.append(f"{DISPLAY[ds]} ({len(common)} splits): " + ", ".join(parts))
+    if cmp:
+        out.append("* SPOS − SVGD, paired over the splits both ran (mean ± SE; RMSE lower and log-lik "
+                   "higher is better for SPOS): " + "; ".join(cmp) + ".")
+    return "\n".join(out)
 
 
 def plot_variance_collapse(vc: dict, path) -> None:
@@ -180,23 +246,30 @@ def write_report(path, uci: dict | None, vc: dict | None, blr: dict | None, comm
               "* **SGLD**: the core `sgld` sampler with the same step rule on the score and the same noise "
               "(temperature 1/N): SPOS with the Stein term removed (20 independent chains).", "",
               "Verdict: `within` = our mean lies in the published mean ± 2 published standard errors; "
-              "`better`/`worse` otherwise. Our ± is the standard error over the splits we ran.", "",
-              uci_table(s), "", f"![UCI]({img_prefix}uci.png)", ""]
-        if uci.get("discussion"):
-            L += [uci["discussion"], ""]
+              "`better`/`worse` otherwise. Our ± is the standard error over the splits we ran; z = (ours − "
+              "published) / √(SE_ours² + SE_published²) also counts our own uncertainty.", "",
+              uci_table(s), "", "Verdicts, generated from the table:", "", uci_discussion(s), "",
+              f"![UCI]({img_prefix}uci.png)", ""]
+        L += [UCI_NOTES, ""]
     if vc is not None:
         L += ["## 2. Variance collapse (Ba et al., ICLR 2022)", "",
               "Target N(0, I_d); particles start at the target. " + "; ".join(
                   f"{k}: {v}" for k, v in vc["settings"].items()) + ".", "",
-              "| n | d | d/n | SVGD | SPOS | SGLD |", "|---|---|---|---|---|---|"]
+              "| n | d | d/n | SVGD | SPOS | SGLD | SVGD × d / log(n+1) |", "|---|---|---|---|---|---|---|"]
         rows = vc["rows"]
         for n in sorted({r["n"] for r in rows}):
             for d in sorted({r["d"] for r in rows}):
                 vals = {r["method"]: r["marginal_variance"] for r in rows if r["n"] == n and r["d"] == d}
                 if vals:
+                    ratio = f"{vals['svgd'] * d / math.log(n + 1):.2f}" if "svgd" in vals else ""
                     L.append(f"| {n} | {d} | {d / n:.3g} | " + " | ".join(
-                        f"{vals[m]:.3f}" if m in vals else "" for m in ("svgd", "spos", "sgld")) + " |")
-        L += ["", f"![variance collapse]({img_prefix}variance_collapse.png)", ""]
+                        f"{vals[m]:.3f}" if m in vals else "" for m in ("svgd", "spos", "sgld")) + f" | {ratio} |")
+        L += ["", "SVGD's variance collapses with the dimension at both particle numbers and is "
+              "converged (the value halfway through the run equals the final one, see "
+              "`halfway_marginal_variance` in the JSON); for d ≥ 50 it is close to log(n+1)/d (last "
+              "column ≈ 1), i.e. the spread the Liu–Wang median bandwidth h = med/log(n+1) lets the "
+              "repulsion sustain. SPOS (β = 1) and SGLD stay at the truth 1 within Monte-Carlo error "
+              "and the O(ε) step bias.", "", f"![variance collapse]({img_prefix}variance_collapse.png)", ""]
     if blr is not None:
         L += ["## 3. Bayesian logistic regression, breast cancer (`blr-breast-cancer`)", "",
               f"d = {blr['dim']}, {blr['n_train']} training / {blr['n_test']} test rows, "
@@ -216,8 +289,14 @@ def write_report(path, uci: dict | None, vc: dict | None, blr: dict | None, comm
                          f"{r['seconds']:.0f} |")
             else:
                 L.append(f"| {r['method']} | {r['test_accuracy']:.3f} | {r['test_loglik']:.4f} | | | | |")
-        L += [""]
-        if blr.get("discussion"):
-            L += [blr["discussion"], ""]
+        L += ["", "How to read it: all methods predict about as well as the reference posterior (test "
+              "accuracy and log-likelihood are insensitive here). The moment errors separate them. SVGD "
+              "at the Langevin step size moves slowly, since the kernel average K S / n shrinks its drift. "
+              "With AdaGrad it gets the smallest KSD and mean error but its covariance is "
+              "underdispersed, which is variance collapse with 100 particles in d = 31. SPOS and SGLD get the "
+              "covariance about twice as close but have not finished mixing along the weakly "
+              "identified directions in 2,000 steps of size 0.5/L (mean error about 1 reference sd "
+              "in norm over 31 coordinates, ≈ 0.2 sd per coordinate). At β = 1 the Stein term hardly "
+              "changes SPOS relative to SGLD on this target.", ""]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text("\n".join(L) + "\n")

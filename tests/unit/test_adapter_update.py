@@ -422,3 +422,23 @@ def test_any_optimizer_works_unchanged():
             opt.step()
         assert any(not torch.equal(v, model.state_dict()[k]) for k, v in start.items())
         assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_num_threads_applies_inside_apply_only():
+    seen = []
+
+    def flat_prior(theta):
+        seen.append(torch.get_num_threads())
+        return torch.zeros_like(theta)
+
+    model = _encoder()
+    torch.set_num_threads(2)
+    _backward(model)
+    RepulsiveHeads(model, prior=flat_prior, num_threads=1).apply()
+    assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+    seen.clear()
+    _backward(model)
+    RepulsiveHeads(model, prior=flat_prior, num_threads=None).apply()
+    assert set(seen) == {2}
+    with pytest.raises(ValueError, match="num_threads"):
+        RepulsiveHeads(model, num_threads=0)
