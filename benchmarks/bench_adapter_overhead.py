@@ -8,7 +8,9 @@ AdamW. One training step = zero_grad, forward, backward, [adapter], optimizer st
 Steps with and without the adapter alternate on the same model and optimizer (A B B A ...), so
 slow drifts of the machine hit both equally; the table reports medians, the ratio of the medians,
 and, separately, the median time of ``RepulsiveHeads.apply()`` alone (timed on the gradients of
-the step it belongs to), which is the overhead with the least noise.
+the step it belongs to), which is the overhead with the least noise. Both wall-clock time and the
+process's CPU time are recorded: on a shared, oversubscribed machine the wall clock mostly measures
+the other jobs, while the CPU time of a single-threaded run (``--threads 1``) measures the work.
 
 Usage::
 
@@ -77,29 +79,32 @@ def run(args):
         torch.set_num_threads(args.threads)
     model = MiniLMRegressor(args.attn).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    heads = RepulsiveHeads(model, **_adapter_options(args.adapter))
+    adapter_threads = None if args.adapter_threads == 0 else args.adapter_threads
+    heads = RepulsiveHeads(model, num_threads=adapter_threads, **_adapter_options(args.adapter))
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 30522, (args.batch, args.seq), generator=gen).to(device)
     mask = torch.ones(args.batch, args.seq, dtype=torch.long, device=device)
     target = torch.randn(args.batch, generator=gen).to(device)
 
-    def step(with_adapter):
+    def clocks():
         _sync(device)
-        t0 = time.perf_counter()
+        return time.perf_counter(), time.process_time()
+
+    def step(with_adapter):
+        w0, c0 = clocks()
         opt.zero_grad(set_to_none=True)
         loss = ((model(ids, mask) - target) ** 2).mean()
         loss.backward()
         t_apply = None
         if with_adapter:
-            _sync(device)
-            a0 = time.perf_counter()
+            a0, b0 = clocks()
             heads.apply()
-            _sync(device)
-            t_apply = time.perf_counter() - a0
+            a1, b1 = clocks()
+            t_apply = (a1 - a0, b1 - b0)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        _sync(device)
-        return time.perf_counter() - t0, t_apply
+        w1, c1 = clocks()
+        return (w1 - w0, c1 - c0), t_apply
 
     for i in range(args.warmup):
         step(i % 2 == 0)
@@ -111,8 +116,9 @@ def run(args):
             (rep if w else plain).append(t)
             if a is not None:
                 applies.append(a)
-        print(f"pair {i + 1}/{args.pairs}: without {plain[-1] * 1e3:8.1f} ms   with {rep[-1] * 1e3:8.1f} ms   "
-              f"apply {applies[-1] * 1e3:6.2f} ms", flush=True)
+        print(f"pair {i + 1}/{args.pairs}: wall/cpu ms  without {plain[-1][0] * 1e3:8.1f}/{plain[-1][1] * 1e3:8.1f}"
+              f"   with {rep[-1][0] * 1e3:8.1f}/{rep[-1][1] * 1e3:8.1f}"
+              f"   apply {applies[-1][0] * 1e3:6.1f}/{applies[-1][1] * 1e3:6.1f}", flush=True)
 
     if args.profile:
         opt.zero_grad(set_to_none=True)
@@ -121,7 +127,11 @@ def run(args):
             heads.apply()
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
-    med_plain, med_rep, med_apply = (statistics.median(v) for v in (plain, rep, applies))
+    def med(v, k):
+        return statistics.median(x[k] for x in v)
+
+    med_plain, med_rep, med_apply = (med(v, 0) for v in (plain, rep, applies))
+    cpu_plain, cpu_rep, cpu_apply = (med(v, 1) for v in (plain, rep, applies))
     groups = heads.groups
     return {
         "model": "BERT MiniLM-L6 config (6 layers, 12 heads, hidden 384, intermediate 1536), random init",
@@ -133,6 +143,7 @@ def run(args):
         "seq": args.seq,
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "adapter_threads": heads.num_threads,
         "attn_implementation": args.attn,
         "pairs": args.pairs,
         "median_step_without_s": med_plain,
@@ -140,9 +151,14 @@ def run(args):
         "ratio_with_over_without": med_rep / med_plain,
         "median_apply_s": med_apply,
         "apply_fraction_of_step": med_apply / med_plain,
-        "steps_without_s": plain,
-        "steps_with_s": rep,
-        "apply_s": applies,
+        "cpu_median_step_without_s": cpu_plain,
+        "cpu_median_step_with_s": cpu_rep,
+        "cpu_ratio_with_over_without": cpu_rep / cpu_plain,
+        "cpu_median_apply_s": cpu_apply,
+        "cpu_apply_fraction_of_step": cpu_apply / cpu_plain,
+        "steps_without_wall_cpu_s": plain,
+        "steps_with_wall_cpu_s": rep,
+        "apply_wall_cpu_s": applies,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.processor() or platform.machine(),
@@ -152,19 +168,24 @@ def run(args):
 
 
 def markdown(results):
-    rows = ["| adapter | device | threads | batch | step without (ms) | step with (ms) | ratio | apply() (ms) "
-            "| apply / step |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| adapter | device | threads (apply) | batch | clock | step without (ms) | step with (ms) | ratio "
+            "| apply() (ms) | apply / step |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        rows.append(
-            f"| {r['adapter']} | {r['device']} | {r['threads']} | {r['batch']} x {r['seq']} "
-            f"| {r['median_step_without_s'] * 1e3:.1f} | {r['median_step_with_s'] * 1e3:.1f} "
-            f"| {r['ratio_with_over_without']:.3f} | {r['median_apply_s'] * 1e3:.2f} "
-            f"| {100 * r['apply_fraction_of_step']:.2f}% |"
-        )
+        for clock, pre in (("wall", ""), ("cpu", "cpu_")):
+            rows.append(
+                f"| {r['adapter']} | {r['device']} | {r['threads']} ({r['adapter_threads'] or 'same'}) "
+                f"| {r['batch']} x {r['seq']} | {clock} "
+                f"| {r[pre + 'median_step_without_s'] * 1e3:.1f} | {r[pre + 'median_step_with_s'] * 1e3:.1f} "
+                f"| {r[pre + 'ratio_with_over_without']:.3f} | {r[pre + 'median_apply_s'] * 1e3:.2f} "
+                f"| {100 * r[pre + 'apply_fraction_of_step']:.2f}% |"
+            )
     r0 = results[0]
+    loads = ", ".join(f"{r['load_average_at_end'][0]:.1f}" for r in results if r.get("load_average_at_end"))
     head = (f"Adapter overhead, {r0['model']}; {r0['particle_groups']} particle groups of "
             f"{r0['group_shape'][0]} x {r0['group_shape'][1]}; medians of {r0['pairs']} interleaved pairs of "
-            f"training steps (AdamW, clipping); torch {r0['torch']}; load average at end {r0['load_average_at_end']}.")
+            f"training steps (AdamW, clipping); torch {r0['torch']}, {r0['cpu_count']} CPUs; 1-minute load "
+            f"average at the end of each run: {loads}. 'threads (apply)': torch intra-op threads for the "
+            f"step (and for apply()); 'cpu' rows are process CPU time.")
     return head + "\n\n" + "\n".join(rows) + "\n"
 
 
@@ -176,18 +197,26 @@ def main(argv=None):
     p.add_argument("--pairs", type=int, default=9)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--adapter-threads", type=int, default=1,
+                   help="RepulsiveHeads(num_threads=...) for apply() (0: keep torch's setting)")
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     p.add_argument("--adapter", nargs="+", default=["an2020-svgd", "an2020-spos"],
                    choices=["an2020-svgd", "an2020-spos", "principled-svgd", "joint-svgd"])
     p.add_argument("--profile", action="store_true")
     p.add_argument("--tag", default="", help="suffix of the output files")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--combine", nargs="+", metavar="JSON",
+                   help="no run: merge the results of earlier runs (their .json files) into one table")
     args = p.parse_args(argv)
     results = []
-    for name in args.adapter:
-        one = argparse.Namespace(**{**vars(args), "adapter": name})
-        print(f"== {name} ==", flush=True)
-        results.append(run(one))
+    if args.combine:
+        for f in args.combine:
+            results.extend(json.loads(Path(f).read_text()))
+    else:
+        for name in args.adapter:
+            one = argparse.Namespace(**{**vars(args), "adapter": name})
+            print(f"== {name} ==", flush=True)
+            results.append(run(one))
     md = markdown(results)
     print()
     print(md)

@@ -296,6 +296,7 @@ def plots(scaling, img_dir: Path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     img_dir.mkdir(parents=True, exist_ok=True)
     files = []
@@ -305,6 +306,9 @@ def plots(scaling, img_dir: Path):
             pts = [(v, t) for v, t in zip(r["values"], r["time_ms"]) if t]
             if pts:
                 ax.loglog(*zip(*pts), "o-", label=f"{impl} (slope {_f(r['slope'], 2)})")
+        values = next(iter(scaling[axis].values()))["values"]
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xticks(values, [str(v) for v in values])
         ax.set_xlabel(axis)
         ax.set_ylabel("time per step (ms)")
         ax.grid(True, which="both", alpha=0.3)
