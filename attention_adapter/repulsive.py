@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from particlesampling import get_bandwidth, get_kernel, stein_direction_with_info
+from particlesampling._backend import lower_median
 from particlesampling.stein import SteinInfo
 
 from .noise import StepNoise
@@ -330,7 +331,7 @@ class RepulsiveHeads:
         if self.method == "svgd":
             new = phi * (-eps)
         elif self.preset == "an2020":
-            c = g.abs().reshape(-1).median()
+            c = lower_median(g.abs())  # torch.median's lower median, by selection (core)
             xi = noise.draw(g)
             new = (g * self.beta - phi - xi * (c * math.sqrt(2.0 * self.beta / eps))) * eps
         else:

@@ -442,3 +442,17 @@ def test_num_threads_applies_inside_apply_only():
     assert set(seen) == {2}
     with pytest.raises(ValueError, match="num_threads"):
         RepulsiveHeads(model, num_threads=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(3, 5), (4, 6), (1, 1), (12, 700)])
+def test_spos_noise_scale_is_torch_lower_median(dtype, shape):
+    """The an2020 SPOS noise scale c = median |G| (fairseq: torch.median, the lower median) is taken
+    with the core's selection-based lower_median; it must be the same element as torch.median."""
+    from particlesampling._backend import lower_median
+
+    g = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    got = lower_median(g.abs())
+    assert got.shape == () and got.dtype == dtype
+    assert torch.equal(got, torch.median(g.abs()))
+    assert torch.equal(lower_median(g.T.abs()), torch.median(g.abs()))  # non-contiguous input
