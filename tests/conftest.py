@@ -164,3 +164,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def torch_one_thread():
+    """One torch intra-op thread for the duration of a test, then the previous setting.
+
+    Tiny models run faster on one thread, and the timing is then insensitive to other load on a
+    shared machine (two spinning OpenMP threads on an oversubscribed 2-core box are ~20x slower).
+    """
+    torch = pytest.importorskip("torch")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

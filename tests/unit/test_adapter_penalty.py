@@ -11,13 +11,7 @@ from attention_adapter import HeadRepulsionPenalty, head_kernel_similarity
 E, H = 12, 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and insensitive to other load on the machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 

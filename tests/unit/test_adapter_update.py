@@ -13,13 +13,7 @@ from attention_adapter import NonFiniteGradientError, RepulsiveHeads, step_seed
 E, H, T, B = 16, 4, 5, 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and insensitive to other load on the machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 

@@ -12,13 +12,7 @@ from particlesampling.experiments import uci_bnn  # noqa: E402
 from tests.unit.test_uci_loader import _write_dataset  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: intra-op threads only add overhead (and stall badly on a loaded machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _setup(M=5, p=4, H=7, B=11, seed=0):
