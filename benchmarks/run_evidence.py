@@ -6,7 +6,11 @@
     python benchmarks/run_evidence.py --splits 5 --iters 5000 --workers 2
     python benchmarks/run_evidence.py --report-only   # aggregate what the cache holds, no new runs
 
-Full mode writes benchmarks/results/{uci_bnn,variance_collapse,blr}.json, docs/evidence.md and
+Parts (``--only``): ``uci`` the UCI table, ``sens`` its sensitivity checks (SVGD at 2,000
+iterations, the released script's default; SPOS over a grid of beta, chosen per data set on the
+development rows), ``vc`` variance collapse, ``blr`` Bayesian logistic regression.
+
+Full mode writes benchmarks/results/{uci_bnn,uci_sensitivity,variance_collapse,blr}.json, docs/evidence.md and
 docs/img/evidence_*.png. Finished UCI runs are cached one JSON line each in out/evidence/
 (``--cache-dir``), so an interrupted run resumes where it stopped. ``--quick`` writes everything
 under ``--out`` (default: a fresh temporary directory) and never touches the full results.
@@ -46,7 +50,14 @@ def parse(argv=None):
     ap.add_argument("--iters", type=int, default=None, help="BNN iterations (default 5000; quick 40)")
     ap.add_argument("--datasets", default=",".join(UCI_DATASETS))
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--only", default="uci,vc,blr", help="subset of uci,vc,blr")
+    ap.add_argument("--only", default="uci,sens,vc,blr", help="subset of uci,sens,vc,blr")
+    ap.add_argument("--short-iters", type=int, default=None,
+                    help="sens: SVGD iterations of the short run (default 2000, the released script's; quick 20)")
+    ap.add_argument("--betas", default=None,
+                    help="sens: SPOS beta / N grid, comma-separated (default 0.01,0.1,1; quick 0.1,1)")
+    ap.add_argument("--beta-splits", type=int, default=None,
+                    help="sens: splits 0..K-1 of the beta grid (default 10; quick 1)")
+    ap.add_argument("--blr-steps", type=int, default=None, help="blr: steps per method (default 10000; quick 60)")
     ap.add_argument("--workers", type=int, default=None, help="processes for the UCI runs (default 2; quick 1)")
     ap.add_argument("--out", default=None, help="output directory (quick mode; default a temp dir)")
     ap.add_argument("--cache-dir", default=None, help="UCI run cache (default out/evidence, quick: <out>/cache)")
@@ -75,15 +86,16 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    uci = vc = blr = None
+    uci = sens = vc = blr = avail = None
 
-    if "uci" in only:
+    if only & {"uci", "sens"}:
         from particlesampling.experiments.uci_bnn import BNNConfig, run_many
 
         iters = a.iters or (40 if a.quick else 5000)
         K = a.splits or (1 if a.quick else 20)
         datasets = [d for d in a.datasets.split(",") if d]
         methods = [m for m in a.methods.split(",") if m]
+        workers = a.workers or (1 if a.quick else min(2, os.cpu_count() or 1))
         try:
             avail = {d: num_splits(d, a.uci_dir) for d in datasets}
         except UCIDataError as exc:
@@ -93,20 +105,37 @@ def main(argv=None) -> int:
             avail = None
         if avail is not None:
             K = min([K] + list(avail.values()))
-            configs = {m: BNNConfig(method=m, iters=iters) for m in methods}
-            workers = a.workers or (1 if a.quick else min(2, os.cpu_count() or 1))
-            recs = run_many(datasets, range(K), methods, configs, cache, root=a.uci_dir, workers=workers,
-                            run=not a.report_only)
-            summary = report.aggregate_uci(recs)
-            uci = {"protocol": "Liu & Wang 2016 (see particlesampling/experiments/uci_bnn.py)",
-                   "command": command, "splits_requested": K, "iters": iters,
-                   "published": report.PUBLISHED, "summary": summary,
-                   "verdicts": {ds: {m: {"rmse": report.verdict("rmse", s["rmse_mean"], ds),
-                                         "loglik": report.verdict("loglik", s["loglik_mean"], ds)}
-                                     for m, s in by_m.items()} for ds, by_m in summary.items()},
-                   "runs": recs}
-            _json(results / "uci_bnn.json", uci)
-            report.plot_uci(summary, img / "evidence_uci.png")
+
+    if "uci" in only and avail is not None:
+        configs = {m: BNNConfig(method=m, iters=iters) for m in methods}
+        recs = run_many(datasets, range(K), methods, configs, cache, root=a.uci_dir, workers=workers,
+                        run=not a.report_only)
+        summary = report.aggregate_uci(recs)
+        uci = {"protocol": "Liu & Wang 2016 (see particlesampling/experiments/uci_bnn.py)",
+               "command": command, "splits_requested": K, "iters": iters,
+               "published": report.PUBLISHED, "summary": summary,
+               "verdicts": {ds: {m: {"rmse": report.verdict("rmse", s["rmse_mean"], ds),
+                                     "loglik": report.verdict("loglik", s["loglik_mean"], ds)}
+                                 for m, s in by_m.items()} for ds, by_m in summary.items()},
+               "runs": recs}
+        _json(results / "uci_bnn.json", uci)
+        report.plot_uci(summary, img / "evidence_uci.png")
+
+    if "sens" in only and avail is not None:
+        short = a.short_iters or (20 if a.quick else 2000)
+        betas = [float(b) for b in (a.betas or ("0.1,1" if a.quick else "0.01,0.1,1")).split(",") if b]
+        Kb = min(K, a.beta_splits or (1 if a.quick else 10))
+        run = not a.report_only
+        short_recs = run_many(datasets, range(K), ["svgd"], {"svgd": BNNConfig(method="svgd", iters=short)},
+                              cache, root=a.uci_dir, workers=workers, run=run)
+        long_recs = run_many(datasets, range(K), ["svgd"], {"svgd": BNNConfig(method="svgd", iters=iters)},
+                             cache, root=a.uci_dir, workers=workers, run=False)
+        beta_recs = {b: run_many(datasets, range(Kb), ["spos"],
+                                 {"spos": BNNConfig(method="spos", iters=iters, beta_per_n=b)},
+                                 cache, root=a.uci_dir, workers=workers, run=run) for b in betas}
+        sens = report.uci_sensitivity(short_recs, long_recs, beta_recs)
+        sens["command"] = command
+        _json(results / "uci_sensitivity.json", sens)
 
     if "vc" in only:
         from particlesampling.experiments.variance_collapse import VCConfig, run_grid
@@ -130,12 +159,15 @@ def main(argv=None) -> int:
         if a.report_only and path.is_file():
             blr = json.loads(path.read_text())
         else:
-            cfg = BLRConfig(n_particles=20, steps=60) if a.quick else BLRConfig()
+            steps = a.blr_steps or (60 if a.quick else 10000)
+            marks = tuple(c for c in ((20,) if a.quick else (500, 2000, 5000)) if c < steps)
+            cfg = (BLRConfig(n_particles=20, steps=steps, checkpoints=marks, yardstick_repeats=3) if a.quick
+                   else BLRConfig(steps=steps, checkpoints=marks))
             blr = run_blr(cfg)
             blr["command"] = command
             _json(path, blr)
 
-    report.write_report(doc, uci, vc, blr, command, img_prefix="img/evidence_")
+    report.write_report(doc, uci, vc, blr, command, img_prefix="img/evidence_", sens=sens)
     print(f"done in {time.perf_counter() - t_start:.0f} s; report: {doc}", flush=True)
     return 0
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from ._backend import device_of, namespace
 
-__all__ = ["normal_noise", "uniform_bits", "permutation"]
+__all__ = ["normal_noise", "generator_noise", "uniform_bits", "permutation"]
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -81,3 +81,36 @@ def permutation(seed: int, step: int, n: int) -> np.ndarray:
     """A uniformly random permutation of ``range(n)`` for ``step`` (argsort of hashed keys)."""
     bits = uniform_bits(seed ^ 0x5DEECE66D, step, 1, n)[0]
     return np.argsort(bits, kind="stable")
+
+
+def generator_noise(seed: int):
+    """A fast, *stateful* noise source for the ``noise=`` option of ``spos`` and ``sgld``.
+
+    Returns ``noise(seed_, step, like)`` that draws i.i.d. standard normals shaped like ``like`` from
+    one generator seeded with ``seed`` (per device for torch: ``torch.Generator(device).manual_seed``;
+    for NumPy arrays ``numpy.random.default_rng``). The ``seed_`` and ``step`` it is passed are
+    ignored: the k-th call gets the k-th block of the stream. It draws on the particles' device
+    without hashing on the host (measured on this project's CPU: 0.11 ms against 0.92 ms for
+    :func:`normal_noise` at 20 x 703), but a run resumed from a saved state continues a *new* stream,
+    and the noise of particle ``i`` depends on how many particles there are. Same law as
+    :func:`normal_noise`, different numbers.
+    """
+    seed = _check_seed(seed)
+    streams: dict = {}
+
+    def noise(_seed, _step, like):
+        mod = type(like).__module__.split(".")[0]
+        if mod == "torch":
+            import torch
+
+            gen = streams.get(like.device)
+            if gen is None:
+                gen = streams[like.device] = torch.Generator(device=like.device).manual_seed(seed)
+            return torch.randn(tuple(like.shape), generator=gen, dtype=like.dtype, device=like.device)
+        if isinstance(like, np.ndarray):
+            rng = streams.setdefault("numpy", np.random.default_rng(seed))
+            return rng.standard_normal(like.shape).astype(like.dtype, copy=False)
+        raise TypeError(f"generator_noise supports torch tensors and NumPy arrays; received {type(like).__name__}")
+
+    noise.__name__ = f"generator_noise({seed})"
+    return noise

@@ -22,6 +22,11 @@ With a non-constant step rule (AdaGrad, Adam) the drift ``eps * (...)`` is repla
 preconditioned increment while the noise keeps the base step ``eps``; see :mod:`.step_sizes` for what
 this means for exactness.
 
+Noise: ``xi`` comes from :func:`particlesampling.random.normal_noise`, a pure function of ``(seed,
+particle, step)``, so resumed runs are exact. SPOS and SGLD accept ``noise=`` to draw it from
+elsewhere, e.g. a fast seeded device generator (:func:`particlesampling.random.generator_noise`);
+such a source keeps its own state, and exact resume is then the caller's business.
+
 Random-batch SVGD (Li, Li, Liu & Liu 2020): with ``batch_size=b`` the particles are split into random
 batches of ``b`` each step and the Stein direction is taken within each batch (``O(n b d)``).
 """
@@ -75,6 +80,8 @@ class Sampler:
     batch_size: int | None = None  #: random-batch SVGD/SPOS
     memory_budget: int | None = None  #: bytes for n x n temporaries; tiled evaluation above it
     config: dict = field(default_factory=dict)
+    #: SPOS/SGLD noise source ``(seed, step, like) -> N(0, 1) array shaped like like``; None: normal_noise
+    noise: Callable[[int, int, Any], Any] | None = None
 
     @property
     def uses_stein(self) -> bool:
@@ -107,6 +114,20 @@ class Sampler:
             raise TypeError(f"score_fn returned dtype {s.dtype}; expected the particles' dtype {particles.dtype}")
         return s
 
+    def draw_noise(self, state: SamplerState):
+        """Standard normal noise for ``state`` (``(n, d)``, the particles' type, dtype and device)."""
+        x = state.particles
+        if self.noise is None:
+            return normal_noise(state.seed, state.step, x)
+        xi = self.noise(state.seed, state.step, x)
+        if type(xi) is not type(x) or tuple(xi.shape) != tuple(x.shape) or xi.dtype != x.dtype:
+            raise TypeError(
+                f"noise returned {type(xi).__name__} of shape {tuple(getattr(xi, 'shape', ()))} and dtype "
+                f"{getattr(xi, 'dtype', None)}; expected {type(x).__name__} of shape {tuple(x.shape)} and "
+                f"dtype {x.dtype} (the particles')"
+            )
+        return xi
+
     def _stein(self, xp, x, s, step: int, seed: int):
         if self.batch_size is None or self.batch_size >= x.shape[0]:
             phi, info = stein_direction_with_info(x, s, self.kernel, self.bandwidth, self.repulsion,
@@ -131,7 +152,7 @@ class Sampler:
         delta, step_state = self.step_rule.update(drift, state.step_state)
         if self.uses_noise:
             var = 2.0 * lr / self.beta if self.method == "spos" else 2.0 * lr * self.temperature
-            delta = delta + math.sqrt(var) * normal_noise(state.seed, state.step, x)
+            delta = delta + math.sqrt(var) * self.draw_noise(state)
         x_new = x + delta
         finite = xp.all(xp.isfinite(s)) & xp.all(xp.isfinite(x_new))
         info = StepInfo(
@@ -248,25 +269,42 @@ def svgd(score_fn, step_size=1e-2, *, kernel=None, bandwidth=None, repulsion: fl
 
 
 def spos(score_fn, step_size=1e-2, *, beta: float = 1.0, kernel=None, bandwidth=None,
-         repulsion: float = 1.0, batch_size: int | None = None, memory_budget: int | None = None) -> Sampler:
+         repulsion: float = 1.0, batch_size: int | None = None, memory_budget: int | None = None,
+         noise=None) -> Sampler:
     """Stochastic particle-optimisation sampling (Zhang et al. 2020); update in the module docstring.
 
     ``beta > 0`` weights the Langevin part (drift ``s / beta``, noise variance ``2 eps / beta``).
-    ``memory_budget``: as for :func:`svgd`.
+    ``memory_budget``: as for :func:`svgd`. ``noise``: see the module docstring (default: the
+    counter-based :func:`~particlesampling.random.normal_noise`).
     """
     beta = _check_positive("beta", beta)
     return Sampler("spos", _check_score_fn(score_fn), get_step_rule(step_size), kernel, bandwidth,
                    float(repulsion), beta=beta, batch_size=_check_batch(batch_size),
                    memory_budget=_check_budget(memory_budget),
                    config={"kernel": repr(kernel), "bandwidth": repr(bandwidth), "repulsion": repulsion,
-                           "beta": beta, "batch_size": batch_size})
+                           "beta": beta, "batch_size": batch_size, "noise": _noise_name(noise)},
+                   noise=_check_noise(noise))
 
 
-def sgld(score_fn, step_size=1e-2, *, temperature: float = 1.0) -> Sampler:
-    """Langevin dynamics baseline: ``x <- x + eps s + sqrt(2 eps T) xi`` for every particle."""
+def sgld(score_fn, step_size=1e-2, *, temperature: float = 1.0, noise=None) -> Sampler:
+    """Langevin dynamics baseline: ``x <- x + eps s + sqrt(2 eps T) xi`` for every particle.
+
+    ``noise``: as for :func:`spos`.
+    """
     temperature = _check_positive("temperature", temperature)
     return Sampler("sgld", _check_score_fn(score_fn), get_step_rule(step_size), temperature=temperature,
-                   config={"temperature": temperature})
+                   config={"temperature": temperature, "noise": _noise_name(noise)}, noise=_check_noise(noise))
+
+
+def _check_noise(noise):
+    if noise is not None and not callable(noise):
+        raise TypeError(f"expected noise to be None or a callable (seed, step, like) -> array, "
+                        f"received {type(noise).__name__}")
+    return noise
+
+
+def _noise_name(noise) -> str:
+    return "counter-based" if noise is None else getattr(noise, "__name__", repr(noise))
 
 
 METHODS = {"svgd": svgd, "spos": spos, "sgld": sgld}

@@ -9,6 +9,13 @@ score, SVGD at the Langevin step is slow (it does not reach the posterior in 2,0
 second SVGD row (``svgd-adagrad``) uses the original code's AdaGrad-with-momentum rule with the
 decaying master step ``lr_t = adagrad_lr0 / sqrt(1 + t / 10)`` (same number of steps). All run the core samplers on float64 torch tensors.
 
+Long runs record the moment errors and the KSD at the steps in ``checkpoints`` too, to show
+whether a method is still moving. The yardstick row ``n reference draws`` applies the same metrics
+to ``n`` draws taken at random from the stored (thinned, nearly independent) HMC draws, averaged
+over ``yardstick_repeats`` subsets: the error that ``n`` *exact* samples make, which no
+``n``-particle method can be expected to beat by much (for the mean, about ``sqrt(d / n)`` reference
+standard deviations in norm).
+
 Metrics: test accuracy and test log predictive density of the particle mixture
 (``target.test_metrics``), KSD (IMQ kernel, ``c = 1``, ``beta = -1/2``, V-statistic, bandwidth 1,
 on the standardised scale of the target), and the errors of the particle mean and covariance against
@@ -28,7 +35,7 @@ import torch
 from .. import samplers, step_sizes
 from ..diagnostics import cov_error, ksd, mean_error
 from ..targets import get_target
-from .uci_bnn import _noise_patch
+from ..random import generator_noise
 
 __all__ = ["BLRConfig", "run_blr"]
 
@@ -42,6 +49,8 @@ class BLRConfig:
     seed: int = 0
     adagrad_lr0: float = 0.05
     fast_noise: bool = True
+    checkpoints: tuple = ()  #: extra steps (< steps) at which KSD and moment errors are recorded
+    yardstick_repeats: int = 20  #: random subsets of the reference draws for the yardstick row
 
 
 def run_blr(cfg: BLRConfig = BLRConfig(), methods=("svgd", "svgd-adagrad", "spos", "sgld"), log=print) -> dict:
@@ -54,6 +63,14 @@ def run_blr(cfg: BLRConfig = BLRConfig(), methods=("svgd", "svgd-adagrad", "spos
     ref_sd = float(np.sqrt(np.mean(np.diag(t.cov))))
     cov_ref = torch.as_tensor(t.cov, dtype=torch.float64)
     mean_ref = torch.as_tensor(t.mean, dtype=torch.float64)
+    def _moment_metrics(x):
+        return {"ksd_imq": float(ksd(x, t.score(x), kernel="imq", bandwidth=1.0)),
+                "mean_error_sd": float(mean_error(x, mean_ref)) / ref_sd,
+                "cov_error_rel": float(cov_error(x, cov_ref, relative=True))}
+
+    def noise():  # a fresh stream per method, as each method starts from the same state
+        return generator_noise(cfg.seed) if cfg.fast_noise else None
+
     rows = []
     for m in methods:
         t0 = time.perf_counter()
@@ -64,25 +81,30 @@ def run_blr(cfg: BLRConfig = BLRConfig(), methods=("svgd", "svgd-adagrad", "spos
             rule = step_sizes.adagrad_momentum(lambda k: lr0 / math.sqrt(1.0 + k / 10.0))
             s = samplers.svgd(t.score, step_size=rule)
         elif m == "spos":
-            s = samplers.spos(t.score, step_size=eps, beta=cfg.beta)
+            s = samplers.spos(t.score, step_size=eps, beta=cfg.beta, noise=noise())
         elif m == "sgld":
-            s = samplers.sgld(t.score, step_size=eps)
+            s = samplers.sgld(t.score, step_size=eps, noise=noise())
         else:
             raise ValueError(f"unknown method {m!r}")
         state = s.init(x0, seed=cfg.seed)
-        with torch.no_grad(), _noise_patch(cfg.fast_noise and m != "svgd", cfg.seed):
-            for _ in range(cfg.steps):
+        marks = sorted({int(c) for c in cfg.checkpoints if 0 < int(c) < cfg.steps})
+        trajectory = []
+        with torch.no_grad():
+            for k in range(cfg.steps):
                 state, _info = s.step(state)
+                if marks and k + 1 == marks[0]:
+                    marks.pop(0)
+                    trajectory.append({"step": k + 1, **_moment_metrics(state.particles)})
+        seconds = time.perf_counter() - t0
         x = state.particles
         met = t.test_metrics(x)
         row = {
             "method": m,
             "test_accuracy": met["accuracy"],
             "test_loglik": met["log_likelihood"],
-            "ksd_imq": float(ksd(x, t.score(x), kernel="imq", bandwidth=1.0)),
-            "mean_error_sd": float(mean_error(x, mean_ref)) / ref_sd,
-            "cov_error_rel": float(cov_error(x, cov_ref, relative=True)),
-            "seconds": time.perf_counter() - t0,
+            **_moment_metrics(x),
+            "seconds": seconds,
+            "trajectory": trajectory + [{"step": cfg.steps, **_moment_metrics(x)}],
         }
         rows.append(row)
         log(f"blr {m:4s} acc {row['test_accuracy']:.3f} ll {row['test_loglik']:.4f} ksd {row['ksd_imq']:.3f} "
@@ -92,5 +114,15 @@ def run_blr(cfg: BLRConfig = BLRConfig(), methods=("svgd", "svgd-adagrad", "spos
     met = t.test_metrics(ref)
     rows.append({"method": "reference (HMC draws)", "test_accuracy": met["accuracy"],
                  "test_loglik": met["log_likelihood"], "n_draws": int(ref.shape[0])})
+    if cfg.yardstick_repeats > 0 and cfg.n_particles < ref.shape[0]:
+        rng = np.random.default_rng(cfg.seed)
+        subs = [ref[torch.as_tensor(rng.choice(ref.shape[0], cfg.n_particles, replace=False))]
+                for _ in range(cfg.yardstick_repeats)]
+        per = [{**_moment_metrics(x), "test_loglik": t.test_metrics(x)["log_likelihood"],
+                "test_accuracy": t.test_metrics(x)["accuracy"]} for x in subs]
+        yard = {k: float(np.mean([r[k] for r in per])) for k in per[0]}
+        yard_sd = {f"{k}_sd": float(np.std([r[k] for r in per], ddof=1)) for k in per[0]}
+        rows.append({"method": f"{cfg.n_particles} reference draws", **yard, **yard_sd,
+                     "repeats": cfg.yardstick_repeats})
     return {"config": asdict(cfg), "step_size": eps, "lipschitz": L, "dim": t.dim,
             "n_train": int(X.shape[0]), "n_test": int(np.asarray(t.X_test).shape[0]), "rows": rows}

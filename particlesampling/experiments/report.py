@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["PUBLISHED", "DISPLAY", "aggregate_uci", "verdict", "write_report", "plot_variance_collapse",
-           "plot_uci"]
+           "plot_uci", "uci_sensitivity", "sensitivity_section"]
 
 #: Liu & Wang (2016), Table 2: (mean, standard error) of test RMSE and test log likelihood, 20 splits.
 PUBLISHED = {
@@ -167,6 +167,116 @@ def uci_discussion(summary: dict) -> str:
     return "\n".join(out)
 
 
+def _paired(a: list[dict], b: list[dict], metric: str) -> dict:
+    """Mean and SE over common splits of ``b[metric] − a[metric]`` (records keyed by split)."""
+    ia = {r["split"]: r[metric] for r in a if np.isfinite(r[metric])}
+    ib = {r["split"]: r[metric] for r in b if np.isfinite(r[metric])}
+    common = sorted(set(ia) & set(ib))
+    d = np.array([ib[k] - ia[k] for k in common], dtype=np.float64)
+    if d.size == 0:
+        return {"mean": math.nan, "se": math.nan, "n": 0}
+    se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else math.nan
+    return {"mean": float(d.mean()), "se": se, "n": int(d.size)}
+
+
+def uci_sensitivity(short_recs: list[dict], long_recs: list[dict], beta_recs: dict) -> dict:
+    """Summaries of the two UCI sensitivity checks.
+
+    ``short_recs`` / ``long_recs``: SVGD records at the short (released-script) and the long
+    iteration count, compared with the published table and paired split by split.
+    ``beta_recs``: ``{beta_per_n: [SPOS records]}``; per data set the ``beta_per_n`` with the best
+    mean *development* log likelihood is selected (test rows are never used for the choice) and its
+    test metrics are paired with SVGD's on the same splits.
+    """
+    by_ds = lambda recs: {ds: [r for r in recs if r["dataset"] == ds] for ds in sorted({r["dataset"] for r in recs})}
+    short, long_ = by_ds(short_recs), by_ds(long_recs)
+    iters = {}
+    for ds, recs in short.items():
+        s = aggregate_uci(recs)[ds]["svgd"]
+        entry = {"short": {k: s[k] for k in ("rmse_mean", "rmse_se", "loglik_mean", "loglik_se", "n_splits",
+                                             "iters", "seconds_mean")}}
+        entry["short"]["verdict"] = {m: verdict(m, s[f"{m}_mean"], ds) for m in ("rmse", "loglik")}
+        entry["short"]["z"] = {m: _z(m, s, ds) for m in ("rmse", "loglik")}
+        if long_.get(ds):
+            entry["long_minus_short"] = {m: _paired(recs, long_[ds], m) for m in ("rmse", "loglik")}
+        iters[ds] = entry
+    beta: dict = {}
+    for b, recs in sorted(beta_recs.items()):
+        for ds, rs in by_ds(recs).items():
+            rows = beta.setdefault(ds, {"grid": {}})["grid"]
+            fin = [r for r in rs if r["finite"] and np.isfinite(r.get("dev_loglik", math.nan))]
+            rows[str(b)] = {
+                "n_splits": len(rs), "n_failed": len(rs) - len(fin), "splits": sorted(r["split"] for r in rs),
+                "dev_loglik_mean": _mean_se([r["dev_loglik"] for r in fin])[0] if fin else -math.inf,
+                "dev_rmse_mean": _mean_se([r["dev_rmse"] for r in fin])[0] if fin else math.inf,
+                "rmse": _mean_se([r["rmse"] for r in rs]), "loglik": _mean_se([r["loglik"] for r in rs]),
+                "records": rs,
+            }
+    for ds, entry in beta.items():
+        grid = entry["grid"]
+        # a beta with a failed (non-finite) split cannot be chosen: its dev score is not comparable
+        ok = {b: g for b, g in grid.items() if g["n_failed"] == 0}
+        best = max(ok, key=lambda b: ok[b]["dev_loglik_mean"]) if ok else None
+        entry["selected_beta_per_n"] = None if best is None else float(best)
+        if best is not None and long_.get(ds):
+            entry["selected_minus_svgd"] = {m: _paired(long_[ds], grid[best]["records"], m)
+                                            for m in ("rmse", "loglik")}
+        for g in grid.values():
+            g.pop("records")
+    return {"iterations": iters, "beta": beta}
+
+
+def sensitivity_section(sens: dict) -> list[str]:
+    """Markdown lines for :func:`uci_sensitivity`'s result."""
+    L = ["### 1b. Sensitivity: iteration count and SPOS's β", ""]
+    it = sens.get("iterations", {})
+    if it:
+        n_short = sorted({i for e in it.values() for i in e["short"]["iters"]})
+        L += [f"SVGD at {', '.join(map(str, n_short))} iterations"
+              + (" (the released script's default)" if n_short == [2000] else "") + " on the same splits, against the published table; the last two columns pair it split by split with "
+              "the main table's run (long − short; RMSE lower and log-lik higher is better for the long run).",
+              "", "| data set | splits | test RMSE | verdict | z | test log-lik | verdict | z | "
+              "Δ RMSE (long − short) | Δ log-lik (long − short) |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for ds in [d for d in PUBLISHED if d in it] + [d for d in it if d not in PUBLISHED]:
+            e, sh = it[ds], it[ds]["short"]
+            dl = e.get("long_minus_short", {})
+            fmtd = lambda m: (_fmt(dl[m]["mean"], dl[m]["se"]) + f" ({dl[m]['n']})") if m in dl else ""
+            L.append(f"| {DISPLAY.get(ds, ds)} | {sh['n_splits']} | {_fmt(sh['rmse_mean'], sh['rmse_se'])} | "
+                     f"{sh['verdict']['rmse']} | {sh['z']['rmse']} | {_fmt(sh['loglik_mean'], sh['loglik_se'])} | "
+                     f"{sh['verdict']['loglik']} | {sh['z']['loglik']} | {fmtd('rmse')} | {fmtd('loglik')} |")
+        L.append("")
+    bt = sens.get("beta", {})
+    if bt:
+        betas = sorted({b for e in bt.values() for b in e["grid"]}, key=float)
+        L += ["SPOS with β = c·N for c in the grid below, on the first splits of each data set. c is chosen "
+              "per data set by the mean log-likelihood on the development rows (the last 10 % of the "
+              "training split, also used for re-tuning γ, so the dev score is optimistic but the same for "
+              "every c); test rows play no part in the choice. Cells: test RMSE / test log-lik (mean over "
+              "the splits); `*` marks the chosen c; `failed` counts splits that diverged.", "",
+              "| data set | splits | " + " | ".join(f"c = {b}" for b in betas) +
+              " | chosen c − SVGD: Δ RMSE | Δ log-lik |", "|---|---|" + "---|" * len(betas) + "---|---|"]
+        for ds in [d for d in PUBLISHED if d in bt] + [d for d in bt if d not in PUBLISHED]:
+            e = bt[ds]
+            cells = []
+            for b in betas:
+                g = e["grid"].get(b)
+                if g is None:
+                    cells.append("")
+                    continue
+                c = f"{g['rmse'][0]:.3f} / {g['loglik'][0]:.3f}" if np.isfinite(g["rmse"][0]) else "n/a"
+                if g["n_failed"]:
+                    c += f" ({g['n_failed']} failed)"
+                if e["selected_beta_per_n"] is not None and float(b) == e["selected_beta_per_n"]:
+                    c += " *"
+                cells.append(c)
+            d = e.get("selected_minus_svgd", {})
+            fmtd = lambda m: (_fmt(d[m]["mean"], d[m]["se"]) + f" ({d[m]['n']})") if m in d else ""
+            n = max(g["n_splits"] for g in e["grid"].values())
+            L.append(f"| {DISPLAY.get(ds, ds)} | {n} | " + " | ".join(cells) + f" | {fmtd('rmse')} | {fmtd('loglik')} |")
+        L.append("")
+    return L
+
+
 def plot_variance_collapse(vc: dict, path) -> None:
     import matplotlib
 
@@ -228,7 +338,7 @@ def plot_uci(summary: dict, path) -> None:
 
 
 def write_report(path, uci: dict | None, vc: dict | None, blr: dict | None, command: str,
-                 img_prefix: str = "img/evidence_", notes: str = "") -> None:
+                 img_prefix: str = "img/evidence_", notes: str = "", sens: dict | None = None) -> None:
     """Markdown report with the published numbers beside ours."""
     L = ["# Evidence on real data", "",
          f"Produced by `{command}`. Every number below is measured by that command on this project's "
@@ -261,6 +371,8 @@ def write_report(path, uci: dict | None, vc: dict | None, blr: dict | None, comm
               uci_table(s), "", "Verdicts, generated from the table:", "", uci_discussion(s), "",
               f"![UCI]({img_prefix}uci.png)", ""]
         L += [UCI_NOTES, ""]
+    if sens is not None:
+        L += sensitivity_section(sens)
     if vc is not None:
         L += ["## 2. Variance collapse (Ba et al., ICLR 2022)", "",
               "Target N(0, I_d); particles start at the target. " + "; ".join(
@@ -294,11 +406,21 @@ def write_report(path, uci: dict | None, vc: dict | None, blr: dict | None, comm
               "|---|---|---|---|---|---|---|"]
         for r in blr["rows"]:
             if "ksd_imq" in r:
+                sec = f"{r['seconds']:.0f}" if "seconds" in r else ""
                 L.append(f"| {r['method']} | {r['test_accuracy']:.3f} | {r['test_loglik']:.4f} | "
-                         f"{r['ksd_imq']:.3f} | {r['mean_error_sd']:.3f} | {r['cov_error_rel']:.3f} | "
-                         f"{r['seconds']:.0f} |")
+                         f"{r['ksd_imq']:.3f} | {r['mean_error_sd']:.3f} | {r['cov_error_rel']:.3f} | {sec} |")
             else:
                 L.append(f"| {r['method']} | {r['test_accuracy']:.3f} | {r['test_loglik']:.4f} | | | | |")
+        traj = [r for r in blr["rows"] if len(r.get("trajectory", [])) > 1]
+        if traj:
+            steps = [p["step"] for p in traj[0]["trajectory"]]
+            L += ["", "Mean error (reference sd) / covariance error (relative) / KSD against the number of "
+                  "steps:", "", "| method | " + " | ".join(f"{k} steps" for k in steps) + " |",
+                  "|---|" + "---|" * len(steps)]
+            for r in traj:
+                L.append(f"| {r['method']} | " + " | ".join(
+                    f"{p['mean_error_sd']:.3f} / {p['cov_error_rel']:.3f} / {p['ksd_imq']:.3f}"
+                    for p in r["trajectory"]) + " |")
         L += ["", "How to read it: every method except constant-step SVGD predicts about as well as the reference posterior (test "
               "accuracy and log-likelihood are insensitive here). The moment errors separate them. SVGD "
               "at the Langevin step size moves slowly, since the kernel average K S / n shrinks its drift. "

@@ -48,10 +48,12 @@ import numpy as np
 import torch
 
 from .. import samplers, step_sizes
+from ..random import generator_noise
 from .bnn import BNNRegression, standardize_fit
 from .uci import load_split
 
-__all__ = ["BNNConfig", "SplitResult", "run_split", "evaluate", "tune_log_gamma", "dev_size"]
+__all__ = ["BNNConfig", "SplitResult", "run_split", "evaluate", "tune_log_gamma", "dev_size", "config_fingerprint",
+           "run_many", "load_records"]
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,9 @@ class BNNConfig:
     sgld_lr: float = 1e-3  #: sgld with sgld_rule="constant": step eps = sgld_lr / N
     dtype: str = "float32"
     seed: int = 0
-    #: spos/sgld: draw the Langevin noise with a seeded torch.Generator instead of the core's
-    #: counter-based hash (same law, i.i.d. N(0, 1); the hash costs 5-12 ms per 20 x 700 draw on
-    #: this machine, more than the rest of the step). Patched in for the duration of the run only.
+    #: spos/sgld: draw the Langevin noise from a seeded torch.Generator (the core's
+    #: ``random.generator_noise``) instead of the counter-based hash (same law, i.i.d. N(0, 1); the
+    #: hash on the host costs about 1 ms per 20 x 700 draw, a third of the rest of the step).
     fast_noise: bool = True
 
 
@@ -134,44 +136,23 @@ def evaluate(pred: np.ndarray, log_gamma: np.ndarray, y: np.ndarray) -> tuple[fl
     return rmse, float(np.mean(ll))
 
 
-def _make_sampler(cfg: BNNConfig, score_fn, N: int):
+def _make_sampler(cfg: BNNConfig, score_fn, N: int, noise_seed: int):
+    noise = generator_noise(noise_seed) if cfg.fast_noise else None
     if cfg.method == "svgd":
         rule = step_sizes.adagrad_momentum(cfg.lr, cfg.alpha, cfg.fudge)
         return samplers.svgd(score_fn, step_size=rule, bandwidth="liu_wang")
     if cfg.method == "spos":
         rule = step_sizes.adagrad_momentum(cfg.lr, cfg.alpha, cfg.fudge)
-        return samplers.spos(score_fn, step_size=rule, beta=cfg.beta_per_n * N, bandwidth="liu_wang")
+        return samplers.spos(score_fn, step_size=rule, beta=cfg.beta_per_n * N, bandwidth="liu_wang",
+                             noise=noise)
     if cfg.method == "sgld":
         if cfg.sgld_rule == "adagrad":
             rule = step_sizes.adagrad_momentum(cfg.lr, cfg.alpha, cfg.fudge)
-            return samplers.sgld(score_fn, step_size=rule, temperature=1.0 / (cfg.beta_per_n * N))
+            return samplers.sgld(score_fn, step_size=rule, temperature=1.0 / (cfg.beta_per_n * N), noise=noise)
         if cfg.sgld_rule == "constant":
-            return samplers.sgld(score_fn, step_size=step_sizes.constant(cfg.sgld_lr / N))
+            return samplers.sgld(score_fn, step_size=step_sizes.constant(cfg.sgld_lr / N), noise=noise)
         raise ValueError(f"unknown sgld_rule {cfg.sgld_rule!r}; expected 'adagrad' or 'constant'")
     raise ValueError(f"unknown method {cfg.method!r}; expected 'svgd', 'spos' or 'sgld'")
-
-
-class _noise_patch:
-    """Context manager: replace ``samplers.normal_noise`` by a seeded ``torch.randn`` stream."""
-
-    def __init__(self, active: bool, seed: int):
-        self.active, self.seed = active, seed
-
-    def __enter__(self):
-        if self.active:
-            gen = torch.Generator().manual_seed(self.seed)
-            self.saved = samplers.normal_noise
-
-            def noise(seed, step, like, *, offset=0):
-                return torch.randn(like.shape, generator=gen, dtype=like.dtype)
-
-            samplers.normal_noise = noise
-        return self
-
-    def __exit__(self, *exc):
-        if self.active:
-            samplers.normal_noise = self.saved
-        return False
 
 
 def run_split(name: str, split: int, cfg: BNNConfig = BNNConfig(), root=None, data=None) -> SplitResult:
@@ -202,10 +183,10 @@ def run_split(name: str, split: int, cfg: BNNConfig = BNNConfig(), root=None, da
         counter[0] += 1
         return model.score(theta, Xcyc[start : start + B], ycyc[start : start + B], N)
 
-    sampler = _make_sampler(cfg, score_fn, N)
+    sampler = _make_sampler(cfg, score_fn, N, noise_seed=cfg.seed + 1000 * split)
     state = sampler.init(theta0, seed=cfg.seed + 1000 * split)
     finite = True
-    with torch.no_grad(), _noise_patch(cfg.fast_noise and cfg.method != "svgd", cfg.seed + 1000 * split):
+    with torch.no_grad():
         for t in range(cfg.iters):
             state, info = sampler.step(state)
             if (t + 1) % 500 == 0 or t + 1 == cfg.iters:
@@ -247,8 +228,26 @@ def _job(args):
     return run_split(name, split, cfg, root).as_dict()
 
 
+#: Config fields that do not change the law of a run's result (``fast_noise`` swaps one i.i.d. normal
+#: stream for another) and so do not distinguish cached runs.
+_NOT_IN_KEY = ("fast_noise",)
+
+
+def config_fingerprint(config: dict) -> tuple:
+    """The settings that identify a run, as a hashable tuple of ``(field, value)``.
+
+    Fields missing from an older record take their :class:`BNNConfig` default; derived entries
+    (``beta``, ``temperature``, ``step``) and the fields of ``_NOT_IN_KEY`` are left out. Two runs
+    with equal fingerprints are the same experiment, so a cache never mixes, e.g., SPOS runs at
+    different ``beta_per_n`` or iteration counts.
+    """
+    from dataclasses import fields
+
+    return tuple((f.name, config.get(f.name, f.default)) for f in fields(BNNConfig) if f.name not in _NOT_IN_KEY)
+
+
 def _key(rec: dict):
-    return (rec["dataset"], int(rec["split"]), rec["method"], int(rec["config"]["iters"]))
+    return (rec["dataset"], int(rec["split"]), rec["method"], config_fingerprint(rec["config"]))
 
 
 def load_records(path) -> list[dict]:
@@ -274,9 +273,11 @@ def run_many(datasets, splits, methods, configs: dict, cache_dir, root=None, wor
     The cache is one JSON-lines file per method, ``cache_dir/uci_runs_<method>.jsonl``; with
     ``run=False`` nothing is run and the cached records are returned.
 
-    ``configs`` maps a method name to its :class:`BNNConfig`. Splits are the outer loop so that a
-    job stopped early has covered every data set equally. Returns all records for the requested
-    combinations (cached and new).
+    ``configs`` maps a method name to its :class:`BNNConfig`; a cached record counts only if its
+    :func:`config_fingerprint` equals the requested config's, so runs with other settings (another
+    ``beta_per_n``, another iteration count) can share the cache file without being mixed. Splits
+    are the outer loop so that a job stopped early has covered every data set equally. Returns all
+    records for the requested combinations (cached and new).
     """
     import json
     from pathlib import Path
@@ -296,7 +297,7 @@ def run_many(datasets, splits, methods, configs: dict, cache_dir, root=None, wor
         for name in datasets:
             for m in methods:
                 cfg = configs[m]
-                if (name, int(k), m, int(cfg.iters)) not in done:
+                if (name, int(k), m, config_fingerprint(asdict(cfg))) not in done:
                     jobs.append((name, int(k), cfg, root))
 
     if not run:
@@ -317,5 +318,6 @@ def run_many(datasets, splits, methods, configs: dict, cache_dir, root=None, wor
     else:
         for j in jobs:
             write(_job(j))
-    want = {(n, int(k), m, int(configs[m].iters)) for k in splits for n in datasets for m in methods}
+    want = {(n, int(k), m, config_fingerprint(asdict(configs[m]))) for k in splits for n in datasets
+            for m in methods}
     return [r for r in cached() if _key(r) in want]

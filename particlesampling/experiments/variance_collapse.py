@@ -30,7 +30,7 @@ import torch
 
 from .. import samplers, step_sizes
 from ..diagnostics import marginal_variance
-from .uci_bnn import _noise_patch
+from ..random import generator_noise
 
 __all__ = ["VCConfig", "run_one", "run_grid"]
 
@@ -54,21 +54,22 @@ def run_one(method: str, d: int, n: int, cfg: VCConfig = VCConfig()) -> dict:
     def score(x):
         return -x
 
+    noise = generator_noise(cfg.seed + 7919 * d + n) if cfg.fast_noise else None
     if method == "svgd":
         lr0 = cfg.svgd_lr0
         rule = step_sizes.adagrad_momentum(lambda t: lr0 / math.sqrt(1.0 + t / 10.0))
         s = samplers.svgd(score, step_size=rule)
     elif method == "spos":
-        s = samplers.spos(score, step_size=cfg.eps, beta=cfg.beta)
+        s = samplers.spos(score, step_size=cfg.eps, beta=cfg.beta, noise=noise)
     elif method == "sgld":
-        s = samplers.sgld(score, step_size=cfg.eps)
+        s = samplers.sgld(score, step_size=cfg.eps, noise=noise)
     else:
         raise ValueError(f"unknown method {method!r}")
     state = s.init(x0, seed=cfg.seed)
     tail = max(1, cfg.steps // 5)
     half = math.nan
     acc, cnt = 0.0, 0
-    with torch.no_grad(), _noise_patch(cfg.fast_noise and method != "svgd", cfg.seed + 7919 * d + n):
+    with torch.no_grad():
         for t in range(cfg.steps):
             state, info = s.step(state)
             if t + 1 == cfg.steps // 2:

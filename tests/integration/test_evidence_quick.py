@@ -35,7 +35,7 @@ def test_quick_mode_writes_only_to_out(tmp_path):
     full = ROOT / "benchmarks" / "results" / "uci_bnn.json"
     before = full.stat().st_mtime_ns if full.exists() else None
     mod = _load_script()
-    args = ["--quick", "--out", str(tmp_path), "--workers", "1", "--iters", "20",
+    args = ["--quick", "--out", str(tmp_path), "--workers", "1", "--iters", "20", "--short-iters", "10",
             "--datasets", "yacht,bostonHousing"]
     assert mod.main(args) == 0
     for name in ("variance_collapse.json", "blr.json", "evidence.md", "img/evidence_variance_collapse.png"):
@@ -44,6 +44,11 @@ def test_quick_mode_writes_only_to_out(tmp_path):
     assert {r["method"] for r in vc["rows"]} == {"svgd", "spos", "sgld"}
     blr = json.loads((tmp_path / "blr.json").read_text())
     assert all(0.5 < r["test_accuracy"] <= 1 for r in blr["rows"])
+    runs = [r for r in blr["rows"] if "trajectory" in r]
+    assert [p["step"] for p in runs[0]["trajectory"]] == [20, 60]  # quick checkpoints, then the end
+    # n exact draws miss the mean by about sqrt(d / n) reference sds (norm over d = 31 coordinates)
+    yard = next(r for r in blr["rows"] if r["method"] == "20 reference draws")
+    assert yard["mean_error_sd"] == pytest.approx((31 / 20) ** 0.5, rel=0.3)
     md = (tmp_path / "evidence.md").read_text()
     assert "Variance collapse" in md and "logistic regression" in md
     if (tmp_path / "uci_bnn.json").is_file():  # the shared UCI data were found
@@ -51,6 +56,11 @@ def test_quick_mode_writes_only_to_out(tmp_path):
         assert set(uci["summary"]) == {"yacht", "bostonHousing"}
         assert uci["summary"]["yacht"]["svgd"]["n_splits"] == 1
         assert "2.957 ± 0.099" in md  # published column beside ours
+        sens = json.loads((tmp_path / "uci_sensitivity.json").read_text())
+        assert set(sens["beta"]) == {"yacht", "bostonHousing"}
+        for e in sens["beta"].values():  # quick grid: beta / N in {0.1, 1}, one chosen on the dev rows
+            assert set(e["grid"]) == {"0.1", "1.0"} and e["selected_beta_per_n"] in (0.1, 1.0)
+        assert "Sensitivity: iteration count" in md
     after = full.stat().st_mtime_ns if full.exists() else None
     assert before == after
 

@@ -1,6 +1,7 @@
 """The batched BNN model and score, and the pieces of the Liu & Wang (2016) protocol."""
 
 import math
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -148,3 +149,28 @@ def test_run_many_caches_and_resumes(tmp_path):
     again = uci_bnn.run_many(["toy"], range(2), ["svgd"], cfgs, tmp_path / "cache", root=tmp_path / "data",
                              log=logs.append)
     assert len(again) == 2 and len(logs) == 2  # nothing re-run
+
+
+def test_run_many_keeps_configs_apart(tmp_path):
+    """Runs at another beta or iteration count share the cache file but are never mixed."""
+    _write_dataset(tmp_path / "data", "toy", n=150, p=3, splits=1)
+    base = uci_bnn.BNNConfig(method="spos", iters=5, n_particles=3, n_hidden=4)
+    other_beta = uci_bnn.BNNConfig(method="spos", iters=5, n_particles=3, n_hidden=4, beta_per_n=0.1)
+    kw = dict(root=tmp_path / "data", log=lambda _: None)
+    a = uci_bnn.run_many(["toy"], [0], ["spos"], {"spos": base}, tmp_path / "cache", **kw)
+    b = uci_bnn.run_many(["toy"], [0], ["spos"], {"spos": other_beta}, tmp_path / "cache", **kw)
+    assert len(a) == len(b) == 1
+    assert a[0]["config"]["beta_per_n"] == 1.0 and b[0]["config"]["beta_per_n"] == 0.1
+    assert len(uci_bnn.load_records(tmp_path / "cache" / "uci_runs_spos.jsonl")) == 2
+    # fast_noise changes only which i.i.d. normal stream is drawn, so it does not force a re-run
+    c = uci_bnn.run_many(["toy"], [0], ["spos"], {"spos": uci_bnn.BNNConfig(
+        method="spos", iters=5, n_particles=3, n_hidden=4, fast_noise=False)}, tmp_path / "cache", **kw)
+    assert c == a
+
+
+def test_config_fingerprint_fills_fields_missing_from_old_records():
+    new = asdict(uci_bnn.BNNConfig(method="svgd"))
+    old = {k: v for k, v in new.items() if k not in ("sgld_rule", "fast_noise")}
+    old["beta"] = 123.0  # derived entries are ignored
+    assert uci_bnn.config_fingerprint(old) == uci_bnn.config_fingerprint(new)
+    assert uci_bnn.config_fingerprint({**new, "iters": 2000}) != uci_bnn.config_fingerprint(new)

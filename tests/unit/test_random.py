@@ -137,3 +137,34 @@ def test_permutation_varies_and_is_uniform():
     counts = np.bincount(pos, minlength=n)
     assert scipy_stats.chisquare(counts).pvalue > 1e-3
     assert not np.array_equal(permutation(0, 0, 50), permutation(1, 0, 50))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_generator_noise_is_a_seeded_standard_normal_stream(backend):
+    from particlesampling.random import generator_noise
+
+    if backend == "torch":
+        torch = pytest.importorskip("torch")
+        like = torch.zeros((400, 50), dtype=torch.float32)
+    else:
+        like = np.zeros((400, 50), dtype=np.float32)
+    a, b = generator_noise(11), generator_noise(11)
+    first, second = a(0, 0, like), a(0, 0, like)  # (seed, step) are ignored: a stream, not a hash
+    assert type(first) is type(like) and tuple(first.shape) == (400, 50) and first.dtype == like.dtype
+    z = np.asarray(first, dtype=np.float64)
+    np.testing.assert_array_equal(z, np.asarray(b(5, 9, like), dtype=np.float64))  # same seed, same stream
+    assert not np.array_equal(z, np.asarray(second, dtype=np.float64))
+    # 20,000 draws: mean within 4 SE (SE = 1/sqrt(N)), variance within 4 SE (SE = sqrt(2/N))
+    n = z.size
+    assert abs(z.mean()) < 4 / np.sqrt(n)
+    assert abs(z.var() - 1) < 4 * np.sqrt(2 / n)
+    assert scipy_stats.kstest(z.ravel(), "norm").pvalue > 1e-3
+
+
+def test_generator_noise_rejects_other_arrays():
+    from particlesampling.random import generator_noise
+
+    with pytest.raises(TypeError, match="supports torch tensors and NumPy arrays; received list"):
+        generator_noise(0)(0, 0, [[0.0]])
+    with pytest.raises(ValueError, match="non-negative integer seed"):
+        generator_noise(-1)

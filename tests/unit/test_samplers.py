@@ -441,3 +441,38 @@ def test_bad_temperature(temperature):
 def test_bad_batch_size(factory, batch_size):
     with pytest.raises(ValueError, match="batch_size"):
         factory(_gauss_score, 0.1, batch_size=batch_size)
+
+
+@pytest.mark.parametrize("method", ["spos", "sgld"])
+def test_noise_option_replaces_the_counter_based_noise(x0, method):
+    """``noise=`` is called once per step with (seed, step, particles) and its draw enters the update."""
+    calls = []
+
+    def noise(seed, step, like):
+        calls.append((seed, step, like.shape))
+        return np.full(like.shape, 0.5)
+
+    eps, beta = 0.01, 2.0
+    sm = spos(_gauss_score, eps, beta=beta, noise=noise) if method == "spos" else sgld(_gauss_score, eps, noise=noise)
+    state = sm.init(x0, seed=4)
+    new, _ = sm.step(state)
+    new, _ = sm.step(new)
+    assert calls == [(4, 0, x0.shape), (4, 1, x0.shape)]
+    ref = (spos(_gauss_score, eps, beta=beta) if method == "spos" else sgld(_gauss_score, eps))
+    var = 2 * eps / beta if method == "spos" else 2 * eps
+    # same drift as the default sampler; only the noise term differs
+    r1, _ = ref.step(state)
+    expected = r1.particles - math.sqrt(var) * normal_noise(4, 0, x0) + math.sqrt(var) * 0.5
+    one, _ = sm.step(state)
+    np.testing.assert_allclose(one.particles, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_noise_option_is_checked(x0):
+    with pytest.raises(TypeError, match="noise to be None or a callable"):
+        spos(_gauss_score, 0.01, noise=3.0)
+    bad = sgld(_gauss_score, 0.01, noise=lambda seed, step, like: np.zeros((like.shape[0], 1)))
+    with pytest.raises(TypeError, match=r"noise returned ndarray of shape \(\d+, 1\).*expected ndarray of shape"):
+        bad.step(bad.init(x0))
+    wrong_dtype = sgld(_gauss_score, 0.01, noise=lambda seed, step, like: np.zeros(like.shape, np.float32))
+    with pytest.raises(TypeError, match="dtype float32"):
+        wrong_dtype.step(wrong_dtype.init(x0))

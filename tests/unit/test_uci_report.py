@@ -37,3 +37,44 @@ def test_report_puts_published_numbers_beside_ours(tmp_path):
     assert "| Boston | published SVGD | 20 | ? | 2.957 ± 0.099 |" in md
     assert "| Boston | SVGD (ours) | 2 | 5000 | 2.905 ± 0.005 | within |" in md
     assert "SPOS − SVGD, paired over the splits both ran" in md
+
+
+def _spos(ds, split, beta, rmse, ll, dev_ll, finite=True):
+    r = _rec(ds, split, "spos", rmse, ll)
+    r.update(dev_loglik=dev_ll, dev_rmse=1.0, finite=finite, config={"iters": 5000, "beta_per_n": beta})
+    return r
+
+
+def test_sensitivity_chooses_beta_on_dev_rows_never_on_test_rows(tmp_path):
+    svgd = [_rec("yacht", k, "svgd", 1.0, -1.2) for k in range(3)]
+    # beta 0.1 has the better *test* numbers, beta 1 the better *dev* log likelihood
+    beta_recs = {0.1: [_spos("yacht", k, 0.1, 0.5, -0.9, dev_ll=-2.0) for k in range(3)],
+                 1.0: [_spos("yacht", k, 1.0, 0.9 + 0.01 * k, -1.1, dev_ll=-1.0) for k in range(3)]}
+    sens = report.uci_sensitivity(svgd, svgd, beta_recs)
+    e = sens["beta"]["yacht"]
+    assert e["selected_beta_per_n"] == 1.0
+    # paired over the 3 common splits: SPOS(beta 1) - SVGD = (-0.1, -0.09, -0.08)
+    assert e["selected_minus_svgd"]["rmse"]["mean"] == pytest.approx(-0.09)
+    assert e["selected_minus_svgd"]["rmse"]["se"] == pytest.approx(0.01 / math.sqrt(3))
+    assert e["selected_minus_svgd"]["loglik"]["n"] == 3
+
+
+def test_sensitivity_never_selects_a_beta_with_a_diverged_split():
+    beta_recs = {0.01: [_spos("yacht", 0, 0.01, 0.4, -0.8, dev_ll=0.0),
+                        _spos("yacht", 1, 0.01, math.nan, math.nan, dev_ll=math.nan, finite=False)],
+                 1.0: [_spos("yacht", k, 1.0, 0.9, -1.1, dev_ll=-1.0) for k in range(2)]}
+    e = report.uci_sensitivity([], [], beta_recs)["beta"]["yacht"]
+    assert e["grid"]["0.01"]["n_failed"] == 1
+    assert e["selected_beta_per_n"] == 1.0
+
+
+def test_sensitivity_pairs_short_and_long_runs_in_the_report(tmp_path):
+    short = [_rec("energy", k, "svgd", 1.4 + 0.01 * k, -1.8) for k in range(4)]
+    long_ = [_rec("energy", k, "svgd", 0.6, -0.9) for k in range(3)]  # split 3 not run long
+    sens = report.uci_sensitivity(short, long_, {})
+    d = sens["iterations"]["energy"]["long_minus_short"]["rmse"]
+    assert d["n"] == 3 and d["mean"] == pytest.approx(-0.81)
+    assert sens["iterations"]["energy"]["short"]["verdict"]["rmse"] == "within"  # 1.415 vs 1.374 ± 0.09
+    report.write_report(tmp_path / "e.md", None, None, None, "cmd", sens=sens)
+    md = (tmp_path / "e.md").read_text()
+    assert "| Energy | 4 | 1.415 ± 0.006 | within |" in md
