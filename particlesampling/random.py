@@ -108,7 +108,9 @@ def generator_noise(seed: int):
                 gen = streams[like.device] = torch.Generator(device=like.device).manual_seed(seed)
             return torch.randn(tuple(like.shape), generator=gen, dtype=like.dtype, device=like.device)
         if isinstance(like, np.ndarray):
-            rng = streams.setdefault("numpy", np.random.default_rng(seed))
+            rng = streams.get("numpy")
+            if rng is None:
+                rng = streams["numpy"] = np.random.default_rng(seed)
             return rng.standard_normal(like.shape).astype(like.dtype, copy=False)
         raise TypeError(f"generator_noise supports torch tensors and NumPy arrays; received {type(like).__name__}")
 

@@ -7,8 +7,10 @@ particle it raises :class:`NonFiniteError` naming the step and the first offendi
 state before that step is kept on the exception (``err.state``) so nothing is lost.
 
 Checkpoints (:func:`save_state` / :func:`load_state`) hold the particles, the step rule's state, the
-step count and the seed. Since the noise is a pure function of ``(seed, particle, step)``
-(:mod:`.random`), a resumed run continues exactly as an uninterrupted one.
+step count and the seed. Since the default noise is a pure function of ``(seed, particle, step)``
+(:mod:`.random`), a resumed run continues exactly as an uninterrupted one. A sampler built with its
+own ``noise=`` source (e.g. :func:`.random.generator_noise`) resumes with that source's state, which
+the checkpoint does not hold, so the continuation has the same law but other numbers.
 """
 
 from __future__ import annotations

@@ -126,6 +126,9 @@ class Sampler:
                 f"{getattr(xi, 'dtype', None)}; expected {type(x).__name__} of shape {tuple(x.shape)} and "
                 f"dtype {x.dtype} (the particles')"
             )
+        if device_of(xi) != device_of(x):
+            raise ValueError(f"noise returned an array on device {device_of(xi)}; expected the particles' "
+                             f"device {device_of(x)}")
         return xi
 
     def _stein(self, xp, x, s, step: int, seed: int):

@@ -12,9 +12,9 @@ decaying master step ``lr_t = adagrad_lr0 / sqrt(1 + t / 10)`` (same number of s
 Long runs record the moment errors and the KSD at the steps in ``checkpoints`` too, to show
 whether a method is still moving. The yardstick row ``n reference draws`` applies the same metrics
 to ``n`` draws taken at random from the stored (thinned, nearly independent) HMC draws, averaged
-over ``yardstick_repeats`` subsets: the error that ``n`` *exact* samples make, which no
-``n``-particle method can be expected to beat by much (for the mean, about ``sqrt(d / n)`` reference
-standard deviations in norm).
+over ``yardstick_repeats`` subsets: the error that ``n`` *exact* independent samples make (for the
+mean, about ``sqrt(d / n)`` reference standard deviations in norm). It is a scale, not a bound:
+deterministic particle systems such as SVGD can beat it on some statistics (the KSD, for one).
 
 Metrics: test accuracy and test log predictive density of the particle mixture
 (``target.test_metrics``), KSD (IMQ kernel, ``c = 1``, ``beta = -1/2``, V-statistic, bandwidth 1,
@@ -50,7 +50,7 @@ class BLRConfig:
     adagrad_lr0: float = 0.05
     fast_noise: bool = True
     checkpoints: tuple = ()  #: extra steps (< steps) at which KSD and moment errors are recorded
-    yardstick_repeats: int = 20  #: random subsets of the reference draws for the yardstick row
+    yardstick_repeats: int = 20  #: random subsets of the reference draws for the yardstick row (< 2: no row)
 
 
 def run_blr(cfg: BLRConfig = BLRConfig(), methods=("svgd", "svgd-adagrad", "spos", "sgld"), log=print) -> dict:
@@ -66,7 +66,9 @@ def run_blr(cfg: BLRConfig = BLRConfig(), methods=("svgd", "svgd-adagrad", "spos
     def _moment_metrics(x):
         return {"ksd_imq": float(ksd(x, t.score(x), kernel="imq", bandwidth=1.0)),
                 "mean_error_sd": float(mean_error(x, mean_ref)) / ref_sd,
-                "cov_error_rel": float(cov_error(x, cov_ref, relative=True))}
+                "cov_error_rel": float(cov_error(x, cov_ref, relative=True)),
+                # total variance of the particles over the reference's: < 1 means underdispersed
+                "variance_ratio": float(torch.trace(torch.cov(x.T)) / torch.trace(cov_ref))}
 
     def noise():  # a fresh stream per method, as each method starts from the same state
         return generator_noise(cfg.seed) if cfg.fast_noise else None
@@ -114,7 +116,7 @@ def run_blr(cfg: BLRConfig = BLRConfig(), methods=("svgd", "svgd-adagrad", "spos
     met = t.test_metrics(ref)
     rows.append({"method": "reference (HMC draws)", "test_accuracy": met["accuracy"],
                  "test_loglik": met["log_likelihood"], "n_draws": int(ref.shape[0])})
-    if cfg.yardstick_repeats > 0 and cfg.n_particles < ref.shape[0]:
+    if cfg.yardstick_repeats >= 2 and cfg.n_particles < ref.shape[0]:  # >= 2 for the spread over subsets
         rng = np.random.default_rng(cfg.seed)
         subs = [ref[torch.as_tensor(rng.choice(ref.shape[0], cfg.n_particles, replace=False))]
                 for _ in range(cfg.yardstick_repeats)]

@@ -233,17 +233,25 @@ def _job(args):
 _NOT_IN_KEY = ("fast_noise",)
 
 
+#: Meaning of fields missing from records written before the field existed, where it differs from
+#: today's default: SGLD ran with the constant step rule before ``sgld_rule`` was added.
+_LEGACY_DEFAULTS = {"sgld": {"sgld_rule": "constant"}}
+
+
 def config_fingerprint(config: dict) -> tuple:
     """The settings that identify a run, as a hashable tuple of ``(field, value)``.
 
-    Fields missing from an older record take their :class:`BNNConfig` default; derived entries
-    (``beta``, ``temperature``, ``step``) and the fields of ``_NOT_IN_KEY`` are left out. Two runs
-    with equal fingerprints are the same experiment, so a cache never mixes, e.g., SPOS runs at
-    different ``beta_per_n`` or iteration counts.
+    Fields missing from an older record take the value they had before the field existed
+    (``_LEGACY_DEFAULTS``), else their :class:`BNNConfig` default; derived entries (``beta``,
+    ``temperature``, ``step``) and the fields of ``_NOT_IN_KEY`` are left out. Two runs with equal
+    fingerprints are the same experiment, so a cache never mixes, e.g., SPOS runs at different
+    ``beta_per_n`` or iteration counts.
     """
     from dataclasses import fields
 
-    return tuple((f.name, config.get(f.name, f.default)) for f in fields(BNNConfig) if f.name not in _NOT_IN_KEY)
+    legacy = _LEGACY_DEFAULTS.get(config.get("method"), {})
+    return tuple((f.name, config.get(f.name, legacy.get(f.name, f.default)))
+                 for f in fields(BNNConfig) if f.name not in _NOT_IN_KEY)
 
 
 def _key(rec: dict):
@@ -320,4 +328,10 @@ def run_many(datasets, splits, methods, configs: dict, cache_dir, root=None, wor
             write(_job(j))
     want = {(n, int(k), m, config_fingerprint(asdict(configs[m]))) for k in splits for n in datasets
             for m in methods}
-    return [r for r in cached() if _key(r) in want]
+    out, seen = [], set()
+    for r in cached():  # first record per key: two jobs sharing a cache may both have written a run
+        key = _key(r)
+        if key in want and key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out

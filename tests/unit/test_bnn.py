@@ -174,3 +174,22 @@ def test_config_fingerprint_fills_fields_missing_from_old_records():
     old["beta"] = 123.0  # derived entries are ignored
     assert uci_bnn.config_fingerprint(old) == uci_bnn.config_fingerprint(new)
     assert uci_bnn.config_fingerprint({**new, "iters": 2000}) != uci_bnn.config_fingerprint(new)
+
+
+def test_config_fingerprint_reads_old_sgld_records_as_constant_step():
+    """SGLD records written before ``sgld_rule`` existed ran the constant rule, not today's default."""
+    old_sgld = {k: v for k, v in asdict(uci_bnn.BNNConfig(method="sgld")).items() if k != "sgld_rule"}
+    assert uci_bnn.config_fingerprint(old_sgld) == uci_bnn.config_fingerprint(
+        asdict(uci_bnn.BNNConfig(method="sgld", sgld_rule="constant")))
+    assert uci_bnn.config_fingerprint(old_sgld) != uci_bnn.config_fingerprint(
+        asdict(uci_bnn.BNNConfig(method="sgld")))
+
+
+def test_run_many_counts_a_run_written_twice_once(tmp_path):
+    _write_dataset(tmp_path / "data", "toy", n=150, p=3, splits=1)
+    cfgs = {"svgd": uci_bnn.BNNConfig(iters=5, n_particles=3, n_hidden=4)}
+    kw = dict(root=tmp_path / "data", log=lambda _: None)
+    first = uci_bnn.run_many(["toy"], [0], ["svgd"], cfgs, tmp_path / "cache", **kw)
+    path = tmp_path / "cache" / "uci_runs_svgd.jsonl"
+    path.write_text(path.read_text() * 2)  # as if two jobs sharing the cache had both finished it
+    assert uci_bnn.run_many(["toy"], [0], ["svgd"], cfgs, tmp_path / "cache", run=False, **kw) == first

@@ -476,3 +476,11 @@ def test_noise_option_is_checked(x0):
     wrong_dtype = sgld(_gauss_score, 0.01, noise=lambda seed, step, like: np.zeros(like.shape, np.float32))
     with pytest.raises(TypeError, match="dtype float32"):
         wrong_dtype.step(wrong_dtype.init(x0))
+
+
+def test_noise_on_another_device_is_an_error():
+    torch = pytest.importorskip("torch")
+    x = torch.zeros((5, 2), dtype=torch.float64)
+    sm = sgld(lambda p: -p, 0.01, noise=lambda seed, step, like: torch.zeros(like.shape, dtype=like.dtype, device="meta"))
+    with pytest.raises(ValueError, match="noise returned an array on device meta; expected the particles' device cpu"):
+        sm.step(sm.init(x))

@@ -78,3 +78,35 @@ def test_sensitivity_pairs_short_and_long_runs_in_the_report(tmp_path):
     report.write_report(tmp_path / "e.md", None, None, None, "cmd", sens=sens)
     md = (tmp_path / "e.md").read_text()
     assert "| Energy | 4 | 1.415 ± 0.006 | within |" in md
+
+
+def test_blr_discussion_reads_its_claims_off_the_numbers():
+    def run(method, errs, cov, ksd, vr):
+        traj = [{"step": s, "mean_error_sd": e, "cov_error_rel": cov, "ksd_imq": ksd} for s, e in zip((500, 1000), errs)]
+        return {"method": method, "test_accuracy": 0.98, "test_loglik": -0.06, "mean_error_sd": errs[-1],
+                "cov_error_rel": cov, "ksd_imq": ksd, "variance_ratio": vr, "trajectory": traj}
+
+    blr = {"dim": 31, "config": {"n_particles": 100, "beta": 1.0}, "rows": [
+        run("svgd", (4.0, 3.0), 0.9, 5.0, 0.5),
+        run("svgd-adagrad", (0.76, 0.76), 0.8, 1.2, 0.6),
+        run("spos", (1.0, 0.6), 0.45, 1.7, 0.95),
+        run("sgld", (1.0, 0.6), 0.45, 1.7, 0.95),
+        {"method": "reference (HMC draws)", "test_accuracy": 0.98, "test_loglik": -0.058},
+        {"method": "100 reference draws", "mean_error_sd": 0.5, "mean_error_sd_sd": 0.1, "cov_error_rel": 0.5,
+         "cov_error_rel_sd": 0.02, "ksd_imq": 1.6},
+    ]}
+    text = report.blr_discussion(blr)
+    assert "still falling at the end" in text  # svgd: 4.0 -> 3.0
+    assert "(settled)" in text and "underdispersed" in text  # svgd-adagrad: flat, variance ratio 0.6
+    assert "1.6× the exact draws'" in text  # 0.8 / 0.5
+    assert "differ by at most 0 %" in text
+    assert "hardly separate the methods" in text
+
+
+def test_sensitivity_compares_betas_on_the_splits_all_of_them_ran():
+    # beta 0.1 has one lucky split; on the shared split 0 beta 1 is better on the dev rows
+    beta_recs = {0.1: [_spos("wine", 0, 0.1, 0.6, -0.95, dev_ll=-0.99), _spos("wine", 1, 0.1, 0.6, -0.9, dev_ll=-0.5)],
+                 1.0: [_spos("wine", 0, 1.0, 0.6, -0.95, dev_ll=-0.95)]}
+    e = report.uci_sensitivity([], [], beta_recs)["beta"]["wine"]
+    assert e["selection_splits"] == [0]
+    assert e["selected_beta_per_n"] == 1.0
