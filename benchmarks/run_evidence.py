@@ -42,6 +42,25 @@ def _json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1, allow_nan=True) + "\n")
 
 
+def _seed_cache(cache: Path, results: Path) -> None:
+    """For ``--report-only`` without a run cache (a fresh clone): rebuild it from the ``runs`` stored in
+    ``uci_bnn.json`` and ``uci_sensitivity.json``, so the report can be remade from the repository."""
+    if any(cache.glob("uci_runs_*.jsonl")):
+        return
+    recs = []
+    for name in ("uci_bnn.json", "uci_sensitivity.json"):
+        path = results / name
+        if path.is_file():
+            recs += json.loads(path.read_text()).get("runs", [])
+    if not recs:
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    for rec in recs:
+        with open(cache / f"uci_runs_{rec['method']}.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+    print(f"no run cache in {cache}: rebuilt it from the {len(recs)} runs stored in {results}", flush=True)
+
+
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one split, few iterations, small grids (CI)")
@@ -91,6 +110,9 @@ def main(argv=None) -> int:
     if only & {"uci", "sens"}:
         from particlesampling.experiments.uci_bnn import BNNConfig, run_many
 
+        if a.report_only:
+            _seed_cache(cache, results)
+
         iters = a.iters or (40 if a.quick else 5000)
         K = a.splits or (1 if a.quick else 20)
         datasets = [d for d in a.datasets.split(",") if d]
@@ -135,6 +157,7 @@ def main(argv=None) -> int:
                                  cache, root=a.uci_dir, workers=workers, run=run) for b in betas}
         sens = report.uci_sensitivity(short_recs, long_recs, beta_recs)
         sens["command"] = command
+        sens["runs"] = short_recs + [r for recs in beta_recs.values() for r in recs]
         _json(results / "uci_sensitivity.json", sens)
 
     if "vc" in only:

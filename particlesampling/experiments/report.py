@@ -428,9 +428,10 @@ def write_report(path, uci: dict | None, vc: dict | None, blr: dict | None, comm
                  uci_notes: bool = False) -> None:
     """Markdown report with the published numbers beside ours."""
     if "--report-only" in command:
-        origin = (f"Rebuilt by `{command}` from the cached UCI runs (`out/evidence/`) and the stored "
-                  "`benchmarks/results/*.json`, all written by `python benchmarks/run_evidence.py` (which "
-                  "resumes from that cache). Every number below was measured by that script on this "
+        origin = (f"Rebuilt by `{command}` from the cached UCI runs (`out/evidence/`, or in a fresh clone "
+                  "the runs stored in `benchmarks/results/uci_bnn.json` and `uci_sensitivity.json`) and the "
+                  "stored `benchmarks/results/*.json`, all written by `python benchmarks/run_evidence.py` "
+                  "(which resumes from that cache). Every number below was measured by that script on this "
                   "project's code (machine: 2 shared CPU cores, PyTorch CPU); nothing is copied from "
                   "elsewhere except the published column.")
     else:

