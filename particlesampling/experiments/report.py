@@ -162,17 +162,14 @@ def uci_discussion(summary: dict) -> str:
         a, b = summary.get(ds, {}).get("svgd"), summary.get(ds, {}).get("spos")
         if a is None or b is None:
             continue
-        common = sorted(set(a["splits"]) & set(b["splits"]))
-        if not common:
+        recs = {m: [{"split": k, "rmse": r, "loglik": ll} for k, r, ll in
+                    zip(x["splits"], x["rmse_by_split"], x["loglik_by_split"])] for m, x in (("a", a), ("b", b))}
+        diffs = {metric: _paired(recs["a"], recs["b"], metric) for metric in ("rmse", "loglik")}
+        if diffs["rmse"]["n"] == 0:
             continue
-        ia = {k: i for i, k in enumerate(a["splits"])}
-        ib = {k: i for i, k in enumerate(b["splits"])}
-        parts = []
-        for metric, name in (("rmse", "RMSE"), ("loglik", "log-lik")):
-            dlt = np.array([b[f"{metric}_by_split"][ib[k]] - a[f"{metric}_by_split"][ia[k]] for k in common])
-            se = dlt.std(ddof=1) / math.sqrt(dlt.size) if dlt.size > 1 else math.nan
-            parts.append(f"{name} {dlt.mean():+.3f}" + (f" ± {se:.3f}" if np.isfinite(se) else ""))
-        cmp.append(f"{DISPLAY[ds]} ({len(common)} splits): " + ", ".join(parts))
+        parts = [f"{name} {_fmt(diffs[metric]['mean'], diffs[metric]['se'], signed=True)}"
+                 for metric, name in (("rmse", "RMSE"), ("loglik", "log-lik"))]
+        cmp.append(f"{DISPLAY[ds]} ({diffs['rmse']['n']} splits): " + ", ".join(parts))
     if cmp:
         out.append("* SPOS − SVGD, paired over the splits both ran (mean ± SE; RMSE lower and log-lik "
                    "higher is better for SPOS): " + "; ".join(cmp) + ".")
