@@ -128,7 +128,11 @@ above are the record):
   and Energy; on Yacht its log-likelihood is lower (on 14 of 20 splits) although its RMSE is lower.
   The log-likelihood uses each particle's own γ, re-tuned on 28 development rows, so it rewards
   particles that fit well one by one, while the RMSE rewards their average; noise that spreads the
-  particles can help the second and hurt the first (our reading, not a tested explanation).
+  particles can help the second and hurt the first. `python benchmarks/diagnose_spos_loglik.py`
+  (Yacht, splits 0–9, `benchmarks/results/spos_loglik_diagnosis_yacht.md`) supports this reading:
+  SPOS's particles are individually worse (mean particle test RMSE +0.098 ± 0.023, higher on 9 of 10
+  splits) while their average is better (mixture RMSE −0.053 ± 0.024), and the mixture
+  log-likelihood falls with the particles' own (−0.062 ± 0.030 and −0.071 ± 0.033).
 * **β grid (section 1b).** Choosing c in β = c·N on the development rows of splits 0–9 picks c = 10
   (less noise) for Boston, Energy and Yacht and c = 1 for Concrete and Wine. With that choice SPOS
   is at least as good as SVGD on every data set, paired on the same 10 splits: the Yacht

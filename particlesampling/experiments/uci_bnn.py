@@ -97,6 +97,10 @@ class SplitResult:
     dev_rmse: float = math.nan  #: on the development rows (used only for choosing beta / steps)
     dev_loglik: float = math.nan
     config: dict = field(default_factory=dict)
+    #: diagnostics of the particles one by one (test rows, original units): the mean over particles of
+    #: each particle's own RMSE, and of its own Gaussian log likelihood with its re-tuned γ
+    particle_rmse: float = math.nan
+    particle_loglik: float = math.nan
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -204,8 +208,11 @@ def run_split(name: str, split: int, cfg: BNNConfig = BNNConfig(), root=None, da
         log_gamma = tune_log_gamma(pred_dev, ydev, log_gamma)
         rmse, ll = evaluate(pred_test, log_gamma, sp.y_test)
         dev_rmse, dev_ll = evaluate(pred_dev, log_gamma, ydev)
+        particle_rmse = float(np.mean(np.sqrt(np.mean((pred_test - sp.y_test) ** 2, axis=1))))
+        particle_ll = float(np.mean(_log_normal(sp.y_test[None, :], pred_test, log_gamma[:, None])))
     else:
         finite, rmse, ll, dev_rmse, dev_ll = False, math.nan, math.nan, math.nan, math.nan
+        particle_rmse = particle_ll = math.nan
     cfgd = asdict(cfg)
     if cfg.method == "spos":
         cfgd["beta"] = cfg.beta_per_n * N
@@ -215,7 +222,8 @@ def run_split(name: str, split: int, cfg: BNNConfig = BNNConfig(), root=None, da
         else:
             cfgd["temperature"] = 1.0 / (cfg.beta_per_n * N)
     return SplitResult(name, int(split), cfg.method, rmse, ll, time.perf_counter() - t0, int(state.step),
-                       N, n_dev, int(sp.X_test.shape[0]), finite, dev_rmse, dev_ll, cfgd)
+                       N, n_dev, int(sp.X_test.shape[0]), finite, dev_rmse, dev_ll, cfgd,
+                       particle_rmse=particle_rmse, particle_loglik=particle_ll)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,3 +45,34 @@ def test_bench_speed_quick(tmp_path):
             assert r[key] == r[key]  # finite numbers (not NaN)
     assert {r["batch"] for r in res["batch"]} == {64, 16}
     assert set(res["scaling"]) == {"n", "d"}
+
+
+def test_bench_threads_writes_its_table(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_threads.py"), "--pairs", "1",
+                           "--steps", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((tmp_path / "threads.json").read_text())
+    assert [(r["n"], r["d"]) for r in res["rows"]] == [(200, 2), (1000, 2), (1000, 100), (2000, 100)]
+    assert all(r["ms_default"] > 0 and r["ms_one_thread"] > 0 for r in res["rows"])
+    assert "| 200 | 2 |" in (tmp_path / "threads.md").read_text()
+
+
+def test_diagnose_spos_loglik_pairs_the_methods(tmp_path):
+    from particlesampling.experiments.uci import UCIDataError, num_splits
+
+    try:
+        num_splits("yacht")
+    except UCIDataError:
+        import pytest
+
+        pytest.skip("the shared UCI data (../shared/data/uci) are not beside the checkout")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "diagnose_spos_loglik.py"), "--splits", "2",
+                           "--iters", "20", "--workers", "1", "--cache-dir", str(tmp_path / "cache"),
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((tmp_path / "spos_loglik_diagnosis_yacht.json").read_text())
+    assert res["splits"] == 2
+    rows = {r["metric"]: r for r in res["rows"]}
+    for m in ("svgd", "spos"):  # Jensen: the mixture is never worse than its particles on average
+        assert rows["rmse"][m] <= rows["particle_rmse"][m] + 1e-12
+        assert rows["loglik"][m] >= rows["particle_loglik"][m] - 1e-12

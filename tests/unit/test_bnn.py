@@ -113,6 +113,9 @@ def test_run_split_on_generated_data(tmp_path, method):
     r = uci_bnn.run_split("toy", 0, cfg, root=tmp_path)
     assert r.finite and np.isfinite(r.rmse) and np.isfinite(r.loglik)
     assert r.iters == 30 and r.n_dev == 14 and r.n_train == 135 - 14 and r.n_test == 15
+    # the mixture's mean prediction is never worse than the particles' average RMSE (Jensen), and the
+    # mixture log likelihood never below the particles' average (log-sum-exp >= mean)
+    assert r.rmse <= r.particle_rmse + 1e-12 and r.loglik >= r.particle_loglik - 1e-12
     r2 = uci_bnn.run_split("toy", 0, cfg, root=tmp_path)
     assert (r2.rmse, r2.loglik) == (r.rmse, r.loglik)  # seeded
 
