@@ -136,15 +136,16 @@ above are the record):
 * **β grid (section 1b).** Choosing c in β = c·N on the development rows of splits 0–9 picks c = 10
   (less noise) for Boston, Energy and Yacht and c = 1 for Concrete and Wine. With that choice SPOS
   is at least as good as SVGD on every data set, paired on the same 10 splits: the Yacht
-  log-likelihood deficit turns into +0.029 ± 0.017, and no difference is worse than −0.01 in
-  log-likelihood or +0.01 in RMSE. Smaller c is harmful: at c = 0.1 and 0.01 the Langevin noise,
+  log-likelihood deficit turns into +0.034 ± 0.014, and the only differences in SVGD's favour are
+  Boston's, within one standard error (RMSE +0.010 ± 0.010, log-likelihood −0.003 ± 0.006). Smaller c is harmful: at c = 0.1 and 0.01 the Langevin noise,
   not preconditioned, swamps the AdaGrad-scaled drift, and at c = 0.01 the networks end far from any
   fit (Yacht RMSE 18.5) without producing non-finite values.
 * **Numerics.** Training in float32 (score in closed form, batched over the 20 networks), evaluation
   in float64. Seconds per split were measured with two runs in parallel on 2 shared CPU cores, so
-  they are upper bounds, not benchmarks of the code. Two SPOS runs of the cache (split 0 of two data
-  sets) drew their noise from the core's counter-based generator, the others from a seeded
-  `torch.Generator` (`random.generator_noise`); both are i.i.d. N(0, 1)."""
+  they are upper bounds, not benchmarks of the code. SPOS and SGLD draw their noise from a seeded
+  `torch.Generator` (`random.generator_noise`). Every run on this page was made with the committed
+  code, and a rerun reproduces it bit for bit (checked: the 20 Yacht runs of
+  `diagnose_spos_loglik.py` equal the table's)."""
 
 
 def uci_discussion(summary: dict) -> str:
