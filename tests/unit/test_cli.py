@@ -14,6 +14,7 @@ import pytest
 from particlesampling import diagnostics
 from particlesampling.cli import build_parser, main
 from particlesampling.targets import get_target, list_targets
+from tests.unit.test_run import _libs
 
 REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -26,17 +27,6 @@ def _env():
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env["MPLBACKEND"] = "Agg"
     return env
-
-
-def _libs():
-    libs = ["numpy"]
-    try:
-        import torch  # noqa: F401
-
-        libs.append("torch")
-    except ImportError:  # pragma: no cover
-        pass
-    return libs
 
 
 def test_targets_subcommand_subprocess():
