@@ -77,7 +77,7 @@ class BNNConfig:
     seed: int = 0
     #: spos/sgld: draw the Langevin noise from a seeded torch.Generator (the core's
     #: ``random.generator_noise``) instead of the counter-based hash (same law, i.i.d. N(0, 1); the
-    #: hash on the host costs about 1 ms per 20 x 700 draw, a third of the rest of the step).
+    #: hash on the host is a sizeable part of these small steps).
     fast_noise: bool = True
 
 
