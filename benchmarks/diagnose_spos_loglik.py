@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -28,15 +27,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from particlesampling.experiments.uci_bnn import BNNConfig, run_many  # noqa: E402
+from particlesampling.experiments.report import paired_difference  # noqa: E402
+from particlesampling.experiments.uci_bnn import BNNConfig, config_fingerprint, run_many  # noqa: E402
 
 METRICS = (("rmse", "mixture RMSE"), ("particle_rmse", "particle RMSE (mean)"),
            ("loglik", "mixture log-lik"), ("particle_loglik", "particle log-lik (mean)"))
-
-
-def _paired(a: dict, b: dict, key: str):
-    d = np.array([b[k][key] - a[k][key] for k in sorted(set(a) & set(b))], dtype=np.float64)
-    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else math.nan, int((d > 0).sum())
 
 
 def main(argv=None) -> int:
@@ -48,25 +43,35 @@ def main(argv=None) -> int:
     ap.add_argument("--uci-dir", default=None)
     ap.add_argument("--cache-dir", default=str(ROOT / "out" / "diagnosis"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--table", default=str(ROOT / "benchmarks" / "results" / "uci_bnn.json"),
+                    help="the UCI table's results, to check that these reruns reproduce its runs")
     a = ap.parse_args(argv)
     args = sys.argv[1:] if argv is None else list(argv)
     command = " ".join(["python benchmarks/diagnose_spos_loglik.py"] + args)
     configs = {m: BNNConfig(method=m, iters=a.iters) for m in ("svgd", "spos")}
     recs = run_many([a.dataset], range(a.splits), ["svgd", "spos"], configs, a.cache_dir, root=a.uci_dir,
                     workers=a.workers)
-    by = {m: {r["split"]: r for r in recs if r["method"] == m and "particle_rmse" in r} for m in configs}
+    by = {m: [r for r in recs if r["method"] == m and "particle_rmse" in r] for m in configs}
     rows = []
     for key, label in METRICS:
-        means = {m: float(np.mean([r[key] for r in by[m].values()])) for m in by}
-        diff, se, n_up = _paired(by["svgd"], by["spos"], key)
+        means = {m: float(np.mean([r[key] for r in by[m]])) for m in by}
+        d = paired_difference(by["svgd"], by["spos"], key)
         rows.append({"metric": key, "label": label, "svgd": means["svgd"], "spos": means["spos"],
-                     "spos_minus_svgd": diff, "se": se, "splits_spos_higher": n_up})
-    n = len(set(by["svgd"]) & set(by["spos"]))
+                     "spos_minus_svgd": d["mean"], "se": d["se"], "splits_spos_higher": d["n_positive"]})
+    n = d["n"]
+    # reruns of runs the table holds must reproduce them bit for bit
+    key = lambda r: (r["dataset"], r["split"], r["method"], config_fingerprint(r["config"]))  # noqa: E731
+    table = Path(a.table)
+    stored = {key(r): r for r in json.loads(table.read_text()).get("runs", [])} if table.is_file() else {}
+    pairs = [(r, stored[key(r)]) for m in by for r in by[m] if key(r) in stored]
+    identical = sum(r["rmse"] == t["rmse"] and r["loglik"] == t["loglik"] for r, t in pairs)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"spos_loglik_diagnosis_{a.dataset}"
     (out / f"{stem}.json").write_text(json.dumps({"command": command, "dataset": a.dataset, "splits": n,
-                                                  "iters": a.iters, "rows": rows}, indent=1) + "\n")
+                                                  "iters": a.iters, "rows": rows,
+                                                  "table_runs_compared": len(pairs),
+                                                  "table_runs_identical": identical}, indent=1) + "\n")
     md = [f"# SPOS (β = N) against SVGD, particle by particle: {a.dataset}", "",
           f"`{command}`: {n} splits, {a.iters} iterations, the main UCI table's settings. Particle metrics "
           "average each particle's own test RMSE / own Gaussian test log-likelihood (its re-tuned γ) over "
@@ -76,6 +81,8 @@ def main(argv=None) -> int:
     for r in rows:
         md.append(f"| {r['label']} | {r['svgd']:.3f} | {r['spos']:.3f} | {r['spos_minus_svgd']:+.3f} ± "
                   f"{r['se']:.3f} | {r['splits_spos_higher']} of {n} |")
+    md += ["", f"Of these runs, {len(pairs)} are also in the UCI table ({table.name}); {identical} of them "
+           "reproduce its RMSE and log-likelihood bit for bit."]
     (out / f"{stem}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0

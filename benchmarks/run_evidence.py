@@ -45,6 +45,8 @@ def _json(path: Path, obj) -> None:
 def _seed_cache(cache: Path, results: Path) -> None:
     """For ``--report-only`` without a run cache (a fresh clone): rebuild it from the ``runs`` stored in
     ``uci_bnn.json`` and ``uci_sensitivity.json``, so the report can be remade from the repository."""
+    from particlesampling.experiments.uci_bnn import append_record
+
     if any(cache.glob("uci_runs_*.jsonl")):
         return
     recs = []
@@ -54,10 +56,8 @@ def _seed_cache(cache: Path, results: Path) -> None:
             recs += json.loads(path.read_text()).get("runs", [])
     if not recs:
         return
-    cache.mkdir(parents=True, exist_ok=True)
     for rec in recs:
-        with open(cache / f"uci_runs_{rec['method']}.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        append_record(cache, rec)
     print(f"no run cache in {cache}: rebuilt it from the {len(recs)} runs stored in {results}", flush=True)
 
 
@@ -190,11 +190,10 @@ def main(argv=None) -> int:
             blr["command"] = command
             _json(path, blr)
 
-    # the hand-written reading of the UCI results quotes the full run's numbers: full mode with the
-    # default protocol only
-    full_protocol = not a.quick and a.iters is None and a.splits is None and sens is not None
-    report.write_report(doc, uci, vc, blr, command, img_prefix="img/evidence_", sens=sens,
-                        uci_notes=full_protocol)
+    # the Yacht diagnosis (benchmarks/diagnose_spos_loglik.py) feeds the UCI notes when it has been run
+    diag_path = results / "spos_loglik_diagnosis_yacht.json"
+    diagnosis = json.loads(diag_path.read_text()) if diag_path.is_file() else None
+    report.write_report(doc, uci, vc, blr, command, img_prefix="img/evidence_", sens=sens, diagnosis=diagnosis)
     print(f"done in {time.perf_counter() - t_start:.0f} s; report: {doc}", flush=True)
     return 0
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["PUBLISHED", "DISPLAY", "aggregate_uci", "verdict", "write_report", "plot_variance_collapse",
-           "plot_uci", "uci_sensitivity", "sensitivity_section", "blr_discussion"]
+           "plot_uci", "uci_sensitivity", "sensitivity_section", "blr_discussion", "paired_difference",
+           "uci_notes"]
 
 #: Liu & Wang (2016), Table 2: (mean, standard error) of test RMSE and test log likelihood, 20 splits.
 PUBLISHED = {
@@ -102,50 +103,133 @@ def uci_table(summary: dict, methods=("svgd", "spos", "sgld")) -> str:
     return "\n".join(lines)
 
 
-#: Reading of the full run (20 splits, 5,000 and 2,000 iterations, the beta grid) of 2026-11-24. It quotes
-#: numbers of that run, so ``write_report`` prints it only with ``uci_notes=True`` (full mode).
-UCI_NOTES = """Notes on the UCI numbers (written from the full run of this page; the generated tables
-above are the record):
+def _pm(d: dict) -> str:
+    return _fmt(d["mean"], d["se"], signed=True)
 
-* **Iterations.** Liu & Wang's table does not state the number of iterations; their released script
-  defaults to 2,000 iterations of 100 rows. The main table uses 5,000 (DESIGN §4). Section 1b reruns
-  SVGD at 2,000 iterations on all 20 splits: there it falls *below* the published interval on 8 of
-  the 10 pairs, and the 5,000-iteration run is better on every data set and metric, paired over the
-  splits, each by at least 2 standard errors of the difference. The published numbers therefore
-  lie between our 2,000- and 5,000-iteration results, and no single iteration count reproduces all
-  five data sets. Energy is the extreme: at 5,000 iterations all three methods are far better than
-  published (RMSE 0.54–0.70 against 1.37), at 2,000 SVGD is slightly worse (1.52). All three
-  samplers improve alike with training length on this nearly noiseless set, so the gap measures
-  training length, not the sampler.
-* **Standard errors.** Our ± is over the 20 standard splits, as the published one is; split-to-split
-  spread dominates it (on Boston one split, number 9, has test RMSE ≈ 5 for every method).
-* **SPOS.** The core sampler adds the Langevin noise outside the AdaGrad rule, so with an adaptive
-  rule SPOS does not target the posterior exactly (see `particlesampling.step_sizes`); with β = N the
-  drift is φ + s/N and the per-step noise standard deviation √(2·10⁻³/N) ≈ 1.2–2.8·10⁻³ (N = 249–1,295), comparable to
-  the AdaGrad step of 10⁻³. β = N was fixed before any run (temperature 1 per data point), not tuned
-  on test data. SGLD is the same chain without the Stein term. Paired with SVGD split by split, SPOS
-  at β = N has lower RMSE on four data sets and equal on Wine, and higher log-likelihood on Concrete
-  and Energy; on Yacht its log-likelihood is lower (on 14 of 20 splits) although its RMSE is lower.
-  The log-likelihood uses each particle's own γ, re-tuned on 28 development rows, so it rewards
-  particles that fit well one by one, while the RMSE rewards their average; noise that spreads the
-  particles can help the second and hurt the first. `python benchmarks/diagnose_spos_loglik.py`
-  (Yacht, splits 0–9, `benchmarks/results/spos_loglik_diagnosis_yacht.md`) supports this reading:
-  SPOS's particles are individually worse (mean particle test RMSE +0.098 ± 0.023, higher on 9 of 10
-  splits) while their average is better (mixture RMSE −0.053 ± 0.024), and the mixture
-  log-likelihood falls with the particles' own (−0.062 ± 0.030 and −0.071 ± 0.033).
-* **β grid (section 1b).** Choosing c in β = c·N on the development rows of splits 0–9 picks c = 10
-  (less noise) for Boston, Energy and Yacht and c = 1 for Concrete and Wine. With that choice SPOS
-  is at least as good as SVGD on every data set, paired on the same 10 splits: the Yacht
-  log-likelihood deficit turns into +0.034 ± 0.014, and the only differences in SVGD's favour are
-  Boston's, within one standard error (RMSE +0.010 ± 0.010, log-likelihood −0.003 ± 0.006). Smaller c is harmful: at c = 0.1 and 0.01 the Langevin noise,
-  not preconditioned, swamps the AdaGrad-scaled drift, and at c = 0.01 the networks end far from any
-  fit (Yacht RMSE 18.5) without producing non-finite values.
-* **Numerics.** Training in float32 (score in closed form, batched over the 20 networks), evaluation
-  in float64. Seconds per split were measured with two runs in parallel on 2 shared CPU cores, so
-  they are upper bounds, not benchmarks of the code. SPOS and SGLD draw their noise from a seeded
-  `torch.Generator` (`random.generator_noise`). Every run on this page was made with the committed
-  code, and a rerun reproduces it bit for bit (checked: the 20 Yacht runs of
-  `diagnose_spos_loglik.py` equal the table's)."""
+
+def uci_notes(uci: dict, sens: dict | None = None, diagnosis: dict | None = None) -> str:
+    """The reading of the UCI results, every figure in it taken from ``uci`` (``summary`` and ``runs``),
+    ``sens`` (:func:`uci_sensitivity`) and ``diagnosis`` (``benchmarks/diagnose_spos_loglik.py``'s
+    JSON); a statement whose condition does not hold in the numbers is left out or turned round."""
+    summ, runs = uci["summary"], uci.get("runs", [])
+    L = ["Notes on the UCI numbers (figures generated from the results):", ""]
+
+    it = (sens or {}).get("iterations", {})
+    text = ("* **Iterations.** Liu & Wang's table does not state the number of iterations; their released "
+            "script defaults to 2,000 iterations of 100 rows. The main table uses "
+            f"{uci.get('iters', '?')} (DESIGN §4).")
+    if it:
+        short = sorted({i for e in it.values() for i in e["short"]["iters"]})
+        worse = sum(v == "worse" for e in it.values() for v in e["short"]["verdict"].values())
+        zs = [(d["mean"] if m == "loglik" else -d["mean"]) / d["se"]
+              for e in it.values() for m, d in e.get("long_minus_short", {}).items() if d["n"] > 1]
+        n_splits = max(e["short"]["n_splits"] for e in it.values())
+        text += (f" Section 1b reruns SVGD at {', '.join(map(str, short))} iterations on {n_splits} splits: it "
+                 f"falls below the published interval on {worse} of the {2 * len(it)} pairs")
+        if zs and min(zs) >= 2:
+            text += (f", and the main run is better on every data set and metric, paired over the splits, by "
+                     f"at least {min(zs):.1f} standard errors of the difference.")
+        elif zs:
+            text += f"; the main run is better by 2 or more standard errors on {sum(z >= 2 for z in zs)} of {len(zs)}."
+        long_worse = sum(verdict(m, summ[ds]["svgd"][f"{m}_mean"], ds) == "worse"
+                         for ds in it if "svgd" in summ.get(ds, {}) for m in ("rmse", "loglik"))
+        if worse > len(it) and long_worse == 0 and zs and min(zs) >= 2:  # short run worse on most pairs
+            text += (" The published numbers therefore lie between our short and long runs, and no single "
+                     "iteration count reproduces all five data sets.")
+        if "energy" in it and "energy" in summ and "energy" in PUBLISHED:
+            r = [summ["energy"][m]["rmse_mean"] for m in summ["energy"]]
+            text += (f" Energy: at {uci.get('iters', '?')} iterations the methods reach RMSE "
+                     f"{min(r):.2f}–{max(r):.2f} against the published {PUBLISHED['energy']['rmse'][0]:.2f}, "
+                     f"at {', '.join(map(str, short))} SVGD has {it['energy']['short']['rmse_mean']:.2f}.")
+    L.append(text)
+
+    if "bostonHousing" in summ and "svgd" in summ["bostonHousing"]:
+        b = summ["bostonHousing"]
+        k = int(np.argmax(b["svgd"]["rmse_by_split"]))
+        split = b["svgd"]["splits"][k]
+        vals = ", ".join(f"{m.upper()} {s['rmse_by_split'][s['splits'].index(split)]:.2f}" for m, s in b.items()
+                         if split in s["splits"])
+        L.append("* **Standard errors.** Our ± is over the splits, as the published one is; split-to-split "
+                 f"spread dominates it (Boston's hardest split, number {split}, has test RMSE {vals}).")
+
+    spos_runs = [r for r in runs if r["method"] == "spos"]
+    text = ("* **SPOS.** The core sampler adds the Langevin noise outside the AdaGrad rule, so with an adaptive "
+            "rule SPOS does not target the posterior exactly (see `particlesampling.step_sizes`). β = N was "
+            "fixed before any run (temperature 1 per data point), not tuned on test data; SGLD is the same "
+            "chain without the Stein term.")
+    if spos_runs:
+        ns = [r["n_train"] for r in spos_runs]
+        lr = spos_runs[0]["config"]["lr"]
+        text += (f" The per-step noise standard deviation √(2·lr/N) is {math.sqrt(2 * lr / max(ns)):.1e}–"
+                 f"{math.sqrt(2 * lr / min(ns)):.1e} (N = {min(ns)}–{max(ns)}), against an AdaGrad step of {lr:g}.")
+    mixed = []
+    for ds, by_m in summ.items():
+        if "svgd" in by_m and "spos" in by_m:
+            rec = {m: [{"split": k, "rmse": r, "loglik": ll} for k, r, ll in
+                       zip(by_m[m]["splits"], by_m[m]["rmse_by_split"], by_m[m]["loglik_by_split"])]
+                   for m in ("svgd", "spos")}
+            dr = paired_difference(rec["svgd"], rec["spos"], "rmse")
+            dl = paired_difference(rec["svgd"], rec["spos"], "loglik")
+            if dr["mean"] < 0 and dl["mean"] < 0 and dl["se"] > 0 and -dl["mean"] / dl["se"] >= 2:
+                n_dev = sorted({r["n_dev"] for r in spos_runs if r["dataset"] == ds})
+                mixed.append((ds, dr, dl, n_dev))
+    for ds, dr, dl, n_dev in mixed:
+        text += (f" On {DISPLAY.get(ds, ds)} SPOS at β = N has lower RMSE ({_pm(dr)}) but lower log-likelihood "
+                 f"({_pm(dl)}, lower on {dl['n'] - dl['n_positive']} of {dl['n']} splits). The log-likelihood "
+                 f"uses each particle's own γ, re-tuned on {'/'.join(map(str, n_dev))} development rows, so it "
+                 "rewards particles that fit well one by one, while the RMSE rewards their average.")
+    if diagnosis:
+        rows = {r["metric"]: r for r in diagnosis["rows"]}
+        d = lambda m: _fmt(rows[m]["spos_minus_svgd"], rows[m]["se"], signed=True)  # noqa: E731
+        worse_alone = rows["particle_rmse"]["spos_minus_svgd"] > 0
+        text += (f" `{diagnosis['command']}` ({diagnosis['dataset']}, {diagnosis['splits']} splits): SPOS's "
+                 f"particles are individually {'worse' if worse_alone else 'not worse'} (mean particle test "
+                 f"RMSE {d('particle_rmse')}, higher on {rows['particle_rmse']['splits_spos_higher']} of "
+                 f"{diagnosis['splits']} splits), their average {d('rmse')} in RMSE, and the mixture "
+                 f"log-likelihood changes by {d('loglik')} with the particles' own {d('particle_loglik')}"
+                 + (": noise that spreads the particles helps the average and hurts the individual fits."
+                    if worse_alone and rows["rmse"]["spos_minus_svgd"] < 0 else "."))
+    L.append(text)
+
+    bt = (sens or {}).get("beta", {})
+    if bt:
+        chosen: dict = {}
+        for ds, e in bt.items():
+            chosen.setdefault(e["selected_beta_per_n"], []).append(DISPLAY.get(ds, ds))
+        n_sel = max(len(e.get("selection_splits", [])) for e in bt.values())
+        text = ("* **β grid (section 1b).** Choosing c in β = c·N on the development rows of the first "
+                f"{n_sel} splits picks " + "; ".join(f"c = {c:g} for {', '.join(v)}" for c, v in sorted(
+                    chosen.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))) + ".")
+        against = []
+        for ds, e in bt.items():
+            for m, d in e.get("selected_minus_svgd", {}).items():
+                if (d["mean"] > 0) == (m == "rmse") and d["mean"] != 0:
+                    within = abs(d["mean"]) <= d["se"]
+                    against.append(f"{DISPLAY.get(ds, ds)} {'RMSE' if m == 'rmse' else 'log-lik'} {_pm(d)}"
+                                   + (" (within 1 SE)" if within else ""))
+        text += (" Paired with SVGD on the same splits, the differences in SVGD's favour are: "
+                 + ("; ".join(against) if against else "none") + ".")
+        if all(s_.endswith("(within 1 SE)") for s_ in against):
+            text += " With c chosen this way SPOS is at least as good as SVGD on every data set."
+        cmin = min((float(c) for e in bt.values() for c in e["grid"]), default=None)
+        if cmin is not None:
+            worst = max(bt.items(), key=lambda kv: kv[1]["grid"].get(str(cmin), {}).get("rmse", [0])[0])
+            g = worst[1]["grid"][str(cmin)]
+            text += (f" At the smallest c = {cmin:g} the unpreconditioned Langevin noise dominates: "
+                     f"{DISPLAY.get(worst[0], worst[0])} test RMSE {g['rmse'][0]:.1f}, "
+                     f"{sum(e['grid'].get(str(cmin), {}).get('n_failed', 0) for e in bt.values())} runs "
+                     "non-finite.")
+        L.append(text)
+
+    text = ("* **Numerics.** Training in float32 (score in closed form, batched over the 20 networks), "
+            "evaluation in float64. Seconds per split were measured with two runs in parallel on 2 shared CPU "
+            "cores, so they are upper bounds, not benchmarks of the code. SPOS and SGLD draw their noise from "
+            "a seeded `torch.Generator` (`random.generator_noise`).")
+    if diagnosis and diagnosis.get("table_runs_compared"):
+        text += (f" Reproducibility: {diagnosis['table_runs_identical']} of the {diagnosis['table_runs_compared']} "
+                 "table runs that the diagnosis reran came out bit for bit the same.")
+    L.append(text)
+    return "\n".join(L)
 
 
 def uci_discussion(summary: dict) -> str:
@@ -169,7 +253,7 @@ def uci_discussion(summary: dict) -> str:
             continue
         recs = {m: [{"split": k, "rmse": r, "loglik": ll} for k, r, ll in
                     zip(x["splits"], x["rmse_by_split"], x["loglik_by_split"])] for m, x in (("a", a), ("b", b))}
-        diffs = {metric: _paired(recs["a"], recs["b"], metric) for metric in ("rmse", "loglik")}
+        diffs = {metric: paired_difference(recs["a"], recs["b"], metric) for metric in ("rmse", "loglik")}
         if diffs["rmse"]["n"] == 0:
             continue
         parts = [f"{name} {_fmt(diffs[metric]['mean'], diffs[metric]['se'], signed=True)}"
@@ -181,16 +265,21 @@ def uci_discussion(summary: dict) -> str:
     return "\n".join(out)
 
 
-def _paired(a: list[dict], b: list[dict], metric: str) -> dict:
-    """Mean and SE over common splits of ``b[metric] − a[metric]`` (records keyed by split)."""
+def paired_difference(a: list[dict], b: list[dict], metric: str) -> dict:
+    """``b[metric] − a[metric]`` over the splits both record (finite values only).
+
+    ``a`` and ``b`` are lists of records with ``split`` and ``metric`` keys. Returns ``mean``, its
+    standard error ``se`` (NaN below 2 splits), the number of splits ``n`` and ``n_positive``, the
+    number of splits where ``b`` is larger.
+    """
     ia = {r["split"]: r[metric] for r in a if np.isfinite(r[metric])}
     ib = {r["split"]: r[metric] for r in b if np.isfinite(r[metric])}
     common = sorted(set(ia) & set(ib))
     d = np.array([ib[k] - ia[k] for k in common], dtype=np.float64)
     if d.size == 0:
-        return {"mean": math.nan, "se": math.nan, "n": 0}
+        return {"mean": math.nan, "se": math.nan, "n": 0, "n_positive": 0}
     se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else math.nan
-    return {"mean": float(d.mean()), "se": se, "n": int(d.size)}
+    return {"mean": float(d.mean()), "se": se, "n": int(d.size), "n_positive": int((d > 0).sum())}
 
 
 def uci_sensitivity(short_recs: list[dict], long_recs: list[dict], beta_recs: dict) -> dict:
@@ -212,7 +301,7 @@ def uci_sensitivity(short_recs: list[dict], long_recs: list[dict], beta_recs: di
         entry["short"]["verdict"] = {m: verdict(m, s[f"{m}_mean"], ds) for m in ("rmse", "loglik")}
         entry["short"]["z"] = {m: _z(m, s, ds) for m in ("rmse", "loglik")}
         if long_.get(ds):
-            entry["long_minus_short"] = {m: _paired(recs, long_[ds], m) for m in ("rmse", "loglik")}
+            entry["long_minus_short"] = {m: paired_difference(recs, long_[ds], m) for m in ("rmse", "loglik")}
         iters[ds] = entry
     beta: dict = {}
     for b, recs in sorted(beta_recs.items()):
@@ -243,7 +332,7 @@ def uci_sensitivity(short_recs: list[dict], long_recs: list[dict], beta_recs: di
         entry["selected_beta_per_n"] = None if best is None else float(best)
         if best is not None and long_.get(ds):
             chosen = [r for r in grid[best]["records"] if r["split"] in common]
-            entry["selected_minus_svgd"] = {m: _paired(long_[ds], chosen, m) for m in ("rmse", "loglik")}
+            entry["selected_minus_svgd"] = {m: paired_difference(long_[ds], chosen, m) for m in ("rmse", "loglik")}
         for g in grid.values():
             g.pop("records")
     return {"iterations": iters, "beta": beta}
@@ -427,7 +516,7 @@ def plot_uci(summary: dict, path) -> None:
 
 def write_report(path, uci: dict | None, vc: dict | None, blr: dict | None, command: str,
                  img_prefix: str = "img/evidence_", notes: str = "", sens: dict | None = None,
-                 uci_notes: bool = False) -> None:
+                 diagnosis: dict | None = None) -> None:
     """Markdown report with the published numbers beside ours."""
     if "--report-only" in command:
         origin = (f"Rebuilt by `{command}` from the cached UCI runs (`out/evidence/`, or in a fresh clone "
@@ -467,8 +556,7 @@ def write_report(path, uci: dict | None, vc: dict | None, blr: dict | None, comm
               "published) / √(SE_ours² + SE_published²) also counts our own uncertainty.", "",
               uci_table(s), "", "Verdicts, generated from the table:", "", uci_discussion(s), "",
               f"![UCI]({img_prefix}uci.png)", ""]
-        if uci_notes:
-            L += [UCI_NOTES, ""]
+        L += [uci_notes(uci, sens, diagnosis), ""]
     if sens is not None:
         L += sensitivity_section(sens)
     if vc is not None:

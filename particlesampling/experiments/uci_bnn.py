@@ -53,7 +53,7 @@ from .bnn import BNNRegression, standardize_fit
 from .uci import load_split
 
 __all__ = ["BNNConfig", "SplitResult", "run_split", "evaluate", "tune_log_gamma", "dev_size", "config_fingerprint",
-           "run_many", "load_records"]
+           "run_many", "load_records", "cache_path", "append_record"]
 
 
 @dataclass(frozen=True)
@@ -266,6 +266,23 @@ def _key(rec: dict):
     return (rec["dataset"], int(rec["split"]), rec["method"], config_fingerprint(rec["config"]))
 
 
+def cache_path(cache_dir, method: str):
+    """The JSON-lines cache file of ``method``'s runs: ``cache_dir/uci_runs_<method>.jsonl``."""
+    from pathlib import Path
+
+    return Path(cache_dir) / f"uci_runs_{method}.jsonl"
+
+
+def append_record(cache_dir, rec: dict) -> None:
+    """Append one finished run to its method's cache file (creating the directory if needed)."""
+    import json
+
+    path = cache_path(cache_dir, rec["method"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
 def load_records(path) -> list[dict]:
     """Records of a JSON-lines cache (missing file: empty list)."""
     import json
@@ -295,17 +312,13 @@ def run_many(datasets, splits, methods, configs: dict, cache_dir, root=None, wor
     are the outer loop so that a job stopped early has covered every data set equally. Returns all
     records for the requested combinations (cached and new).
     """
-    import json
     from pathlib import Path
 
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
 
-    def path_of(method):
-        return cache_dir / f"uci_runs_{method}.jsonl"
-
     def cached():
-        return [r for m in methods for r in load_records(path_of(m))]
+        return [r for m in methods for r in load_records(cache_path(cache_dir, m))]
 
     done = {_key(r) for r in cached()}
     jobs = []
@@ -320,8 +333,7 @@ def run_many(datasets, splits, methods, configs: dict, cache_dir, root=None, wor
         jobs = []
 
     def write(rec):
-        with open(path_of(rec["method"]), "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        append_record(cache_dir, rec)
         log(f"{rec['dataset']:>17s} split {rec['split']:2d} {rec['method']:4s} rmse {rec['rmse']:.3f} "
             f"ll {rec['loglik']:.3f} ({rec['seconds']:.1f} s)")
 

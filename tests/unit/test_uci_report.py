@@ -110,3 +110,33 @@ def test_sensitivity_compares_betas_on_the_splits_all_of_them_ran():
     e = report.uci_sensitivity([], [], beta_recs)["beta"]["wine"]
     assert e["selection_splits"] == [0]
     assert e["selected_beta_per_n"] == 1.0
+
+
+def _summary_with(spos_ll_shift):
+    recs = []
+    for k in range(6):
+        recs.append(dict(_rec("yacht", k, "svgd", 0.9, -1.2 - 0.01 * k), n_train=249, n_dev=28,
+                         config={"iters": 5000, "lr": 1e-3}))
+        recs.append(dict(_rec("yacht", k, "spos", 0.8, -1.2 - 0.01 * k + spos_ll_shift[k]), n_train=249,
+                         n_dev=28, config={"iters": 5000, "lr": 1e-3}))
+    return {"summary": report.aggregate_uci(recs), "runs": recs, "iters": 5000}
+
+
+def test_uci_notes_state_only_what_the_numbers_show():
+    worse = _summary_with([-0.05, -0.06, -0.04, -0.05, -0.07, -0.05])  # SPOS log-lik lower on 6 of 6
+    text = report.uci_notes(worse)
+    assert "On Yacht SPOS at β = N has lower RMSE (-0.100 ± 0.000) but lower log-likelihood" in text
+    assert "lower on 6 of 6 splits" in text and "re-tuned on 28 development rows" in text
+    assert "2.8e-03–2.8e-03 (N = 249–249)" in text  # sqrt(2e-3 / 249) = 0.00283
+    better = _summary_with([0.05, 0.06, 0.04, 0.05, 0.07, 0.05])
+    assert "On Yacht" not in report.uci_notes(better)
+
+
+def test_uci_notes_beta_verdict_follows_the_paired_differences():
+    svgd = [_rec("yacht", k, "svgd", 1.0, -1.2) for k in range(3)]
+    close = {1.0: [_spos("yacht", k, 1.0, 1.0 + (0.01 if k == 0 else -0.005), -1.2, dev_ll=-1.0) for k in range(3)]}
+    far = {1.0: [_spos("yacht", k, 1.0, 1.3 + 0.01 * k, -1.2, dev_ll=-1.0) for k in range(3)]}
+    uci = {"summary": report.aggregate_uci(svgd), "runs": svgd}
+    assert "at least as good as SVGD on every data set" in report.uci_notes(uci, report.uci_sensitivity([], svgd, close))
+    text = report.uci_notes(uci, report.uci_sensitivity([], svgd, far))
+    assert "Yacht RMSE +0.310 ± 0.006" in text and "at least as good" not in text
