@@ -99,7 +99,11 @@ def test_blr_discussion_reads_its_claims_off_the_numbers():
     assert "still falling at the end" in text  # svgd: 4.0 -> 3.0
     assert "(settled)" in text and "underdispersed" in text  # svgd-adagrad: flat, variance ratio 0.6
     assert "1.6× the exact draws'" in text  # 0.8 / 0.5
-    assert "differ by at most 0 %" in text
+    assert "differ by at most 0 %" in text and "adds little" in text
+    # an SGLD row 20 % off in KSD: the "adds little" reading must go
+    blr["rows"][3] = run("sgld", (1.0, 0.6), 0.45, 1.7 / 1.2, 0.95)
+    text = report.blr_discussion(blr)
+    assert "differ by at most 20 %" in text and "adds little" not in text
     assert "hardly separate the methods" in text
 
 
