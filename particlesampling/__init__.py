@@ -2,32 +2,100 @@
 
 The same code runs on NumPy, PyTorch (CPU or GPU), ``array_api_strict`` and JAX arrays. Importing the
 package needs only NumPy and array-api-compat; torch, matplotlib, tqdm and scikit-learn are optional.
+
+Everything a user needs is reachable from the top level::
+
+    import particlesampling as ps
+    target = ps.get_target("gaussian")
+    sampler = ps.svgd(target.score, step_size=0.05)
+    state, trace = ps.run_sampler(sampler, sampler.init(target.initial_particles(200, seed=0)), 1000)
+
+Samplers: :func:`svgd`, :func:`spos`, :func:`sgld` (each an ``init`` / ``step`` pair) and the loop
+:func:`run_sampler`. Building blocks: :func:`stein_direction`, the kernels, the bandwidth rules,
+the step-size rules. Targets: :func:`get_target`, :func:`list_targets`. Diagnostics: :func:`ksd`,
+:func:`mmd`, :func:`energy_distance` and the moment errors. ``docs/architecture.md`` maps the modules.
 """
 
-from . import diagnostics, run, samplers, step_sizes, targets
-from .bandwidths import Fixed, MaxKSD, Median, Scaled, get_bandwidth
-from .kernels import IMQ, RBF, Linear, RandomFeatureRBF, get_kernel
+from . import diagnostics, random, step_sizes, targets
+from ._backend import lower_median, midpoint_median, sqdist, to_numpy
+from .bandwidths import MEDIAN_CONVENTIONS, BandwidthRule, Fixed, MaxKSD, Median, Scaled, get_bandwidth
+from .checkpoint import load_state, save_state
+from .diagnostics import (
+    cov_error,
+    energy_distance,
+    ksd,
+    ksd_squared,
+    marginal_variance,
+    mean_error,
+    mmd,
+    mode_fractions,
+)
+from .kernels import IMQ, RBF, Kernel, Linear, RandomFeatureRBF, get_kernel
+from .runner import NonFiniteError, Trace, run_sampler
+from .samplers import SAMPLERS, ParticleState, get_sampler, sgld, spos, svgd
 from .stein import SteinInfo, stein_direction, stein_direction_with_info
+from .step_sizes import StepRule, adagrad_momentum, adam, constant, get_step_rule
+from .targets import Target, get_target, list_targets
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "diagnostics",
-    "run",
-    "samplers",
-    "step_sizes",
-    "targets",
+    # samplers and the run loop
+    "svgd",
+    "spos",
+    "sgld",
+    "get_sampler",
+    "SAMPLERS",
+    "ParticleState",
+    "run_sampler",
+    "Trace",
+    "NonFiniteError",
+    "save_state",
+    "load_state",
+    # the Stein direction and its parts
     "stein_direction",
     "stein_direction_with_info",
     "SteinInfo",
+    "Kernel",
     "RBF",
     "IMQ",
     "Linear",
     "RandomFeatureRBF",
     "get_kernel",
+    "BandwidthRule",
     "Median",
     "Fixed",
     "Scaled",
     "MaxKSD",
     "get_bandwidth",
+    "MEDIAN_CONVENTIONS",
+    # step-size rules
+    "StepRule",
+    "constant",
+    "adagrad_momentum",
+    "adam",
+    "get_step_rule",
+    # targets
+    "Target",
+    "get_target",
+    "list_targets",
+    # diagnostics
+    "ksd",
+    "ksd_squared",
+    "mmd",
+    "energy_distance",
+    "mean_error",
+    "cov_error",
+    "marginal_variance",
+    "mode_fractions",
+    # array helpers
+    "sqdist",
+    "lower_median",
+    "midpoint_median",
+    "to_numpy",
+    # sub-modules
+    "diagnostics",
+    "random",
+    "step_sizes",
+    "targets",
 ]

@@ -25,7 +25,12 @@ __all__ = [
     "upper_median",
     "is_floating",
     "finfo_eps",
-    "to_float",
+    "to_numpy",
+    "is_torch_array",
+    "is_numpy_array",
+    "torch_namespace",
+    "centred",
+    "exp_neg_scaled",
 ]
 
 
@@ -297,7 +302,57 @@ def midpoint_median(v, *, xp=None):
     return 0.5 * (lo + hi)
 
 
-def to_float(x) -> float:
-    """Convert a 0-d array (any namespace) to a Python float; this synchronises with the device."""
-    return float(x)
+def is_torch_array(x) -> bool:
+    """Whether ``x`` is a torch tensor (the in-place fast paths use torch's own methods)."""
+    return array_api_compat.is_torch_array(x)
+
+
+def is_numpy_array(x) -> bool:
+    """Whether ``x`` is a NumPy array (the in-place fast paths use ``out=``)."""
+    return array_api_compat.is_numpy_array(x)
+
+
+def torch_namespace():
+    """The Array-API namespace of PyTorch (``array_api_compat.torch``); ImportError without torch."""
+    import array_api_compat.torch as xpt
+
+    return xpt
+
+
+def centred(xp, x):
+    """``x - mean(x, axis=0)``: differences are translation invariant, and centring keeps the Gram
+    trick and the repulsion's cancellation accurate in float32 far from the origin."""
+    return x - xp.mean(x, axis=0)
+
+
+def exp_neg_scaled(xp, sq, h):
+    """``exp(-sq / h)`` for a scalar ``h`` in two passes (multiply, exp), in place where the library
+    allows it (NumPy ``out=``, torch ``exp_``); other namespaces get the out-of-place form. ``sq``
+    itself is never modified."""
+    u = sq * (-1.0 / h)
+    if array_api_compat.is_torch_array(u) and not u.requires_grad:
+        return u.exp_()
+    if array_api_compat.is_numpy_array(u):
+        import numpy as np
+
+        return np.exp(u, out=u)
+    return xp.exp(u)
+
+
+def to_numpy(x):
+    """Copy an array of any supported namespace (or a sequence) to a NumPy array on the host.
+
+    This synchronises with the device; the core calls it only where a result leaves for the host
+    (traces, checkpoints, plots).
+    """
+    import numpy as np
+
+    if array_api_compat.is_torch_array(x):
+        return x.detach().cpu().numpy()
+    if array_api_compat.is_numpy_array(x) or not hasattr(x, "__dlpack__"):
+        return np.asarray(x)
+    try:
+        return np.from_dlpack(x)
+    except (TypeError, RuntimeError, BufferError):  # e.g. a device array without a host view
+        return np.asarray(x)
 

@@ -76,7 +76,7 @@ def _backend(args):
 def _sample(args) -> dict:
     from . import diagnostics
     from .plotting import save_particles_figure
-    from .run import run_sampler, to_numpy
+    from .runner import run_sampler, to_numpy
     from .samplers import get_sampler
     from .step_sizes import get_step_rule
     from .targets import get_target

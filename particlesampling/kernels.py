@@ -6,7 +6,8 @@ For a set of particles ``X`` (n x d) every kernel returns
 * the repulsion ``R[i] = sum_j grad_{x_j} k(x_j, x_i)`` (n x d), the second term of the SVGD
   direction (Liu & Wang 2016, eq. 8).
 
-Radial kernels ``k(x, y) = f(|x - y|^2 / h)`` share one formula (DESIGN §2): with ``U = D2 / h``,
+Radial kernels ``k(x, y) = f(|x - y|^2 / h)`` share one formula (differentiate ``f(|x_j - x_i|^2 / h)``
+in ``x_j``): with ``U = D2 / h``,
 ``K = f(U)`` and ``K' = f'(U)``, ``R = (2/h) (K' X - rowsum(K') * X)``. Both take two matrix products
 and a row sum; no ``n x n x d`` tensor is ever built. A per-dimension bandwidth ``h`` of shape
 ``(d,)`` means ``U = sum_k (x_k - y_k)^2 / h_k`` and the same formula with ``2/h`` broadcast over
@@ -19,12 +20,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import array_api_compat
 import numpy as np
 
-from ._backend import device_of, namespace, sqdist
+from ._backend import centred, device_of, exp_neg_scaled, namespace, sqdist
 
-__all__ = ["Kernel", "RBF", "IMQ", "Linear", "RandomFeatureRBF", "get_kernel", "KERNEL_NAMES"]
+__all__ = ["Kernel", "RadialKernel", "RBF", "IMQ", "Linear", "RandomFeatureRBF", "get_kernel", "KERNEL_NAMES",
+           "radial_repulsion", "rbf_driving_and_repulsion", "mean_offdiagonal"]
 
 
 class Kernel:
@@ -52,22 +53,37 @@ def _scaled_sq(xp, x, h, sq):
     return sqdist(x / xp.sqrt(h), xp=xp)
 
 
-def _exp_neg_scaled(xp, sq, h):
-    """``exp(-sq / h)`` for a scalar ``h`` in two ``n x n`` passes (multiply, exp), in place where the
-    library allows it (NumPy ``out=``, torch ``exp_``); other namespaces get the out-of-place form.
-    ``sq`` itself is never modified."""
-    u = sq * (-1.0 / h)
-    if array_api_compat.is_torch_array(u) and not u.requires_grad:
-        return u.exp_()
-    if array_api_compat.is_numpy_array(u):
-        return np.exp(u, out=u)
-    return xp.exp(u)
+def radial_repulsion(xp, slope, xc_rows, xc, h):
+    """``R[I] = (2/h) (K'[I, :] Xc - rowsum(K'[I, :]) * Xc[I])`` for rows ``I`` of a radial kernel.
+
+    ``slope`` is ``K'[I, :] = f'(U[I, :])`` (``(b, n)``), ``xc`` the centred particles ``(n, d)`` and
+    ``xc_rows`` their rows ``I`` (``(b, d)``); ``h`` scalar or ``(d,)``. The repulsion is translation
+    invariant, and centring keeps its cancellation accurate in float32 far from the origin.
+    """
+    return (slope @ xc - xp.sum(slope, axis=1)[:, None] * xc_rows) * (2.0 / h)
 
 
-def _centred(xp, x):
-    """``x - mean(x)``: the repulsion ``rowsum(K') x_i - (K' X)_i`` is translation invariant, and
-    centring keeps its cancellation accurate in float32 far from the origin."""
-    return x - xp.mean(x, axis=0)
+def rbf_driving_and_repulsion(xp, k, xc_rows, xc, scores, h):
+    """``(K S, R, rowsum K)`` for rows ``I`` of the RBF kernel from one product ``K [Xc | S | 1]``.
+
+    ``k`` is ``K[I, :]`` (``(b, n)``), ``xc`` the centred particles, ``xc_rows`` their rows ``I``,
+    ``scores`` ``(n, d)``, ``h`` a scalar. With ``f' = -f``: ``R[I] = (2/h) (rowsum(K) * Xc[I] - K Xc)``.
+    One ``(b, n)`` by ``(n, 2d + 1)`` product instead of three.
+    """
+    n, d = xc.shape
+    ones = xp.ones((n, 1), dtype=xc.dtype, device=device_of(xc))
+    prod = k @ xp.concat([xc, scores, ones], axis=1)
+    rowsum = prod[:, 2 * d]
+    rep = (rowsum[:, None] * xc_rows - prod[:, :d]) * (2.0 / h)
+    return prod[:, d:2 * d], rep, rowsum
+
+
+def mean_offdiagonal(xp, total, diagonal_total, n: int, *, like):
+    """Mean off-diagonal entry ``(sum - trace) / (n (n - 1))`` of an ``n x n`` kernel matrix given
+    its sum and trace; 1 when ``n = 1`` (a lone particle has no pairs). A 0-d array like ``like``."""
+    if n > 1:
+        return (total - diagonal_total) / float(n * (n - 1))
+    return xp.ones((), dtype=like.dtype, device=device_of(like))
 
 
 class RadialKernel(Kernel):
@@ -114,9 +130,8 @@ class RadialKernel(Kernel):
         u = _scaled_sq(xp, x, h, sq)
         k, k1 = self._value_and_slope(u)
         # R_i = sum_j f'(u_ij) * 2 (x_j - x_i) / h
-        xc = _centred(xp, x)
-        r = (k1 @ xc - xp.sum(k1, axis=1)[:, None] * xc) * (2.0 / h)
-        return k, r
+        xc = centred(xp, x)
+        return k, radial_repulsion(xp, k1, xc, xc, h)
 
     def _value_and_slope(self, u):
         f, f1, _ = self.profile(u)
@@ -143,10 +158,10 @@ class RBF(RadialKernel):
         xp = namespace(x)
         h = xp.asarray(h, dtype=x.dtype, device=device_of(x))
         if h.ndim == 0:
-            k = _exp_neg_scaled(xp, sqdist(x, xp=xp) if sq is None else sq, h)
+            k = exp_neg_scaled(xp, sqdist(x, xp=xp) if sq is None else sq, h)
         else:
             k = xp.exp(-_scaled_sq(xp, x, h, sq))
-        xc = _centred(xp, x)
+        xc = centred(xp, x)
         r = (xp.sum(k, axis=1)[:, None] * xc - k @ xc) * (2.0 / h)
         return k, r
 
@@ -268,8 +283,8 @@ class RandomFeatureRBF(Kernel):
         return k, r
 
 
-KERNEL_NAMES = {"rbf": RBF, "gaussian": RBF, "imq": IMQ, "linear": Linear, "rff": RandomFeatureRBF,
-                "random_features": RandomFeatureRBF}
+#: kernels by name (one name each)
+KERNEL_NAMES = {"rbf": RBF, "imq": IMQ, "linear": Linear, "rff": RandomFeatureRBF}
 
 
 def get_kernel(spec: Any = None) -> Kernel:

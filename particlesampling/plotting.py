@@ -1,7 +1,7 @@
 """Pictures of particles: over the target's density (1-D, 2-D), marginals (higher d), and traces.
 
 matplotlib is imported lazily (``pip install particlesampling[viz]``); the functions return the
-figure and never call ``plt.show()``. Inputs are NumPy arrays (use :func:`particlesampling.run.to_numpy`).
+figure and never call ``plt.show()``. Inputs are NumPy arrays (use :func:`particlesampling.to_numpy`).
 """
 
 from __future__ import annotations

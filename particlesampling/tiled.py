@@ -39,13 +39,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import array_api_compat
 import numpy as np
 
-from ._backend import check_same_shape, device_of, finfo_eps, namespace
+from ._backend import check_same_shape, device_of, exp_neg_scaled, finfo_eps, is_torch_array, namespace, to_numpy
 from .bandwidths import Fixed, Median, Scaled, get_bandwidth
-from .kernels import RBF, _exp_neg_scaled, get_kernel
-from .stein import SteinInfo, _check_inputs
+from .kernels import RBF, get_kernel
+from .stein_terms import SteinInfo, check_stein_inputs
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -62,6 +61,15 @@ DEFAULT_MEMORY_BUDGET = 256 * 2**20
 
 _DIGIT = 16  # bits per radix-selection pass
 _BINS = 1 << _DIGIT
+
+
+def needs_tiling(particles, memory_budget) -> bool:
+    """Whether the untiled path's ``n x n`` temporaries (about three: D2, K, one more) exceed
+    ``memory_budget`` bytes (``None``: no budget, never)."""
+    if memory_budget is None:
+        return False
+    n = particles.shape[0]
+    return 3 * n * n * _itemsize(particles) > memory_budget
 
 
 def tile_rows(n: int, d: int, itemsize: int, memory_budget: int | float = DEFAULT_MEMORY_BUDGET) -> int:
@@ -351,7 +359,7 @@ def tiled_stein_direction_with_info(particles, scores, kernel=None, bandwidth=No
     block) or ``memory_budget`` (bytes for the block temporaries; used when ``tile`` is None).
     Radial kernels only (``RBF``, ``IMQ``); bandwidths as in the module docstring.
     """
-    xp = _check_inputs(particles, scores, repulsion)
+    xp = check_stein_inputs(particles, scores, repulsion)
     n, d = particles.shape
     kern = get_kernel(kernel)
     if not getattr(kern, "is_radial", False):
@@ -374,7 +382,7 @@ def tiled_stein_direction_with_info(particles, scores, kernel=None, bandwidth=No
     ksum = xp.zeros((), dtype=particles.dtype, device=dev)
     for a, b, d2 in _blocks(xp, xs, xx, tile):
         if rbf:
-            k = _exp_neg_scaled(xp, d2, h) if h.ndim == 0 else xp.exp(-d2)
+            k = exp_neg_scaled(xp, d2, h) if h.ndim == 0 else xp.exp(-d2)
             prod = k @ z  # [K Xc | K S | rowsum K]
             rowsum = prod[:, 2 * d]
             driving_parts.append(prod[:, d:2 * d])

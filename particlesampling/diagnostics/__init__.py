@@ -5,7 +5,7 @@
 * :mod:`.distances`: two-sample distances to reference samples: :func:`mmd`,
   :func:`energy_distance`.
 * :mod:`.moments`: errors against known moments and mode structure: :func:`mean_error`,
-  :func:`cov_error`, :func:`marginal_variance`, :func:`mode_weights`, :func:`sample_cov`.
+  :func:`cov_error`, :func:`marginal_variance`, :func:`mode_fractions`, :func:`sample_cov`.
 
 Every function accepts arrays of any Array-API namespace and returns results in that namespace,
 dtype and device (scalars as 0-d arrays, without a host synchronisation).
@@ -13,7 +13,7 @@ dtype and device (scalars as 0-d arrays, without a host synchronisation).
 
 from .distances import energy_distance, mmd, pooled_median_bandwidth
 from .ksd import SteinGramStats, ksd, ksd_squared, stein_gram_stats, stein_kernel_matrix
-from .moments import cov_error, marginal_variance, mean_error, mode_weights, sample_cov
+from .moments import cov_error, marginal_variance, mean_error, mode_fractions, sample_cov
 
 __all__ = [
     "ksd",
@@ -27,6 +27,6 @@ __all__ = [
     "mean_error",
     "cov_error",
     "marginal_variance",
-    "mode_weights",
+    "mode_fractions",
     "sample_cov",
 ]

@@ -12,7 +12,7 @@ from typing import Any
 
 from .._backend import check_particles, device_of, namespace, sqdist
 
-__all__ = ["mean_error", "cov_error", "marginal_variance", "mode_weights", "sample_cov"]
+__all__ = ["mean_error", "cov_error", "marginal_variance", "mode_fractions", "sample_cov"]
 
 
 def _reference(xp, value, like, name: str, shape: tuple):
@@ -124,7 +124,7 @@ def marginal_variance(particles, ddof: int = 1):
     return xp.asarray(xp.mean(xp.sum(xc * xc, axis=0)) / float(n - ddof))
 
 
-def mode_weights(particles, modes: Any, num_modes: int | None = None):
+def mode_fractions(particles, modes: Any, num_modes: int | None = None):
     """Fraction of particles assigned to each mode.
 
     Parameters

@@ -1,0 +1,32 @@
+"""SVGD, SPOS and SGLD, one module each, as ``init`` / ``step`` pairs over explicit state (BlackJAX style).
+
+Each constructor (:func:`svgd`, :func:`spos`, :func:`sgld`) returns a frozen sampler with
+
+* ``state = sampler.init(particles, seed=0)``: validates the particles (n x d, floating, finite)
+  and builds a :class:`ParticleState`, and
+* ``state, info = sampler.step(state)``: one update; ``score_fn`` is evaluated exactly once (n
+  scores) and ``state`` is not modified.
+
+They share the Stein direction (:func:`particlesampling.stein_direction`, or its random-batch and
+tiled forms), the step-size rules (:mod:`particlesampling.step_sizes`) and the noise
+(:mod:`particlesampling.random`); the updates are in each module's docstring.
+"""
+
+from ._common import LangevinStepInfo, ParticleSampler, ParticleState, SteinStepInfo
+from .sgld import SGLD, sgld
+from .spos import SPOS, spos
+from .svgd import SVGD, svgd
+
+__all__ = ["svgd", "spos", "sgld", "SVGD", "SPOS", "SGLD", "ParticleSampler", "ParticleState", "SteinStepInfo",
+           "LangevinStepInfo", "SAMPLERS", "get_sampler"]
+
+#: sampler constructors by name (the CLI's ``--method``)
+SAMPLERS = {"svgd": svgd, "spos": spos, "sgld": sgld}
+
+
+def get_sampler(name: str, score_fn, step_size=1e-2, **options) -> ParticleSampler:
+    """Build a sampler by name (``"svgd"``, ``"spos"``, ``"sgld"``); ``options`` go to its constructor."""
+    key = str(name).lower()
+    if key not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}")
+    return SAMPLERS[key](score_fn, step_size, **options)
