@@ -17,7 +17,7 @@ the step-size rules. Targets: :func:`get_target`, :func:`list_targets`. Diagnost
 """
 
 from . import diagnostics, random, step_sizes, targets
-from ._backend import lower_median, midpoint_median, sqdist, to_numpy
+from ._backend import sqdist, to_numpy
 from .bandwidths import MEDIAN_CONVENTIONS, BandwidthRule, Fixed, MaxKSD, Median, Scaled, get_bandwidth
 from .checkpoint import load_state, save_state
 from .diagnostics import (
@@ -32,6 +32,7 @@ from .diagnostics import (
 )
 from .kernels import IMQ, RBF, Kernel, Linear, RandomFeatureRBF, get_kernel
 from .runner import NonFiniteError, Trace, run_sampler
+from .selection import lower_median, midpoint_median
 from .samplers import SAMPLERS, ParticleState, get_sampler, sgld, spos, svgd
 from .stein import SteinInfo, stein_direction, stein_direction_with_info
 from .step_sizes import StepRule, adagrad_momentum, adam, constant, get_step_rule

@@ -7,7 +7,6 @@ through one code path. Nothing here copies data to the host.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import array_api_compat
@@ -19,16 +18,15 @@ __all__ = [
     "check_same_shape",
     "constant",
     "sqdist",
-    "lower_median",
-    "midpoint_median",
-    "order_statistics",
-    "upper_median",
+    "sqdist_block",
     "is_floating",
     "finfo_eps",
     "to_numpy",
     "is_torch_array",
     "is_numpy_array",
     "torch_namespace",
+    "is_array",
+    "namespace_of_module",
     "centred",
     "exp_neg_scaled",
 ]
@@ -143,163 +141,61 @@ def sqdist(x, y=None, *, xp=None):
         xp = namespace(x) if y is None else namespace(x, y)
     shift = xp.mean(x, axis=0)
     x = x - shift
-    if y is not None:
-        y = y - shift
-    if array_api_compat.is_torch_array(x) and not x.requires_grad and (y is None or not y.requires_grad):
-        return _sqdist_torch(x, y)
-    if array_api_compat.is_numpy_array(x) and x.ndim == 2:
-        return _sqdist_numpy(x, y)
     xx = xp.sum(x * x, axis=1)
     if y is None:
-        d2 = xx[:, None] + xx[None, :] - 2.0 * (x @ xp.matrix_transpose(x))
-        d2 = xp.clip(d2, min=0.0)
-        n = x.shape[0]
-        eye = xp.eye(n, dtype=xp.bool, device=device_of(x))
-        d2 = xp.where(eye, xp.zeros_like(d2), d2)
-        # symmetrise rounding so that D2 == D2.T exactly
+        d2 = sqdist_block(xp, x, xx, x, xx, diagonal_at=0)
+        # symmetrise rounding so that D2 == D2.T exactly (GEMMs are not always symmetric)
+        if _in_place_torch(d2):
+            return d2.add(d2.T).mul_(0.5)
+        if array_api_compat.is_numpy_array(d2):
+            d2 += d2.T  # NumPy buffers the overlapping transpose
+            d2 *= 0.5
+            return d2
         return 0.5 * (d2 + xp.matrix_transpose(d2))
-    yy = xp.sum(y * y, axis=1)
-    d2 = xx[:, None] + yy[None, :] - 2.0 * (x @ xp.matrix_transpose(y))
-    return xp.clip(d2, min=0.0)
+    y = y - shift
+    return sqdist_block(xp, x, xx, y, xp.sum(y * y, axis=1))
 
 
-def _sqdist_torch(x, y):
-    """PyTorch fast path of :func:`sqdist` (same values to rounding): the ``-2 x y^T`` product is
-    fused into ``addmm_`` over the ``|x_i|^2 + |y_j|^2`` matrix and the clamp, diagonal and
-    symmetrisation work in place, so the whole takes one GEMM and three ``n x m`` passes instead of
-    nine. Same device and dtype as ``x`` (CPU or CUDA)."""
-    xx = (x * x).sum(dim=1)
-    if y is None:
-        d2 = xx[:, None] + xx[None, :]
-        d2.addmm_(x, x.T, alpha=-2.0)
+def _in_place_torch(a) -> bool:
+    return array_api_compat.is_torch_array(a) and not a.requires_grad
+
+
+def sqdist_block(xp, x_rows, xx_rows, y, yy, *, diagonal_at=None):
+    """``|x_i|^2 + |y_j|^2 - 2 x_i . y_j`` clamped at 0, for a block of rows ``x_rows`` (``(b, d)``).
+
+    The one Gram-trick kernel behind :func:`sqdist` and the row blocks of
+    :mod:`particlesampling.tiled`. ``xx_rows`` and ``yy`` are the squared row norms. With
+    ``diagonal_at=a`` the rows are rows ``a .. a + b - 1`` of ``y`` itself, and the entries
+    ``(r, a + r)`` are set to exactly 0. For torch (no autograd) and NumPy the product is
+    accumulated in place into the ``|x_i|^2 + |y_j|^2`` matrix: one GEMM and three ``b x m``
+    passes; other namespaces get the out-of-place form (same values to rounding).
+    """
+    b = x_rows.shape[0]
+    if _in_place_torch(x_rows) and not y.requires_grad:
+        d2 = xx_rows[:, None] + yy[None, :]
+        d2.addmm_(x_rows, y.T, alpha=-2.0)
         d2.clamp_(min=0.0)
-        d2.fill_diagonal_(0.0)
-        # symmetrise rounding so that D2 == D2.T exactly (float64 GEMMs are not always symmetric)
-        return d2.add(d2.T).mul_(0.5)
-    yy = (y * y).sum(dim=1)
-    d2 = xx[:, None] + yy[None, :]
-    d2.addmm_(x, y.T, alpha=-2.0)
-    return d2.clamp_(min=0.0)
+        if diagonal_at is not None:
+            d2[:, diagonal_at:diagonal_at + b].fill_diagonal_(0.0)
+        return d2
+    if array_api_compat.is_numpy_array(x_rows) and array_api_compat.is_numpy_array(y):
+        import numpy as np
 
-
-def _sqdist_numpy(x, y):
-    """NumPy fast path of :func:`sqdist` (same values to rounding): in-place ``out=`` arithmetic on
-    the Gram product, so one GEMM and four ``n x m`` passes instead of nine allocations."""
-    import numpy as np
-
-    xx = np.sum(x * x, axis=1)
-    yy = xx if y is None else np.sum(y * y, axis=1)
-    d2 = x @ (x if y is None else y).T
-    d2 *= -2.0  # exact; then (|x_i|^2 + |y_j|^2) + (-2 G): the same rounding as the generic path
-    d2 += xx[:, None] + yy[None, :]
-    np.maximum(d2, 0.0, out=d2)
-    if y is None:
-        np.fill_diagonal(d2, 0.0)
-        # symmetrise rounding so that D2 == D2.T exactly (NumPy buffers the overlapping transpose)
-        d2 += d2.T
-        d2 *= 0.5
+        d2 = x_rows @ y.T
+        d2 *= -2.0  # exact; then (|x_i|^2 + |y_j|^2) + (-2 G): the same rounding as the generic path
+        d2 += xx_rows[:, None] + yy[None, :]
+        np.maximum(d2, 0.0, out=d2)
+        if diagonal_at is not None:
+            np.fill_diagonal(d2[:, diagonal_at:diagonal_at + b], 0.0)
+        return d2
+    d2 = xx_rows[:, None] + yy[None, :] - 2.0 * (x_rows @ xp.matrix_transpose(y))
+    d2 = xp.clip(d2, min=0.0)
+    if diagonal_at is not None:
+        dev = device_of(x_rows)
+        cols = xp.arange(y.shape[0], device=dev)
+        on_diag = (cols[None, :] - diagonal_at) == xp.arange(b, device=dev)[:, None]
+        d2 = xp.where(on_diag, xp.zeros_like(d2), d2)
     return d2
-
-
-#: sample size of the bracketing selection in :func:`_bracket_select`
-_BRACKET_SAMPLE = 1 << 15
-
-
-def _bracket_select(v, ks):
-    """Exact order statistics of a large 1-D NumPy array without a full selection (Floyd–Rivest).
-
-    A fixed pseudo-random sample of ``_BRACKET_SAMPLE`` entries brackets the wanted ranks with a
-    margin of 4 binomial standard deviations; one pass counts the entries below the bracket and
-    keeps those inside it (about 3 % of a 10^6-entry array), and ``numpy.partition`` finishes on
-    that small set. The result is exact whatever the sample: if the ranks are not inside the
-    bracket (probability < 1e-4), ``None`` is returned and the caller selects on the whole array.
-    About 3x faster than ``numpy.partition`` on the n^2 distances of a median bandwidth.
-    """
-    import numpy as np
-
-    big_n, m = v.shape[0], _BRACKET_SAMPLE
-    idx = np.random.default_rng(big_n).integers(0, big_n, size=m)
-    sample = np.sort(v[idx])
-    lo_rank, hi_rank = min(ks) / big_n * m, max(ks) / big_n * m
-    slack = 4.0 * math.sqrt(m * 0.25) + 2.0
-    i_lo, i_hi = int(math.floor(lo_rank - slack)), int(math.ceil(hi_rank + slack))
-    if i_lo <= 0 or i_hi >= m - 1:
-        return None
-    lo, hi = sample[i_lo], sample[i_hi]
-    below = v < lo
-    n_below = int(np.count_nonzero(below))
-    cand = v[(v <= hi) & ~below]
-    if not (n_below <= min(ks) and max(ks) < n_below + cand.shape[0]):
-        return None
-    rel = sorted({k - n_below for k in ks})
-    part = np.partition(cand, rel)
-    return [part[k - n_below] for k in ks]
-
-
-def order_statistics(v, ks, *, xp=None):
-    """The ``k``-th smallest entries (0-based) of ``v`` for each ``k`` in ``ks``, as 0-d arrays.
-
-    Uses a selection where the library has one (``numpy.partition``, ``torch.kthvalue``: O(N) and
-    on the tensor's device) and a full sort otherwise. No host round trip.
-    """
-    xp = xp or namespace(v)
-    v = xp.reshape(v, (-1,))
-    n = v.shape[0]
-    if n == 0:
-        raise ValueError("expected a non-empty array for an order statistic, received an empty one")
-    ks = [int(k) for k in ks]
-    if any(k < 0 or k >= n for k in ks):
-        raise ValueError(f"expected order statistics in [0, {n}), received {ks}")
-    if array_api_compat.is_numpy_array(v):
-        return [xp.asarray(t) for t in _numpy_select(v, ks)]
-    if array_api_compat.is_torch_array(v):
-        if v.device.type == "cpu" and not v.requires_grad:
-            # On the CPU the NumPy selection on a zero-copy view is 2-5x faster than torch.kthvalue
-            # (measured, n^2 = 10^6) and serves every k at once; the results stay 0-d tensors.
-            import torch
-
-            return [torch.as_tensor(t) for t in _numpy_select(v.numpy(), ks)]
-        return [v.kthvalue(k + 1).values for k in ks]
-    s = xp.sort(v)
-    return [s[k] for k in ks]
-
-
-def _numpy_select(v, ks):
-    """Order statistics ``ks`` of a 1-D NumPy array: bracketing selection for large arrays,
-    ``numpy.partition`` otherwise (and as the bracketing's fallback). Exact in every case."""
-    import numpy as np
-
-    v = np.asarray(v)
-    if v.shape[0] >= 8 * _BRACKET_SAMPLE:
-        out = _bracket_select(v, ks)
-        if out is not None:
-            return out
-    part = np.partition(v, sorted(set(ks)))
-    return [part[k] for k in ks]
-
-
-def lower_median(v, *, xp=None):
-    """Lower median of all entries (``torch.median`` convention): element ``(N - 1) // 2`` of the sort."""
-    xp = xp or namespace(v)
-    n = math.prod(v.shape)
-    return order_statistics(v, [(n - 1) // 2], xp=xp)[0]
-
-
-def upper_median(v, *, xp=None):
-    """Upper median of all entries: element ``N // 2`` of the sort (NumPyro's convention)."""
-    xp = xp or namespace(v)
-    n = math.prod(v.shape)
-    return order_statistics(v, [n // 2], xp=xp)[0]
-
-
-def midpoint_median(v, *, xp=None):
-    """Midpoint median of all entries (``numpy.median`` convention)."""
-    xp = xp or namespace(v)
-    n = math.prod(v.shape)
-    if n % 2 == 1:
-        return order_statistics(v, [n // 2], xp=xp)[0]
-    lo, hi = order_statistics(v, [n // 2 - 1, n // 2], xp=xp)
-    return 0.5 * (lo + hi)
 
 
 def is_torch_array(x) -> bool:
@@ -310,6 +206,43 @@ def is_torch_array(x) -> bool:
 def is_numpy_array(x) -> bool:
     """Whether ``x`` is a NumPy array (the in-place fast paths use ``out=``)."""
     return array_api_compat.is_numpy_array(x)
+
+
+def is_array(x) -> bool:
+    """Whether ``x`` is an array of a supported Array-API library."""
+    return array_api_compat.is_array_api_obj(x)
+
+
+def namespace_of_module(xp: Any = None):
+    """Array-API namespace for a library module, a module name or ``None`` (NumPy).
+
+    Parameters
+    ----------
+    xp : module, str or None
+        ``numpy``, ``torch``, ``array_api_strict``, ``jax.numpy`` (the modules, their
+        ``array_api_compat`` wrappers, or their names as strings). ``None`` means NumPy.
+
+    Returns
+    -------
+    The namespace of arrays created by ``xp``.
+    """
+    import importlib
+
+    import numpy as np
+
+    if xp is None:
+        xp = np
+    if isinstance(xp, str):
+        try:
+            xp = importlib.import_module(xp)
+        except ImportError as exc:
+            raise ValueError(f"xp: cannot import array namespace {xp!r}: {exc}") from None
+    if not hasattr(xp, "empty"):
+        raise TypeError(f"xp: expected an array namespace module (numpy, torch, ...), got {xp!r}")
+    try:
+        return array_api_compat.array_namespace(xp.empty(0))
+    except TypeError as exc:
+        raise TypeError(f"xp: {xp!r} is not a supported array namespace ({exc})") from None
 
 
 def torch_namespace():

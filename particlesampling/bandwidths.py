@@ -4,8 +4,9 @@ Every rule is a callable ``rule(particles, sq, scores=None) -> h`` returning ``h
 (or a ``(d,)`` array for per-dimension rules) on the particles' device, where ``sq = sqdist(particles)``
 is the ``(n, n)`` matrix of squared distances the caller already has (it is never recomputed).
 
-The median heuristic has several incompatible conventions in use (DESIGN §2). All of them are
-offered by name; with ``med`` the stated median, in our convention ``k = exp(-D2 / h)``:
+The median heuristic has several incompatible conventions in use, which differ by 1.2-3x for the
+few particles of attention heads. All of them are offered by name; with ``med`` the stated median,
+in our convention ``k = exp(-D2 / h)``:
 
 =================  ===============================================  =====================  ===========================
 name               median taken over                                 h                      used by
@@ -21,7 +22,11 @@ name               median taken over                                 h          
                    lower median                                      (a (d,) array)
 =================  ===============================================  =====================  ===========================
 
-The default is ``"liu_wang"`` (the original SVGD paper's rule). Guards: with ``n = 1`` there are no
+The default is ``"liu_wang"`` (the original SVGD paper's rule); ``"pymc"`` is accepted as its
+other name, since PyMC's SVGD uses the same rule. Each convention is written once, as the ranks of
+the order statistics it needs in the sorted list of all ``n^2`` entries of ``D2``
+(:func:`median_ranks`) and the map from those values to ``h`` (:func:`median_from_order_statistics`);
+the untiled rule and the tiled one (:mod:`particlesampling.tiled`) both use them. Guards: with ``n = 1`` there are no
 pairs and ``h = 1`` (the direction then equals the score whatever ``h`` is); ``log(n)`` conventions
 at ``n = 1`` use the same guard; when most particles coincide the median is 0 and ``h`` is floored at
 ``eps * mean off-diagonal D2``; when all coincide, ``h = 1`` (then ``K = 1`` and ``R = 0`` for any h).
@@ -33,7 +38,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from ._backend import device_of, finfo_eps, lower_median, midpoint_median, namespace, order_statistics
+from ._backend import device_of, finfo_eps, namespace
+from .kernels import get_kernel
+from .selection import order_statistics
+from .stein_kernel import stein_gram_stats
 
 __all__ = [
     "BandwidthRule",
@@ -44,22 +52,16 @@ __all__ = [
     "get_bandwidth",
     "MEDIAN_CONVENTIONS",
     "DEFAULT_BANDWIDTH",
+    "median_ranks",
+    "median_from_order_statistics",
+    "bandwidth_value",
 ]
 
 DEFAULT_BANDWIDTH = "liu_wang"
 
-_ALIASES = {
-    "liu_wang": "liu_wang",
-    "median": "liu_wang",
-    "svgd": "liu_wang",
-    "pymc": "liu_wang",
-    "an2020": "an2020",
-    "repulsive_attention": "an2020",
-    "blackjax": "blackjax",
-    "numpyro": "numpyro",
-    "pyro": "pyro",
-}
 MEDIAN_CONVENTIONS = ("liu_wang", "an2020", "blackjax", "numpyro", "pyro")
+#: names accepted for each convention: its own, and ``"pymc"`` (PyMC's SVGD uses Liu & Wang's rule)
+_NAMES = {**{c: c for c in MEDIAN_CONVENTIONS}, "pymc": "liu_wang"}
 
 
 class BandwidthRule:
@@ -72,12 +74,47 @@ class BandwidthRule:
         raise NotImplementedError
 
 
-def _floor(xp, h, sq):
-    """Floor ``h`` at ``eps * mean off-diagonal D2``; ``h = 1`` when every particle coincides."""
-    n = sq.shape[0]
-    mean_off = xp.sum(sq) / float(n * (n - 1))
-    floor = finfo_eps(xp, sq) * mean_off
-    h = xp.maximum(h, floor)
+def median_ranks(convention: str, n: int) -> list:
+    """0-based ranks, in the sorted list of all ``n^2`` entries of ``D2`` (``n`` diagonal zeros
+    included), of the order statistics a scalar median convention needs (``n >= 2``)."""
+    big_n = n * n
+    if convention in ("liu_wang", "numpyro"):  # midpoint median of all n^2 entries
+        return [big_n // 2] if big_n % 2 == 1 else [big_n // 2 - 1, big_n // 2]
+    if convention == "an2020":  # lower median of all n^2 entries
+        return [(big_n - 1) // 2]
+    if convention == "blackjax":
+        # midpoint median of the P = n(n-1)/2 pairs: the n diagonal zeros sort first, then every
+        # pair twice, so it is the midpoint of elements n + P - 1 and n + P
+        pairs = n * (n - 1) // 2
+        return [n + pairs - 1, n + pairs]
+    raise ValueError(f"expected a scalar median convention {MEDIAN_CONVENTIONS[:4]}, received {convention!r}")
+
+
+def median_from_order_statistics(xp, convention: str, values, n: int, mean_offdiagonal, like):
+    """The bandwidth ``h`` of a scalar median convention (module table) from its order statistics.
+
+    Parameters
+    ----------
+    values : list of 0-d arrays
+        The entries of ``D2`` at :func:`median_ranks` ``(convention, n)``.
+    n : int >= 2
+    mean_offdiagonal : 0-d array
+        Mean off-diagonal ``D2``; ``h`` is floored at ``eps * mean_offdiagonal`` (coincident
+        particles), and ``h = 1`` when every particle coincides.
+    like : array
+        Gives the dtype for ``eps``.
+    """
+    mid = values[0] if len(values) == 1 else 0.5 * (values[0] + values[1])
+    if convention in ("liu_wang", "an2020"):
+        h = mid / math.log(n + 1)
+    elif convention == "blackjax":
+        h = (0.5 * (xp.sqrt(values[0]) + xp.sqrt(values[1]))) ** 2 / math.log(n)
+    elif convention == "numpyro":
+        med = xp.sqrt(values[0]) if len(values) == 1 else 0.5 * (xp.sqrt(values[0]) + xp.sqrt(values[1]))
+        h = med**2 / math.log(n) + finfo_eps(xp, like)
+    else:
+        raise ValueError(f"expected a scalar median convention {MEDIAN_CONVENTIONS[:4]}, received {convention!r}")
+    h = xp.maximum(h, finfo_eps(xp, like) * mean_offdiagonal)
     return xp.where(h > 0, h, xp.ones_like(h))
 
 
@@ -89,12 +126,12 @@ class Median(BandwidthRule):
 
     def __post_init__(self):
         key = str(self.convention).lower().replace("-", "_")
-        if key not in _ALIASES:
+        if key not in _NAMES:
             raise ValueError(
                 f"unknown bandwidth convention {self.convention!r}; expected one of "
-                f"{sorted(_ALIASES)}, a positive number, or a BandwidthRule"
+                f"{sorted(_NAMES)} or 'maxksd', a positive number, or a BandwidthRule"
             )
-        object.__setattr__(self, "convention", _ALIASES[key])
+        object.__setattr__(self, "convention", _NAMES[key])
 
     def __call__(self, particles, sq, scores=None):
         xp = namespace(particles)
@@ -102,22 +139,11 @@ class Median(BandwidthRule):
         if n == 1:
             shape = (particles.shape[1],) if self.convention == "pyro" else ()
             return xp.ones(shape, dtype=particles.dtype, device=device_of(particles))
-        c = self.convention
-        if c == "liu_wang":
-            h = midpoint_median(sq, xp=xp) / math.log(n + 1)
-        elif c == "an2020":
-            h = lower_median(sq, xp=xp) / math.log(n + 1)
-        elif c == "blackjax":
-            # median of the N = n(n-1)/2 pair distances, read off the full sorted list (n zeros from
-            # the diagonal, then every pair twice): elements n + N - 1 and n + N (no host sync).
-            big_n = n * (n - 1) // 2
-            lo, hi = order_statistics(xp.sqrt(sq), [n + big_n - 1, n + big_n], xp=xp)
-            h = (0.5 * (lo + hi)) ** 2 / math.log(n)
-        elif c == "numpyro":
-            h = midpoint_median(xp.sqrt(sq), xp=xp) ** 2 / math.log(n) + finfo_eps(xp, sq)
-        else:  # pyro
+        if self.convention == "pyro":
             return self._pyro(xp, particles)
-        return _floor(xp, h, sq)
+        values = order_statistics(sq, median_ranks(self.convention, n), xp=xp)
+        mean_off = xp.sum(sq) / float(n * (n - 1))
+        return median_from_order_statistics(xp, self.convention, values, n, mean_off, particles)
 
     @staticmethod
     def _pyro(xp, x):
@@ -221,9 +247,6 @@ class MaxKSD(BandwidthRule):
     def __call__(self, particles, sq, scores=None):
         if scores is None:
             raise ValueError("MaxKSD bandwidth needs the scores; received scores=None")
-        from .diagnostics.ksd import stein_gram_stats  # lazy: diagnostics imports bandwidths
-        from .kernels import get_kernel
-
         xp = namespace(particles, scores)
         h0 = self.base(particles, sq, scores)
         if h0.ndim != 0:
@@ -254,7 +277,7 @@ def get_bandwidth(spec: Any = None) -> BandwidthRule:
         return spec
     if isinstance(spec, str):
         key = spec.lower().replace("-", "_")
-        if key in ("maxksd", "max_ksd"):
+        if key == "maxksd":
             return MaxKSD()
         return Median(key)
     if isinstance(spec, bool):
@@ -292,3 +315,25 @@ class _ArrayRule(BandwidthRule):
         if not bool(xp.all(h > 0)):
             raise ValueError("expected a positive bandwidth array, received non-positive values")
         return h
+
+
+def bandwidth_value(spec, particles, sq, scores=None):
+    """The bandwidth ``h`` (0-d or ``(d,)``) that ``spec`` gives on these particles.
+
+    ``spec``: a number, a sequence of ``d`` numbers, a name or rule (through :func:`get_bandwidth`),
+    or an array, e.g. the ``bandwidth`` a sampler reported in its step info, used as is after a
+    shape check and a positivity check (one device synchronisation). ``sq`` is ``sqdist(particles)``.
+    """
+    xp = namespace(particles)
+    d = particles.shape[1]
+    from_array = hasattr(spec, "shape") and hasattr(spec, "dtype")
+    if from_array:
+        h = xp.asarray(spec, dtype=particles.dtype, device=device_of(particles))
+    else:
+        h = get_bandwidth(spec)(particles, sq, scores)
+        h = xp.asarray(h, dtype=particles.dtype, device=device_of(particles))
+    if not (h.ndim == 0 or (h.ndim == 1 and h.shape[0] == d)):
+        raise ValueError(f"expected a bandwidth of shape () or ({d},), received shape {tuple(h.shape)}")
+    if from_array and not bool(xp.all(h > 0)):
+        raise ValueError("expected a positive, finite bandwidth h, received an array with entries <= 0 or nan")
+    return h

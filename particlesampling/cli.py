@@ -4,7 +4,8 @@ The ``sample`` contract (other tools rely on it) writes to ``--out DIR``:
 
 * ``summary.json``: ``target``, ``method``, ``backend``, ``n_particles``, ``dim``, ``steps``, ``seconds``,
   ``ksd`` (IMQ, V-statistic, h = 1), and where the target has them ``mean_error`` (Euclidean),
-  ``cov_error`` (relative Frobenius), ``mode_weights`` with ``true_mode_weights``; plus the settings;
+  ``cov_error`` (relative Frobenius), ``mode_fractions`` (fraction of particles nearest each mode)
+  with ``true_mode_weights``; ``seconds_per_step`` (null for ``--steps 0``); plus the settings;
 * ``trace.npz``: the trace recorded every ``--trace-every`` steps (info, KSD, particles);
 * ``particles.png``: final particles over the target's density contours (1-D, 2-D) or marginals.
 """
@@ -68,9 +69,9 @@ def _backend(args):
         import torch
     except ImportError as exc:
         raise SystemExit("--backend torch needs PyTorch: pip install particlesampling[torch]") from exc
-    import array_api_compat.torch as xpt
+    from ._backend import torch_namespace
 
-    return xpt, getattr(torch, args.dtype), torch.device(args.device)
+    return torch_namespace(), getattr(torch, args.dtype), torch.device(args.device)
 
 
 def _sample(args) -> dict:
@@ -81,10 +82,6 @@ def _sample(args) -> dict:
     from .step_sizes import get_step_rule
     from .targets import get_target
 
-    if args.particles < 1:
-        raise SystemExit(f"--particles must be >= 1, received {args.particles}")
-    if args.steps < 0:
-        raise SystemExit(f"--steps must be >= 0, received {args.steps}")
     target = get_target(args.target)
     xp, dtype, device = _backend(args)
     x0 = target.initial_particles(args.particles, args.seed, xp=xp, dtype=dtype, device=device)
@@ -111,7 +108,9 @@ def _sample(args) -> dict:
         "target": target.name, "method": args.method, "backend": args.backend,
         "device": str(device) if device is not None else "cpu", "dtype": args.dtype,
         "n_particles": args.particles, "dim": target.dim, "steps": args.steps, "seed": args.seed,
-        "seconds": seconds, "seconds_per_step": seconds / max(args.steps, 1),
+        "seconds": seconds,
+        # no per-step time for a run without steps (it would divide by zero or mislead)
+        "seconds_per_step": seconds / args.steps if args.steps > 0 else None,
         "kernel": args.kernel, "bandwidth": args.bandwidth, "step_rule": args.step_rule, "step_size": lr,
         "ksd": trace.metrics["ksd"][-1], "ksd_initial": trace.metrics["ksd"][0],
         "ksd_definition": "IMQ kernel (c=1, beta=-1/2, h=1), V-statistic, square root",
@@ -123,8 +122,8 @@ def _sample(args) -> dict:
     if getattr(target, "cov", None) is not None and args.particles > 1:
         summary["cov_error"] = float(diagnostics.cov_error(final, np.asarray(target.cov)))
         summary["cov_error_definition"] = "relative Frobenius ||C_hat - C||_F / ||C||_F"
-    if hasattr(target, "mode_weights_of"):
-        summary["mode_weights"] = [float(w) for w in target.mode_weights_of(final)]
+    if hasattr(target, "mode_fractions_of"):
+        summary["mode_fractions"] = [float(w) for w in target.mode_fractions_of(final)]
         summary["true_mode_weights"] = [float(w) for w in target.mode_weights]
     os.makedirs(args.out, exist_ok=True)
     trace.save(os.path.join(args.out, "trace.npz"))
@@ -136,8 +135,24 @@ def _sample(args) -> dict:
     return summary
 
 
+def _check_sample_args(parser: argparse.ArgumentParser, args) -> None:
+    """Refuse bad ``sample`` arguments like argparse does: one line on stderr, exit status 2."""
+    from .targets import list_targets
+
+    names = [name for name, _ in list_targets()]
+    if args.target not in names:
+        parser.error(f"argument --target: unknown target {args.target!r}; expected one of {', '.join(names)}")
+    if args.particles < 1:
+        parser.error(f"argument --particles: expected >= 1, received {args.particles}")
+    if args.steps < 0:
+        parser.error(f"argument --steps: expected >= 0, received {args.steps}")
+    if args.trace_every < 1:
+        parser.error(f"argument --trace-every: expected >= 1, received {args.trace_every}")
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "targets":
         from .targets import list_targets
 
@@ -145,11 +160,12 @@ def main(argv=None) -> int:
         for name, desc in list_targets():
             print(f"{name:<{width}}  {desc}")
         return 0
+    _check_sample_args(parser, args)
     summary = _sample(args)
-    keys = ["target", "method", "backend", "n_particles", "dim", "steps", "seconds", "ksd_initial", "ksd",
-            "mean_error", "cov_error", "mode_weights"]
+    keys = ["target", "method", "backend", "n_particles", "dim", "steps", "seconds", "seconds_per_step",
+            "ksd_initial", "ksd", "mean_error", "cov_error", "mode_fractions"]
     for k in keys:
-        if k in summary:
+        if summary.get(k) is not None:
             v = summary[k]
             if isinstance(v, float):
                 v = f"{v:.4g}" if math.isfinite(v) else str(v)

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._backend import check_particles, device_of, namespace, order_statistics, sqdist
+from .._backend import centred, check_particles, device_of, namespace, sqdist
+from ..bandwidths import bandwidth_value
 from ..kernels import get_kernel
-from .ksd import _bandwidth, _check_statistic
+from ..selection import order_statistics
+from ..stein_kernel import check_statistic
 
 __all__ = ["mmd", "energy_distance", "pooled_median_bandwidth"]
 
@@ -34,7 +36,7 @@ def _check_two_samples(x, y, statistic):
         )
     if x.dtype != y.dtype:
         raise TypeError(f"expected x and y of the same dtype, received {x.dtype} and {y.dtype}")
-    statistic = _check_statistic(statistic)
+    statistic = check_statistic(statistic)
     if statistic == "u" and (x.shape[0] < 2 or y.shape[0] < 2):
         raise ValueError(
             "the U-statistic needs at least 2 points in each sample, received shapes "
@@ -45,7 +47,7 @@ def _check_two_samples(x, y, statistic):
 
 def _pooled_sqdist(xp, x, y):
     z = xp.concat([x, y], axis=0)
-    z = z - xp.mean(z, axis=0)  # distances are translation invariant; centring helps the Gram trick
+    z = centred(xp, z)  # distances are translation invariant; centring helps the Gram trick
     return z, sqdist(z, xp=xp)
 
 
@@ -91,7 +93,7 @@ def _gram_pooled(xp, kern, z, sq, bandwidth):
     elif bandwidth is None:
         h = pooled_median_bandwidth(sq)
     else:
-        h = _bandwidth(xp, bandwidth, z, sq, None)
+        h = bandwidth_value(bandwidth, z, sq, None)
     if getattr(kern, "is_radial", False):
         u = sq / h if h.ndim == 0 else sqdist(z / xp.sqrt(h), xp=xp)
         return kern.profile(u)[0], h

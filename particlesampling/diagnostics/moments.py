@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._backend import check_particles, device_of, namespace, sqdist
+from .._backend import check_particles, device_of, sqdist
 
 __all__ = ["mean_error", "cov_error", "marginal_variance", "mode_fractions", "sample_cov"]
 

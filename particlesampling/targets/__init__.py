@@ -4,7 +4,7 @@
 one-line description.  Every target has ``name``, ``dim``, ``description``, ``normalised``,
 ``log_prob(x) -> (n,)`` and ``score(x) -> (n, d)`` on any Array-API namespace,
 ``initial_particles(n, seed, xp=..., dtype=..., device=...)`` and, where known, NumPy ``mean``,
-``cov``, ``sample(n, seed)`` (exact), ``mode_weights`` / ``mode_weights_of(x)`` (mixtures) and
+``cov``, ``sample(n, seed)`` (exact), ``mode_weights`` / ``mode_fractions_of(x)`` (mixtures) and
 ``bounds`` (1-D/2-D, for plots).
 
 Importing this package does not need scikit-learn; constructing the two real-data targets does

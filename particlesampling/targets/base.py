@@ -14,66 +14,14 @@ the host.
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from typing import Any
 
-import array_api_compat
 import numpy as np
 
-__all__ = ["Target", "MixtureMixin", "to_numpy", "resolve_namespace"]
+from .._backend import device_of, namespace, namespace_of_module, to_numpy
 
-
-def to_numpy(a: Any) -> np.ndarray:
-    """Copy an array of any supported namespace to a NumPy array on the host.
-
-    Parameters
-    ----------
-    a : array
-        NumPy array, PyTorch tensor (any device) or other DLPack-capable array.
-
-    Returns
-    -------
-    numpy.ndarray
-        The same values (same dtype where NumPy has it).
-    """
-    if isinstance(a, np.ndarray):
-        return a
-    if array_api_compat.is_torch_array(a):
-        return a.detach().cpu().numpy()
-    try:
-        return np.from_dlpack(a)
-    except (TypeError, BufferError, RuntimeError, AttributeError):
-        return np.asarray(a)
-
-
-def resolve_namespace(xp: Any = None) -> Any:
-    """Array-API-compatible namespace for a module, a module name or ``None``.
-
-    Parameters
-    ----------
-    xp : module, str or None
-        ``numpy``, ``torch``, ``array_api_strict`` (the modules, their ``array_api_compat``
-        wrappers, or their names as strings).  ``None`` means NumPy.
-
-    Returns
-    -------
-    module
-        The ``array_api_compat`` namespace of arrays created by ``xp``.
-    """
-    if xp is None:
-        xp = np
-    if isinstance(xp, str):
-        try:
-            xp = importlib.import_module(xp)
-        except ImportError as exc:
-            raise ValueError(f"xp: cannot import array namespace {xp!r}: {exc}") from None
-    if not hasattr(xp, "empty"):
-        raise TypeError(f"xp: expected an array namespace module (numpy, torch, ...), got {xp!r}")
-    try:
-        return array_api_compat.array_namespace(xp.empty(0))
-    except TypeError as exc:
-        raise TypeError(f"xp: {xp!r} is not a supported array namespace ({exc})") from None
+__all__ = ["Target", "MixtureMixin"]
 
 
 class Target(ABC):
@@ -113,7 +61,7 @@ class Target(ABC):
     def _check(self, x: Any) -> Any:
         """Validate ``x`` as ``(n, dim)`` floating array; return its namespace."""
         try:
-            xp = array_api_compat.array_namespace(x)
+            xp = namespace(x)
         except TypeError:
             raise TypeError(
                 f"{self.name}: expected an (n, {self.dim}) floating array (numpy, torch, "
@@ -132,7 +80,7 @@ class Target(ABC):
 
     def _const(self, xp: Any, x: Any, key: str, value: Any) -> Any:
         """``value`` (NumPy/Python) as an array of ``x``'s namespace, dtype and device (cached)."""
-        device = array_api_compat.device(x)
+        device = device_of(x)
         try:
             cache_key = (key, xp, x.dtype, device)
             hash(cache_key)
@@ -224,7 +172,7 @@ class Target(ABC):
         """
         n = _check_count(n, "n")
         seed = _check_seed(seed)
-        ns = resolve_namespace(xp)
+        ns = namespace_of_module(xp)
         arr = self._initial_numpy(np.random.default_rng(seed), n)
         return _convert(arr, ns, dtype, device)
 
@@ -307,7 +255,7 @@ class MixtureMixin:
 
     mode_weights: np.ndarray
 
-    def mode_weights_of(self, x: Any) -> np.ndarray:
+    def mode_fractions_of(self, x: Any) -> np.ndarray:
         """Fraction of particles assigned to each mixture component.
 
         Each particle is assigned to the component of highest responsibility (posterior
@@ -328,7 +276,7 @@ class MixtureMixin:
         self._check(x)  # type: ignore[attr-defined]
         xn = np.asarray(to_numpy(x), dtype=np.float64)
         if xn.shape[0] == 0:
-            raise ValueError(f"{self.name}: mode_weights_of needs at least one particle, got 0")  # type: ignore[attr-defined]
+            raise ValueError(f"{self.name}: mode_fractions_of needs at least one particle, got 0")  # type: ignore[attr-defined]
         labels = np.argmax(self._responsibilities_numpy(xn), axis=1)
         counts = np.bincount(labels, minlength=self.mode_weights.shape[0])
         return counts / xn.shape[0]

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import array_api_compat
 import numpy as np
 
+from .._backend import namespace
 from .base import MixtureMixin, Target
 from .gaussian import check_mean_cov
 
@@ -112,7 +112,7 @@ class GaussianMixture(MixtureMixin, Target):
 
     # ---------------------------------------------------------------- NumPy helpers
     def _responsibilities_numpy(self, x: np.ndarray) -> np.ndarray:
-        ell, _ = self._component_terms(array_api_compat.array_namespace(x), x)
+        ell, _ = self._component_terms(namespace(x), x)
         ell = ell - np.max(ell, axis=0)
         r = np.exp(ell)
         return (r / np.sum(r, axis=0)).T

@@ -16,10 +16,10 @@ import json
 import math
 from typing import Any
 
-import array_api_compat
 import numpy as np
 
-from .base import Target, to_numpy
+from .._backend import device_of, is_array, is_numpy_array, namespace, to_numpy
+from .base import Target
 from .datasets import load_breast_cancer_design, load_diabetes_design
 
 __all__ = ["BayesianLinearRegression", "BayesianLogisticRegression", "log_sigmoid", "sigmoid"]
@@ -255,13 +255,13 @@ class BayesianLogisticRegression(Target):
         """
         xp = self._check(particles)
         x = self.X_test if X is None else X
-        if array_api_compat.is_numpy_array(x) or not array_api_compat.is_array_api_obj(x):
+        if is_numpy_array(x) or not is_array(x):
             x = np.asarray(x, dtype=np.float64)
             if x.ndim != 2 or x.shape[1] != self.dim:
                 raise ValueError(f"X: expected shape (N, {self.dim}), got {x.shape}")
-            x = xp.asarray(x, dtype=particles.dtype, device=array_api_compat.device(particles))
+            x = xp.asarray(x, dtype=particles.dtype, device=device_of(particles))
         else:
-            if array_api_compat.array_namespace(x) is not xp:
+            if namespace(x) is not xp:
                 raise TypeError("X: expected a NumPy array or an array of the particles' namespace")
             if x.ndim != 2 or x.shape[1] != self.dim:
                 raise ValueError(f"X: expected shape (N, {self.dim}), got {tuple(x.shape)}")

@@ -1,4 +1,5 @@
-"""Bandwidth rules (DESIGN §2 table) on hand-worked examples, and the median helpers of _backend.
+"""Bandwidth rules (the median-convention table of particlesampling.bandwidths) on hand-worked examples, and the
+median helpers of particlesampling.selection.
 
 Convention (architecture.md): h is always for k(x, y) = exp(-|x - y|^2 / h).
 
@@ -40,7 +41,7 @@ import math
 import numpy as np
 import pytest
 
-from particlesampling import _backend
+from particlesampling import _backend, selection
 from particlesampling.bandwidths import (
     DEFAULT_BANDWIDTH,
     MEDIAN_CONVENTIONS,
@@ -88,14 +89,11 @@ L_EXPECTED = {
     "pyro": np.array([9.0 / math.log(5)]),
 }
 
+# accepted spellings of each convention: case and "-" are free; "pymc" is PyMC's name for Liu & Wang's rule
 ALIASES = {
-    "median": "liu_wang",
-    "svgd": "liu_wang",
     "pymc": "liu_wang",
     "liu-wang": "liu_wang",
     "LIU_WANG": "liu_wang",
-    "repulsive_attention": "an2020",
-    "Repulsive-Attention": "an2020",
     "BlackJAX": "blackjax",
     "NumPyro": "numpyro",
     "Pyro": "pyro",
@@ -305,7 +303,7 @@ def test_get_bandwidth_forms():
     assert isinstance(get_bandwidth(None), Median) and get_bandwidth(None).convention == "liu_wang"
     assert isinstance(get_bandwidth(2.0), Fixed) and get_bandwidth(2.0).h == 2.0
     assert isinstance(get_bandwidth(7), Fixed)
-    assert isinstance(get_bandwidth("maxksd"), MaxKSD) and isinstance(get_bandwidth("max-ksd"), MaxKSD)
+    assert isinstance(get_bandwidth("maxksd"), MaxKSD) and isinstance(get_bandwidth("MaxKSD"), MaxKSD)
     calls = []
 
     def my_rule(particles, sq, scores=None):
@@ -335,6 +333,10 @@ def test_bad_bandwidth_names_and_types():
         Median("mean")
     with pytest.raises(ValueError, match="unknown bandwidth convention"):
         stein_direction(P, -P, bandwidth="scott")
+    # one name per convention: the old informal aliases are refused, not silently mapped
+    for retired in ("median", "svgd", "repulsive_attention", "max_ksd"):
+        with pytest.raises(ValueError, match="unknown bandwidth convention"):
+            get_bandwidth(retired)
     with pytest.raises(TypeError, match="received a bool"):
         get_bandwidth(True)
     with pytest.raises(TypeError, match="received a bool"):
@@ -447,9 +449,9 @@ def test_median_helpers_vs_numpy_sort(xp_backend, size, rng):
     srt = np.sort(vr.reshape(-1))
     n = srt.size
     v = xp_backend.asarray(v64)
-    lo = _backend.lower_median(v)
-    hi = _backend.upper_median(v)
-    mid = _backend.midpoint_median(v)
+    lo = selection.lower_median(v)
+    hi = selection.upper_median(v)
+    mid = selection.midpoint_median(v)
     for got in (lo, hi, mid):
         assert _is_namespace_array(xp_backend, got), type(got)
         assert tuple(got.shape) == ()
@@ -458,30 +460,30 @@ def test_median_helpers_vs_numpy_sort(xp_backend, size, rng):
     assert float(xp_backend.to_numpy(hi)) == srt[n // 2]
     np.testing.assert_allclose(float(xp_backend.to_numpy(mid)), np.median(vr), rtol=1e-7 if xp_backend.dtype_name == "float32" else 1e-15)
     ks = sorted({0, n - 1, (n - 1) // 2, n // 2, n // 3})
-    got = _backend.order_statistics(v, ks)
+    got = selection.order_statistics(v, ks)
     assert [float(xp_backend.to_numpy(g)) for g in got] == [srt[k] for k in ks]
     # repeated and unsorted ks come back in the order asked
     ks2 = [n - 1, 0, n - 1]
-    assert [float(xp_backend.to_numpy(g)) for g in _backend.order_statistics(v, ks2)] == [srt[k] for k in ks2]
+    assert [float(xp_backend.to_numpy(g)) for g in selection.order_statistics(v, ks2)] == [srt[k] for k in ks2]
 
 
 def test_median_helpers_hand_worked():
     """1, 5, 2, 8, 3, 3: sorted 1 2 3 3 5 8 -> lower (element 2) 3, upper (element 3) 3, midpoint 3;
     1, 5, 2, 8: sorted 1 2 5 8 -> lower 2, upper 5, midpoint 3.5."""
     v = np.array([1.0, 5.0, 2.0, 8.0, 3.0, 3.0])
-    assert float(_backend.lower_median(v)) == 3.0
-    assert float(_backend.upper_median(v)) == 3.0
-    assert float(_backend.midpoint_median(v)) == 3.0
+    assert float(selection.lower_median(v)) == 3.0
+    assert float(selection.upper_median(v)) == 3.0
+    assert float(selection.midpoint_median(v)) == 3.0
     w = np.array([1.0, 5.0, 2.0, 8.0])
-    assert float(_backend.lower_median(w)) == 2.0
-    assert float(_backend.upper_median(w)) == 5.0
-    assert float(_backend.midpoint_median(w)) == 3.5
+    assert float(selection.lower_median(w)) == 2.0
+    assert float(selection.upper_median(w)) == 5.0
+    assert float(selection.midpoint_median(w)) == 3.5
 
 
 def test_order_statistics_errors(xp_backend):
     with pytest.raises(ValueError, match="expected a non-empty array"):
-        _backend.order_statistics(xp_backend.asarray(np.zeros(0)), [0])
+        selection.order_statistics(xp_backend.asarray(np.zeros(0)), [0])
     with pytest.raises(ValueError, match=r"expected order statistics in \[0, 3\)"):
-        _backend.order_statistics(xp_backend.asarray(np.zeros(3)), [3])
+        selection.order_statistics(xp_backend.asarray(np.zeros(3)), [3])
     with pytest.raises(ValueError, match=r"expected order statistics in \[0, 3\)"):
-        _backend.order_statistics(xp_backend.asarray(np.zeros(3)), [-1])
+        selection.order_statistics(xp_backend.asarray(np.zeros(3)), [-1])

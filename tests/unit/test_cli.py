@@ -82,7 +82,7 @@ def test_sample_writes_summary_trace_plot(tmp_path, capsys, backend, method):
     assert summary["n_particles"] == n and summary["dim"] == 2 and summary["steps"] == steps
     assert summary["seconds"] > 0
     assert {"mean_error", "cov_error"} <= set(summary)
-    assert "mode_weights" not in summary
+    assert "mode_fractions" not in summary
 
     with np.load(out / "trace.npz") as f:
         np.testing.assert_array_equal(f["steps"], [0, 5, 10, 12])
@@ -104,7 +104,7 @@ def test_sample_writes_summary_trace_plot(tmp_path, capsys, backend, method):
     assert "summary.json" in printed and "mean_error" in printed
 
 
-def test_sample_mixture_reports_mode_weights(tmp_path):
+def test_sample_mixture_reports_mode_fractions(tmp_path):
     out, summary = _sample(tmp_path, "--target", "mixture1d", "--method", "svgd", "--particles", "15",
                            "--steps", "5", "--trace-every", "5")
     t = get_target("mixture1d")
@@ -112,8 +112,8 @@ def test_sample_mixture_reports_mode_weights(tmp_path):
     np.testing.assert_allclose(summary["true_mode_weights"], [1 / 3, 2 / 3], rtol=1e-12)
     with np.load(out / "trace.npz") as f:
         final = f["particles"][-1]
-    np.testing.assert_allclose(summary["mode_weights"], t.mode_weights_of(final))
-    assert abs(sum(summary["mode_weights"]) - 1.0) < 1e-12
+    np.testing.assert_allclose(summary["mode_fractions"], t.mode_fractions_of(final))
+    assert abs(sum(summary["mode_fractions"]) - 1.0) < 1e-12
     _check_png(out / "particles.png")
 
 
@@ -155,11 +155,16 @@ def test_sample_subprocess_writes_outputs(tmp_path):
     _check_png(out / "particles.png")
 
 
-@pytest.mark.parametrize("args", [["--particles", "0"], ["--steps", "-1"]])
-def test_sample_bad_sizes_exit(tmp_path, args):
+@pytest.mark.parametrize("args, message", [(["--particles", "0"], "--particles: expected >= 1, received 0"),
+                                           (["--steps", "-1"], "--steps: expected >= 0, received -1"),
+                                           (["--trace-every", "0"], "--trace-every: expected >= 1, received 0")])
+def test_sample_bad_sizes_exit(tmp_path, args, message, capsys):
     with pytest.raises(SystemExit) as ei:
         main(["sample", "--target", "gaussian", *args, "--out", str(tmp_path / "o"), "--no-plot"])
-    assert ei.value.code not in (0, None)
+    assert ei.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("args", [["sample", "--method", "hmc"], ["sample", "--backend", "jax"], ["frobnicate"], []])
@@ -169,6 +174,26 @@ def test_parser_rejects_bad_choices(args, capsys):
     assert ei.value.code == 2
 
 
-def test_unknown_target_is_a_value_error(tmp_path):
-    with pytest.raises(ValueError, match="unknown target"):
-        main(["sample", "--target", "nope", "--out", str(tmp_path / "o")])
+def test_unknown_target_is_a_one_line_usage_error(tmp_path):
+    """As a user meets it: the console script prints one error line naming the valid targets, no
+    traceback, and exits with status 2 like argparse's own argument errors."""
+    proc = subprocess.run([sys.executable, "-m", "particlesampling", "sample", "--target", "nope",
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True, env=_env(), cwd=REPO,
+                          timeout=300)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "unknown target 'nope'" in errors[0]
+    for name, _ in list_targets():
+        assert name in errors[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_zero_steps_reports_no_per_step_time(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["sample", "--target", "gaussian", "--particles", "10", "--steps", "0", "--out", str(out),
+                 "--no-plot"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 0 and summary["seconds_per_step"] is None
+    assert summary["ksd"] == summary["ksd_initial"]
+    assert "seconds_per_step" not in capsys.readouterr().out

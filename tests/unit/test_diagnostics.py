@@ -432,31 +432,31 @@ def test_moments_hand_worked(ns, dtype):
     for r, expected in checks:
         _check_like(r, x)
         np.testing.assert_allclose(float(r), expected, rtol=rtol)
-    w = dg.mode_weights(x, [[0.0, 0.0], [2.0, 2.5]])
+    w = dg.mode_fractions(x, [[0.0, 0.0], [2.0, 2.5]])
     _check_like(w, x, (2,))
     np.testing.assert_allclose(_np(w), [0.75, 0.25], rtol=rtol)
     np.testing.assert_allclose(_np(dg.sample_cov(x)), np.eye(2) * 4.0 / 3.0, rtol=rtol)
 
 
-def test_mode_weights_float32_far_from_origin():
+def test_mode_fractions_float32_far_from_origin():
     # the hand example shifted by 1000: squared-distance margins of 0.25 must survive float32
     x = np.asarray(X_HAND, dtype=np.float32) + 1000.0
-    w = dg.mode_weights(x, np.array([[0.0, 0.0], [2.0, 2.5]], dtype=np.float32) + 1000.0)
+    w = dg.mode_fractions(x, np.array([[0.0, 0.0], [2.0, 2.5]], dtype=np.float32) + 1000.0)
     np.testing.assert_allclose(w, [0.75, 0.25])
 
 
-def test_mode_weights_callable_and_unassigned():
+def test_mode_fractions_callable_and_unassigned():
     x = np.array([[-3.0], [-2.0], [0.1], [2.5], [3.0], [4.0]])
 
     def assign(p):  # 0 left of -1, 1 right of 1, -1 (no mode) in between
         return np.where(p[:, 0] < -1, 0, np.where(p[:, 0] > 1, 1, -1))
 
-    np.testing.assert_allclose(dg.mode_weights(x, assign), [2 / 6, 3 / 6])
-    np.testing.assert_allclose(dg.mode_weights(x, assign, num_modes=3), [2 / 6, 3 / 6, 0.0])
+    np.testing.assert_allclose(dg.mode_fractions(x, assign), [2 / 6, 3 / 6])
+    np.testing.assert_allclose(dg.mode_fractions(x, assign, num_modes=3), [2 / 6, 3 / 6, 0.0])
     with pytest.raises(TypeError, match="integer"):
-        dg.mode_weights(x, lambda p: p[:, 0])
+        dg.mode_fractions(x, lambda p: p[:, 0])
     with pytest.raises(ValueError, match="shape"):
-        dg.mode_weights(x, np.zeros((2, 3)))
+        dg.mode_fractions(x, np.zeros((2, 3)))
 
 
 def test_marginal_variance_of_exact_gaussian_samples():

@@ -1,4 +1,4 @@
-"""run_sampler, Trace, NonFiniteError and checkpoint/resume (particlesampling.run)."""
+"""run_sampler, Trace, NonFiniteError (particlesampling.runner) and checkpoint/resume (particlesampling.checkpoint)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from particlesampling.run import NonFiniteError, Trace, load_state, run_sampler, save_state, to_numpy
-from particlesampling.samplers import SamplerState, get_sampler, sgld, spos, svgd
+from particlesampling import to_numpy
+from particlesampling.checkpoint import load_state, save_state
+from particlesampling.runner import NonFiniteError, Trace, run_sampler
+from particlesampling.samplers import ParticleState, get_sampler, sgld, spos, svgd
 from particlesampling.step_sizes import adagrad_momentum, adam, constant
 
 
@@ -296,4 +298,4 @@ def test_non_finite_particle_from_overflow():
 
 
 def test_state_namedtuple_fields():
-    assert SamplerState._fields == ("particles", "step_state", "step", "seed")
+    assert ParticleState._fields == ("particles", "step_state", "step", "seed")

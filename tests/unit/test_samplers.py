@@ -1,6 +1,6 @@
 """SVGD / SPOS / SGLD init and step (particlesampling.samplers).
 
-The update formulas checked here are those of the samplers' module docstring and DESIGN.md §1:
+The update formulas checked here are those of the sampler modules' docstrings:
 
 * SVGD  x <- x + eps * phi(x)                       (Liu & Wang 2016, eq. 8)
 * SPOS  x <- x + eps [phi(x) + s / beta] + sqrt(2 eps / beta) xi   (Zhang et al. 2020, eq. 4)
@@ -17,7 +17,20 @@ import pytest
 
 from particlesampling import stein_direction
 from particlesampling.random import normal_noise
-from particlesampling.samplers import METHODS, Sampler, SamplerState, StepInfo, get_sampler, sgld, spos, svgd
+from particlesampling.samplers import (
+    SAMPLERS,
+    SGLD,
+    SPOS,
+    SVGD,
+    LangevinStepInfo,
+    ParticleSampler,
+    ParticleState,
+    SteinStepInfo,
+    get_sampler,
+    sgld,
+    spos,
+    svgd,
+)
 from particlesampling.step_sizes import ConstantState, adagrad_momentum, adam, constant
 
 
@@ -67,7 +80,7 @@ def test_svgd_step_is_x_plus_eps_phi(x0):
     phi = stein_direction(x0, _np_gauss_score(x0))
     np.testing.assert_allclose(new.particles, x0 + eps * phi, rtol=1e-14, atol=1e-15)
     assert new.step == 1 and new.seed == 4
-    assert isinstance(info, StepInfo)
+    assert isinstance(info, SteinStepInfo)
     # two steps: the second uses the moved particles
     new2, _ = sm.step(new)
     x1 = x0 + eps * phi
@@ -108,7 +121,8 @@ def test_sgld_step_formula(x0, temperature):
         xi = normal_noise(seed, t, x)
         expected = x + eps * _np_gauss_score(x) + math.sqrt(2 * eps * temperature) * xi
         np.testing.assert_allclose(new.particles, expected, rtol=1e-14, atol=1e-15)
-        assert math.isnan(float(info.bandwidth)) and math.isnan(float(info.mean_kernel))
+        # SGLD has no kernel: its info has no kernel fields (not NaN placeholders)
+        assert isinstance(info, LangevinStepInfo) and not hasattr(info, "bandwidth")
         state = new
 
 
@@ -195,7 +209,7 @@ def test_init_does_not_copy_or_modify(x0):
     sm = svgd(_gauss_score, 0.1)
     snap = x0.copy()
     state = sm.init(x0, seed=3)
-    assert isinstance(state, SamplerState)
+    assert isinstance(state, ParticleState)
     assert state.step == 0 and state.seed == 3
     np.testing.assert_array_equal(x0, snap)
 
@@ -215,7 +229,7 @@ def test_namespaces_preserve_type_and_dtype(xp_backend, x0, method, rule):
     assert xp_backend.is_native(x)
     assert xp_backend.dtype_of(x) == xp_backend.dtype_name
     assert xp_backend.device_of(x) == "cpu"
-    for field in ("bandwidth", "mean_kernel", "update_norm", "score_norm"):
+    for field in [f for f in info._fields if f != "finite"]:
         v = getattr(info, field)
         # 0-d values of the namespace (NumPy reductions give NumPy scalars, which count)
         assert xp_backend.is_native(v) or (xp_backend.name == "numpy" and isinstance(v, np.generic))
@@ -262,7 +276,7 @@ def test_random_batch_with_full_batch_equals_full_direction(x0, batch_size):
 def _batch_phis(x, batch_size, draws, seed=7):
     """Random-batch directions at the same particles for `draws` different steps (permutations)."""
     sm = svgd(_np_gauss_score, 1.0, bandwidth=1.0, batch_size=batch_size)
-    return np.stack([sm.step(SamplerState(x, ConstantState(0), k, seed))[0].particles - x for k in range(draws)])
+    return np.stack([sm.step(ParticleState(x, ConstantState(0), k, seed))[0].particles - x for k in range(draws)])
 
 
 @pytest.mark.parametrize("n,batch_size", [(12, 4), (10, 3)])
@@ -326,14 +340,18 @@ def test_single_particle_svgd_is_gradient_ascent():
 
 
 def test_get_sampler_by_name():
-    assert set(METHODS) == {"svgd", "spos", "sgld"}
-    for name in ("svgd", "SPOS", "Sgld"):
+    assert set(SAMPLERS) == {"svgd", "spos", "sgld"}
+    for name, cls in (("svgd", SVGD), ("SPOS", SPOS), ("Sgld", SGLD)):
         sm = get_sampler(name, _gauss_score, 0.1)
-        assert isinstance(sm, Sampler)
-        assert sm.method == name.lower()
+        assert isinstance(sm, ParticleSampler) and type(sm) is cls
+        assert sm.name == name.lower()
     assert get_sampler("spos", _gauss_score, 0.1, beta=3.0).beta == 3.0
-    assert get_sampler("sgld", _gauss_score, 0.1).uses_noise
-    assert not get_sampler("svgd", _gauss_score, 0.1).uses_noise
+    # each sampler holds only its own settings
+    assert not hasattr(get_sampler("sgld", _gauss_score, 0.1), "kernel")
+    assert not hasattr(get_sampler("svgd", _gauss_score, 0.1), "beta")
+    assert not hasattr(get_sampler("svgd", _gauss_score, 0.1), "temperature")
+    with pytest.raises(TypeError):
+        sgld(_gauss_score, 0.1, beta=2.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,7 +432,7 @@ def test_bad_step_rule_specs(method):
 
 
 def test_unknown_method():
-    with pytest.raises(ValueError, match="unknown method"):
+    with pytest.raises(ValueError, match="unknown sampler"):
         get_sampler("hmc", _gauss_score, 0.1)
 
 

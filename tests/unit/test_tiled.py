@@ -15,10 +15,10 @@ import pytest
 from particlesampling import _backend
 from particlesampling.bandwidths import MaxKSD, Median, Scaled
 from particlesampling.diagnostics import ksd_squared
-from particlesampling.samplers import svgd
+from particlesampling import svgd
 from particlesampling.stein import stein_direction, stein_direction_with_info
+from particlesampling.selection import _radix_select, bracket_select
 from particlesampling.tiled import (
-    _select,
     tile_rows,
     tiled_bandwidth,
     tiled_ksd_squared,
@@ -105,8 +105,8 @@ def test_radix_selection_with_ties_and_small_collect_limit(rng, dtype):
     blocks = [vals[:100], vals[100:333], vals[333:]]
     ks = [0, 29, 30, 100, 265, 266, vals.size - 1]
     expected = [float(t) for t in np.sort(vals)[ks]]
-    assert _select(np, lambda: iter(blocks), ks, dtype, collect_limit=0) == expected
-    assert _select(np, lambda: iter(blocks), ks, dtype) == expected
+    assert _radix_select(lambda: iter(blocks), ks, dtype, collect_limit=0) == expected
+    assert _radix_select(lambda: iter(blocks), ks, dtype) == expected
 
 
 def test_bracket_selection_large_n_matches_sort(rng):
@@ -206,3 +206,15 @@ def test_gpu_untiled_step_and_median_on_device(rng):
     assert st.particles.device.type == "cuda" and info.bandwidth.device.type == "cuda"
     st_c, info_c = sampler.step(sampler.init(x.cpu()))
     np.testing.assert_allclose(st.particles.cpu().numpy(), st_c.particles.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_bracket_select_is_exact_or_declines(rng):
+    """The shared bracketing step: exact when the sample brackets the ranks, None (never a wrong value)
+    when a sample from another distribution misses them."""
+    v = rng.random(100_000)
+    ks = [49_999, 50_000]
+    expected = [float(t) for t in np.sort(v)[ks]]
+    good = np.sort(v[rng.integers(0, v.size, 4096)])
+    assert bracket_select(good, lambda: (v[:30_000], v[30_000:]), v.size, ks) == expected
+    bad = np.sort(rng.random(4096) * 0.1)
+    assert bracket_select(bad, lambda: (v,), v.size, ks) is None
