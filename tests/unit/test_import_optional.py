@@ -1,4 +1,4 @@
-"""The core imports and samples with torch and matplotlib unimportable (DESIGN.md §6).
+"""The core imports and samples with torch and matplotlib unimportable.
 
 A subprocess installs a meta-path finder that raises ImportError for ``torch`` and ``matplotlib``
 (and their submodules) before anything else is imported, then exercises the NumPy path.
@@ -70,7 +70,7 @@ def test_core_works_without_torch_and_matplotlib(tmp_path):
         import particlesampling.diagnostics
         from particlesampling import stein_direction
         from particlesampling.samplers import svgd, spos, sgld
-        from particlesampling.run import run_sampler
+        from particlesampling.runner import run_sampler
         from particlesampling.step_sizes import adagrad_momentum
         from particlesampling.targets import get_target
         from particlesampling import diagnostics, plotting, cli

@@ -133,7 +133,7 @@ def test_info_matches_brute_force(xp_backend, rng):
 
 
 # ---------------------------------------------------------------------------------------------
-# Invariants (DESIGN §2)
+# Invariants of the Stein direction (Liu & Wang 2016, eq. 8): one particle, permutation, translation
 # ---------------------------------------------------------------------------------------------
 
 
