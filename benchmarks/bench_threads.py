@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from particlesampling.samplers import svgd  # noqa: E402
+from particlesampling import svgd  # noqa: E402
 
 SIZES = ((200, 2), (1000, 2), (1000, 100), (2000, 100))
 

@@ -21,8 +21,7 @@ def main() -> int:
     from numpyro.contrib.einstein.stein_util import median_bandwidth
     from pyro.infer.svgd import RBFSteinKernel
 
-    from particlesampling._backend import sqdist
-    from particlesampling.bandwidths import Median
+    from particlesampling import Median, sqdist
 
     jax.config.update("jax_enable_x64", True)
     rng = np.random.default_rng(1)

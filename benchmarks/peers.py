@@ -39,7 +39,7 @@ def make(impl, mean, cov, x0, lr, *, dtype="float32", bandwidth="liu_wang", batc
 
 
 def _ours(impl, mean, cov, x0, lr, dtype, bandwidth, batch_size, memory_budget):
-    from particlesampling.samplers import svgd
+    from particlesampling import svgd
 
     prec = _precision(mean, cov)
     if impl == "ours-torch":
