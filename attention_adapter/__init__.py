@@ -8,12 +8,20 @@ are replaced by the Stein variational (SVGD) or SPOS direction, computed by the 
 
 Five lines turn a training loop repulsive::
 
-    from attention_adapter import RepulsiveHeads
-    heads = RepulsiveHeads(model, preset="an2020", alpha=0.01, epsilon=0.01)
+    from attention_adapter import An2020, RepulsiveHeads
+    heads = RepulsiveHeads(model, preset=An2020(alpha=0.01, epsilon=0.01))   # the paper's symbols
     ...
     loss.backward()
     heads.apply()          # before clipping and optimizer.step()
     optimizer.step()
+
+or, for heads that sample a stated posterior (core names: ``step_size``, ``repulsion``, ``beta``)::
+
+    heads = RepulsiveHeads(model, "spos", step_size=1.0, repulsion=1.0, beta=1.0,
+                           posterior=Posterior(dataset_size=len(train_set), prior=1.0),
+                           heads=HeadSelection(particles="joint", layers=[-2, -1]))
+
+The update rule of one group is the pure function :func:`head_update` (:mod:`attention_adapter.update`).
 """
 
 from .capture import HeadCapture
@@ -30,13 +38,21 @@ from .diversity import (
 )
 from .layouts import HeadLayout, ResolvedLayout, TensorBlock
 from .noise import step_seed
-from .particles import HeadParticles, ParticleGroup
+from .particles import HeadParticles, HeadSelection, ParticleGroup
 from .penalty import HeadRepulsionPenalty, head_kernel_similarity
 from .recorder import HeadRecorder
-from .repulsive import ApplyInfo, NonFiniteGradientError, RepulsiveHeads
+from .repulsive import PRESETS, ApplyInfo, NonFiniteGradientError, RepulsiveHeads
+from .update import UPDATE_RULES, An2020, Posterior, UpdateSettings, head_update
 
 __all__ = [
     "RepulsiveHeads",
+    "An2020",
+    "Posterior",
+    "HeadSelection",
+    "UpdateSettings",
+    "head_update",
+    "UPDATE_RULES",
+    "PRESETS",
     "ApplyInfo",
     "NonFiniteGradientError",
     "HeadLayout",

@@ -15,8 +15,8 @@ one row per head, and *scatters* an ``(M, p)`` matrix back into the same positio
   ``[h d_head, (h + 1) d_head)``: axis 1 (axis 0 for ``Conv1D``).
 
 Row ``h`` of a gathered matrix is built only from head ``h``'s block, so the particles are
-head-aligned by construction (DESIGN §2: two of the authors' four experiments reshaped weights so
-that a "particle" mixed all heads).
+head-aligned by construction (two of the authors' four experiments reshaped weights so that a
+"particle" mixed all heads; see "Differences from the authors' code" in ``docs/attention_adapter.md``).
 
 Users describe their own modules with :class:`HeadLayout` and :class:`TensorBlock` (see
 :mod:`attention_adapter.discovery` for registration); built-in factories cover

@@ -2,8 +2,8 @@
 
 The noise of step ``t`` is drawn from a fresh ``torch.Generator`` on the gradients' device, seeded with
 ``step_seed(seed, t)`` (a 63-bit hash of ``(seed, t)`` computed by the core's counter-based hash,
-:func:`particlesampling.random.uniform_bits`). Within a step the particle groups draw, in the adapter's
-fixed group order, ``torch.randn((M, P), generator=g)`` one after the other (one generator per
+``ps.random.uniform_bits``). Within a step the particle groups draw, in the adapter's fixed group
+order, ``torch.randn((M, P), generator=g)`` one after the other (one generator per
 device). Consequences:
 
 * the noise is a pure function of ``(seed, step)``: resuming from ``state_dict()`` reproduces it, and
@@ -19,14 +19,14 @@ from typing import Dict
 
 import torch
 
-from particlesampling.random import uniform_bits
+import particlesampling as ps
 
 __all__ = ["step_seed", "StepNoise"]
 
 
 def step_seed(seed: int, step: int) -> int:
     """63-bit seed of step ``step`` for the base ``seed`` (both non-negative ints)."""
-    return int(uniform_bits(seed, step, 1, 1)[0, 0]) & (2**63 - 1)
+    return int(ps.random.uniform_bits(seed, step, 1, 1)[0, 0]) & (2**63 - 1)
 
 
 class StepNoise:

@@ -27,7 +27,7 @@ from torch import nn
 from .discovery import find_attention, select_layers
 from .layouts import ResolvedBlock, ResolvedLayout
 
-__all__ = ["ParticleGroup", "HeadParticles", "PARTICLE_CHOICES"]
+__all__ = ["ParticleGroup", "HeadParticles", "HeadSelection", "PARTICLE_CHOICES"]
 
 PARTICLE_CHOICES = ("separate", "joint")
 _BIAS_OF = {"q": "q_bias", "k": "k_bias", "v": "v_bias"}
@@ -134,6 +134,49 @@ def _check_choice(particles, roles, include_output, include_bias) -> Tuple[str, 
         if not isinstance(flag, bool):
             raise TypeError(f"expected {name} as a bool, received {flag!r}")
     return roles
+
+
+@dataclass(frozen=True)
+class HeadSelection:
+    """Which attention modules, and which of their tensors, become head particles (immutable).
+
+    Parameters
+    ----------
+    particles : {"separate", "joint"}
+        Q, K, V as separate systems (default, as in An et al. 2020) or one joint particle per head.
+    roles : sequence of {"q", "k", "v"}
+        Which projections take part (default all three).
+    include_output : bool
+        Add the head's output-projection columns (a 4th system with ``"separate"``, appended to the
+        joint particle with ``"joint"``).
+    include_bias : bool
+        Append each role's per-head bias to its particle.
+    layouts : mapping, optional
+        User layouts, see :func:`~attention_adapter.discovery.find_attention`.
+    layers : optional
+        Subset of the attention modules, see :func:`~attention_adapter.discovery.select_layers`.
+    """
+
+    particles: str = "separate"
+    roles: Tuple[str, ...] = ("q", "k", "v")
+    include_output: bool = False
+    include_bias: bool = False
+    layouts: Any = None
+    layers: Any = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "roles", _check_choice(self.particles, self.roles, self.include_output,
+                                                        self.include_bias))
+
+    def particle_choice(self) -> Dict[str, Any]:
+        """``{"particles", "roles", "include_output", "include_bias"}``."""
+        return dict(particles=self.particles, roles=self.roles, include_output=self.include_output,
+                    include_bias=self.include_bias)
+
+    def build(self, model: nn.Module, *, skip_frozen: bool = True) -> "HeadParticles":
+        """The :class:`HeadParticles` of ``model`` for this selection."""
+        return HeadParticles(model, **self.particle_choice(), layouts=self.layouts, layers=self.layers,
+                             skip_frozen=skip_frozen)
 
 
 def _groups_of_site(site: ResolvedLayout, particles: str, roles, include_output, include_bias):

@@ -25,15 +25,13 @@ apply to it automatically, at the cost of one extra ``O(M^2 P)`` forward/backwar
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Optional
 
 import torch
 from torch import nn
 
-from particlesampling import get_bandwidth, get_kernel
-from particlesampling._backend import sqdist
-
-from .particles import HeadParticles
+from .particles import HeadSelection
+from .update import kernel_matrix, resolve_kernel
 
 __all__ = ["HeadRepulsionPenalty", "head_kernel_similarity"]
 
@@ -41,18 +39,16 @@ __all__ = ["HeadRepulsionPenalty", "head_kernel_similarity"]
 def head_kernel_similarity(theta: torch.Tensor, kernel=None, bandwidth=None) -> torch.Tensor:
     """Mean off-diagonal kernel value of the rows of ``theta`` ``(M, P)``; differentiable in ``theta``.
 
-    The bandwidth is computed by the core rule on ``theta.detach()``. With ``M = 1`` returns 0.
+    ``kernel`` and ``bandwidth`` are core specs or objects, resolved as by :class:`RepulsiveHeads`
+    (:func:`attention_adapter.update.resolve_kernel`); the bandwidth is computed by the core rule on
+    ``theta.detach()`` (:func:`attention_adapter.update.kernel_matrix`). With ``M = 1`` returns 0.
     """
     if not isinstance(theta, torch.Tensor) or theta.dim() != 2:
         raise ValueError(f"expected theta as a 2-D (M, P) tensor, received {getattr(theta, 'shape', type(theta))}")
     m = theta.shape[0]
     if m < 2:
         return theta.sum() * 0.0
-    kern = get_kernel(kernel)
-    rule = get_bandwidth(bandwidth)
-    xd = theta.detach()
-    h = rule(xd, sqdist(xd), None) if kern.uses_bandwidth else None
-    k = kern.gram(theta, theta, h)
+    k, _ = kernel_matrix(theta, *resolve_kernel(kernel, bandwidth))
     return (k.sum() - k.diagonal().sum()) / float(m * (m - 1))
 
 
@@ -64,24 +60,25 @@ class HeadRepulsionPenalty(nn.Module):
     model : nn.Module
     weight : float >= 0
     kernel, bandwidth :
-        Core kernel and bandwidth specs (defaults RBF and the core's default median rule).
-    particles, roles, include_output, include_bias, layouts, layers :
-        As in :class:`attention_adapter.HeadParticles`.
+        Core kernel and bandwidth specs (defaults RBF and the core's default median rule), resolved
+        as by :class:`attention_adapter.RepulsiveHeads`.
+    heads : HeadSelection, optional
+        Which modules and tensors are particles (default: Q, K, V of every module, separately).
     """
 
     def __init__(self, model: nn.Module, *, weight: float = 1.0, kernel=None, bandwidth=None,
-                 particles: str = "separate", roles=("q", "k", "v"), include_output: bool = False,
-                 include_bias: bool = False, layouts=None, layers: Any = None):
+                 heads: Optional[HeadSelection] = None):
         super().__init__()
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
             raise ValueError(f"expected weight as a finite number >= 0, received {weight!r}")
+        if heads is None:
+            heads = HeadSelection()
+        if not isinstance(heads, HeadSelection):
+            raise TypeError(f"expected heads as a HeadSelection, received {type(heads).__name__}")
         self.weight = float(weight)
-        self.kernel = get_kernel(kernel)
-        self.bandwidth = get_bandwidth(bandwidth)
+        self.kernel, self.bandwidth = resolve_kernel(kernel, bandwidth)
         # not registered as sub-modules: the penalty owns no parameters of its own
-        object.__setattr__(self, "heads", HeadParticles(
-            model, particles=particles, roles=roles, include_output=include_output, include_bias=include_bias,
-            layouts=layouts, layers=layers))
+        object.__setattr__(self, "heads", heads.build(model))
 
     def per_group(self) -> dict:
         """``{group name: mean off-diagonal kernel value}`` (differentiable 0-d tensors)."""

@@ -1,63 +1,34 @@
 """``RepulsiveHeads``: rewrite the attention heads' gradients into the SVGD/SPOS direction.
 
 Between ``loss.backward()`` and ``optimizer.step()`` each particle group's gradient ``G`` (``M x P``,
-one row per head) is replaced, in place, by a transformed gradient ``Ĝ``; the unchanged optimizer then
-steps along ``-Ĝ``. The Stein direction itself comes from the core,
-:func:`particlesampling.stein_direction_with_info` (``phi = (K S + alpha R) / M``, Liu & Wang 2016,
-eq. 8); this module only builds the scores and the final combination.
-
-Principled mode (``preset=None``)
-    The heads sample the posterior ``p(theta | D) ∝ p(D | theta) p(theta)`` of a data set of size
-    ``N``, whose score at head ``i`` is estimated from the minibatch-mean loss gradient ``G``:
-    ``S_i = -N G_i + grad log p(theta_i)``. Then
-
-    * SVGD: ``Ĝ = -epsilon * phi``, so plain SGD with learning rate ``lr`` performs the SVGD update
-      ``theta <- theta + lr * epsilon * phi`` (Liu & Wang 2016, eq. 7);
-    * SPOS: ``Ĝ = -epsilon (S / beta + phi) - sqrt(2 epsilon / (beta lr)) xi``, so plain SGD performs
-      ``theta <- theta + e (S / beta + phi) + sqrt(2 e / beta) xi`` with ``e = lr * epsilon``: the
-      SPOS update of Zhang et al. (2020, eq. 4) in the core's convention
-      (:func:`particlesampling.samplers.spos`).
-
-Paper preset (``preset="an2020"``), exactly the authors' fairseq trainer (DESIGN §2)
-    Q, K and V separate, RBF kernel, ``m`` = lower median of all ``M^2`` squared distances,
-    ``sigma^2 = m / (2 log(M + 1))`` (core bandwidth ``"an2020"``, ``h = 2 sigma^2``), and
-
-    * SVGD: ``Ĝ = epsilon (1/M) [K G - alpha R]``;
-    * SPOS: ``Ĝ = epsilon {(1/M) [K G - alpha R] + beta G - sqrt(2 beta / epsilon) c xi}``,
-      ``c = median |G|`` (lower median over the group's ``M x P`` entries).
-
-    With ``S = -G`` the SVGD form is ``-epsilon * phi`` with repulsion ``alpha``: the principled mode
-    with ``N = 1``, a flat prior and repulsion ``alpha``. Its SPOS form is the principled SPOS with
-    ``N = 1``, flat prior, ``1/beta_principled = beta``, the optimizer's ``lr`` taken as 1, and the
-    noise multiplied by the heuristic scale ``c``.
+one row per head) is replaced, in place, by ``Ĝ = head_update(X, G, settings, xi)``
+(:func:`attention_adapter.update.head_update`, whose docstring states the four update rules: SVGD
+and SPOS for a stated posterior, and An et al. (2020)'s SVGD and SPOS forms); the unchanged
+optimizer then steps along ``-Ĝ``. This module is the stateful shell around that pure function: it
+chooses the particles (:class:`~attention_adapter.HeadSelection`), holds the step counter, the SPOS
+noise seed and the optimizer reference, checks the gradients are finite, and writes the result
+back.
 """
 
 from __future__ import annotations
 
-import math
 import weakref
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
-from particlesampling import get_bandwidth, get_kernel, stein_direction_with_info
-from particlesampling._backend import lower_median
-from particlesampling.stein import SteinInfo
+import particlesampling as ps
 
 from .noise import StepNoise
-from .particles import HeadParticles, ParticleGroup
+from .particles import HeadSelection, ParticleGroup
+from .update import UPDATE_RULES, An2020, Posterior, UpdateSettings, compute_dtype, head_update
 
-__all__ = ["RepulsiveHeads", "ApplyInfo", "NonFiniteGradientError", "PRESETS", "METHODS"]
+__all__ = ["RepulsiveHeads", "ApplyInfo", "NonFiniteGradientError", "PRESETS"]
 
-METHODS = ("svgd", "spos")
-PRESETS = ("an2020",)
+#: named presets (``preset="an2020"`` is ``preset=An2020()``)
+PRESETS = {"an2020": An2020}
 _ON_NONFINITE = ("raise", "skip")
-_HALF = (torch.float16, torch.bfloat16)
-
-#: options a preset fixes; passing them together with the preset is an error
-_AN2020_FIXED = dict(particles="separate", roles=("q", "k", "v"), include_output=False, include_bias=False,
-                     kernel="rbf", bandwidth="an2020", dataset_size=1, prior=None, lr=None, repulsion=None)
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -71,7 +42,7 @@ class ApplyInfo(NamedTuple):
     ----------
     step : int
         Index of this step (0-based); the SPOS noise depends on it.
-    groups : dict name -> particlesampling.stein.SteinInfo
+    groups : dict name -> particlesampling.SteinInfo
         Per group: ``bandwidth`` ``h`` (0-d tensor, ``k = exp(-D2 / h)``), ``mean_kernel`` (mean
         off-diagonal ``K``), ``driving_norm``, ``repulsion_norm``. Tensors, no host sync.
     missing : tuple of str
@@ -82,7 +53,7 @@ class ApplyInfo(NamedTuple):
     """
 
     step: int
-    groups: Dict[str, SteinInfo]
+    groups: Dict[str, ps.SteinInfo]
     missing: Tuple[str, ...] = ()
     nonfinite: Tuple[str, ...] = ()
 
@@ -102,27 +73,12 @@ class ApplyInfo(NamedTuple):
         }
 
 
-def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"expected {name} as a finite real number, received {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"expected {name} {'>= 0' if allow_zero else '> 0'}, received {value!r}")
-    return float(value)
-
-
-def _prior_fn(prior: Any) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
-    """``None`` (flat), a prior standard deviation ``s > 0`` (N(0, s^2 I)) or a callable grad-log-prior."""
-    if prior is None:
-        return None
-    if isinstance(prior, (int, float)) and not isinstance(prior, bool):
-        var = _positive("prior (standard deviation of a N(0, s^2) prior)", prior) ** 2
-        return lambda theta: theta * (-1.0 / var)
-    if callable(prior):
-        return prior
-    raise TypeError(
-        f"expected prior as None (flat), a positive standard deviation or a callable theta -> grad log p(theta), "
-        f"received {type(prior).__name__}"
-    )
+def _resolve_preset(preset: Any) -> Optional[An2020]:
+    if preset is None or isinstance(preset, An2020):
+        return preset
+    if isinstance(preset, str) and preset in PRESETS:
+        return PRESETS[preset]()
+    raise ValueError(f"expected preset None, An2020(...) or one of {tuple(PRESETS)}, received {preset!r}")
 
 
 class RepulsiveHeads:
@@ -130,7 +86,8 @@ class RepulsiveHeads:
 
     Use it between ``loss.backward()`` and ``optimizer.step()``::
 
-        heads = RepulsiveHeads(model, method="svgd", preset="an2020", alpha=0.01, epsilon=0.01)
+        heads = RepulsiveHeads(model, preset=An2020(alpha=0.01, epsilon=0.01))   # the paper's trainer
+        heads = RepulsiveHeads(model, "svgd", posterior=Posterior(dataset_size=len(train_set), prior=1.0))
         ...
         loss.backward()
         heads.apply()                      # or once: heads.attach(optimizer)
@@ -143,38 +100,35 @@ class RepulsiveHeads:
         Any model; attention modules are discovered (see :func:`attention_adapter.find_attention`).
         A ``DistributedDataParallel`` wrapper or the wrapped module both work.
     method : {"svgd", "spos"}
-    preset : None or "an2020"
-        ``"an2020"``: the authors' fairseq formula (module docstring). It fixes ``particles``,
-        ``roles``, ``include_output``, ``include_bias``, ``kernel``, ``bandwidth``,
-        ``dataset_size``, ``prior``, ``lr`` and ``repulsion`` (use ``alpha``); passing them is an error.
-    alpha : float, optional
-        Repulsion weight. Preset default 0.01; in principled mode an alias of ``repulsion``.
-    epsilon : float, optional
-        Multiplier of the transformed gradient (the fairseq ``--stepsize``). Default 0.01 with the
-        preset, 1.0 otherwise.
-    beta : float, optional
-        SPOS weight. Preset: the weight of the ``beta G`` Langevin term (default 1.0). Principled
-        mode: the inverse temperature of the core's SPOS (drift ``S / beta``, default 1.0).
-    particles, roles, include_output, include_bias, layouts, layers :
-        Particle choice and module selection, see :class:`attention_adapter.HeadParticles`.
-        Defaults: ``"separate"``, ``("q", "k", "v")``, False, False, built-in layouts, all layers.
+        The update rule (:data:`attention_adapter.UPDATE_RULES`).
+    step_size : float > 0, optional
+        ``e``: ``Ĝ = -e phi`` (SVGD), ``Ĝ = -e (S / beta + phi) - ...`` (SPOS). Default 1.0.
+    repulsion : float >= 0, optional
+        Weight of the repulsive term of ``phi`` (1.0 = SVGD proper, the default).
+    preset : None, "an2020" or An2020
+        ``An2020(alpha, epsilon, beta)``: the authors' fairseq formula in the paper's symbols
+        (:class:`attention_adapter.An2020`). It fixes ``step_size``, ``repulsion``, ``beta``,
+        ``posterior``, ``kernel``, ``bandwidth``, ``lr`` and the particle choice (Q, K, V separate);
+        passing them is an error (``heads=HeadSelection(layers=..., layouts=...)`` is allowed).
+
+    Keyword-only
+    ------------
+    heads : HeadSelection, optional
+        Which modules and tensors are particles (default: Q, K, V of every attention module,
+        separately).
+    posterior : Posterior, optional
+        ``N`` and prior of the score ``S = -N G + grad log p(theta)`` (default ``N = 1``, flat).
+    beta : float > 0, optional
+        SPOS only: the core's SPOS ``beta`` (drift ``S / beta``, noise variance
+        ``2 lr step_size / beta``). Default 1.0.
     kernel, bandwidth :
-        Passed to the core (:func:`particlesampling.get_kernel`, :func:`particlesampling.get_bandwidth`).
+        Core specs (:func:`particlesampling.get_kernel`, :func:`particlesampling.get_bandwidth`).
         Defaults RBF and the core's default median rule (``"liu_wang"``).
-    repulsion : float
-        Weight of the repulsive term in principled mode (1.0 = SVGD proper).
-    dataset_size : float
-        ``N`` of the score ``-N G + grad log prior`` (principled mode; default 1). ``G`` must be the
-        gradient of the *mean* per-example loss (negative log-likelihood) of the minibatch.
-    prior : None, float or callable
-        ``None``: flat; a number ``s``: ``N(0, s^2 I)`` on each head particle; a callable
-        ``theta (M, P) -> grad log p(theta) (M, P)``.
-    lr : float, optional
-        Principled SPOS only: the learning rate the optimizer applies to these gradients (the noise
-        scale depends on it). If omitted, read at every step from the optimizer given to
-        :meth:`attach`.
-    seed : int
+    seed : int >= 0
         Base seed of the SPOS noise (see :mod:`attention_adapter.noise`).
+    lr : float > 0, optional
+        SPOS only: the learning rate the optimizer applies to these gradients (the noise scale
+        depends on it). If omitted, read at every step from the optimizer given to :meth:`attach`.
     on_nonfinite : {"raise", "skip"}
         A NaN/inf head gradient raises :class:`NonFiniteGradientError` naming the module, or, with
         ``"skip"``, leaves every gradient untouched for that step (use with ``GradScaler``, which
@@ -189,23 +143,30 @@ class RepulsiveHeads:
 
     Attributes
     ----------
+    settings : UpdateSettings
+        The validated, immutable settings passed to :func:`attention_adapter.head_update`.
+    preset : An2020 or None
     heads : HeadParticles
         The particle groups (``heads.report()`` prints what was found).
     last_info : ApplyInfo or None
         Info of the most recent :meth:`apply`.
     """
 
-    def __init__(self, model: nn.Module, *, method: str = "svgd", preset: Optional[str] = None,
-                 alpha: Optional[float] = None, epsilon: Optional[float] = None, beta: Optional[float] = None,
-                 particles: Optional[str] = None, roles=None, include_output: Optional[bool] = None,
-                 include_bias: Optional[bool] = None, layouts=None, layers=None, kernel=None, bandwidth=None,
-                 repulsion: Optional[float] = None, dataset_size: Optional[float] = None, prior=None,
-                 lr: Optional[float] = None, seed: int = 0, on_nonfinite: str = "raise", check_finite: bool = True,
+    def __init__(self, model: nn.Module, method: str = "svgd", step_size: Optional[float] = None,
+                 repulsion: Optional[float] = None, preset: Union[None, str, An2020] = None, *,
+                 heads: Optional[HeadSelection] = None, posterior: Optional[Posterior] = None,
+                 beta: Optional[float] = None, kernel=None, bandwidth=None, seed: int = 0,
+                 lr: Optional[float] = None, on_nonfinite: str = "raise", check_finite: bool = True,
                  num_threads: Optional[int] = 1):
-        if method not in METHODS:
-            raise ValueError(f"expected method in {METHODS}, received {method!r}")
-        if preset is not None and preset not in PRESETS:
-            raise ValueError(f"expected preset None or one of {PRESETS}, received {preset!r}")
+        if method not in UPDATE_RULES:
+            raise ValueError(f"expected method in {UPDATE_RULES}, received {method!r}")
+        preset = _resolve_preset(preset)
+        if heads is None:
+            heads = HeadSelection()
+        if not isinstance(heads, HeadSelection):
+            raise TypeError(f"expected heads as a HeadSelection, received {type(heads).__name__}")
+        if posterior is not None and not isinstance(posterior, Posterior):
+            raise TypeError(f"expected posterior as a Posterior, received {type(posterior).__name__}")
         if on_nonfinite not in _ON_NONFINITE:
             raise ValueError(f"expected on_nonfinite in {_ON_NONFINITE}, received {on_nonfinite!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -215,56 +176,42 @@ class RepulsiveHeads:
         if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
                                         or num_threads < 1):
             raise ValueError(f"expected num_threads as a positive int or None, received {num_threads!r}")
-        self.num_threads = num_threads
-        given = dict(particles=particles, roles=roles, include_output=include_output, include_bias=include_bias,
-                     kernel=kernel, bandwidth=bandwidth, dataset_size=dataset_size, prior=prior, lr=lr,
-                     repulsion=repulsion)
-        if preset == "an2020":
+        if preset is not None:
+            given = dict(step_size=step_size, repulsion=repulsion, beta=beta, posterior=posterior, kernel=kernel,
+                         bandwidth=bandwidth, lr=lr)
             clash = sorted(k for k, v in given.items() if v is not None)
+            clash += sorted(k for k, v in heads.particle_choice().items() if v != preset.particle_choice[k])
             if clash:
                 raise ValueError(
-                    f"preset='an2020' fixes {', '.join(clash)}; received them explicitly. Use preset=None for a "
-                    "custom configuration (the preset accepts alpha, epsilon, beta, layouts, layers, seed)."
+                    f"preset {preset!r} fixes {', '.join(clash)}; received them explicitly. Set the paper's "
+                    "alpha, epsilon, beta in An2020(...), and only layers/layouts in heads=HeadSelection(...); "
+                    "use preset=None for a custom configuration."
                 )
-            given = dict(_AN2020_FIXED)
-            rep = 0.01 if alpha is None else alpha
-            eps = 0.01 if epsilon is None else epsilon
+            self.settings = preset.settings(method)
         else:
-            if alpha is not None and repulsion is not None:
-                raise ValueError("alpha is an alias of repulsion in principled mode; received both")
-            rep = alpha if alpha is not None else (1.0 if repulsion is None else repulsion)
-            eps = 1.0 if epsilon is None else epsilon
-        self.method = method
+            if beta is not None and method != "spos":
+                raise ValueError(f"beta is an SPOS option; received beta={beta!r} with method={method!r}")
+            self.settings = UpdateSettings(
+                method=method, step_size=1.0 if step_size is None else step_size,
+                repulsion=1.0 if repulsion is None else repulsion, beta=1.0 if beta is None else beta,
+                posterior=posterior or Posterior(), kernel=kernel, bandwidth=bandwidth, lr=lr)
         self.preset = preset
-        self.repulsion = _positive("alpha/repulsion", rep, allow_zero=True)
-        self.epsilon = _positive("epsilon", eps)
-        self.beta = _positive("beta", 1.0 if beta is None else beta)
-        if method == "svgd" and beta is not None:
-            raise ValueError("beta is an SPOS option; received it with method='svgd'")
-        self.dataset_size = _positive("dataset_size", 1 if given["dataset_size"] is None else given["dataset_size"])
-        self._prior = _prior_fn(given["prior"])
-        self.lr = None if given["lr"] is None else _positive("lr", given["lr"])
-        if self.lr is not None and not (method == "spos" and preset is None):
-            raise ValueError("lr is used only by the principled SPOS (method='spos', preset=None)")
-        self._kernel = get_kernel(given["kernel"])
-        self._bandwidth = get_bandwidth(given["bandwidth"])
         self.seed = seed
         self.on_nonfinite = on_nonfinite
         self.check_finite = check_finite
-        self.heads = HeadParticles(
-            model,
-            particles=given["particles"] or "separate",
-            roles=given["roles"] or ("q", "k", "v"),
-            include_output=bool(given["include_output"]),
-            include_bias=bool(given["include_bias"]),
-            layouts=layouts,
-            layers=layers,
-        )
+        self.num_threads = num_threads
+        self.selection = heads
+        self.heads = heads.build(model)
         self._step = 0
         self._optimizer_ref = None
         self._param_group_of: Dict[int, int] = {}
         self._last_grads: List[Tuple[nn.Parameter, Any, int]] = []
         self.last_info: Optional[ApplyInfo] = None
+
+    @property
+    def method(self) -> str:
+        """``"svgd"`` or ``"spos"``."""
+        return self.settings.method
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -281,8 +228,9 @@ class RepulsiveHeads:
         return self.heads.report()
 
     def __repr__(self) -> str:
-        return (f"RepulsiveHeads(method={self.method!r}, preset={self.preset!r}, groups={len(self.groups)}, "
-                f"repulsion={self.repulsion}, epsilon={self.epsilon}, step={self._step})")
+        st = self.settings
+        return (f"RepulsiveHeads(method={st.method!r}, preset={self.preset!r}, groups={len(self.groups)}, "
+                f"step_size={st.step_size}, repulsion={st.repulsion}, step={self._step})")
 
     # ------------------------------------------------------------------------------------------
     def _check_not_reapplied(self) -> None:
@@ -302,43 +250,18 @@ class RepulsiveHeads:
             refs.append((g.blocks[0].param, weakref.ref(grad), grad._version))
         self._last_grads = refs
 
-    def _spos_lr(self, group: ParticleGroup) -> float:
-        if self.lr is not None:
-            return self.lr
+    def _spos_lr(self, group: ParticleGroup) -> Optional[float]:
+        """The learning rate for the SPOS noise: ``settings.lr``, else the attached optimizer's."""
+        if self.settings.method != "spos" or self.settings.lr is not None:
+            return None
         opt = self._optimizer_ref() if self._optimizer_ref is not None else None
         idx = self._param_group_of.get(id(group.blocks[0].param))
         if opt is None or idx is None:
             raise ValueError(
-                "method='spos' in principled mode needs the optimizer's learning rate for the noise scale: "
+                "method='spos' needs the optimizer's learning rate for the noise scale: "
                 "pass lr=... or attach(optimizer); received neither"
             )
         return float(opt.param_groups[idx]["lr"])
-
-    def _transform(self, group: ParticleGroup, grad: torch.Tensor, noise: Optional[StepNoise]):
-        """Return (new gradient rows (M, P), SteinInfo) for one group."""
-        cdt = torch.float32 if grad.dtype in _HALF else grad.dtype
-        g = grad.to(cdt)
-        x = group.gather("data").to(cdt)
-        if self.dataset_size == 1.0:
-            s = -g
-        else:
-            s = g * (-self.dataset_size)
-        if self._prior is not None:
-            s = s + self._prior(x)
-        phi, info = stein_direction_with_info(x, s, kernel=self._kernel, bandwidth=self._bandwidth,
-                                              repulsion=self.repulsion)
-        eps = self.epsilon
-        if self.method == "svgd":
-            new = phi * (-eps)
-        elif self.preset == "an2020":
-            c = lower_median(g.abs())  # torch.median's lower median, by selection (core)
-            xi = noise.draw(g)
-            new = (g * self.beta - phi - xi * (c * math.sqrt(2.0 * self.beta / eps))) * eps
-        else:
-            lr = self._spos_lr(group)
-            xi = noise.draw(g)
-            new = (s * (1.0 / self.beta) + phi) * (-eps) - xi * math.sqrt(2.0 * eps / (self.beta * lr))
-        return new, info
 
     def apply(self) -> ApplyInfo:
         """Rewrite the head gradients in place; call after ``backward()`` (and ``scaler.unscale_``).
@@ -398,9 +321,10 @@ class RepulsiveHeads:
                 self.last_info = info
                 return info
         noise = StepNoise(self.seed, step) if self.method == "spos" else None
-        infos: Dict[str, SteinInfo] = {}
+        infos: Dict[str, ps.SteinInfo] = {}
         for g, grad in present:
-            new, infos[g.name] = self._transform(g, grad, noise)
+            xi = None if noise is None else noise.draw(grad, compute_dtype(grad.dtype))
+            new, infos[g.name] = head_update(g.gather("data"), grad, self.settings, xi, lr=self._spos_lr(g))
             g.scatter_grad(new)
         self._remember_grads(present)
         info = ApplyInfo(step, infos, tuple(missing), ())
@@ -443,15 +367,20 @@ class RepulsiveHeads:
 
     # ------------------------------------------------------------------------------------------
     def _config(self) -> Dict[str, Any]:
-        return {"method": self.method, "preset": self.preset, "groups": list(self.heads.names)}
+        return {"method": self.method, "preset": None if self.preset is None else self.preset.name,
+                "groups": list(self.heads.names)}
 
     def state_dict(self) -> Dict[str, Any]:
-        """``{"step", "seed", "method", "preset", "groups", "repulsion", "epsilon", "beta"}``.
+        """``{"step", "seed", "method", "preset", "groups", "step_size", "repulsion", "beta"}``.
+
+        ``step_size``, ``repulsion`` and ``beta`` are the settings' (core names; for :class:`An2020`
+        ``beta`` is the core's ``1 / beta_paper``), for the record only.
 
         The SPOS noise is a function of ``(seed, step)``, so this is all the state there is.
         """
-        return {"step": self._step, "seed": self.seed, "repulsion": self.repulsion, "epsilon": self.epsilon,
-                "beta": self.beta, **self._config()}
+        st = self.settings
+        return {"step": self._step, "seed": self.seed, "step_size": st.step_size, "repulsion": st.repulsion,
+                "beta": st.beta, **self._config()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore the step counter and seed; the configuration must match (else ValueError)."""

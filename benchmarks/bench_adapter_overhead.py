@@ -38,7 +38,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from attention_adapter import RepulsiveHeads  # noqa: E402
+from attention_adapter import An2020, HeadSelection, Posterior, RepulsiveHeads  # noqa: E402
 
 
 class MiniLMRegressor(nn.Module):
@@ -65,10 +65,11 @@ def _sync(device):
 
 def _adapter_options(name):
     return {
-        "an2020-svgd": dict(preset="an2020", alpha=0.01, epsilon=0.01),
-        "an2020-spos": dict(method="spos", preset="an2020", alpha=0.01, epsilon=0.01, beta=0.01),
-        "principled-svgd": dict(method="svgd", dataset_size=10_000, prior=1.0),
-        "joint-svgd": dict(method="svgd", particles="joint", include_output=True, include_bias=True),
+        "an2020-svgd": dict(preset=An2020(alpha=0.01, epsilon=0.01)),
+        "an2020-spos": dict(method="spos", preset=An2020(alpha=0.01, epsilon=0.01, beta=0.01)),
+        "principled-svgd": dict(method="svgd", posterior=Posterior(dataset_size=10_000, prior=1.0)),
+        "joint-svgd": dict(method="svgd", heads=HeadSelection(particles="joint", include_output=True,
+                                                             include_bias=True)),
     }[name]
 
 
@@ -136,7 +137,8 @@ def run(args):
     return {
         "model": "BERT MiniLM-L6 config (6 layers, 12 heads, hidden 384, intermediate 1536), random init",
         "adapter": args.adapter,
-        "adapter_options": {k: v for k, v in _adapter_options(args.adapter).items()},
+        "adapter_options": {k: v if isinstance(v, (str, int, float)) else repr(v)
+                            for k, v in _adapter_options(args.adapter).items()},
         "particle_groups": len(groups),
         "group_shape": [groups[0].num_particles, groups[0].dim],
         "batch": args.batch,

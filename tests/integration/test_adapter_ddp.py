@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from attention_adapter import RepulsiveHeads
+from attention_adapter import An2020, RepulsiveHeads
 
 WORLD, STEPS, GLOBAL_BATCH = 2, 3, 8
 
@@ -35,7 +35,7 @@ def _global_batch(step):
 
 
 def _train(model, method, rank=0, world=1):
-    heads = RepulsiveHeads(model, method=method, preset="an2020", alpha=0.5, epsilon=0.1, seed=5)
+    heads = RepulsiveHeads(model, method, preset=An2020(alpha=0.5, epsilon=0.1), seed=5)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     heads.attach(opt)
     per = GLOBAL_BATCH // world

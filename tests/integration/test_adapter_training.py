@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from attention_adapter import HeadParticles, RepulsiveHeads, head_diversity
+from attention_adapter import An2020, HeadParticles, Posterior, RepulsiveHeads, head_diversity
 
 transformers = pytest.importorskip("transformers")
 
@@ -97,8 +97,9 @@ def _train(kind, adapter_kw):
 
 
 @pytest.mark.parametrize("kind", list(CASES))
-@pytest.mark.parametrize("adapter", [dict(preset="an2020"), dict(method="spos", preset="an2020", beta=0.01),
-                                     dict(method="svgd", dataset_size=10, prior=1.0)])
+@pytest.mark.parametrize("adapter", [dict(preset=An2020()), dict(method="spos", preset=An2020(beta=0.01)),
+                                     dict(method="svgd", posterior=Posterior(dataset_size=10, prior=1.0))],
+                         ids=["an2020-svgd", "an2020-spos", "posterior-svgd"])
 def test_training_with_adapter_moves_heads_apart(kind, adapter):
     plain = _train(kind, None)
     rep = _train(kind, adapter)

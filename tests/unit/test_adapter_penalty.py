@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from attention_adapter import HeadRepulsionPenalty, head_kernel_similarity
+from attention_adapter import HeadRepulsionPenalty, HeadSelection, RepulsiveHeads, head_kernel_similarity
 
 E, H = 12, 3
 
@@ -42,7 +42,7 @@ def test_penalty_value_is_the_mean_offdiagonal_kernel_summed_over_groups():
 def test_penalty_gradient_is_the_svgd_repulsion_without_kernel_smoothing():
     """d/d theta_i of mean_{i!=j} k = -(2 / (M (M - 1))) R_i, with R the SVGD repulsion (h held fixed)."""
     model = _model()
-    pen = HeadRepulsionPenalty(model, roles=("q",))
+    pen = HeadRepulsionPenalty(model, heads=HeadSelection(roles=("q",)))
     pen().backward()
     theta = model.in_proj_weight.detach()[:E].reshape(H, -1)
     _, k, h = _plain_similarity(theta)
@@ -69,9 +69,26 @@ def test_gradient_descent_on_the_penalty_pushes_heads_apart():
     assert spread() > before * 1.01
 
 
+@pytest.mark.parametrize("bandwidth", [None, "an2020", 3.0])
+def test_penalty_and_adapter_resolve_the_same_kernel(bandwidth):
+    """The penalty's per-group value is the mean off-diagonal K the adapter's core call reports."""
+    model = _model()
+    pen = HeadRepulsionPenalty(model, bandwidth=bandwidth)
+    heads = RepulsiveHeads(model, bandwidth=bandwidth)
+    assert (pen.kernel, pen.bandwidth) == (heads.settings.kernel, heads.settings.bandwidth)
+    model(*(3 * [torch.randn(2, 4, E, dtype=torch.float64)]))[0].sum().backward()
+    info = heads.apply()
+    values = pen.per_group()
+    assert set(values) == set(info.groups)
+    for name, v in values.items():
+        torch.testing.assert_close(v.detach(), info.groups[name].mean_kernel, rtol=1e-10, atol=1e-14)
+
+
 def test_penalty_errors_and_edge_cases():
     with pytest.raises(ValueError, match="weight"):
         HeadRepulsionPenalty(_model(), weight=-1)
+    with pytest.raises(TypeError, match="heads as a HeadSelection, received dict"):
+        HeadRepulsionPenalty(_model(), heads={"roles": ("q",)})
     with pytest.raises(ValueError, match=r"\(M, P\)"):
         head_kernel_similarity(torch.zeros(3))
     assert float(head_kernel_similarity(torch.ones(1, 4))) == 0.0

@@ -1,5 +1,6 @@
-"""RepulsiveHeads: the an2020 preset against an independent re-derivation of the fairseq formula,
-the principled mode, pass-through, hooks, accumulation, AMP, state and errors."""
+"""RepulsiveHeads: the An2020 preset against an independent re-derivation of the fairseq formula,
+the posterior mode, pass-through, hooks, accumulation, AMP, state and errors. Head blocks are sliced
+here independently of the adapter (rows ``[r E + h d, r E + (h + 1) d)`` of ``in_proj_weight``)."""
 
 import copy
 import math
@@ -8,9 +9,18 @@ import pytest
 import torch
 from torch import nn
 
-from attention_adapter import NonFiniteGradientError, RepulsiveHeads, step_seed
+import particlesampling as ps
+from attention_adapter import (
+    An2020,
+    HeadSelection,
+    NonFiniteGradientError,
+    Posterior,
+    RepulsiveHeads,
+    step_seed,
+)
 
 E, H, T, B = 16, 4, 5, 3
+D = E // H  # head dimension
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -38,13 +48,22 @@ def _backward(model, dtype=torch.float64):
     _loss(model, x, y).backward()
 
 
+def _head_rows(t, role, h):
+    """Head ``h``'s block of role ``role`` (0, 1, 2 = q, k, v) in a packed ``3E x E`` tensor, flattened."""
+    start = role * E + h * D
+    return t[start:start + D].reshape(-1)
+
+
 def _qkv_groups(model):
-    """(layer, role, theta, G) per Q/K/V system, sliced as the fairseq trainer does (chunk 3, view M x -1)."""
+    """(layer, role, theta, G) per Q/K/V system; row h of theta / G is head h's block, sliced one head
+    at a time (the fairseq trainer's chunk-3-then-view(M, -1) gives the same rows)."""
     out = []
     for i, layer in enumerate(model.layers):
         w = layer.self_attn.in_proj_weight
-        for r, th, gr in zip("qkv", torch.chunk(w.detach(), 3, 0), torch.chunk(w.grad, 3, 0)):
-            out.append((i, r, th.reshape(H, -1).clone(), gr.reshape(H, -1).clone()))
+        for ri, r in enumerate("qkv"):
+            theta = torch.stack([_head_rows(w.detach(), ri, h) for h in range(H)]).clone()
+            grad = torch.stack([_head_rows(w.grad, ri, h) for h in range(H)]).clone()
+            out.append((i, r, theta, grad))
     return out
 
 
@@ -76,7 +95,7 @@ def test_an2020_svgd_matches_fairseq_formula(alpha, eps):
     _backward(model)
     ref = _qkv_groups(model)
     out_grad = model.layers[0].self_attn.out_proj.weight.grad.clone()
-    heads = RepulsiveHeads(model, preset="an2020", alpha=alpha, epsilon=eps)
+    heads = RepulsiveHeads(model, preset=An2020(alpha=alpha, epsilon=eps))
     info = heads.apply()
     got = _qkv_groups(model)
     for (i, r, theta, g), (_, _, _, new) in zip(ref, got):
@@ -93,7 +112,7 @@ def test_an2020_svgd_matches_fairseq_formula(alpha, eps):
 def test_an2020_spos_matches_fairseq_formula():
     alpha, eps, beta, seed = 0.01, 0.1, 0.5, 7
     model = _encoder()
-    heads = RepulsiveHeads(model, method="spos", preset="an2020", alpha=alpha, epsilon=eps, beta=beta, seed=seed)
+    heads = RepulsiveHeads(model, "spos", preset=An2020(alpha=alpha, epsilon=eps, beta=beta), seed=seed)
     for step in range(2):
         _backward(model)
         ref = _qkv_groups(model)
@@ -128,8 +147,8 @@ def test_principled_mode_matches_posterior_svgd_and_spos(method):
     n_data, prior_std, rep, eps, beta, lr, seed = 50.0, 2.0, 0.5, 0.3, 2.0, 0.05, 3
     model = _encoder()
     kw = dict(beta=beta, lr=lr) if method == "spos" else {}
-    heads = RepulsiveHeads(model, method=method, dataset_size=n_data, prior=prior_std, repulsion=rep,
-                           epsilon=eps, bandwidth="liu_wang", seed=seed, **kw)
+    heads = RepulsiveHeads(model, method, step_size=eps, repulsion=rep, posterior=Posterior(n_data, prior_std),
+                           bandwidth="liu_wang", seed=seed, **kw)
     _backward(model)
     ref = _qkv_groups(model)
     heads.apply()
@@ -148,26 +167,27 @@ def test_paper_preset_is_the_n1_flat_prior_special_case():
     a, b = _encoder(), _encoder()
     _backward(a)
     _backward(b)
-    RepulsiveHeads(a, preset="an2020", alpha=0.3, epsilon=0.2).apply()
-    RepulsiveHeads(b, dataset_size=1, prior=None, repulsion=0.3, epsilon=0.2, bandwidth="an2020").apply()
+    RepulsiveHeads(a, preset=An2020(alpha=0.3, epsilon=0.2)).apply()
+    RepulsiveHeads(b, step_size=0.2, repulsion=0.3, posterior=Posterior(dataset_size=1, prior=None),
+                   bandwidth="an2020").apply()
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa.grad, pb.grad)
 
 
 @pytest.mark.parametrize("particles", ["separate", "joint"])
 def test_identity_kernel_without_repulsion_passes_gradients_through(particles):
-    """K = I (tiny fixed bandwidth) and repulsion 0: G_hat = epsilon * G / M, so epsilon = M is identity."""
+    """K = I (tiny fixed bandwidth) and repulsion 0: G_hat = step_size * G / M, so step_size = M is identity."""
     model = _encoder(torch.float32)
     _backward(model, torch.float32)
     before = [p.grad.clone() for p in model.parameters()]
-    heads = RepulsiveHeads(model, repulsion=0.0, bandwidth=1e-30, epsilon=float(H), particles=particles,
-                           include_output=True, include_bias=True)
+    heads = RepulsiveHeads(model, step_size=float(H), repulsion=0.0, bandwidth=1e-30,
+                           heads=HeadSelection(particles=particles, include_output=True, include_bias=True))
     info = heads.apply()
     for p, g in zip(model.parameters(), before):
         torch.testing.assert_close(p.grad, g, rtol=1e-6, atol=0)
     for gi in info.groups.values():
         assert float(gi.mean_kernel) == 0.0
-    # and with epsilon = 1 exactly the stated 1/M scaling
+    # and with step_size = 1 exactly the stated 1/M scaling
     _backward(model, torch.float32)
     w = model.layers[1].self_attn.in_proj_weight
     before = w.grad.clone()
@@ -177,8 +197,8 @@ def test_identity_kernel_without_repulsion_passes_gradients_through(particles):
 
 def test_attach_equals_apply_and_handle_removes():
     a, b = _encoder(), _encoder()
-    ha = RepulsiveHeads(a, preset="an2020", alpha=0.5, epsilon=0.5)
-    hb = RepulsiveHeads(b, preset="an2020", alpha=0.5, epsilon=0.5)
+    ha = RepulsiveHeads(a, preset=An2020(alpha=0.5, epsilon=0.5))
+    hb = RepulsiveHeads(b, preset=An2020(alpha=0.5, epsilon=0.5))
     opt_a = torch.optim.Adam(a.parameters(), lr=1e-2)
     opt_b = torch.optim.Adam(b.parameters(), lr=1e-2)
     handle = hb.attach(opt_b)
@@ -197,6 +217,46 @@ def test_attach_equals_apply_and_handle_removes():
     opt_b.step()
     assert hb.step == 3  # the hook no longer runs
     assert all(torch.equal(p.grad, q) for p, q in zip(b.parameters(), g))
+
+
+@pytest.mark.parametrize("method", ["svgd", "spos"])
+def test_attached_hook_rewrites_each_head_gradient_by_the_formula(method):
+    """The optimizer sees, head by head, exactly the An2020 formula of the raw gradient: a no-op or a
+    misaligned hook fails here. Parameters then move by -lr times that gradient."""
+    alpha, eps, seed, lr = 0.3, 0.2, 4, 0.1
+    beta = 0.5 if method == "spos" else 1.0
+    model = _encoder()
+    heads = RepulsiveHeads(model, method, preset=An2020(alpha=alpha, epsilon=eps, beta=beta), seed=seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    heads.attach(opt)
+    seen = {}
+
+    def record(o, args, kwargs):  # registered after the adapter's hook: sees what the optimizer uses
+        seen.update({name: p.grad.clone() for name, p in model.named_parameters()})
+
+    opt.register_step_pre_hook(record)
+    _backward(model)
+    raw = {name: p.grad.clone() for name, p in model.named_parameters()}
+    start = {name: p.detach().clone() for name, p in model.named_parameters()}
+    ref = _qkv_groups(model)
+    opt.step()
+    assert heads.step == 1 and heads.last_info.step == 0 and len(heads.last_info.groups) == 6
+    noise = _noise_stream(seed, 0, [theta.shape for _, _, theta, _ in ref])
+    for (i, r, theta, g), xi in zip(ref, noise):
+        expected = _fairseq_svgd(theta, g, alpha, eps)
+        if method == "spos":
+            expected = expected + eps * (beta * g - math.sqrt(2.0 * beta / eps) * torch.median(g.abs()) * xi)
+        name = f"layers.{i}.self_attn.in_proj_weight"
+        for h in range(H):
+            got = _head_rows(seen[name], "qkv".index(r), h)
+            torch.testing.assert_close(got, expected[h], rtol=1e-10, atol=1e-14)
+            assert not torch.allclose(got, _head_rows(raw[name], "qkv".index(r), h))
+            moved = _head_rows(start[name], "qkv".index(r), h) - lr * expected[h]
+            torch.testing.assert_close(_head_rows(model.get_parameter(name).detach(), "qkv".index(r), h), moved,
+                                       rtol=1e-12, atol=1e-14)
+    for name in raw:
+        if not name.endswith("in_proj_weight"):  # not particles: passed through untouched
+            assert torch.equal(seen[name], raw[name]), name
 
 
 def test_applying_twice_to_the_same_gradients_is_an_error():
@@ -220,8 +280,8 @@ def test_applying_twice_to_the_same_gradients_is_an_error():
 
 def test_gradient_accumulation_matches_full_batch():
     a, b = _encoder(), _encoder()
-    ha, hb = RepulsiveHeads(a, preset="an2020", alpha=1.0, epsilon=0.1), RepulsiveHeads(b, preset="an2020",
-                                                                                         alpha=1.0, epsilon=0.1)
+    ha = RepulsiveHeads(a, preset=An2020(alpha=1.0, epsilon=0.1))
+    hb = RepulsiveHeads(b, preset=An2020(alpha=1.0, epsilon=0.1))
     oa, ob = torch.optim.SGD(a.parameters(), lr=0.5), torch.optim.SGD(b.parameters(), lr=0.5)
     x, y = _batch(n=4)
     for _ in range(2):
@@ -240,7 +300,7 @@ def test_gradient_accumulation_matches_full_batch():
 
 def _amp_run(mode, steps=3):
     model = _encoder(torch.float32)
-    heads = RepulsiveHeads(model, preset="an2020", alpha=1.0, epsilon=0.1)
+    heads = RepulsiveHeads(model, preset=An2020(alpha=1.0, epsilon=0.1))
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12) if mode != "fp32" else None
     if mode == "attach":
@@ -279,7 +339,7 @@ def test_amp_grad_scaler_transform_acts_on_unscaled_gradients():
 
 def test_autocast_bfloat16_training_runs_finite():
     model = _encoder(torch.float32)
-    heads = RepulsiveHeads(model, method="spos", preset="an2020")
+    heads = RepulsiveHeads(model, "spos", preset="an2020")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     heads.attach(opt)
     x, y = _batch(torch.float32)
@@ -301,20 +361,27 @@ def test_half_precision_parameters_are_computed_in_float32():
     assert all(p.grad.dtype == torch.bfloat16 and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-def test_nonfinite_gradient_is_an_error_naming_the_module_or_skipped():
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_nonfinite_gradient_is_an_error_naming_the_module_or_skipped(bad):
     model = _encoder()
     heads = RepulsiveHeads(model)
     _backward(model)
-    model.layers[1].self_attn.in_proj_weight.grad[E + 2, 3] = float("nan")
-    with pytest.raises(NonFiniteGradientError, match=r"layers\.1\.self_attn:k.*MultiheadAttention"):
-        heads.apply()
-    skipper = RepulsiveHeads(model, on_nonfinite="skip")
+    model.layers[1].self_attn.in_proj_weight.grad[E + 2, 3] = bad  # a head of K in layer 1
     before = [p.grad.clone() for p in model.parameters()]
+    with pytest.raises(NonFiniteGradientError, match=r"layers\.1\.self_attn:k.*MultiheadAttention.*step 0"):
+        heads.apply()
+    for p, g in zip(model.parameters(), before):  # raising leaves every gradient as it was
+        assert torch.equal(p.grad, g) or torch.equal(torch.isnan(p.grad), torch.isnan(g))
+    skipper = RepulsiveHeads(model, on_nonfinite="skip")
     info = skipper.apply()
     assert info.skipped and info.nonfinite == ("layers.1.self_attn:k",) and info.groups == {}
     for p, g in zip(model.parameters(), before):
-        assert torch.equal(p.grad, g) or (torch.isnan(p.grad) == torch.isnan(g)).all()
+        assert torch.equal(p.grad, g) or torch.equal(torch.isnan(p.grad), torch.isnan(g))
     assert skipper.step == 1
+    # check_finite=False: no check, the value propagates into the head's transformed gradient
+    quiet = RepulsiveHeads(model, check_finite=False).apply()
+    assert not quiet.skipped and len(quiet.groups) == 6
+    assert not torch.isfinite(model.layers[1].self_attn.in_proj_weight.grad[E:2 * E]).all()
 
 
 def test_modules_without_gradient_are_reported_missing():
@@ -328,12 +395,12 @@ def test_modules_without_gradient_are_reported_missing():
 
 def test_state_dict_resumes_the_noise_stream():
     a, b = _encoder(), _encoder()
-    ha = RepulsiveHeads(a, method="spos", preset="an2020", seed=11)
+    ha = RepulsiveHeads(a, "spos", preset=An2020(beta=0.5), seed=11)
     for _ in range(2):
         _backward(a)
         ha.apply()
     state = ha.state_dict()
-    hb = RepulsiveHeads(b, method="spos", preset="an2020", seed=0)
+    hb = RepulsiveHeads(b, "spos", preset=An2020(beta=0.5), seed=0)
     hb.load_state_dict(state)
     assert hb.step == 2 and hb.seed == 11
     _backward(a)
@@ -372,24 +439,38 @@ def test_spos_lr_is_read_from_the_attached_optimizer():
 
 def test_argument_errors_say_what_was_expected():
     model = _encoder()
-    with pytest.raises(ValueError, match="method in"):
+    with pytest.raises(ValueError, match=r"method in \('svgd', 'spos'\), received 'sgld'"):
         RepulsiveHeads(model, method="sgld")
-    with pytest.raises(ValueError, match="preset None or one of"):
+    with pytest.raises(ValueError, match=r"preset None, An2020\(\.\.\.\) or one of \('an2020',\), received 'an2021'"):
         RepulsiveHeads(model, preset="an2021")
     with pytest.raises(ValueError, match="fixes bandwidth, kernel"):
         RepulsiveHeads(model, preset="an2020", kernel="imq", bandwidth="liu_wang")
+    with pytest.raises(ValueError, match="fixes repulsion, step_size"):
+        RepulsiveHeads(model, "svgd", 0.1, 0.01, An2020())
+    with pytest.raises(ValueError, match="fixes particles"):
+        RepulsiveHeads(model, preset="an2020", heads=HeadSelection(particles="joint"))
+    with pytest.raises(ValueError, match="fixes posterior"):
+        RepulsiveHeads(model, preset="an2020", posterior=Posterior(10))
     with pytest.raises(ValueError, match="beta is an SPOS option"):
         RepulsiveHeads(model, beta=2.0)
-    with pytest.raises(ValueError, match="lr is used only"):
+    with pytest.raises(ValueError, match="An2020 beta weights the SPOS"):
+        RepulsiveHeads(model, preset=An2020(beta=2.0))
+    with pytest.raises(ValueError, match="lr is used only by method='spos'"):
         RepulsiveHeads(model, lr=0.1)
-    with pytest.raises(ValueError, match="epsilon > 0"):
-        RepulsiveHeads(model, epsilon=-1.0)
-    with pytest.raises(TypeError, match="alpha/repulsion as a finite real"):
-        RepulsiveHeads(model, alpha="big")
-    with pytest.raises(ValueError, match="alias"):
-        RepulsiveHeads(model, alpha=1.0, repulsion=1.0)
+    with pytest.raises(ValueError, match="step_size > 0, received -1.0"):
+        RepulsiveHeads(model, step_size=-1.0)
+    with pytest.raises(TypeError, match="repulsion as a finite real number, received 'big'"):
+        RepulsiveHeads(model, repulsion="big")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'alpha'"):
+        RepulsiveHeads(model, alpha=1.0)  # the paper's symbols live in An2020 only
     with pytest.raises(TypeError, match="prior as None"):
-        RepulsiveHeads(model, prior="gaussian")
+        RepulsiveHeads(model, posterior=Posterior(prior="gaussian"))
+    with pytest.raises(TypeError, match="posterior as a Posterior, received dict"):
+        RepulsiveHeads(model, posterior={"dataset_size": 10})
+    with pytest.raises(TypeError, match="heads as a HeadSelection, received tuple"):
+        RepulsiveHeads(model, heads=("q", "k"))
+    with pytest.raises(ValueError, match=r"roles as a non-empty subset"):
+        HeadSelection(roles=("x",))
     with pytest.raises(ValueError, match="seed"):
         RepulsiveHeads(model, seed=-1)
     with pytest.raises(ValueError, match="on_nonfinite"):
@@ -401,6 +482,17 @@ def test_argument_errors_say_what_was_expected():
         heads.attach("adam")
     with pytest.raises(ValueError, match="none of the"):
         heads.attach(torch.optim.SGD(model.layers[0].linear1.parameters(), lr=0.1))
+
+
+def test_string_preset_and_defaults():
+    model = _encoder()
+    a = RepulsiveHeads(model, preset="an2020")
+    assert a.preset == An2020() and a.settings == An2020().settings("svgd")
+    b = RepulsiveHeads(model)
+    st = b.settings
+    assert (st.method, st.step_size, st.repulsion, st.beta, st.lr) == ("svgd", 1.0, 1.0, 1.0, None)
+    assert st.posterior == Posterior(1.0, None) and b.selection == HeadSelection()
+    assert b.state_dict()["step_size"] == 1.0 and "epsilon" not in b.state_dict()
 
 
 def test_any_optimizer_works_unchanged():
@@ -428,11 +520,11 @@ def test_num_threads_applies_inside_apply_only():
     model = _encoder()
     torch.set_num_threads(2)
     _backward(model)
-    RepulsiveHeads(model, prior=flat_prior, num_threads=1).apply()
+    RepulsiveHeads(model, posterior=Posterior(prior=flat_prior), num_threads=1).apply()
     assert seen and set(seen) == {1} and torch.get_num_threads() == 2
     seen.clear()
     _backward(model)
-    RepulsiveHeads(model, prior=flat_prior, num_threads=None).apply()
+    RepulsiveHeads(model, posterior=Posterior(prior=flat_prior), num_threads=None).apply()
     assert set(seen) == {2}
     with pytest.raises(ValueError, match="num_threads"):
         RepulsiveHeads(model, num_threads=0)
@@ -442,9 +534,8 @@ def test_num_threads_applies_inside_apply_only():
 @pytest.mark.parametrize("shape", [(3, 5), (4, 6), (1, 1), (12, 700)])
 def test_spos_noise_scale_is_torch_lower_median(dtype, shape):
     """The an2020 SPOS noise scale c = median |G| (fairseq: torch.median, the lower median) is taken
-    with the core's selection-based lower_median; it must be the same element as torch.median."""
-    from particlesampling._backend import lower_median
-
+    with the core's public selection-based ps.lower_median; it must be the same element as torch.median."""
+    lower_median = ps.lower_median
     g = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
     got = lower_median(g.abs())
     assert got.shape == () and got.dtype == dtype
