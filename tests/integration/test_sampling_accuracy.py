@@ -195,13 +195,13 @@ def test_spos_recovers_blinreg_diabetes_posterior():
 # 1-D mixture 1/3 N(-2, 1) + 2/3 N(2, 1), particles start at N(-10, 1) (Liu & Wang 2016, Fig. 1)
 
 
-def test_svgd_mixture1d_mode_weights():
+def test_svgd_mixture1d_mode_fractions():
     t = get_target("mixture1d")
     n = 100
     x0 = t.initial_particles(n, 0)
-    assert np.all(t.mode_weights_of(x0) == [1.0, 0.0])  # all start left of both modes
+    assert np.all(t.mode_fractions_of(x0) == [1.0, 0.0])  # all start left of both modes
     state, _ = _run(svgd(t.score, adagrad_momentum(0.1)), x0, 500, seed=0)
-    w = t.mode_weights_of(state.particles)
+    w = t.mode_fractions_of(state.particles)
     # an i.i.d. sample of 100 has SE sqrt(pq/n) = 0.047 per weight; SVGD (deterministic) must land
     # within 0.05 of the truth, as in Liu & Wang's Fig. 1 (measured 0.34 / 0.66)
     assert np.all(np.abs(w - [1 / 3, 2 / 3]) < 0.05), w
@@ -214,13 +214,13 @@ def test_svgd_mixture1d_mode_weights():
 
 
 @pytest.mark.slow
-def test_spos_mixture1d_mode_weights():
+def test_spos_mixture1d_mode_fractions():
     t = get_target("mixture1d")
     n = 100
     x0 = t.initial_particles(n, 0)
     _, snaps = _run(spos(t.score, constant(0.1), beta=1.0), x0, 1500, seed=0, snapshot_from=500)
     assert len(snaps) == 11
-    w = np.mean([t.mode_weights_of(s) for s in snaps], axis=0)
+    w = np.mean([t.mode_fractions_of(s) for s in snaps], axis=0)
     # If the 11 snapshots were independent the SE of the averaged weight would be
     # 0.047 / sqrt(11) = 0.014 and 0.05 would be 3.5 SE; mode hopping correlates them, so the
     # effective SE lies between 0.014 and 0.047 (measured averages over 3 seeds: 0.32-0.36).
