@@ -136,8 +136,8 @@ def adam(lr: LearningRate = 1e-2, b1: float = 0.9, b2: float = 0.999, eps: float
                     {"lr": lr, "b1": b1, "b2": b2, "eps": eps})
 
 
-_RULES = {"constant": constant, "adagrad_momentum": adagrad_momentum, "adagrad": adagrad_momentum,
-          "adam": adam}
+#: step-size rules by name (one name each)
+_RULES = {"constant": constant, "adagrad_momentum": adagrad_momentum, "adam": adam}
 
 
 def get_step_rule(spec: Any, lr: LearningRate | None = None) -> StepRule:

@@ -235,24 +235,26 @@ def test_bad_run_arguments(kwargs):
 
 
 class NaNAfter:
-    """Score of _score that puts NaN in particle `particle` from the `bad_call`-th call on (0-based)."""
+    """Score of _score that puts ``value`` (NaN by default, or +-inf) in particle `particle` from the
+    `bad_call`-th call on (0-based)."""
 
-    def __init__(self, bad_call, particle):
-        self.bad_call, self.particle, self.calls = bad_call, particle, 0
+    def __init__(self, bad_call, particle, value=np.nan):
+        self.bad_call, self.particle, self.value, self.calls = bad_call, particle, value, 0
 
     def __call__(self, x):
         s = np.array(_score(x), copy=True)
         if self.calls >= self.bad_call:
-            s[self.particle, 1] = np.nan
+            s[self.particle, 1] = self.value
         self.calls += 1
         return s
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("method", ["sgld", "svgd", "spos"])
-def test_non_finite_error_names_step_and_keeps_previous_state(method):
+def test_non_finite_error_names_step_and_keeps_previous_state(method, value):
     x0 = _x0()
     bad_step, bad_particle = 3, 4
-    sampler = get_sampler(method, NaNAfter(bad_step, bad_particle), 0.05)
+    sampler = get_sampler(method, NaNAfter(bad_step, bad_particle, value), 0.05)
     with pytest.raises(NonFiniteError) as ei:
         run_sampler(sampler, sampler.init(x0, seed=1), 10, progress=False)
     err = ei.value
@@ -275,12 +277,13 @@ def test_non_finite_error_names_the_particle_sgld():
     assert "particle 7" in str(ei.value)
 
 
-@pytest.mark.parametrize("method", ["svgd", "spos"])
-def test_non_finite_error_names_the_particle_with_the_bad_score(method):
-    sampler = get_sampler(method, NaNAfter(2, 7), 0.05)
-    with pytest.raises(NonFiniteError) as ei:
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("method", ["svgd", "spos", "sgld"])
+def test_non_finite_error_names_the_particle_with_the_bad_score(method, value):
+    sampler = get_sampler(method, NaNAfter(2, 7, value), 0.05)
+    with np.errstate(invalid="ignore"), pytest.raises(NonFiniteError) as ei:
         run_sampler(sampler, sampler.init(_x0(), seed=1), 10, progress=False)
-    assert ei.value.particle == 7
+    assert ei.value.particle == 7 and ei.value.step == 2
 
 
 def test_non_finite_particle_from_overflow():

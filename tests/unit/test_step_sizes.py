@@ -138,7 +138,9 @@ def test_get_step_rule_resolution():
     assert get_step_rule(0.5).name == "constant"
     assert get_step_rule(0.5).config["lr"] == 0.5
     assert get_step_rule(lambda t: 0.1).name == "constant"
-    assert get_step_rule("adagrad").name == "adagrad_momentum"
+    # plain AdaGrad is another rule: the name does not silently map to AdaGrad-with-momentum
+    with pytest.raises(ValueError, match="unknown step-size rule 'adagrad'"):
+        get_step_rule("adagrad")
     assert get_step_rule("Adagrad-Momentum", 0.3).config["lr"] == 0.3
     assert get_step_rule("adam", 0.02).config["lr"] == 0.02
     assert get_step_rule("constant", 0.7).config["lr"] == 0.7
