@@ -24,7 +24,7 @@ from ._backend import centred, check_same_shape, device_of, exp_neg_scaled, name
 from .bandwidths import get_bandwidth
 from .kernels import RBF, Kernel, get_kernel, mean_offdiagonal, rbf_driving_and_repulsion
 
-__all__ = ["SteinInfo", "SteinTerms", "check_stein_inputs", "stein_terms", "assemble_direction"]
+__all__ = ["SteinInfo", "SteinTerms", "check_stein_inputs", "check_repulsion", "stein_terms", "assemble_direction"]
 
 
 class SteinInfo(NamedTuple):
@@ -58,9 +58,15 @@ def check_stein_inputs(particles, scores, repulsion):
     if not xp.isdtype(particles.dtype, "real floating"):
         raise TypeError(f"expected particles of a real floating dtype, received {particles.dtype}")
     check_same_shape(particles, scores, "particles", "scores")
+    check_repulsion(repulsion)
+    return xp
+
+
+def check_repulsion(repulsion) -> float:
+    """The repulsion weight ``alpha`` as a float; TypeError unless a finite real number."""
     if isinstance(repulsion, bool) or not isinstance(repulsion, (int, float)) or not math.isfinite(repulsion):
         raise TypeError(f"expected repulsion as a finite real number, received {repulsion!r}")
-    return xp
+    return float(repulsion)
 
 
 def stein_terms(particles, scores, kernel=None, bandwidth=None, *, sq=None) -> SteinTerms:

@@ -187,12 +187,6 @@ def check_memory_budget(memory_budget):
     return memory_budget
 
 
-def check_repulsion(repulsion) -> float:
-    if isinstance(repulsion, bool) or not isinstance(repulsion, (int, float)) or not math.isfinite(repulsion):
-        raise TypeError(f"expected repulsion as a finite real number, received {repulsion!r}")
-    return float(repulsion)
-
-
 @dataclass(frozen=True)
 class SteinSampler(ParticleSampler):
     """Settings of the Stein direction shared by SVGD and SPOS (see :func:`particlesampling.stein_direction`).

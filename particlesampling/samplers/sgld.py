@@ -11,8 +11,16 @@ from typing import Any, Callable, ClassVar
 
 from .._backend import namespace
 from ..step_sizes import get_step_rule
-from ._common import LangevinStepInfo, ParticleSampler, ParticleState, check_noise, check_positive, \
-    check_score_fn, finite_flag, rms_rows
+from ._common import (
+    LangevinStepInfo,
+    ParticleSampler,
+    ParticleState,
+    check_noise,
+    check_positive,
+    check_score_fn,
+    finite_flag,
+    rms_rows,
+)
 
 __all__ = ["SGLD", "sgld"]
 

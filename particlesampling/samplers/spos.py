@@ -21,8 +21,16 @@ from typing import Any, Callable, ClassVar
 
 from .._backend import namespace
 from ..step_sizes import get_step_rule
-from ._common import ParticleState, SteinSampler, check_batch_size, check_memory_budget, check_noise, \
-    check_positive, check_repulsion, check_score_fn
+from ..stein_terms import check_repulsion
+from ._common import (
+    ParticleState,
+    SteinSampler,
+    check_batch_size,
+    check_memory_budget,
+    check_noise,
+    check_positive,
+    check_score_fn,
+)
 
 __all__ = ["SPOS", "spos"]
 

@@ -13,8 +13,14 @@ from typing import ClassVar
 
 from .._backend import namespace
 from ..step_sizes import get_step_rule
-from ._common import ParticleState, SteinSampler, check_batch_size, check_memory_budget, check_repulsion, \
-    check_score_fn
+from ..stein_terms import check_repulsion
+from ._common import (
+    ParticleState,
+    SteinSampler,
+    check_batch_size,
+    check_memory_budget,
+    check_score_fn,
+)
 
 __all__ = ["SVGD", "svgd"]
 
