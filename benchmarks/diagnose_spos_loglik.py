@@ -27,8 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from particlesampling.experiments.report import paired_difference  # noqa: E402
-from particlesampling.experiments.uci_bnn import BNNConfig, config_fingerprint, run_many  # noqa: E402
+from benchmarks.evidence.report import paired_difference  # noqa: E402
+from benchmarks.evidence.uci_bnn import BNNConfig, config_fingerprint, run_many  # noqa: E402
 
 METRICS = (("rmse", "mixture RMSE"), ("particle_rmse", "particle RMSE (mean)"),
            ("loglik", "mixture log-lik"), ("particle_loglik", "particle log-lik (mean)"))

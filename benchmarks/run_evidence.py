@@ -14,7 +14,8 @@ Full mode writes benchmarks/results/{uci_bnn,uci_sensitivity,variance_collapse,b
 docs/img/evidence_*.png. Finished UCI runs are cached one JSON line each in out/evidence/
 (``--cache-dir``), so an interrupted run resumes where it stopped. ``--quick`` writes everything
 under ``--out`` (default: a fresh temporary directory) and never touches the full results.
-The UCI data are read from --uci-dir, else $PARTICLESAMPLING_UCI_DIR, else ../shared/data/uci.
+The UCI data are read from --uci-dir, else $PARTICLESAMPLING_UCI_DIR, else ../shared/data/uci (beside
+the checkout). The experiment code is the package ``benchmarks/evidence/`` (not installed with the library).
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from particlesampling.experiments import report  # noqa: E402
-from particlesampling.experiments.uci import UCI_DATASETS, UCIDataError, num_splits  # noqa: E402
+from benchmarks.evidence import report  # noqa: E402
+from benchmarks.evidence.uci import UCI_DATASETS, UCIDataError, num_splits  # noqa: E402
 
 METHODS = ("svgd", "spos", "sgld")
 
@@ -45,7 +46,7 @@ def _json(path: Path, obj) -> None:
 def _seed_cache(cache: Path, results: Path) -> None:
     """For ``--report-only`` without a run cache (a fresh clone): rebuild it from the ``runs`` stored in
     ``uci_bnn.json`` and ``uci_sensitivity.json``, so the report can be remade from the repository."""
-    from particlesampling.experiments.uci_bnn import append_record
+    from benchmarks.evidence.uci_bnn import append_record
 
     if any(cache.glob("uci_runs_*.jsonl")):
         return
@@ -64,7 +65,8 @@ def _seed_cache(cache: Path, results: Path) -> None:
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one split, few iterations, small grids (CI)")
-    ap.add_argument("--uci-dir", default=None, help="root of the UCI data (see particlesampling.experiments.uci)")
+    ap.add_argument("--uci-dir", default=None, help="root of the UCI data (default: $PARTICLESAMPLING_UCI_DIR, else "
+                    "../shared/data/uci beside the checkout; see benchmarks/evidence/uci.py)")
     ap.add_argument("--splits", type=int, default=None, help="splits 0..K-1 per data set (default 20; quick 1)")
     ap.add_argument("--iters", type=int, default=None, help="BNN iterations (default 5000; quick 40)")
     ap.add_argument("--datasets", default=",".join(UCI_DATASETS))
@@ -108,7 +110,7 @@ def main(argv=None) -> int:
     uci = sens = vc = blr = avail = None
 
     if only & {"uci", "sens"}:
-        from particlesampling.experiments.uci_bnn import BNNConfig, run_many
+        from benchmarks.evidence.uci_bnn import BNNConfig, run_many
 
         if a.report_only:
             _seed_cache(cache, results)
@@ -133,7 +135,7 @@ def main(argv=None) -> int:
         recs = run_many(datasets, range(K), methods, configs, cache, root=a.uci_dir, workers=workers,
                         run=not a.report_only)
         summary = report.aggregate_uci(recs)
-        uci = {"protocol": "Liu & Wang 2016 (see particlesampling/experiments/uci_bnn.py)",
+        uci = {"protocol": "Liu & Wang 2016 (see benchmarks/evidence/uci_bnn.py)",
                "command": command, "splits_requested": K, "iters": iters,
                "published": report.PUBLISHED, "summary": summary,
                "verdicts": {ds: {m: {"rmse": report.verdict("rmse", s["rmse_mean"], ds),
@@ -161,7 +163,7 @@ def main(argv=None) -> int:
         _json(results / "uci_sensitivity.json", sens)
 
     if "vc" in only:
-        from particlesampling.experiments.variance_collapse import VCConfig, run_grid
+        from benchmarks.evidence.variance_collapse import VCConfig, run_grid
 
         path = results / "variance_collapse.json"
         if a.report_only and path.is_file():
@@ -176,7 +178,7 @@ def main(argv=None) -> int:
         report.plot_variance_collapse(vc, img / "evidence_variance_collapse.png")
 
     if "blr" in only:
-        from particlesampling.experiments.logistic import BLRConfig, run_blr
+        from benchmarks.evidence.logistic import BLRConfig, run_blr
 
         path = results / "blr.json"
         if a.report_only and path.is_file():

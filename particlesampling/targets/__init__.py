@@ -7,8 +7,9 @@ one-line description.  Every target has ``name``, ``dim``, ``description``, ``no
 ``cov``, ``sample(n, seed)`` (exact), ``mode_weights`` / ``mode_fractions_of(x)`` (mixtures) and
 ``bounds`` (1-D/2-D, for plots).
 
-Importing this package does not need scikit-learn; constructing the two real-data targets does
-(``pip install particlesampling[data]``).
+Importing this package does not need scikit-learn; constructing the real-data targets
+(``blinreg-diabetes``, ``blr-breast-cancer``, ``bnn-diabetes``) does (``pip install particlesampling[data]``).
+:class:`BayesianNeuralNetwork` is the ``bnn-diabetes`` posterior on the user's own data ``(X, y)``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from .banana import Banana
 from .base import MixtureMixin, Target
+from .bnn import BayesianNeuralNetwork, BNNDiabetes, BNNParams
 from .gaussian import Gaussian, StandardNormal
 from .mixtures import GaussianMixture, Mixture1D, Mixture2D
 from .regression import BayesianLinearRegression, BayesianLogisticRegression, load_blr_reference
@@ -35,6 +37,9 @@ __all__ = [
     "BayesianLinearRegression",
     "BayesianLogisticRegression",
     "load_blr_reference",
+    "BayesianNeuralNetwork",
+    "BNNDiabetes",
+    "BNNParams",
     "get_target",
     "list_targets",
     "TARGETS",
@@ -52,6 +57,7 @@ TARGETS: dict[str, type[Target]] = {
         Ring,
         BayesianLinearRegression,
         BayesianLogisticRegression,
+        BNNDiabetes,
     )
 }
 

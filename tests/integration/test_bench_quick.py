@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # benchmarks/ is a package of the checkout, not installed
+    sys.path.insert(0, str(ROOT))
 PEER_OK = ("not installed", "skipped", "timeout", "error")
 
 
@@ -58,7 +60,7 @@ def test_bench_threads_writes_its_table(tmp_path):
 
 
 def test_diagnose_spos_loglik_pairs_the_methods(tmp_path):
-    from particlesampling.experiments.uci import UCIDataError, num_splits
+    from benchmarks.evidence.uci import UCIDataError, num_splits
 
     try:
         num_splits("yacht")

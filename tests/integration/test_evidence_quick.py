@@ -3,6 +3,7 @@ directory only, and the full results are not touched."""
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # benchmarks/ is a package of the checkout, not installed
+    sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture(autouse=True)
@@ -78,8 +81,8 @@ def test_report_only_rebuilds_the_cache_from_the_stored_runs(tmp_path):
     """A fresh clone has no run cache: --report-only remakes the report from the runs in the JSON."""
     from dataclasses import asdict
 
-    from particlesampling.experiments.uci import UCIDataError, num_splits
-    from particlesampling.experiments.uci_bnn import BNNConfig
+    from benchmarks.evidence.uci import UCIDataError, num_splits
+    from benchmarks.evidence.uci_bnn import BNNConfig
 
     try:
         num_splits("yacht")

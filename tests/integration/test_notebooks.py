@@ -1,7 +1,6 @@
 """Execute the notebooks' code cells (with short runs) so the examples cannot silently rot."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np

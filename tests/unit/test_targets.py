@@ -293,18 +293,18 @@ def test_sample_is_reproducible_and_checks_arguments():
 
 
 # ----------------------------------------------------------------------------- mixtures
-def test_mode_weights_of_counts_assignments():
+def test_mode_fractions_of_counts_assignments():
     t = target("mixture2d")
     pts = np.concatenate([np.repeat(t.means[:1], 3, axis=0), t.means[1:2], np.repeat(t.means[4:], 4, axis=0)])
-    np.testing.assert_allclose(t.mode_weights_of(pts), [3 / 8, 1 / 8, 0, 0, 4 / 8])
+    np.testing.assert_allclose(t.mode_fractions_of(pts), [3 / 8, 1 / 8, 0, 0, 4 / 8])
     torch = pytest.importorskip("torch")
-    np.testing.assert_allclose(t.mode_weights_of(torch.asarray(pts, dtype=torch.float32)), [3 / 8, 1 / 8, 0, 0, 4 / 8])
+    np.testing.assert_allclose(t.mode_fractions_of(torch.asarray(pts, dtype=torch.float32)), [3 / 8, 1 / 8, 0, 0, 4 / 8])
 
 
-def test_mixture1d_mode_weights_of_exact_samples():
+def test_mixture1d_mode_fractions_of_exact_samples():
     t = Mixture1D()
     n = 400000  # SE 7.5e-4: separates the responsibility rule from the likelihood rule by 8 SE
-    got = t.mode_weights_of(t.sample(n, seed=8))
+    got = t.mode_fractions_of(t.sample(n, seed=8))
     # highest-responsibility boundary x* solves w1 φ(x+2) = w2 φ(x-2): x* = log(w1/w2)/4
     xstar = math.log(0.5) / 4
     phi = lambda z: 0.5 * (1 + math.erf(z / math.sqrt(2)))  # noqa: E731
@@ -313,7 +313,7 @@ def test_mixture1d_mode_weights_of_exact_samples():
     np.testing.assert_allclose(t.mode_weights, [1 / 3, 2 / 3])
 
 
-def test_mixture2d_mode_weights_of_exact_samples():
+def test_mixture2d_mode_fractions_of_exact_samples():
     stats = pytest.importorskip("scipy.stats")
     t = target("mixture2d")
     assert np.all(np.diff(t.mode_weights) < 0) and t.mode_weights.shape[0] == 5
@@ -327,7 +327,7 @@ def test_mixture2d_mode_weights_of_exact_samples():
     expected = np.array([np.sum(comp.sum(axis=0)[lab == k]) * cell for k in range(5)])
     assert np.max(np.abs(expected - t.mode_weights)) < 0.01  # well separated components
     n = 40000
-    got = t.mode_weights_of(t.sample(n, seed=9))
+    got = t.mode_fractions_of(t.sample(n, seed=9))
     assert np.all(np.abs(got - expected) < NSE * np.sqrt(expected * (1 - expected) / n) + 1e-3)
 
 

@@ -1,6 +1,6 @@
-"""The batched BNN model and score, and the pieces of the Liu & Wang (2016) protocol."""
+"""The pieces of the Liu & Wang (2016) UCI protocol in ``benchmarks/evidence/uci_bnn.py`` (the BNN
+posterior itself is the library's target, tested in ``tests/unit/test_bnn_target.py``)."""
 
-import math
 from dataclasses import asdict
 
 import numpy as np
@@ -8,80 +8,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from particlesampling.experiments.bnn import BNNRegression, standardize_fit  # noqa: E402
-from particlesampling.experiments import uci_bnn  # noqa: E402
-from tests.unit.test_uci_loader import _write_dataset  # noqa: E402
+from benchmarks.evidence import uci, uci_bnn  # noqa: E402
+from benchmarks.evidence.uci_bnn import standardize_fit  # noqa: E402
+from particlesampling.targets import BayesianNeuralNetwork  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-
-
-def _setup(M=5, p=4, H=7, B=11, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    model = BNNRegression(p, H)
-    X = torch.randn(B, p, generator=g, dtype=torch.float64)
-    y = torch.randn(B, generator=g, dtype=torch.float64)
-    theta = torch.randn(M, model.dim, generator=g, dtype=torch.float64) * 0.5
-    return model, X, y, theta
-
-
-def test_dimensions_and_unpack_roundtrip():
-    model, X, y, theta = _setup()
-    assert model.dim == 4 * 7 + 2 * 7 + 3
-    parts = model.unpack(theta)
-    assert parts.w1.shape == (5, 4, 7) and parts.b2.shape == (5,)
-    torch.testing.assert_close(model.pack(*parts), theta)
-    with pytest.raises(ValueError, match="shape"):
-        model.unpack(theta[:, 1:])
-    with pytest.raises(ValueError, match="n_hidden"):
-        BNNRegression(3, 0)
-
-
-def test_score_matches_autograd_of_log_posterior():
-    model, X, y, theta = _setup()
-    th = theta.clone().requires_grad_(True)
-    lp = model.log_posterior(th, X, y, N=123)
-    (grad,) = torch.autograd.grad(lp.sum(), th)
-    torch.testing.assert_close(model.score(theta, X, y, N=123), grad, rtol=1e-10, atol=1e-10)
-
-
-def test_log_posterior_matches_direct_formula_for_one_particle():
-    model, X, y, theta = _setup(M=1)
-    w1, b1, w2, b2, lg, ll = (t[0] for t in model.unpack(theta))
-    f = torch.relu(X @ w1 + b1) @ w2 + b2
-    gam, lam, N, B = lg.exp(), ll.exp(), 50, X.shape[0]
-    loglik = torch.distributions.Normal(f, gam.rsqrt()).log_prob(y).sum() * N / B
-    w = theta[0, :-2]
-    prior_w = torch.distributions.Normal(0.0, lam.rsqrt()).log_prob(w).sum()
-    gam_prior = torch.distributions.Gamma(1.0, 0.1)
-    expected = loglik + prior_w + gam_prior.log_prob(gam) + lg + gam_prior.log_prob(lam) + ll
-    # the Gamma(1, 0.1) normalising constants (log 0.1 each) are dropped by the model
-    torch.testing.assert_close(model.log_posterior(theta, X, y, N)[0], expected - 2 * math.log(0.1))
-
-
-def test_predict_batched_equals_loop():
-    model, X, y, theta = _setup()
-    out = model.predict(theta, X)
-    for m in range(theta.shape[0]):
-        w1, b1, w2, b2, _, _ = (t[m] for t in model.unpack(theta))
-        torch.testing.assert_close(out[m], torch.relu(X @ w1 + b1) @ w2 + b2)
-
-
-def test_initialisation_follows_original_code():
-    rng = np.random.default_rng(0)
-    X = torch.as_tensor(rng.normal(size=(300, 8)))
-    y = torch.as_tensor(rng.normal(size=300))
-    model = BNNRegression(8, 50)
-    th = model.init_particles(200, X, y, seed=3)
-    w1, b1, w2, b2, lg, ll = model.unpack(th)
-    assert float(w1.std()) == pytest.approx(1 / math.sqrt(9), rel=0.05)
-    assert float(w2.std()) == pytest.approx(1 / math.sqrt(51), rel=0.05)
-    assert bool((b1 == 0).all()) and bool((b2 == 0).all())
-    assert float(ll.exp().mean()) == pytest.approx(0.1, rel=0.2)  # numpy gamma(shape 1, scale 0.1)
-    # log gamma = -log MSE of the initial network on all 300 (< 1000) rows
-    mse = ((model.predict(th, X) - y) ** 2).mean(1)
-    torch.testing.assert_close(lg, -mse.log())
-    torch.testing.assert_close(model.init_particles(3, X, y, seed=3), th[:3])
 
 
 def test_standardize_fit_zero_std_becomes_one():
@@ -107,8 +39,8 @@ def test_dev_size_and_gamma_tuning_and_evaluation():
 
 
 @pytest.mark.parametrize("method", ["svgd", "spos", "sgld"])
-def test_run_split_on_generated_data(tmp_path, method):
-    _write_dataset(tmp_path, "toy", n=150, p=3, splits=1)
+def test_run_split_on_generated_data(tmp_path, method, write_dataset):
+    write_dataset(tmp_path, "toy", n=150, p=3, splits=1)
     cfg = uci_bnn.BNNConfig(method=method, iters=30, n_particles=4, n_hidden=5)
     r = uci_bnn.run_split("toy", 0, cfg, root=tmp_path)
     assert r.finite and np.isfinite(r.rmse) and np.isfinite(r.loglik)
@@ -120,30 +52,31 @@ def test_run_split_on_generated_data(tmp_path, method):
     assert (r2.rmse, r2.loglik) == (r.rmse, r.loglik)  # seeded
 
 
-def test_cyclic_in_order_minibatches(tmp_path, monkeypatch):
-    _write_dataset(tmp_path, "toy", n=150, p=3, splits=1)
+def test_cyclic_in_order_minibatches(tmp_path, monkeypatch, write_dataset):
+    write_dataset(tmp_path, "toy", n=150, p=3, splits=1)
     seen = []
-    orig = BNNRegression.score
+    orig = BayesianNeuralNetwork.score_minibatch
 
-    def spy(self, theta, X, y, N):
+    def spy(self, theta, X, y):
+        assert self.n_data == 121  # the N / B scaling uses all training rows
         seen.append(y.clone())
-        return orig(self, theta, X, y, N)
+        return orig(self, theta, X, y)
 
-    monkeypatch.setattr(BNNRegression, "score", spy)
+    monkeypatch.setattr(BayesianNeuralNetwork, "score_minibatch", spy)
     cfg = uci_bnn.BNNConfig(iters=3, n_particles=2, n_hidden=3, batch_size=50)
     uci_bnn.run_split("toy", 0, cfg, root=tmp_path)
     assert len(seen) == 3  # one score evaluation per step
     y_all = torch.cat(seen)
     N = 121  # 135 training rows minus 14 dev rows
     idx = torch.arange(150) % N
-    sp = __import__("particlesampling.experiments.uci", fromlist=["x"]).load_split("toy", 0, tmp_path)
+    sp = uci.load_split("toy", 0, tmp_path)
     ytr = sp.y_train[:N]
     y_std = (ytr - ytr.mean()) / ytr.std()
     torch.testing.assert_close(y_all.double(), torch.as_tensor(y_std)[idx], rtol=1e-5, atol=1e-5)
 
 
-def test_run_many_caches_and_resumes(tmp_path):
-    _write_dataset(tmp_path / "data", "toy", n=150, p=3, splits=2)
+def test_run_many_caches_and_resumes(tmp_path, write_dataset):
+    write_dataset(tmp_path / "data", "toy", n=150, p=3, splits=2)
     cfgs = {"svgd": uci_bnn.BNNConfig(iters=5, n_particles=3, n_hidden=4)}
     logs = []
     recs = uci_bnn.run_many(["toy"], range(2), ["svgd"], cfgs, tmp_path / "cache", root=tmp_path / "data",
@@ -154,9 +87,9 @@ def test_run_many_caches_and_resumes(tmp_path):
     assert len(again) == 2 and len(logs) == 2  # nothing re-run
 
 
-def test_run_many_keeps_configs_apart(tmp_path):
+def test_run_many_keeps_configs_apart(tmp_path, write_dataset):
     """Runs at another beta or iteration count share the cache file but are never mixed."""
-    _write_dataset(tmp_path / "data", "toy", n=150, p=3, splits=1)
+    write_dataset(tmp_path / "data", "toy", n=150, p=3, splits=1)
     base = uci_bnn.BNNConfig(method="spos", iters=5, n_particles=3, n_hidden=4)
     other_beta = uci_bnn.BNNConfig(method="spos", iters=5, n_particles=3, n_hidden=4, beta_per_n=0.1)
     kw = dict(root=tmp_path / "data", log=lambda _: None)
@@ -188,8 +121,8 @@ def test_config_fingerprint_reads_old_sgld_records_as_constant_step():
         asdict(uci_bnn.BNNConfig(method="sgld")))
 
 
-def test_run_many_counts_a_run_written_twice_once(tmp_path):
-    _write_dataset(tmp_path / "data", "toy", n=150, p=3, splits=1)
+def test_run_many_counts_a_run_written_twice_once(tmp_path, write_dataset):
+    write_dataset(tmp_path / "data", "toy", n=150, p=3, splits=1)
     cfgs = {"svgd": uci_bnn.BNNConfig(iters=5, n_particles=3, n_hidden=4)}
     kw = dict(root=tmp_path / "data", log=lambda _: None)
     first = uci_bnn.run_many(["toy"], [0], ["svgd"], cfgs, tmp_path / "cache", **kw)

@@ -1,10 +1,10 @@
-"""Aggregation, verdicts and the Markdown table of the UCI evidence report."""
+"""Aggregation, verdicts and the Markdown report of the evidence runs (`benchmarks/evidence/report.py`)."""
 
 import math
 
 import pytest
 
-from particlesampling.experiments import report
+from benchmarks.evidence import report
 
 
 def _rec(ds, split, method, rmse, ll):
@@ -144,3 +144,14 @@ def test_uci_notes_beta_verdict_follows_the_paired_differences():
     assert "at least as good as SVGD on every data set" in report.uci_notes(uci, report.uci_sensitivity([], svgd, close))
     text = report.uci_notes(uci, report.uci_sensitivity([], svgd, far))
     assert "Yacht RMSE +0.310 ± 0.006" in text and "at least as good" not in text
+
+
+def test_report_cites_the_benchmark_code_and_the_paper_only(tmp_path):
+    recs = [_rec("yacht", k, "svgd", 0.8 + 0.1 * k, -1.2) for k in range(2)]
+    uci = {"summary": report.aggregate_uci(recs), "iters": 5000, "runs": recs}
+    report.write_report(tmp_path / "e.md", uci, None, None, "cmd")
+    md = (tmp_path / "e.md").read_text()
+    assert "Protocol (`benchmarks/evidence/uci_bnn.py`" in md
+    assert "`particlesampling.targets.BayesianNeuralNetwork`" in md
+    assert "The main table uses 5000." in md
+    assert "DESIGN" not in md and "particlesampling/experiments" not in md
