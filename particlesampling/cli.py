@@ -169,8 +169,8 @@ def main(argv=None) -> int:
             v = summary[k]
             if isinstance(v, float):
                 v = f"{v:.4g}" if math.isfinite(v) else str(v)
-            print(f"{k:>12}: {v}")
-    print(f"{'written':>12}: {os.path.join(args.out, '')}{{summary.json, trace.npz, particles.png}}")
+            print(f"{k:>16}: {v}")
+    print(f"{'written':>16}: {os.path.join(args.out, '')}{{summary.json, trace.npz, particles.png}}")
     return 0
 
 
