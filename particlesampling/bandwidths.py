@@ -55,6 +55,7 @@ __all__ = [
     "median_ranks",
     "median_from_order_statistics",
     "bandwidth_value",
+    "ArrayBandwidth",
 ]
 
 DEFAULT_BANDWIDTH = "liu_wang"
@@ -285,7 +286,7 @@ def get_bandwidth(spec: Any = None) -> BandwidthRule:
     if isinstance(spec, (int, float, list, tuple)):
         return Fixed(spec)
     if hasattr(spec, "shape") and hasattr(spec, "dtype"):  # an array: 0-d h or (d,) per dimension
-        return _ArrayRule(spec)
+        return ArrayBandwidth(spec)
     if callable(spec):
         return _CallableRule(spec)
     raise TypeError(
@@ -302,7 +303,7 @@ class _CallableRule(BandwidthRule):
 
 
 @dataclass(frozen=True)
-class _ArrayRule(BandwidthRule):
+class ArrayBandwidth(BandwidthRule):
     """A bandwidth given as an array (0-d, or (d,) per dimension), for example a previous step's h."""
 
     h: Any = None
@@ -311,9 +312,10 @@ class _ArrayRule(BandwidthRule):
         xp = namespace(particles)
         h = xp.asarray(self.h, dtype=particles.dtype, device=device_of(particles))
         if h.ndim > 1 or (h.ndim == 1 and h.shape[0] != particles.shape[1]):
-            raise ValueError(f"expected a 0-d bandwidth or one of shape ({particles.shape[1]},), received shape {tuple(h.shape)}")
-        if not bool(xp.all(h > 0)):
-            raise ValueError("expected a positive bandwidth array, received non-positive values")
+            raise ValueError(f"expected a 0-d bandwidth or one of shape ({particles.shape[1]},), "
+                             f"received shape {tuple(h.shape)}")
+        if not bool(xp.all(h > 0)):  # NaN fails too; one device synchronisation
+            raise ValueError("expected a positive bandwidth array, received entries <= 0 or NaN")
         return h
 
 
@@ -321,19 +323,12 @@ def bandwidth_value(spec, particles, sq, scores=None):
     """The bandwidth ``h`` (0-d or ``(d,)``) that ``spec`` gives on these particles.
 
     ``spec``: a number, a sequence of ``d`` numbers, a name or rule (through :func:`get_bandwidth`),
-    or an array, e.g. the ``bandwidth`` a sampler reported in its step info, used as is after a
-    shape check and a positivity check (one device synchronisation). ``sq`` is ``sqdist(particles)``.
+    or an array, e.g. the ``bandwidth`` a sampler reported in its step info, used as is after the
+    shape and positivity checks of :func:`get_bandwidth`'s array rule. ``sq`` is ``sqdist(particles)``.
     """
     xp = namespace(particles)
     d = particles.shape[1]
-    from_array = hasattr(spec, "shape") and hasattr(spec, "dtype")
-    if from_array:
-        h = xp.asarray(spec, dtype=particles.dtype, device=device_of(particles))
-    else:
-        h = get_bandwidth(spec)(particles, sq, scores)
-        h = xp.asarray(h, dtype=particles.dtype, device=device_of(particles))
+    h = xp.asarray(get_bandwidth(spec)(particles, sq, scores), dtype=particles.dtype, device=device_of(particles))
     if not (h.ndim == 0 or (h.ndim == 1 and h.shape[0] == d)):
         raise ValueError(f"expected a bandwidth of shape () or ({d},), received shape {tuple(h.shape)}")
-    if from_array and not bool(xp.all(h > 0)):
-        raise ValueError("expected a positive, finite bandwidth h, received an array with entries <= 0 or nan")
     return h

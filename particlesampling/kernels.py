@@ -25,7 +25,7 @@ import numpy as np
 from ._backend import centred, device_of, exp_neg_scaled, namespace, sqdist
 
 __all__ = ["Kernel", "RadialKernel", "RBF", "IMQ", "Linear", "RandomFeatureRBF", "get_kernel", "KERNEL_NAMES",
-           "radial_repulsion", "rbf_driving_and_repulsion", "mean_offdiagonal"]
+           "radial_repulsion", "rbf_driving_and_repulsion", "offdiagonal_mean_from_sums"]
 
 
 class Kernel:
@@ -67,18 +67,20 @@ def rbf_driving_and_repulsion(xp, k, xc_rows, xc, scores, h):
     """``(K S, R, rowsum K)`` for rows ``I`` of the RBF kernel from one product ``K [Xc | S | 1]``.
 
     ``k`` is ``K[I, :]`` (``(b, n)``), ``xc`` the centred particles, ``xc_rows`` their rows ``I``,
-    ``scores`` ``(n, d)``, ``h`` a scalar. With ``f' = -f``: ``R[I] = (2/h) (rowsum(K) * Xc[I] - K Xc)``.
-    One ``(b, n)`` by ``(n, 2d + 1)`` product instead of three.
+    ``scores`` ``(n, d)`` or None (then ``K S`` is None), ``h`` a scalar or ``(d,)`` (broadcast over
+    columns). :func:`radial_repulsion` with ``f' = -f``: ``R[I] = (2/h) (rowsum(K) * Xc[I] - K Xc)``,
+    without negating ``K``. One ``(b, n)`` by ``(n, 2d + 1)`` product instead of three.
     """
     n, d = xc.shape
     ones = xp.ones((n, 1), dtype=xc.dtype, device=device_of(xc))
-    prod = k @ xp.concat([xc, scores, ones], axis=1)
-    rowsum = prod[:, 2 * d]
+    parts = [xc, ones] if scores is None else [xc, scores, ones]
+    prod = k @ xp.concat(parts, axis=1)
+    rowsum = prod[:, -1]
     rep = (rowsum[:, None] * xc_rows - prod[:, :d]) * (2.0 / h)
-    return prod[:, d:2 * d], rep, rowsum
+    return (None if scores is None else prod[:, d:2 * d]), rep, rowsum
 
 
-def mean_offdiagonal(xp, total, diagonal_total, n: int, *, like):
+def offdiagonal_mean_from_sums(xp, total, diagonal_total, n: int, *, like):
     """Mean off-diagonal entry ``(sum - trace) / (n (n - 1))`` of an ``n x n`` kernel matrix given
     its sum and trace; 1 when ``n = 1`` (a lone particle has no pairs). A 0-d array like ``like``."""
     if n > 1:
@@ -154,7 +156,7 @@ class RBF(RadialKernel):
         return f, -f
 
     def gram_and_repulsion(self, x, h, sq=None):
-        # Specialised: R = (2/h) (rowsum(K) * X - K X), saving one n x n negation.
+        # Specialised (rbf_driving_and_repulsion): no n x n negation for f' = -f.
         xp = namespace(x)
         h = xp.asarray(h, dtype=x.dtype, device=device_of(x))
         if h.ndim == 0:
@@ -162,8 +164,7 @@ class RBF(RadialKernel):
         else:
             k = xp.exp(-_scaled_sq(xp, x, h, sq))
         xc = centred(xp, x)
-        r = (xp.sum(k, axis=1)[:, None] * xc - k @ xc) * (2.0 / h)
-        return k, r
+        return k, rbf_driving_and_repulsion(xp, k, xc, xc, None, h)[1]
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ particle without interactions). Writing the SVGD sum as the self term plus the i
 particle ``i`` in batch ``C`` moves along
 
     phi_i = (1/n) k(x_i, x_i) s_i
-            + (n - 1) / (n (|C| - 1)) sum_{j in C, j != i} [k(x_j, x_i) s_j + alpha grad_{x_j} k(x_j, x_i)],
+            + (n - 1) / (n (|C| - 1)) sum_{j in C, j != i} [k(x_j, x_i) s_j + r grad_{x_j} k(x_j, x_i)],
 
-an unbiased estimate of the full direction (Liu & Wang 2016, eq. 8) for a fixed bandwidth (a
+with ``r`` the repulsion weight: an unbiased estimate of the full direction (Liu & Wang 2016, eq. 8) for a fixed bandwidth (a
 bandwidth rule is applied within each batch). Cost ``O(n b d)`` time and ``O(b^2)`` memory per batch.
 """
 

@@ -3,18 +3,18 @@
 .. math::
 
     \\phi(x_i) = \\frac{1}{n} \\sum_j \\big[ k(x_j, x_i) \\nabla \\log p(x_j)
-                 + \\alpha \\nabla_{x_j} k(x_j, x_i) \\big]
-               = \\frac{1}{n} (K S + \\alpha R)_i
+                 + r \\nabla_{x_j} k(x_j, x_i) \\big]
+               = \\frac{1}{n} (K S + r R)_i
 
 with ``K`` the Gram matrix, ``S`` the scores, ``R`` the repulsion (see :mod:`particlesampling.kernels`)
-and ``alpha`` the ``repulsion`` weight (1 for SVGD proper; the repulsive-attention paper uses 0.01).
+and ``r`` the ``repulsion`` weight (1 for SVGD proper; the repulsive-attention paper's ``alpha`` = 0.01).
 One Gram matrix, two matrix products and a row sum: ``O(n^2 d)`` time and ``O(n^2 + n d)`` memory;
 above a memory budget the rows are processed in blocks (:mod:`particlesampling.tiled`).
 """
 
 from __future__ import annotations
 
-from .stein_terms import SteinInfo, assemble_direction, check_stein_inputs, stein_terms
+from .stein_terms import SteinInfo, assemble_direction, check_repulsion, check_stein_inputs, stein_terms
 from .tiled import needs_tiling, tiled_stein_direction_with_info
 
 __all__ = ["stein_direction", "stein_direction_with_info", "SteinInfo"]
@@ -28,6 +28,7 @@ def stein_direction_with_info(particles, scores, kernel=None, bandwidth=None, re
     same step (a KSD, say).
     """
     xp = check_stein_inputs(particles, scores, repulsion)
+    repulsion = check_repulsion(repulsion)
     if sq is None and needs_tiling(particles, memory_budget):
         return tiled_stein_direction_with_info(particles, scores, kernel, bandwidth, repulsion,
                                                memory_budget=memory_budget)
@@ -51,7 +52,7 @@ def stein_direction(particles, scores, kernel=None, bandwidth=None, repulsion: f
         ``None`` is the default median rule (``"liu_wang"``); a name picks a median convention; a
         number ``h`` fixes the bandwidth of ``k(x, y) = exp(-|x - y|^2 / h)`` for RBF.
     repulsion : float
-        Weight ``alpha`` of the repulsive term (1 for SVGD).
+        Weight of the repulsive term (1 for SVGD).
     memory_budget : int, optional
         Bytes allowed for ``n x n`` temporaries. ``None`` (default): untiled. If the untiled path
         would need more (about ``3 n^2`` numbers), the rows are processed in blocks that fit the

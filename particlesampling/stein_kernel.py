@@ -24,8 +24,9 @@ Hence, with ``K = f(U)``, ``K' = f'(U)``, ``K'' = f''(U)`` elementwise on ``U``,
     H = K \\odot S S^T + 2 K' \\odot (C - \\textstyle\\sum_a w_a) - 4 K'' \\odot D_w,
     \\qquad D_w[i, j] = |w \\odot (x_i - x_j)|^2 .
 
-For a scalar ``h`` this is ``H = K * (S S^T) + (2/h) [K' * (C0 - d) - 2 U * K'']`` with ``U = D2 / h``
-and ``C0`` the unweighted ``C`` (:func:`stein_kernel_block`): three Gram products (``D2``, ``S S^T``,
+(:func:`weighted_stein_kernel_block`). For a scalar ``h`` this is
+``H = K * (S S^T) + (2/h) [K' * (C0 - d) - 2 U * K'']`` with ``U = D2 / h`` and ``C0`` the unweighted
+``C`` (:func:`stein_kernel_block`): three Gram products (``D2``, ``S S^T``,
 ``S X^T``) and elementwise work, ``O(n^2 d)`` time; no ``n x n x d`` tensor. The KSD
 (:mod:`particlesampling.diagnostics.ksd`), its tiled form (:mod:`particlesampling.tiled`) and the
 adaptive bandwidth :class:`particlesampling.bandwidths.MaxKSD` all evaluate ``H`` through this module.
@@ -38,7 +39,7 @@ from typing import Any, NamedTuple
 from ._backend import centred, check_same_shape, device_of, namespace, sqdist
 from .kernels import get_kernel
 
-__all__ = ["radial_kernel", "cross_term", "stein_kernel_block", "stein_kernel_diagonal", "reduce_statistic",
+__all__ = ["radial_kernel", "cross_term", "stein_kernel_block", "weighted_stein_kernel_block", "stein_kernel_diagonal", "reduce_statistic",
            "check_statistic", "SteinGramStats", "stein_gram_stats"]
 
 _STATISTICS = ("v", "u")
@@ -88,6 +89,17 @@ def stein_kernel_block(kernel, sq, ss, cross, h, dim: int):
     u = sq / h
     f, f1, f2 = kernel.profile(u)
     return f * ss + (2.0 / h) * (f1 * (cross - float(dim)) - 2.0 * (u * f2))
+
+
+def weighted_stein_kernel_block(kernel, u, ss, cross_w, d_w, w_sum):
+    """``H = f(U) * SS + 2 [f'(U) * (C_w - sum_a w_a) - 2 f''(U) * D_w]`` for per-dimension weights ``w = 1/h``.
+
+    The general form of the module docstring; ``u`` is ``U = sum_a w_a (x_a - y_a)^2``, ``cross_w``
+    the weighted ``C``, ``d_w[i, j] = |w * (x_i - x_j)|^2``, ``w_sum = sum_a w_a``. With a scalar
+    ``h`` it equals :func:`stein_kernel_block` (which needs one distance matrix fewer).
+    """
+    f, f1, f2 = kernel.profile(u)
+    return f * ss + 2.0 * (f1 * (cross_w - w_sum) - 2.0 * (f2 * d_w))
 
 
 def stein_kernel_diagonal(xp, kernel, scores, h):

@@ -1,15 +1,7 @@
 """The pieces of the Stein direction that the untiled, tiled and random-batch paths share.
 
-The Stein variational direction (Liu & Wang 2016, eq. 8) is
-
-.. math::
-
-    \\phi(x_i) = \\frac{1}{n} \\sum_j \\big[ k(x_j, x_i) \\nabla \\log p(x_j)
-                 + \\alpha \\nabla_{x_j} k(x_j, x_i) \\big]
-               = \\frac{1}{n} (K S + \\alpha R)_i ,
-
-``K`` the Gram matrix, ``S`` the scores, ``R`` the repulsion (:mod:`particlesampling.kernels`) and
-``alpha`` the ``repulsion`` weight. This module holds the input check, :func:`stein_terms` (``K S``,
+The direction itself, ``phi = (K S + repulsion R) / n`` (Liu & Wang 2016, eq. 8), is stated in
+:mod:`particlesampling.stein`. This module holds the input check, :func:`stein_terms` (``K S``,
 ``R``, ``diag K`` without the ``1/n``) and :func:`assemble_direction` (``phi`` and its
 :class:`SteinInfo`); :mod:`particlesampling.stein` (untiled), :mod:`particlesampling.tiled` (row blocks)
 and :mod:`particlesampling.random_batch` build on them.
@@ -18,11 +10,12 @@ and :mod:`particlesampling.random_batch` build on them.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, NamedTuple
 
 from ._backend import centred, check_same_shape, device_of, exp_neg_scaled, namespace, sqdist
 from .bandwidths import get_bandwidth
-from .kernels import RBF, Kernel, get_kernel, mean_offdiagonal, rbf_driving_and_repulsion
+from .kernels import RBF, Kernel, get_kernel, offdiagonal_mean_from_sums, rbf_driving_and_repulsion
 
 __all__ = ["SteinInfo", "SteinTerms", "check_stein_inputs", "check_repulsion", "stein_terms", "assemble_direction"]
 
@@ -33,7 +26,7 @@ class SteinInfo(NamedTuple):
     bandwidth: Any  #: h used (0-d, or (d,) per dimension)
     mean_kernel: Any  #: mean off-diagonal kernel value (1 when n = 1)
     driving_norm: Any  #: RMS over particles of |K S / n|_2
-    repulsion_norm: Any  #: RMS over particles of |alpha R / n|_2
+    repulsion_norm: Any  #: RMS over particles of |repulsion R / n|_2
 
 
 class SteinTerms(NamedTuple):
@@ -63,8 +56,8 @@ def check_stein_inputs(particles, scores, repulsion):
 
 
 def check_repulsion(repulsion) -> float:
-    """The repulsion weight ``alpha`` as a float; TypeError unless a finite real number."""
-    if isinstance(repulsion, bool) or not isinstance(repulsion, (int, float)) or not math.isfinite(repulsion):
+    """The repulsion weight as a float; TypeError unless a finite real number (NumPy scalars included)."""
+    if isinstance(repulsion, bool) or not isinstance(repulsion, numbers.Real) or not math.isfinite(repulsion):
         raise TypeError(f"expected repulsion as a finite real number, received {repulsion!r}")
     return float(repulsion)
 
@@ -90,14 +83,14 @@ def stein_terms(particles, scores, kernel=None, bandwidth=None, *, sq=None) -> S
         xc = centred(xp, particles)
         driving, rep, rowsum = rbf_driving_and_repulsion(xp, k, xc, xc, scores, h)
         diag = xp.linalg.diagonal(k)
-        return SteinTerms(driving, rep, diag, h, mean_offdiagonal(xp, xp.sum(rowsum), xp.sum(diag), n, like=particles))
+        return SteinTerms(driving, rep, diag, h, offdiagonal_mean_from_sums(xp, xp.sum(rowsum), xp.sum(diag), n, like=particles))
     k, r = kern.gram_and_repulsion(particles, h, sq)
     diag = xp.linalg.diagonal(k)
-    return SteinTerms(k @ scores, r, diag, h, mean_offdiagonal(xp, xp.sum(k), xp.sum(diag), n, like=particles))
+    return SteinTerms(k @ scores, r, diag, h, offdiagonal_mean_from_sums(xp, xp.sum(k), xp.sum(diag), n, like=particles))
 
 
 def assemble_direction(xp, driving, repulsion_term, repulsion: float, bandwidth, mean_kernel):
-    """``phi = (K S + alpha R) / n`` and its :class:`SteinInfo` from the unnormalised terms."""
+    """``phi = (K S + repulsion R) / n`` and its :class:`SteinInfo` from the unnormalised terms."""
     n = driving.shape[0]
     phi = (driving + repulsion * repulsion_term) / float(n)
     info = SteinInfo(

@@ -7,7 +7,8 @@ positive float or a schedule ``lr(step) -> float`` (step counts from 0).
 * :func:`constant`: ``delta = lr_t * g``. The exact path for sampling: with SPOS or SGLD it gives the
   discretised diffusion whose stationary law is the target (up to step-size bias).
 * :func:`adagrad_momentum`: the rule of the original SVGD code (Liu & Wang 2016):
-  ``v <- g^2`` at the first step, then ``v <- alpha v + (1 - alpha) g^2``;
+  ``v <- g^2`` at the first step, then ``v <- decay v + (1 - decay) g^2`` (the original code's
+  ``alpha``, renamed here: in this project ``alpha`` is only the repulsion weight of An et al.);
   ``delta = lr * g / (fudge + sqrt(v))``.
 * :func:`adam`: Kingma & Ba (2015) with bias correction.
 
@@ -84,11 +85,11 @@ def constant(lr: LearningRate = 1e-2) -> StepRule:
     return StepRule("constant", init, update, lambda s: _lr_at(lr, s.count), {"lr": lr})
 
 
-def adagrad_momentum(lr: LearningRate = 1e-3, alpha: float = 0.9, fudge: float = 1e-6) -> StepRule:
+def adagrad_momentum(lr: LearningRate = 1e-3, decay: float = 0.9, fudge: float = 1e-6) -> StepRule:
     """AdaGrad with momentum as in the original SVGD code (see module docstring)."""
     lr = _check_lr(lr)
-    if not 0.0 <= alpha < 1.0:
-        raise ValueError(f"expected alpha in [0, 1), received {alpha!r}")
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"expected decay in [0, 1), received {decay!r}")
     if not fudge > 0:
         raise ValueError(f"expected fudge > 0, received {fudge!r}")
 
@@ -101,12 +102,12 @@ def adagrad_momentum(lr: LearningRate = 1e-3, alpha: float = 0.9, fudge: float =
         if state.count == 0:
             v = state.sq_avg + g * g
         else:
-            v = alpha * state.sq_avg + (1.0 - alpha) * (g * g)
+            v = decay * state.sq_avg + (1.0 - decay) * (g * g)
         delta = _lr_at(lr, state.count) * g / (fudge + xp.sqrt(v))
         return delta, AdagradMomentumState(count=state.count + 1, sq_avg=v)
 
     return StepRule("adagrad_momentum", init, update, lambda s: _lr_at(lr, s.count),
-                    {"lr": lr, "alpha": alpha, "fudge": fudge})
+                    {"lr": lr, "decay": decay, "fudge": fudge})
 
 
 def adam(lr: LearningRate = 1e-2, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> StepRule:

@@ -35,13 +35,13 @@ import math
 
 import numpy as np
 
-from ._backend import check_same_shape, device_of, exp_neg_scaled, namespace, sqdist_block, to_numpy
-from .bandwidths import Fixed, Median, Scaled, get_bandwidth, median_from_order_statistics, median_ranks
-from .kernels import RBF, get_kernel, mean_offdiagonal, radial_repulsion, rbf_driving_and_repulsion
+from ._backend import centred, check_same_shape, device_of, exp_neg_scaled, namespace, sqdist_block, to_numpy
+from .bandwidths import ArrayBandwidth, Fixed, Median, Scaled, get_bandwidth, median_from_order_statistics, median_ranks
+from .kernels import RBF, get_kernel, offdiagonal_mean_from_sums, radial_repulsion, rbf_driving_and_repulsion
 from .selection import BRACKET_SAMPLE, blocked_order_statistics
 from .stein_kernel import check_statistic, cross_term, radial_kernel, reduce_statistic, stein_kernel_block, \
     stein_kernel_diagonal
-from .stein_terms import assemble_direction, check_stein_inputs
+from .stein_terms import assemble_direction, check_repulsion, check_stein_inputs
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -100,7 +100,8 @@ def _blocks(xp, xc, xx, tile):
 
 
 def _centre(xp, x):
-    xc = x - xp.mean(x, axis=0)
+    """Centred particles and their squared row norms (the Gram trick's inputs)."""
+    xc = centred(xp, x)
     return xc, xp.sum(xc * xc, axis=1)
 
 
@@ -156,14 +157,14 @@ def tiled_bandwidth(particles, bandwidth=None, *, tile: int | None = None,
 
 
 def _rule_value(xp, rule, x, tile):
-    if isinstance(rule, Fixed):
+    if isinstance(rule, (Fixed, ArrayBandwidth)):  # no distances needed
         return rule(x, None)
     if isinstance(rule, Scaled):
         return rule.factor * _rule_value(xp, rule.rule, x, tile)
     if not isinstance(rule, Median) or rule.convention == "pyro":
         raise ValueError(
             f"tiled evaluation supports the scalar median conventions ('liu_wang', 'an2020', 'blackjax', "
-            f"'numpyro'), fixed bandwidths and Scaled versions of those; received {rule!r}"
+            f"'numpyro'), fixed bandwidths (numbers or arrays) and Scaled versions of those; received {rule!r}"
         )
     n = x.shape[0]
     dev = device_of(x)
@@ -193,6 +194,7 @@ def tiled_stein_direction_with_info(particles, scores, kernel=None, bandwidth=No
     Radial kernels only (``RBF``, ``IMQ``); bandwidths as in the module docstring.
     """
     xp = check_stein_inputs(particles, scores, repulsion)
+    repulsion = check_repulsion(repulsion)
     n, d = particles.shape
     kern = get_kernel(kernel)
     if not getattr(kern, "is_radial", False):
@@ -223,7 +225,7 @@ def tiled_stein_direction_with_info(particles, scores, kernel=None, bandwidth=No
         rep_parts.append(rep)
         ksum = ksum + xp.sum(rowsum)
     k0 = kern.value(xp.zeros((), dtype=particles.dtype, device=dev))
-    mean_k = mean_offdiagonal(xp, ksum, float(n) * k0, n, like=particles)
+    mean_k = offdiagonal_mean_from_sums(xp, ksum, float(n) * k0, n, like=particles)
     return assemble_direction(xp, xp.concat(driving_parts, axis=0), xp.concat(rep_parts, axis=0), repulsion,
                               h, mean_k)
 
@@ -260,11 +262,7 @@ def tiled_ksd_squared(particles, scores, kernel="imq", bandwidth=1.0, statistic:
     if tile is None:
         tile = tile_rows(n, d, _itemsize(particles), memory_budget)
     dev = device_of(particles)
-    if hasattr(bandwidth, "shape") and hasattr(bandwidth, "dtype"):
-        h = xp.asarray(bandwidth, dtype=particles.dtype, device=dev)
-    else:
-        h = xp.asarray(_rule_value(xp, get_bandwidth(bandwidth), particles, tile), dtype=particles.dtype,
-                       device=dev)
+    h = xp.asarray(_rule_value(xp, get_bandwidth(bandwidth), particles, tile), dtype=particles.dtype, device=dev)
     if h.ndim != 0:
         raise ValueError("tiled_ksd_squared supports a scalar bandwidth only")
     xc, xx = _centre(xp, particles)

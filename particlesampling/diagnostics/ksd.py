@@ -36,6 +36,7 @@ from ..stein_kernel import (
     radial_kernel,
     reduce_statistic,
     stein_gram_stats,
+    weighted_stein_kernel_block,
 )
 
 __all__ = ["ksd", "ksd_squared", "stein_kernel_matrix", "stein_gram_stats", "SteinGramStats"]
@@ -62,15 +63,13 @@ def _stein_matrix(particles, scores, kernel, bandwidth, xp):
     h = bandwidth_value(bandwidth, particles, sq, scores)
     if h.ndim == 0:
         return stein_gram_stats(particles, scores, sq).stein_matrix(kern, h), h
-    # per-dimension bandwidth: u = sum_a w_a (x_a - y_a)^2 with w = 1/h (see module docstring)
+    # per-dimension bandwidth: u = sum_a w_a (x_a - y_a)^2 with w = 1/h
     w = 1.0 / h
     u = sqdist(xc * xp.sqrt(w), xp=xp)
     d_w = sqdist(xc * w, xp=xp)
     cross_w = cross_term(xp, xc, scores * w)
-    f, f1, f2 = kern.profile(u)
     ss = scores @ xp.matrix_transpose(scores)
-    hmat = f * ss + 2.0 * (f1 * (cross_w - xp.sum(w)) - 2.0 * (f2 * d_w))
-    return hmat, h
+    return weighted_stein_kernel_block(kern, u, ss, cross_w, d_w, xp.sum(w)), h
 
 
 def stein_kernel_matrix(particles, scores, kernel="imq", bandwidth=1.0):

@@ -35,7 +35,7 @@ class ParticleState(NamedTuple):
 
 
 def check_positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"expected {name} > 0 (finite), received {value!r}")
     return float(value)
 
@@ -53,13 +53,27 @@ def check_noise(noise):
     return noise
 
 
-def noise_name(noise) -> str:
-    return "counter-based" if noise is None else getattr(noise, "__name__", repr(noise))
-
-
 def rms_rows(xp, a):
     """RMS over rows of the row norms, ``sqrt(mean_i |a_i|^2)``, as a 0-d array."""
     return xp.sqrt(xp.mean(xp.sum(a * a, axis=1)))
+
+
+class SteinStepInfo(NamedTuple):
+    """Per-step information of SVGD and SPOS (0-d arrays of the particles' namespace; no host sync)."""
+
+    bandwidth: Any  #: kernel bandwidth used (0-d, or (d,) per dimension; mean over random batches)
+    mean_kernel: Any  #: mean off-diagonal kernel value
+    update_norm: Any  #: RMS over particles of |x_new - x_old|
+    score_norm: Any  #: RMS over particles of |s_i|
+    finite: Any  #: 0-d bool: all scores and new particles finite
+
+
+class LangevinStepInfo(NamedTuple):
+    """Per-step information of SGLD (0-d arrays of the particles' namespace; no host sync)."""
+
+    update_norm: Any  #: RMS over particles of |x_new - x_old|
+    score_norm: Any  #: RMS over particles of |s_i|
+    finite: Any  #: 0-d bool: all scores and new particles finite
 
 
 @dataclass(frozen=True)
@@ -74,8 +88,9 @@ class ParticleSampler:
     step_rule: StepRule
 
     name: ClassVar[str] = "sampler"
-    #: the NamedTuple type of ``step``'s info (the run loop traces its fields)
-    info_type: ClassVar[type] = tuple
+    #: the NamedTuple type of ``step``'s info (the run loop traces its fields except ``finite``); every
+    #: sampler reports at least :class:`LangevinStepInfo`'s fields
+    info_type: ClassVar[type] = LangevinStepInfo
 
     def init(self, particles, seed: int = 0) -> ParticleState:
         """Validate ``particles`` (n x d, floating, finite) and build the initial state."""
@@ -148,24 +163,6 @@ def first_nonfinite_particle(s, x_new) -> int:
     bad_score = ~xp.all(xp.isfinite(s), axis=1)
     bad = bad_score if bool(xp.any(bad_score)) else ~xp.all(xp.isfinite(x_new), axis=1)
     return int(xp.argmax(xp.astype(bad, xp.int32)))
-
-
-class SteinStepInfo(NamedTuple):
-    """Per-step information of SVGD and SPOS (0-d arrays of the particles' namespace; no host sync)."""
-
-    bandwidth: Any  #: kernel bandwidth used (0-d, or (d,) per dimension; mean over random batches)
-    mean_kernel: Any  #: mean off-diagonal kernel value
-    update_norm: Any  #: RMS over particles of |x_new - x_old|
-    score_norm: Any  #: RMS over particles of |s_i|
-    finite: Any  #: 0-d bool: all scores and new particles finite
-
-
-class LangevinStepInfo(NamedTuple):
-    """Per-step information of SGLD (0-d arrays of the particles' namespace; no host sync)."""
-
-    update_norm: Any  #: RMS over particles of |x_new - x_old|
-    score_norm: Any  #: RMS over particles of |s_i|
-    finite: Any  #: 0-d bool: all scores and new particles finite
 
 
 def check_batch_size(batch_size):

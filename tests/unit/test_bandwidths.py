@@ -487,3 +487,15 @@ def test_order_statistics_errors(xp_backend):
         selection.order_statistics(xp_backend.asarray(np.zeros(3)), [3])
     with pytest.raises(ValueError, match=r"expected order statistics in \[0, 3\)"):
         selection.order_statistics(xp_backend.asarray(np.zeros(3)), [-1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_order_statistics_bracketing_path_matches_sort(dtype):
+    """Arrays of >= 8 * BRACKET_SAMPLE entries take the sampled-bracket path: exact, in the input dtype."""
+    v = np.random.default_rng(11).random(8 * selection.BRACKET_SAMPLE + 1001).astype(dtype)
+    ks = [0, 1, v.size // 2 - 1, v.size // 2, v.size - 1]
+    got = selection.order_statistics(v, ks)
+    want = np.sort(v)[ks]
+    for g, w in zip(got, want):
+        assert g.dtype == dtype and g == w
+    assert selection.midpoint_median(v) == np.median(v).astype(dtype)

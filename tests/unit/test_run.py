@@ -302,3 +302,23 @@ def test_non_finite_particle_from_overflow():
 
 def test_state_namedtuple_fields():
     assert ParticleState._fields == ("particles", "step_state", "step", "seed")
+
+
+def test_run_loop_traces_a_user_sampler_with_the_base_info():
+    """A sampler written by a user on the base class (no info_type of its own) runs and is traced."""
+    import dataclasses
+
+    from particlesampling.samplers import LangevinStepInfo, ParticleSampler
+
+    @dataclasses.dataclass(frozen=True)
+    class GradientAscent(ParticleSampler):
+        def step(self, state):
+            s = self.scores(state.particles)
+            new, delta = self._move(state, s)
+            norm = lambda a: np.sqrt(np.mean(np.sum(a * a, axis=1)))  # noqa: E731
+            return new, LangevinStepInfo(norm(delta), norm(s), np.all(np.isfinite(new.particles)))
+
+    sampler = GradientAscent(_score, constant(0.1))
+    state, trace = run_sampler(sampler, sampler.init(_x0()), 20, trace_every=5, progress=False)
+    assert state.step == 20 and sorted(trace.info) == ["score_norm", "update_norm"]
+    assert trace.info["update_norm"][-1] < trace.info["update_norm"][1]

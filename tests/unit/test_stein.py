@@ -299,3 +299,14 @@ def test_cuda_matches_cpu(kernel, bandwidth, dtype):
     tol = dict(rtol=1e-4, atol=1e-5) if dtype == "float32" else dict(rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(phi_gpu.cpu(), phi_cpu, **tol)
     torch.testing.assert_close(info_gpu.bandwidth.cpu(), info_cpu.bandwidth, **tol)
+
+
+def test_repulsion_accepts_numpy_scalars_and_refuses_arrays():
+    """NumPy scalars are real numbers (as before the samplers split); a 1-element array is not."""
+    x = np.random.default_rng(3).standard_normal((6, 2))
+    ref = stein_direction(x, -x, repulsion=0.5)
+    np.testing.assert_array_equal(stein_direction(x, -x, repulsion=np.float64(0.5)), ref)
+    np.testing.assert_allclose(stein_direction(x, -x, repulsion=np.float32(0.5)), ref, rtol=1e-15)
+    np.testing.assert_array_equal(stein_direction(x, -x, repulsion=np.int64(1)), stein_direction(x, -x))
+    with pytest.raises(TypeError, match="repulsion as a finite real number"):
+        stein_direction(x, -x, repulsion=np.array([0.5]))

@@ -46,14 +46,14 @@ def test_constant_schedule_uses_the_step_count():
         np.testing.assert_allclose(delta, g / (t + 1.0), rtol=1e-15)
 
 
-@pytest.mark.parametrize("alpha,fudge,lr", [(0.9, 1e-6, 1e-3), (0.5, 1e-3, 0.2), (0.0, 1e-6, 1.0)])
-def test_adagrad_momentum_reference(alpha, fudge, lr):
+@pytest.mark.parametrize("decay,fudge,lr", [(0.9, 1e-6, 1e-3), (0.5, 1e-3, 0.2), (0.0, 1e-6, 1.0)])
+def test_adagrad_momentum_reference(decay, fudge, lr):
     gs = _directions()
-    deltas, state = _run(adagrad_momentum(lr, alpha=alpha, fudge=fudge), gs)
+    deltas, state = _run(adagrad_momentum(lr, decay=decay, fudge=fudge), gs)
     # reference, written out from Liu & Wang's original SVGD code
     v = None
     for t, (g, d) in enumerate(zip(gs, deltas)):
-        v = g**2 if t == 0 else alpha * v + (1 - alpha) * g**2
+        v = g**2 if t == 0 else decay * v + (1 - decay) * g**2
         ref = lr * g / (fudge + np.sqrt(v))
         np.testing.assert_allclose(d, ref, rtol=1e-13, atol=0)
     np.testing.assert_allclose(state.sq_avg, v, rtol=1e-13)
@@ -168,7 +168,7 @@ def test_bad_schedule_value_raises_at_update():
         rule.update(g, rule.init(g))
 
 
-@pytest.mark.parametrize("kwargs", [dict(alpha=1.0), dict(alpha=-0.1), dict(alpha=math.nan), dict(fudge=0.0),
+@pytest.mark.parametrize("kwargs", [dict(decay=1.0), dict(decay=-0.1), dict(decay=math.nan), dict(fudge=0.0),
                                     dict(fudge=-1e-6)])
 def test_bad_adagrad_args(kwargs):
     with pytest.raises(ValueError):

@@ -218,3 +218,12 @@ def test_bracket_select_is_exact_or_declines(rng):
     assert bracket_select(good, lambda: (v[:30_000], v[30_000:]), v.size, ks) == expected
     bad = np.sort(rng.random(4096) * 0.1)
     assert bracket_select(bad, lambda: (v,), v.size, ks) is None
+
+
+def test_tiled_ksd_refuses_a_non_positive_array_bandwidth(rng):
+    x = rng.standard_normal((20, 3))
+    with pytest.raises(ValueError, match="positive bandwidth"):
+        tiled_ksd_squared(x, -x, bandwidth=np.asarray(-1.0), tile=7)
+    # a positive array h equals the same number
+    np.testing.assert_allclose(tiled_ksd_squared(x, -x, bandwidth=np.asarray(1.5), tile=7),
+                               tiled_ksd_squared(x, -x, bandwidth=1.5, tile=7), rtol=1e-15)
