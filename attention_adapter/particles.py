@@ -13,6 +13,15 @@ Particle choices (:class:`HeadParticles`):
 * ``particles="joint"``: one system per module, head ``h``'s particle being
   ``q_h || k_h || v_h`` (``|| o_h`` with ``include_output``, then the per-head biases with
   ``include_bias``).
+
+Grouped-query / multi-query attention (``M`` query heads, ``G < M`` key/value heads, ``r = M / G``;
+Ainslie et al. 2023, Shazeer 2019): with ``"separate"``, Q (and the output projection) is a system
+of ``M`` particles and K, V are systems of ``G`` particles. With ``"joint"`` a particle is one
+key/value head with its query group: particle ``g`` (of ``G``) is
+``q_{g r} || ... || q_{g r + r - 1} || k_g || v_g`` (then ``o`` and the biases likewise), since query
+head ``h`` attends with key/value head ``h // r`` (Hugging Face ``repeat_kv``). A system of a
+single particle (``G = 1``, multi-query) has nothing to repel; such groups are skipped and listed
+in :attr:`HeadParticles.skipped`.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from torch import nn
 
 from .discovery import find_attention, select_layers
 from .layouts import ResolvedBlock, ResolvedLayout
+from .sharding import FullTensors
 
 __all__ = ["ParticleGroup", "HeadParticles", "HeadSelection", "PARTICLE_CHOICES"]
 
@@ -56,13 +66,18 @@ class ParticleGroup:
 
     @property
     def num_particles(self) -> int:
-        """``M``, the number of heads."""
-        return self.site.num_heads
+        """``M``, the number of particles: the blocks' head count (the key/value head count ``G``
+        for a joint group of grouped-query attention, whose particles are query groups)."""
+        return min(b.num_heads for b in self.blocks)
+
+    def _widths(self) -> List[int]:
+        m = self.num_particles
+        return [b.numel_per_head * (b.num_heads // m) for b in self.blocks]
 
     @property
     def dim(self) -> int:
         """``P``, the length of one particle."""
-        return sum(b.numel_per_head for b in self.blocks)
+        return sum(self._widths())
 
     @property
     def params(self) -> Tuple[nn.Parameter, ...]:
@@ -72,7 +87,7 @@ class ParticleGroup:
             seen.setdefault(id(b.param), b.param)
         return tuple(seen.values())
 
-    def gather(self, source: str = "data") -> Optional[torch.Tensor]:
+    def gather(self, source: str = "data", full: Optional[FullTensors] = None) -> Optional[torch.Tensor]:
         """The ``(M, P)`` particle matrix.
 
         Parameters
@@ -81,10 +96,17 @@ class ParticleGroup:
             ``"data"``: detached parameter values; ``"param"``: the parameters themselves
             (differentiable, for penalties); ``"grad"``: the ``.grad`` tensors (``None`` if any block's
             gradient is ``None``).
+        full : FullTensors, optional
+            Per-step cache of the full tensors of sharded (FSDP2 ``DTensor``) parameters, see
+            :mod:`attention_adapter.sharding`; without it a sharded tensor is all-gathered per block.
         """
         parts = []
         for b in self.blocks:
-            if source == "data":
+            if full is not None:
+                t = full.get(b.param, source, f"parameter {b.name!r} (group {self.name!r})")
+                if t is None:
+                    return None
+            elif source == "data":
                 t = b.param.detach()
             elif source == "param":
                 t = b.param
@@ -94,28 +116,32 @@ class ParticleGroup:
                     return None
             else:
                 raise ValueError(f"expected source 'data', 'param' or 'grad', received {source!r}")
-            parts.append(b.gather(t))
+            g = b.gather(t)  # (heads of b, numel_per_head); r consecutive heads per particle when grouped
+            parts.append(g if b.num_heads == self.num_particles else g.reshape(self.num_particles, -1))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
-    def scatter_grad(self, rows: torch.Tensor) -> None:
-        """Write an ``(M, P)`` matrix into the head positions of the parameters' ``.grad``."""
+    def scatter_grad(self, rows: torch.Tensor, full: Optional[FullTensors] = None) -> None:
+        """Write an ``(M, P)`` matrix into the head positions of the parameters' ``.grad``.
+
+        With ``full`` (:class:`~attention_adapter.sharding.FullTensors`), the rows of sharded
+        parameters go into their full gradients; ``full.commit()`` then writes each rank's shard.
+        """
         if tuple(rows.shape) != (self.num_particles, self.dim):
             raise ValueError(
                 f"expected rows of shape {(self.num_particles, self.dim)} for group {self.name!r}, "
                 f"received {tuple(rows.shape)}"
             )
         offset = 0
-        for b in self.blocks:
-            n = b.numel_per_head
-            b.scatter(b.param.grad, rows[:, offset:offset + n])
+        for b, n in zip(self.blocks, self._widths()):
+            target = b.param.grad if full is None else full.grad_target(b.param, f"parameter {b.name!r}")
+            b.scatter(target, rows[:, offset:offset + n].reshape(b.num_heads, -1))
             offset += n
 
     def scatter(self, target: Mapping[int, torch.Tensor], rows: torch.Tensor) -> None:
-        """Write ``rows`` into ``target[id(param)]`` tensors (each of its parameter's shape)."""
+        """Write ``rows`` (``M x P``) into ``target[id(param)]`` tensors (each of its parameter's shape)."""
         offset = 0
-        for b in self.blocks:
-            n = b.numel_per_head
-            b.scatter(target[id(b.param)], rows[:, offset:offset + n])
+        for b, n in zip(self.blocks, self._widths()):
+            b.scatter(target[id(b.param)], rows[:, offset:offset + n].reshape(b.num_heads, -1))
             offset += n
 
 
@@ -155,6 +181,9 @@ class HeadSelection:
         User layouts, see :func:`~attention_adapter.discovery.find_attention`.
     layers : optional
         Subset of the attention modules, see :func:`~attention_adapter.discovery.select_layers`.
+    kinds : None, str or sequence of {"self", "cross", "decoder_self"}
+        Keep only attention modules of these kinds (default all), see
+        :func:`~attention_adapter.discovery.select_layers`.
     """
 
     particles: str = "separate"
@@ -163,6 +192,7 @@ class HeadSelection:
     include_bias: bool = False
     layouts: Any = None
     layers: Any = None
+    kinds: Any = None
 
     def __post_init__(self):
         object.__setattr__(self, "roles", _check_choice(self.particles, self.roles, self.include_output,
@@ -176,7 +206,7 @@ class HeadSelection:
     def build(self, model: nn.Module, *, skip_frozen: bool = True) -> "HeadParticles":
         """The :class:`HeadParticles` of ``model`` for this selection."""
         return HeadParticles(model, **self.particle_choice(), layouts=self.layouts, layers=self.layers,
-                             skip_frozen=skip_frozen)
+                             kinds=self.kinds, skip_frozen=skip_frozen)
 
 
 def _groups_of_site(site: ResolvedLayout, particles: str, roles, include_output, include_bias):
@@ -206,7 +236,11 @@ def _overlaps(a: ResolvedBlock, b: ResolvedBlock) -> bool:
         return False
     if a.axis != b.axis:
         return True
-    return a.start < b.start + b.size and b.start < a.start + a.size
+    if a.start >= b.start + b.size or b.start >= a.start + a.size:
+        return False
+    if a.units is None and b.units is None:
+        return True
+    return bool((a.axis_mask() & b.axis_mask()).any())  # interleaved blocks share a range, not positions
 
 
 class HeadParticles:
@@ -228,9 +262,12 @@ class HeadParticles:
         User layouts, see :func:`~attention_adapter.discovery.find_attention`.
     layers : optional
         Subset of the attention modules, see :func:`~attention_adapter.discovery.select_layers`.
+    kinds : optional
+        Attention kinds to keep (``"self"``, ``"cross"``, ``"decoder_self"``; default all).
     skip_frozen : bool
-        Groups with a parameter that has ``requires_grad=False`` are skipped with a warning (if
-        false, they are kept, e.g. for diversity metrics).
+        Groups with a parameter that has ``requires_grad=False`` are skipped, with one
+        ``UserWarning`` for the whole model naming how many tensors were skipped (if false, they are
+        kept, e.g. for diversity metrics).
 
     Raises
     ------
@@ -241,30 +278,43 @@ class HeadParticles:
 
     def __init__(self, model: nn.Module, *, particles: str = "separate", roles: Sequence[str] = ("q", "k", "v"),
                  include_output: bool = False, include_bias: bool = False, layouts=None, layers: Any = None,
-                 skip_frozen: bool = True):
+                 kinds: Any = None, skip_frozen: bool = True):
         roles = _check_choice(particles, roles, include_output, include_bias)
         self.particles = particles
         self.roles = roles
         self.include_output = include_output
         self.include_bias = include_bias
-        self.sites: List[ResolvedLayout] = select_layers(find_attention(model, layouts), layers)
+        self.sites: List[ResolvedLayout] = select_layers(find_attention(model, layouts), layers, kinds)
         groups: List[ParticleGroup] = []
         self.skipped: Dict[str, str] = {}
+        frozen_tensors: Dict[int, str] = {}  # id(param) -> block name, each frozen tensor counted once
         for site in self.sites:
             for g in _groups_of_site(site, particles, roles, include_output, include_bias):
-                frozen = [b.name for b in g.blocks if not b.param.requires_grad]
+                frozen = [b for b in g.blocks if not b.param.requires_grad]
                 if frozen and skip_frozen:
-                    self.skipped[g.name] = "frozen: " + ", ".join(frozen)
-                    warnings.warn(
-                        f"attention heads {g.name!r} skipped: parameter(s) {', '.join(frozen)} have "
-                        f"requires_grad=False",
-                        UserWarning,
-                        stacklevel=2,
-                    )
+                    self.skipped[g.name] = "frozen: " + ", ".join(b.name for b in frozen)
+                    for b in frozen:
+                        frozen_tensors.setdefault(id(b.param), b.name)
                     continue
                 groups.append(g)
+        if frozen_tensors:
+            # one warning for the whole model (a frozen base model, e.g. under PEFT, has dozens of tensors)
+            def _first(items):
+                items = list(items)
+                return ", ".join(items[:3]) + (f", ... ({len(items) - 3} more)" if len(items) > 3 else "")
+
+            warnings.warn(
+                f"attention_adapter skipped {len(self.skipped)} particle group(s) ({_first(map(repr, self.skipped))}) "
+                f"using {len(frozen_tensors)} frozen tensor(s) with requires_grad=False "
+                f"({_first(frozen_tensors.values())})",
+                UserWarning,
+                stacklevel=2,
+            )
         kept: List[ParticleGroup] = []
         for g in groups:
+            if g.num_particles < 2:  # multi-query K/V: one head, nothing to repel
+                self.skipped[g.name] = f"a single particle ({g.site.heads_text()}): nothing to repel"
+                continue
             dup = next((o for o in kept if [b.key() for b in o.blocks] == [b.key() for b in g.blocks]), None)
             if dup is not None:  # the same tensors reached through two modules (tied weights)
                 self.skipped[g.name] = f"shares its parameters with {dup.name!r}"
@@ -309,7 +359,7 @@ class HeadParticles:
                  f"include_output={self.include_output}, include_bias={self.include_bias})"]
         for site in self.sites:
             where = site.name or "<root>"
-            lines.append(f"  {where}: {type(site.module).__name__}, {site.num_heads} heads, {site.kind}")
+            lines.append(f"  {where}: {type(site.module).__name__}, {site.attention}, {site.heads_text()}, {site.kind}")
             lines.append(site.describe())
         for g in self.groups:
             lines.append(f"  group {g.name}: {g.num_particles} x {g.dim} ({' || '.join(g.roles)})")

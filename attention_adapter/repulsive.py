@@ -22,6 +22,7 @@ import particlesampling as ps
 
 from .noise import StepNoise
 from .particles import HeadSelection, ParticleGroup
+from .sharding import FullTensors, check_sharding, check_wrappers, grad_version
 from .update import UPDATE_RULES, An2020, Posterior, UpdateSettings, compute_dtype, head_update
 
 __all__ = ["RepulsiveHeads", "ApplyInfo", "NonFiniteGradientError", "PRESETS"]
@@ -201,7 +202,9 @@ class RepulsiveHeads:
         self.check_finite = check_finite
         self.num_threads = num_threads
         self.selection = heads
+        check_wrappers(model)  # FSDP1 is refused before discovery
         self.heads = heads.build(model)
+        check_sharding(model, self.heads.groups)  # FSDP2: supported shard layouts only
         self._step = 0
         self._optimizer_ref = None
         self._param_group_of: Dict[int, int] = {}
@@ -236,7 +239,7 @@ class RepulsiveHeads:
     def _check_not_reapplied(self) -> None:
         for param, ref, version in self._last_grads:
             t = ref()
-            if t is not None and t is param.grad and t._version == version:
+            if t is not None and t is param.grad and grad_version(t) == version:
                 raise RuntimeError(
                     "RepulsiveHeads.apply() called twice on the same gradients (no backward in between): "
                     "the repulsion would be applied twice. Call it once per optimizer step (apply() or attach(), "
@@ -247,7 +250,7 @@ class RepulsiveHeads:
         refs = []
         for g, _ in present:
             grad = g.blocks[0].param.grad
-            refs.append((g.blocks[0].param, weakref.ref(grad), grad._version))
+            refs.append((g.blocks[0].param, weakref.ref(grad), grad_version(grad)))
         self._last_grads = refs
 
     def _spos_lr(self, group: ParticleGroup) -> Optional[float]:
@@ -294,8 +297,9 @@ class RepulsiveHeads:
     def _apply(self) -> ApplyInfo:
         step = self._step
         present, missing = [], []
+        full = FullTensors()  # sharded (FSDP2) parameters: full tensors, all-gathered once per step
         for g in self.heads.groups:
-            grad = g.gather("grad")
+            grad = g.gather("grad", full)
             if grad is None:
                 missing.append(g.name)
             else:
@@ -324,8 +328,9 @@ class RepulsiveHeads:
         infos: Dict[str, ps.SteinInfo] = {}
         for g, grad in present:
             xi = None if noise is None else noise.draw(grad, compute_dtype(grad.dtype))
-            new, infos[g.name] = head_update(g.gather("data"), grad, self.settings, xi, lr=self._spos_lr(g))
-            g.scatter_grad(new)
+            new, infos[g.name] = head_update(g.gather("data", full), grad, self.settings, xi, lr=self._spos_lr(g))
+            g.scatter_grad(new, full)
+        full.commit()  # each rank's shard of the new full gradients (no-op without sharded parameters)
         self._remember_grads(present)
         info = ApplyInfo(step, infos, tuple(missing), ())
         self.last_info = info

@@ -1,4 +1,5 @@
-"""Training-step overhead of the repulsive-attention adapter on the MiniLM configuration.
+"""Training-step overhead of the repulsive-attention adapter on the MiniLM configuration (and, with
+``--model llama-gqa``, on a Llama decoder of the same size with grouped-query attention).
 
 Model: BERT with the all-MiniLM-L6-v2 configuration (6 layers, 12 heads, hidden 384, intermediate
 1536, vocabulary 30522), random initialisation (nothing downloaded), mean-pooled regression head,
@@ -58,6 +59,34 @@ class MiniLMRegressor(nn.Module):
         return self.head(pooled).squeeze(-1)
 
 
+class GQADecoderRegressor(nn.Module):
+    """A Llama-architecture decoder of the same size with grouped-query attention: 6 layers, hidden
+    384, 12 query heads sharing 4 key/value heads (as Llama 2 70B / Mistral share 8 among 64 / 32),
+    intermediate 1536, random initialisation; mean-pooled regression head like MiniLMRegressor."""
+
+    def __init__(self, attn_implementation: str):
+        super().__init__()
+        from transformers import LlamaConfig, LlamaModel
+
+        cfg = LlamaConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                          num_key_value_heads=4, intermediate_size=1536, max_position_embeddings=512,
+                          attn_implementation=attn_implementation)
+        self.llama = LlamaModel(cfg)
+        self.head = nn.Linear(384, 1)
+
+    def forward(self, ids, mask):
+        h = self.llama(input_ids=ids, attention_mask=mask).last_hidden_state
+        pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        return self.head(pooled).squeeze(-1)
+
+
+MODELS = {"minilm": MiniLMRegressor, "llama-gqa": GQADecoderRegressor}
+MODEL_DESCRIPTIONS = {
+    "minilm": "BERT MiniLM-L6 config (6 layers, 12 heads, hidden 384, intermediate 1536), random init",
+    "llama-gqa": "Llama decoder (6 layers, 12 query / 4 key-value heads, hidden 384, intermediate 1536), random init",
+}
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -78,7 +107,7 @@ def run(args):
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = MiniLMRegressor(args.attn).to(device).train()
+    model = MODELS[args.model](args.attn).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     adapter_threads = None if args.adapter_threads == 0 else args.adapter_threads
     heads = RepulsiveHeads(model, num_threads=adapter_threads, **_adapter_options(args.adapter))
@@ -135,7 +164,7 @@ def run(args):
     cpu_plain, cpu_rep, cpu_apply = (med(v, 1) for v in (plain, rep, applies))
     groups = heads.groups
     return {
-        "model": "BERT MiniLM-L6 config (6 layers, 12 heads, hidden 384, intermediate 1536), random init",
+        "model": MODEL_DESCRIPTIONS[args.model],
         "adapter": args.adapter,
         "adapter_options": {k: v if isinstance(v, (str, int, float)) else repr(v)
                             for k, v in _adapter_options(args.adapter).items()},
@@ -194,6 +223,8 @@ def markdown(results):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--model", default="minilm", choices=sorted(MODELS),
+                   help="minilm: BERT MiniLM configuration; llama-gqa: Llama decoder, 12 query / 4 key-value heads")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--pairs", type=int, default=9)

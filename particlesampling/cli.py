@@ -77,7 +77,8 @@ def _backend(args):
 def _sample(args) -> dict:
     from . import diagnostics
     from .plotting import save_particles_figure
-    from .runner import run_sampler, to_numpy
+    from ._backend import to_numpy
+    from .runner import run_sampler
     from .samplers import get_sampler
     from .step_sizes import get_step_rule
     from .targets import get_target
@@ -135,19 +136,24 @@ def _sample(args) -> dict:
     return summary
 
 
-def _check_sample_args(parser: argparse.ArgumentParser, args) -> None:
-    """Refuse bad ``sample`` arguments like argparse does: one line on stderr, exit status 2."""
+def _check_sample_args(args) -> None:
+    """Refuse bad ``sample`` arguments as argparse does: one line on stderr, exit status 2."""
     from .targets import list_targets
 
+    def refuse(message: str):
+        sys.stderr.write(f"particlesampling sample: error: {message}\n")
+        raise SystemExit(2)
+
     names = [name for name, _ in list_targets()]
-    if args.target not in names:
-        parser.error(f"argument --target: unknown target {args.target!r}; expected one of {', '.join(names)}")
+    # the spelling get_target accepts: any case, "_" for "-"
+    if args.target.strip().lower().replace("_", "-") not in names:
+        refuse(f"argument --target: unknown target {args.target!r}; expected one of {', '.join(names)}")
     if args.particles < 1:
-        parser.error(f"argument --particles: expected >= 1, received {args.particles}")
+        refuse(f"argument --particles: expected >= 1, received {args.particles}")
     if args.steps < 0:
-        parser.error(f"argument --steps: expected >= 0, received {args.steps}")
+        refuse(f"argument --steps: expected >= 0, received {args.steps}")
     if args.trace_every < 1:
-        parser.error(f"argument --trace-every: expected >= 1, received {args.trace_every}")
+        refuse(f"argument --trace-every: expected >= 1, received {args.trace_every}")
 
 
 def main(argv=None) -> int:
@@ -160,7 +166,7 @@ def main(argv=None) -> int:
         for name, desc in list_targets():
             print(f"{name:<{width}}  {desc}")
         return 0
-    _check_sample_args(parser, args)
+    _check_sample_args(args)
     summary = _sample(args)
     keys = ["target", "method", "backend", "n_particles", "dim", "steps", "seconds", "seconds_per_step",
             "ksd_initial", "ksd", "mean_error", "cov_error", "mode_fractions"]

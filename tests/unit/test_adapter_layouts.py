@@ -364,3 +364,40 @@ def test_invalid_particle_choices():
         HeadParticles(model, include_bias=1)
     with pytest.raises(ValueError, match="declares no output projection"):
         HeadParticles(_build("bert_self"), include_output=True)
+
+
+def test_interleaved_blocks_overlap_only_where_their_slots_meet():
+    """Q/K/V slots interleaved in one tensor share a range but not positions; equal slots do clash."""
+
+    class Packed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.n_heads = H
+            self.qkv = nn.Linear(E, 3 * E)
+
+    per_head = HeadLayout(num_heads="n_heads", **{r: TensorBlock("qkv.weight", 0, 0, None, H, 3, s)
+                                                  for s, r in enumerate("qkv")})
+    heads = HeadParticles(Packed(), layouts={Packed: per_head})
+    assert [g.num_particles for g in heads.groups] == [H, H, H]
+    text = heads.report()
+    assert "interleaved(4 units x 3 slots, slot 1)" in text
+    # head h of K is rows [(3h + 1) d, (3h + 2) d) of the fused weight
+    w = heads.sites[0].module.qkv.weight
+    k = next(g for g in heads.groups if g.name.endswith(":k")).gather("data")
+    for h in range(H):
+        assert torch.equal(k[h], w[(3 * h + 1) * D:(3 * h + 2) * D].detach().reshape(-1))
+    clash = HeadLayout(num_heads="n_heads", q=TensorBlock("qkv.weight", 0, 0, None, H, 3, 0),
+                       k=TensorBlock("qkv.weight", 0, 0, None, 2, 6, 0))  # slots 0-1, 6-7 meet q's 0, 6
+    with pytest.raises(ValueError, match="overlapping"):
+        HeadParticles(Packed(), layouts={Packed: clash})
+    with pytest.raises(ValueError, match=r"expected 4 heads in 4 interleaved units of 3 slots"):
+        find_attention(Packed(), {Packed: HeadLayout(num_heads="n_heads",
+                                                     q=TensorBlock("qkv.weight", 0, 0, 40, H, 3, 0))})
+
+
+def test_sites_are_labelled_with_their_kind_in_reports():
+    text = describe_attention(_build("transformer"))
+    assert "1 self, 1 cross, 1 decoder_self" in text
+    assert "decoder.layers.0.multihead_attn: MultiheadAttention, cross, 4 heads" in text
+    report = HeadParticles(_build("transformer"), kinds="decoder_self").report()
+    assert report.startswith("1 attention module(s)") and "decoder_self" in report
