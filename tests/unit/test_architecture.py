@@ -147,6 +147,20 @@ def test_adapter_uses_public_core_names_only():
             elif isinstance(node, ast.Import):
                 wrong += [f"{path.name}: import {a.name}" for a in node.names
                           if a.name.startswith("particlesampling.")]
+        # attribute access through `import particlesampling as ps`: ps.X with X public, and for a public
+        # sub-module (ps.random.X) X in that sub-module's __all__
+        aliases = {a.asname or a.name for node in ast.walk(ast.parse(path.read_text()))
+                   if isinstance(node, ast.Import) for a in node.names if a.name == "particlesampling"}
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+                if node.attr not in public:
+                    wrong.append(f"{path.name}: {node.value.id}.{node.attr}")
+            elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+                  and isinstance(node.value.value, ast.Name) and node.value.value.id in aliases
+                  and node.value.attr in public):
+                sub = getattr(particlesampling, node.value.attr)
+                if isinstance(sub, type(particlesampling)) and node.attr not in getattr(sub, "__all__", ()):
+                    wrong.append(f"{path.name}: {node.value.value.id}.{node.value.attr}.{node.attr}")
     assert not wrong, "the adapter reaches past the public API:\n" + "\n".join(wrong)
 
 
