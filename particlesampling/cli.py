@@ -176,7 +176,8 @@ def main(argv=None) -> int:
             if isinstance(v, float):
                 v = f"{v:.4g}" if math.isfinite(v) else str(v)
             print(f"{k:>16}: {v}")
-    print(f"{'written':>16}: {os.path.join(args.out, '')}{{summary.json, trace.npz, particles.png}}")
+    files = "summary.json, trace.npz" + ("" if args.no_plot else ", particles.png")
+    print(f"{'written':>16}: {os.path.join(args.out, '')}{{{files}}}")
     return 0
 
 
