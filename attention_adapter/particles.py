@@ -249,21 +249,8 @@ class HeadParticles:
     Parameters
     ----------
     model : nn.Module
-    particles : {"separate", "joint"}
-        Q, K, V as separate systems (default, as in An et al. 2020) or one joint particle per head.
-    roles : sequence of {"q", "k", "v"}
-        Which projections take part (default all three).
-    include_output : bool
-        Add the head's output-projection columns (a 4th system with ``"separate"``, appended to the
-        joint particle with ``"joint"``).
-    include_bias : bool
-        Append each role's per-head bias to its particle.
-    layouts : mapping, optional
-        User layouts, see :func:`~attention_adapter.discovery.find_attention`.
-    layers : optional
-        Subset of the attention modules, see :func:`~attention_adapter.discovery.select_layers`.
-    kinds : optional
-        Attention kinds to keep (``"self"``, ``"cross"``, ``"decoder_self"``; default all).
+    particles, roles, include_output, include_bias, layouts, layers, kinds :
+        As the fields of :class:`HeadSelection` (which builds this object with ``build(model)``).
     skip_frozen : bool
         Groups with a parameter that has ``requires_grad=False`` are skipped, with one
         ``UserWarning`` for the whole model naming how many tensors were skipped (if false, they are
