@@ -124,7 +124,9 @@ peft = None
 def _peft():
     global peft
     if peft is None:
-        peft = pytest.importorskip("peft")
+        import peft as _peft  # pinned in requirements/test.txt: missing must fail, not skip
+
+        peft = _peft
     return peft
 
 
