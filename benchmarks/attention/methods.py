@@ -1,0 +1,129 @@
+"""What each method of the study changes in a training step.
+
+A method has one hyper-parameter (its *knob*) with three candidate values, so that every method gets
+the same tuning effort: three trials, chosen on dev accuracy (:mod:`.plan`). The baseline has no knob.
+
+``baseline``
+    Cross-entropy, AdamW, gradient clipping at norm 1.
+``svgd``, ``spos``
+    :class:`attention_adapter.RepulsiveHeads` with the paper preset ``An2020(alpha, epsilon=1,
+    beta=1)`` (An et al. 2020: ``Ĝ = epsilon (1/M)[K G - alpha R]``, SPOS adds ``beta G`` and noise
+    ``sqrt(2 beta / epsilon) median|G| xi``); knob ``alpha``. ``epsilon = 1`` as published for Lin et
+    al.'s classifier: Adam makes the SVGD update invariant to ``epsilon``, and for SPOS it sets the
+    noise-to-signal ratio.
+``svgd_posterior``, ``spos_posterior``
+    The principled mode: the heads sample ``p(theta | D)`` with ``N`` = training-set size and a
+    ``N(0, 1)`` prior, score ``S = -N G + grad log p``, ``Ĝ = -phi`` (``step_size = 1``); knob
+    ``repulsion`` (1 = SVGD proper; ``a`` > 1 targets the tempered posterior ``p^(1/a)``, Liu & Wang's
+    repulsion weight). The optimiser is still AdamW (as in every arm), which rescales the update.
+``penalty``
+    The adapter's :class:`~attention_adapter.HeadRepulsionPenalty` (mean off-diagonal RBF kernel of
+    the same head particles, with the paper preset's ``"an2020"`` bandwidth so that the kernel is the
+    same as in ``svgd``) added to the loss; knob ``weight``.
+``disagreement``
+    Li et al. (EMNLP 2018) output disagreement: ``loss + lambda * mean_{i != j} cos(O_i, O_j)``,
+    ``O_h`` head ``h``'s outputs over the batch (:func:`attention_adapter.head_output_similarity`),
+    averaged over attention modules; knob ``lambda``.
+``drophead``
+    DropHead (Zhou et al. 2020) on every attention module (:mod:`.head_gates`); knob ``p``.
+``lin_penalty``
+    Lin et al. (2017)'s redundancy penalty for the self-attentive encoder, ``loss + c ||A A^T - I||_F``
+    (:func:`attention_adapter.lin_redundancy`, the Frobenius norm averaged over the batch; Lin et al.
+    square it); knob ``c``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from attention_adapter import (
+    An2020,
+    HeadRepulsionPenalty,
+    Posterior,
+    RepulsiveHeads,
+    head_output_similarity,
+    lin_redundancy,
+    mean_offdiagonal,
+)
+
+__all__ = ["METHODS", "MethodSpec", "Active", "activate"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    knob: Optional[str]
+    grid: Tuple[float, ...]
+    models: Tuple[str, ...] = ("minilm", "transformer", "self_attentive")
+
+
+METHODS: Dict[str, MethodSpec] = {m.name: m for m in (
+    MethodSpec("baseline", None, ()),
+    MethodSpec("svgd", "alpha", (0.01, 0.1, 1.0)),
+    MethodSpec("spos", "alpha", (0.01, 0.1, 1.0)),
+    MethodSpec("svgd_posterior", "repulsion", (1.0, 100.0, 10000.0)),
+    MethodSpec("spos_posterior", "repulsion", (1.0, 100.0, 10000.0)),
+    MethodSpec("penalty", "weight", (0.1, 1.0, 10.0)),
+    MethodSpec("disagreement", "lambda", (0.01, 0.1, 1.0)),
+    MethodSpec("drophead", "p", (0.1, 0.2, 0.3)),
+    MethodSpec("lin_penalty", "c", (0.01, 0.1, 1.0), models=("self_attentive",)),
+)}
+
+
+class Active:
+    """A method set up on one model: ``drop_prob``/``keep_outputs`` for the gates, ``extra_loss``,
+    ``after_backward`` (the adapter), ``repulsive`` (the adapter, or None)."""
+
+    def __init__(self, drop_prob: float = 0.0, keep_outputs: bool = False,
+                 extra_loss: Optional[Callable[[nn.Module, Dict[str, torch.Tensor]], torch.Tensor]] = None,
+                 repulsive: Optional[RepulsiveHeads] = None):
+        self.drop_prob = drop_prob
+        self.keep_outputs = keep_outputs
+        self.extra_loss = extra_loss
+        self.repulsive = repulsive
+
+
+def activate(name: str, value: Optional[float], model: nn.Module, *, train_size: int, seed: int,
+             optimizer: torch.optim.Optimizer) -> Active:
+    """Set up method ``name`` with knob ``value`` on ``model``."""
+    if name not in METHODS:
+        raise ValueError(f"expected a method in {tuple(METHODS)}, received {name!r}")
+    spec = METHODS[name]
+    if spec.knob is not None and value is None:
+        raise ValueError(f"method {name!r} needs a value for its knob {spec.knob!r}")
+    selection = model.head_selection()
+    if name == "baseline":
+        return Active()
+    if name in ("svgd", "spos"):
+        rh = RepulsiveHeads(model, name, preset=An2020(alpha=value, epsilon=1.0, beta=1.0),
+                            heads=model.head_selection(), seed=seed)
+        return Active(repulsive=rh)
+    if name in ("svgd_posterior", "spos_posterior"):
+        rule = name.split("_")[0]
+        rh = RepulsiveHeads(model, rule, step_size=1.0, repulsion=value, heads=selection, seed=seed,
+                            posterior=Posterior(dataset_size=train_size, prior=1.0))
+        if rule == "spos":
+            # the SPOS noise scale reads the optimizer's learning rate; apply() is called by hand
+            # before clipping, so the pre-step hook itself is removed at once
+            rh.attach(optimizer).remove()
+        return Active(repulsive=rh)
+    if name == "penalty":
+        pen = HeadRepulsionPenalty(model, weight=value, heads=selection, bandwidth="an2020")
+        return Active(extra_loss=lambda m, outputs: pen())
+    if name == "disagreement":
+        def disagreement(m, outputs):
+            sims = [mean_offdiagonal(head_output_similarity(o)) for o in outputs.values()]
+            return value * torch.stack(sims).mean()
+
+        return Active(keep_outputs=True, extra_loss=disagreement)
+    if name == "drophead":
+        return Active(drop_prob=value)
+    if name == "lin_penalty":
+        if not hasattr(model, "last_maps"):
+            raise ValueError("lin_penalty is defined for the self-attentive encoder only")
+        return Active(extra_loss=lambda m, outputs: value * lin_redundancy(m.last_maps))
+    raise AssertionError(name)

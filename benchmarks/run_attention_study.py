@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""The repulsive-attention study: run what is missing, then write the results and the report.
+
+    python benchmarks/run_attention_study.py                 # full study, resumes from the records
+    python benchmarks/run_attention_study.py --workers 2     # two processes sharing the records
+    python benchmarks/run_attention_study.py --report-only   # rebuild results and report from records
+    python benchmarks/run_attention_study.py --quick         # tiny sizes, into out/attention_quick (CI)
+
+Each finished run is appended as one JSON line to ``benchmarks/results/attention_runs.jsonl``;
+a run already there is never repeated, so an interrupted study resumes where it stopped (commit the
+file as it grows). Results: ``benchmarks/results/attention.json``; report: ``docs/attention_study.md``
+with its plots in ``docs/images/attention/``. See :mod:`benchmarks.attention` for the protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.attention import plan as study_plan  # noqa: E402
+from benchmarks.attention.records import append_record, claim, load_records, release  # noqa: E402
+
+FULL_PATHS = dict(records=ROOT / "benchmarks/results/attention_runs.jsonl",
+                  results=ROOT / "benchmarks/results/attention.json",
+                  report=ROOT / "docs/attention_study.md", images=ROOT / "docs/images/attention")
+
+
+def quick_paths(out: Path):
+    return dict(records=out / "attention_runs.jsonl", results=out / "attention.json",
+                report=out / "attention_study.md", images=out / "images")
+
+
+def work(records_path: Path, plan, phases, threads: int, max_runs: int, deadline: float, worker: int) -> int:
+    """Run pending configurations until none is left (or the limits); returns how many ran."""
+    from benchmarks.attention.train import run
+
+    done = 0
+    while (max_runs <= 0 or done < max_runs) and time.time() < deadline:
+        records = load_records(records_path)
+        todo = study_plan.pending(plan, records, phases)
+        cfg = next((c for c in todo if claim(records_path, c.key())), None)
+        if cfg is None:
+            break
+        try:
+            t0 = time.time()
+            rec = run(cfg, threads=threads)
+            append_record(records_path, rec)
+            done += 1
+            print(f"[worker {worker}] {len(todo) - 1} left | {cfg.dataset} {cfg.model} {cfg.method} "
+                  f"value={cfg.value} seed={cfg.seed} heads={cfg.heads} dropout={cfg.dropout} "
+                  f"fraction={cfg.train_fraction} from={cfg.repulsion_from} ({cfg.purpose}): "
+                  f"test acc {rec['test']['accuracy']:.4f}, {time.time() - t0:.0f} s", flush=True)
+        finally:
+            release(records_path, cfg.key())
+    return done
+
+
+def _worker_main(args_tuple):
+    try:
+        return work(*args_tuple)
+    except Exception:
+        traceback.print_exc()
+        raise
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes into --out (what CI runs)")
+    p.add_argument("--out", type=Path, default=ROOT / "out/attention_quick", help="output folder of --quick")
+    p.add_argument("--report-only", action="store_true", help="no training: results and report from the records")
+    p.add_argument("--phases", default=",".join(study_plan.PHASES),
+                   help=f"comma-separated subset of {','.join(study_plan.PHASES)} (priority order)")
+    p.add_argument("--workers", type=int, default=1, help="processes sharing the records file")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    p.add_argument("--max-runs", type=int, default=0, help="stop each worker after this many runs (0: no limit)")
+    p.add_argument("--hours", type=float, default=0.0, help="start no run after this many hours (0: no limit)")
+    args = p.parse_args(argv)
+    phases = tuple(x.strip() for x in args.phases.split(",") if x.strip())
+    bad = [x for x in phases if x not in study_plan.PHASES]
+    if bad:
+        p.error(f"argument --phases: expected names among {study_plan.PHASES}, received {bad}")
+    if args.workers < 1 or args.threads < 1:
+        p.error("argument --workers/--threads: expected positive integers")
+    plan = study_plan.QUICK if args.quick else study_plan.FULL
+    paths = quick_paths(args.out) if args.quick else FULL_PATHS
+    deadline = time.time() + args.hours * 3600 if args.hours > 0 else float("inf")
+    if not args.report_only:
+        jobs = [(paths["records"], plan, phases, args.threads, args.max_runs, deadline, w) for w in range(args.workers)]
+        if args.workers == 1:
+            n = work(*jobs[0])
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ctx.Pool(args.workers) as pool:
+                n = sum(pool.map(_worker_main, jobs))
+        left = len(study_plan.pending(plan, load_records(paths["records"]), phases))
+        print(f"ran {n} runs; {left} pending in phases {','.join(phases)}")
+    from benchmarks.attention.report import write_report
+
+    write_report(load_records(paths["records"]), plan, paths, quick=args.quick)
+    print(f"wrote {paths['results']} and {paths['report']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

