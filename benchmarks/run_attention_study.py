@@ -55,7 +55,7 @@ def work(records_path: Path, plan, phases, threads: int, max_runs: int, deadline
             rec = run(cfg, threads=threads)
             append_record(records_path, rec)
             done += 1
-            print(f"[worker {worker}] {len(todo) - 1} left | {cfg.dataset} {cfg.model} {cfg.method} "
+            print(f"[worker {worker}, pid {os.getpid()}] {len(todo) - 1} left | {cfg.dataset} {cfg.model} {cfg.method} "
                   f"value={cfg.value} seed={cfg.seed} heads={cfg.heads} dropout={cfg.dropout} "
                   f"fraction={cfg.train_fraction} from={cfg.repulsion_from} ({cfg.purpose}): "
                   f"test acc {rec['test']['accuracy']:.4f}, {time.time() - t0:.0f} s", flush=True)
