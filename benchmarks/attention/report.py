@@ -356,6 +356,10 @@ def _markdown(results: Dict, data_info: Dict, images: Dict[str, str], image_dir:
       "training in all); every figure below is computed from those records. Re-run the command to resume "
       "the study; `--report-only` rebuilds this page.")
     a("")
+    pending = results.get("pending", 0)
+    a(f"**Status: {n_records} runs recorded, {pending} runs still to make"
+      + (" (more appear once pending tuning trials finish)." if pending else "; the study is complete.") + "**")
+    a("")
     a("## Protocol")
     a("")
     a("- Data (fixed stratified 80/10/10 splits; see `benchmarks/attention/data.py`):")
@@ -388,8 +392,8 @@ def _markdown(results: Dict, data_info: Dict, images: Dict[str, str], image_dir:
         a(f"### {ds} / {model}")
         a("")
         a("| method | knob | seeds | test accuracy | Δ accuracy | Δ NLL | Δ ECE | head-output cos start → end | "
-          "param cos end | accuracy, 4 heads pruned | time/step vs baseline |")
-        a("|---|---|---|---|---|---|---|---|---|---|---|")
+          "map JS start → end | param cos end | accuracy, 4 heads pruned | time/step vs baseline |")
+        a("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for e in entries:
             vs = e.get("vs_baseline")
             knob = f"{e['knob']}={e['value']:g}" if e["knob"] else "–"
@@ -400,6 +404,7 @@ def _markdown(results: Dict, data_info: Dict, images: Dict[str, str], image_dir:
             a(f"| {e['method']} | {knob} | {len(e['seeds'])} | {_pm(e['test_accuracy'])} | "
               f"{_diff(vs and vs['accuracy'])} | {_diff(vs and vs['nll'], 1, '')} | {_diff(vs and vs['ece'], 1, '')} | "
               f"{_pm(e['diversity_start']['output_cos'], 3)} → {_pm(e['diversity_end']['output_cos'], 3)} | "
+              f"{_pm(e['diversity_start']['map_js'], 3)} → {_pm(e['diversity_end']['map_js'], 3)} | "
               f"{_pm(e['diversity_end']['param_cos'], 3)} | {pr} | "
               f"{(vs['seconds_ratio'] if vs else 1.0):.2f}x |")
         a("")
