@@ -9,7 +9,7 @@
 Each finished run is appended as one JSON line to ``benchmarks/results/attention_runs.jsonl``;
 a run already there is never repeated, so an interrupted study resumes where it stopped (commit the
 file as it grows). Results: ``benchmarks/results/attention.json``; report: ``docs/attention_study.md``
-with its plots in ``docs/images/attention/``. See :mod:`benchmarks.attention` for the protocol.
+with its plots in ``docs/img/attention/``. See :mod:`benchmarks.attention` for the protocol.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from benchmarks.attention.records import append_record, claim, load_records, rel
 
 FULL_PATHS = dict(records=ROOT / "benchmarks/results/attention_runs.jsonl",
                   results=ROOT / "benchmarks/results/attention.json",
-                  report=ROOT / "docs/attention_study.md", images=ROOT / "docs/images/attention")
+                  report=ROOT / "docs/attention_study.md", images=ROOT / "docs/img/attention")
 
 
 def quick_paths(out: Path):

@@ -381,7 +381,9 @@ def _markdown(results: Dict, data_info: Dict, images: Dict[str, str], image_dir:
       "on 64 dev sentences at the start and the end (mean over layers of the mean off-diagonal cosine between head "
       "parameters, between head outputs, and the Jensen–Shannon divergence between attention maps); accuracy "
       "after pruning the k least important heads (Michel et al. 2019 importance on dev); median seconds per "
-      "training step (single thread, on a shared machine).")
+      "training step (single thread). The time ratios compare runs made at different times on a shared "
+      "2-core machine whose load varied (other work ran beside the study), so they are rough; the adapter's own "
+      "cost measured side by side is in `benchmarks/results/adapter_overhead.md`.")
     a("")
     a("## Methods against the baseline")
     a("")
