@@ -7,7 +7,10 @@ and SPOS for a stated posterior, and An et al. (2020)'s SVGD and SPOS forms); th
 optimizer then steps along ``-Ĝ``. This module is the stateful shell around that pure function: it
 chooses the particles (:class:`~attention_adapter.HeadSelection`), holds the step counter, the SPOS
 noise seed and the optimizer reference, checks the gradients are finite, and writes the result
-back.
+back. Groups of equal shape, dtype, device and learning rate (the Q, K and V groups of all layers
+of a uniform model) are stacked and updated in one call of
+:func:`attention_adapter.update.head_update_batched`, which gives each group the result of its own
+``head_update`` call (to float rounding); the noise is still drawn group by group, in group order.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import particlesampling as ps
 from .noise import StepNoise
 from .particles import HeadSelection, ParticleGroup
 from .sharding import FullTensors, check_sharding, check_wrappers, grad_version
-from .update import UPDATE_RULES, An2020, Posterior, UpdateSettings, compute_dtype, head_update
+from .update import UPDATE_RULES, An2020, Posterior, UpdateSettings, compute_dtype, head_update, head_update_batched
 
 __all__ = ["RepulsiveHeads", "ApplyInfo", "NonFiniteGradientError", "PRESETS"]
 
@@ -72,6 +75,15 @@ class ApplyInfo(NamedTuple):
             "bandwidth": float(torch.stack([i.bandwidth.float().mean() for i in infos]).mean()),
             "mean_kernel": float(torch.stack([i.mean_kernel.float() for i in infos]).mean()),
         }
+
+
+def _stacks(present, lrs) -> List[List[int]]:
+    """Indices of ``present`` (``(group, grad)`` pairs) in stacks of equal gradient shape, dtype and
+    device and equal SPOS learning rate, each in group order; stacks ordered by their first group."""
+    stacks: Dict[Any, List[int]] = {}
+    for i, ((_, grad), lr) in enumerate(zip(present, lrs)):
+        stacks.setdefault((tuple(grad.shape), grad.dtype, grad.device, lr), []).append(i)
+    return list(stacks.values())
 
 
 def _resolve_preset(preset: Any) -> Optional[An2020]:
@@ -325,11 +337,28 @@ class RepulsiveHeads:
                 self.last_info = info
                 return info
         noise = StepNoise(self.seed, step) if self.method == "spos" else None
+        # the noise is drawn group by group in the fixed group order (the documented stream), then
+        # groups of equal shape, dtype, device and learning rate are updated together
+        xis = [None if noise is None else noise.draw(grad, compute_dtype(grad.dtype)) for _, grad in present]
         infos: Dict[str, ps.SteinInfo] = {}
-        for g, grad in present:
-            xi = None if noise is None else noise.draw(grad, compute_dtype(grad.dtype))
-            new, infos[g.name] = head_update(g.gather("data", full), grad, self.settings, xi, lr=self._spos_lr(g))
-            g.scatter_grad(new, full)
+        lrs = [self._spos_lr(g) for g, _ in present]
+        for members in _stacks(present, lrs):
+            groups = [present[i][0] for i in members]
+            lr = lrs[members[0]]
+            if len(members) == 1:
+                i = members[0]
+                new, infos[groups[0].name] = head_update(groups[0].gather("data", full), present[i][1],
+                                                         self.settings, xis[i], lr=lr)
+                groups[0].scatter_grad(new, full)
+                continue
+            x = torch.stack([g.gather("data", full) for g in groups])
+            grads = torch.stack([present[i][1] for i in members])
+            xi = None if noise is None else torch.stack([xis[i] for i in members])
+            new, info = head_update_batched(x, grads, self.settings, xi, lr=lr)
+            for b, g in enumerate(groups):
+                infos[g.name] = ps.SteinInfo(*(field[b] for field in info))
+                g.scatter_grad(new[b], full)
+        infos = {g.name: infos[g.name] for g, _ in present}  # in group order
         full.commit()  # each rank's shard of the new full gradients (no-op without sharded parameters)
         self._remember_grads(present)
         info = ApplyInfo(step, infos, tuple(missing), ())

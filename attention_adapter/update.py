@@ -53,6 +53,11 @@ An et al. (2020) preset (:class:`An2020`, the authors' fairseq trainer), in the 
 
 Outside :class:`An2020`, the names are the core's: ``step_size`` (not epsilon), ``repulsion`` (not
 alpha), and ``beta`` only as the core's SPOS ``beta``.
+
+Groups of equal shape (the Q, K and V groups of every layer, say) are independent particle systems:
+:func:`head_update_batched` applies the same rule to a stack ``(B, M, P)`` of them in one pass of
+batched matrix products (:func:`particlesampling.stein_direction_batched`, each group with its own
+bandwidth and noise scale), with the results of ``B`` calls of :func:`head_update`.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ __all__ = [
     "UpdateSettings",
     "An2020",
     "head_update",
+    "head_update_batched",
     "compute_dtype",
     "resolve_kernel",
     "kernel_matrix",
@@ -169,9 +175,16 @@ class Posterior:
         object.__setattr__(self, "prior_score", _prior_score(self.prior))
 
     def score(self, theta: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-        """``S = -N G + grad log p(theta)``, shape ``(M, P)`` like ``grads``."""
+        """``S = -N G + grad log p(theta)``, shape ``(M, P)`` like ``grads``.
+
+        A stack ``(B, M, P)`` of groups gives ``(B, M, P)``; a callable prior is then called on each
+        group ``(M, P)`` in turn (its contract), a numeric one on the whole stack (elementwise)."""
         s = -grads if self.dataset_size == 1.0 else grads * (-self.dataset_size)
-        return s if self.prior_score is None else s + self.prior_score(theta)
+        if self.prior_score is None:
+            return s
+        if theta.dim() == 3 and callable(self.prior) and not isinstance(self.prior, (int, float)):
+            return s + torch.stack([self.prior_score(t) for t in theta.unbind(0)])
+        return s + self.prior_score(theta)
 
 
 @dataclass(frozen=True)
@@ -280,9 +293,10 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in _HALF else dtype
 
 
-def _check_matrix(name: str, t: Any, shape=None) -> None:
-    if not isinstance(t, torch.Tensor) or t.dim() != 2:
-        raise ValueError(f"expected {name} as a 2-D (M, P) torch tensor, received "
+def _check_matrix(name: str, t: Any, shape=None, *, stacked: bool = False) -> None:
+    want = "a 3-D (B, M, P)" if stacked else "a 2-D (M, P)"
+    if not isinstance(t, torch.Tensor) or t.dim() != (3 if stacked else 2):
+        raise ValueError(f"expected {name} as {want} torch tensor, received "
                          f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
     if shape is not None and tuple(t.shape) != tuple(shape):
         raise ValueError(f"expected {name} of shape {tuple(shape)} (the particles' shape), received {tuple(t.shape)}")
@@ -313,22 +327,55 @@ def head_update(particles: torch.Tensor, grads: torch.Tensor, settings: UpdateSe
 
     Pure: the result depends only on the arguments (the noise is drawn by the caller).
     """
+    return _update(particles, grads, settings, noise, lr, stacked=False)
+
+
+def head_update_batched(particles: torch.Tensor, grads: torch.Tensor, settings: UpdateSettings,
+                        noise: Optional[torch.Tensor] = None, *, lr: Optional[float] = None):
+    """:func:`head_update` for ``B`` groups of equal shape at once, stacked as ``(B, M, P)``.
+
+    Each group ``b`` is its own particle system: ``Ĝ[b]`` equals
+    ``head_update(particles[b], grads[b], settings, noise[b], lr=lr)[0]`` (its own bandwidth, its own
+    ``median |G_b|`` noise scale), computed with batched matrix products
+    (:func:`particlesampling.stein_direction_batched`) instead of ``B`` calls.
+
+    Parameters
+    ----------
+    particles, grads : torch.Tensor, shape (B, M, P)
+    settings : UpdateSettings
+    noise : torch.Tensor, shape (B, M, P), optional
+        Required for ``method="spos"``.
+    lr : float > 0, optional
+        As for :func:`head_update`, shared by the ``B`` groups.
+
+    Returns
+    -------
+    new_grads : torch.Tensor, shape (B, M, P)
+    info : particlesampling.SteinInfo
+        Fields with a leading ``(B,)`` axis (``bandwidth`` ``(B,)``, or ``(B, P)`` per dimension).
+    """
+    return _update(particles, grads, settings, noise, lr, stacked=True)
+
+
+def _update(particles, grads, settings, noise, lr, *, stacked: bool):
+    """The one implementation of :func:`head_update` (``stacked=False``) and :func:`head_update_batched`."""
     if not isinstance(settings, UpdateSettings):
         raise TypeError(f"expected settings as an UpdateSettings, received {type(settings).__name__}")
-    _check_matrix("particles", particles)
-    _check_matrix("grads", grads, particles.shape)
+    _check_matrix("particles", particles, stacked=stacked)
+    _check_matrix("grads", grads, particles.shape, stacked=stacked)
     cdt = compute_dtype(grads.dtype)
     g = grads.to(cdt)
     x = particles.to(cdt)
     s = settings.posterior.score(x, g)
-    phi, info = ps.stein_direction_with_info(x, s, kernel=settings.kernel, bandwidth=settings.bandwidth,
-                                             repulsion=settings.repulsion)
+    direction = ps.stein_direction_batched_with_info if stacked else ps.stein_direction_with_info
+    phi, info = direction(x, s, kernel=settings.kernel, bandwidth=settings.bandwidth, repulsion=settings.repulsion)
     e = settings.step_size
     if settings.method == "svgd":
         return phi * (-e), info
     if noise is None:
-        raise ValueError("expected noise (M, P) standard normal draws for method='spos', received None")
-    _check_matrix("noise", noise, particles.shape)
+        raise ValueError(f"expected noise {'(B, M, P)' if stacked else '(M, P)'} standard normal draws for "
+                         "method='spos', received None")
+    _check_matrix("noise", noise, particles.shape, stacked=stacked)
     lr = settings.lr if lr is None else _real("lr", lr)
     if lr is None:
         raise ValueError("method='spos' needs the optimizer's learning rate for its noise scale: expected "
@@ -336,7 +383,9 @@ def head_update(particles: torch.Tensor, grads: torch.Tensor, settings: UpdateSe
     scale = math.sqrt(2.0 * e / (settings.beta * lr))
     xi = noise.to(cdt)
     if settings.noise_scale == "median_abs_grad":
-        xi = xi * (ps.lower_median(g.abs()) * scale)  # torch.median's lower median, by selection (core)
+        # torch.median's lower median, by selection (core); one per group
+        c = ps.lower_median(g.abs(), batch_dims=1 if stacked else 0)
+        xi = xi * ((c[:, None, None] if stacked else c) * scale)
     else:
         xi = xi * scale
     return (s * (1.0 / settings.beta) + phi) * (-e) - xi, info

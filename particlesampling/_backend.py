@@ -29,6 +29,8 @@ __all__ = [
     "namespace_of_module",
     "centred",
     "exp_neg_scaled",
+    "is_traced",
+    "batch_shape",
 ]
 
 
@@ -84,7 +86,9 @@ def check_particles(x: Any, name: str = "particles", *, finite: bool = True, xp=
         Name used in error messages.
     finite : bool
         If true, non-finite entries raise a ValueError naming the first offending row. This check
-        synchronises with the device once; the samplers call it only at initialisation.
+        synchronises with the device once; the samplers call it only at initialisation. Arrays
+        being traced by JAX (inside ``jax.jit``) have no values to check: the check is skipped there,
+        and non-finite entries propagate into the result (NaN).
 
     Returns
     -------
@@ -100,7 +104,7 @@ def check_particles(x: Any, name: str = "particles", *, finite: bool = True, xp=
         raise ValueError(f"expected {name} with n >= 1 rows and d >= 1 columns, received shape {shape}")
     if not is_floating(xp, x):
         raise TypeError(f"expected {name} of a real floating dtype, received dtype {x.dtype}")
-    if finite:
+    if finite and not is_traced(x):  # under jax.jit the values are not on the host: no check
         ok = xp.all(xp.isfinite(x), axis=1)
         if not bool(xp.all(ok)):
             bad = int(xp.argmax(xp.astype(~ok, xp.int32)))
@@ -130,30 +134,34 @@ def sqdist(x, y=None, *, xp=None):
 
     Parameters
     ----------
-    x : array, shape (n, d)
-    y : array, shape (m, d), optional
+    x : array, shape (..., n, d)
+        Leading axes, if any, index independent systems (a stack ``(B, n, d)``): each gets its own
+        matrix and its own shift.
+    y : array, shape (..., m, d), optional
 
     Returns
     -------
-    D2 : array, shape (n, m) (or (n, n))
+    D2 : array, shape (..., n, m) (or (..., n, n))
     """
     if xp is None:
         xp = namespace(x) if y is None else namespace(x, y)
-    shift = xp.mean(x, axis=0)
+    shift = xp.mean(x, axis=-2, keepdims=True)
     x = x - shift
-    xx = xp.sum(x * x, axis=1)
+    xx = xp.sum(x * x, axis=-1)
     if y is None:
         d2 = sqdist_block(xp, x, xx, x, xx, diagonal_at=0)
         # symmetrise rounding so that D2 == D2.T exactly (GEMMs are not always symmetric)
         if _in_place_torch(d2):
-            return d2.add(d2.T).mul_(0.5)
+            return d2.add(d2.transpose(-1, -2)).mul_(0.5)
         if array_api_compat.is_numpy_array(d2):
-            d2 += d2.T  # NumPy buffers the overlapping transpose
+            import numpy as np
+
+            d2 += np.swapaxes(d2, -1, -2)  # NumPy buffers the overlapping transpose
             d2 *= 0.5
             return d2
         return 0.5 * (d2 + xp.matrix_transpose(d2))
     y = y - shift
-    return sqdist_block(xp, x, xx, y, xp.sum(y * y, axis=1))
+    return sqdist_block(xp, x, xx, y, xp.sum(y * y, axis=-1))
 
 
 def _in_place_torch(a) -> bool:
@@ -161,38 +169,43 @@ def _in_place_torch(a) -> bool:
 
 
 def sqdist_block(xp, x_rows, xx_rows, y, yy, *, diagonal_at=None):
-    """``|x_i|^2 + |y_j|^2 - 2 x_i . y_j`` clamped at 0, for a block of rows ``x_rows`` (``(b, d)``).
+    """``|x_i|^2 + |y_j|^2 - 2 x_i . y_j`` clamped at 0, for a block of rows ``x_rows`` (``(..., b, d)``).
 
     The one Gram-trick kernel behind :func:`sqdist` and the row blocks of
     :mod:`particlesampling.tiled`. ``xx_rows`` and ``yy`` are the squared row norms. With
     ``diagonal_at=a`` the rows are rows ``a .. a + b - 1`` of ``y`` itself, and the entries
-    ``(r, a + r)`` are set to exactly 0. For torch (no autograd) and NumPy the product is
+    ``(r, a + r)`` are set to exactly 0. Leading axes of ``x_rows`` and ``y`` (a stack of
+    independent systems) are batch axes. For torch (no autograd) and NumPy the product is
     accumulated in place into the ``|x_i|^2 + |y_j|^2`` matrix: one GEMM and three ``b x m``
     passes; other namespaces get the out-of-place form (same values to rounding).
     """
-    b = x_rows.shape[0]
-    if _in_place_torch(x_rows) and not y.requires_grad:
-        d2 = xx_rows[:, None] + yy[None, :]
-        d2.addmm_(x_rows, y.T, alpha=-2.0)
+    b = x_rows.shape[-2]
+    if _in_place_torch(x_rows) and not y.requires_grad and x_rows.ndim == y.ndim and x_rows.ndim in (2, 3):
+        d2 = xx_rows[..., :, None] + yy[..., None, :]
+        if x_rows.ndim == 2:
+            d2.addmm_(x_rows, y.T, alpha=-2.0)
+        else:
+            d2.baddbmm_(x_rows, y.transpose(-1, -2), alpha=-2.0)
         d2.clamp_(min=0.0)
         if diagonal_at is not None:
-            d2[:, diagonal_at:diagonal_at + b].fill_diagonal_(0.0)
+            d2[..., :, diagonal_at:diagonal_at + b].diagonal(dim1=-2, dim2=-1).fill_(0.0)
         return d2
     if array_api_compat.is_numpy_array(x_rows) and array_api_compat.is_numpy_array(y):
         import numpy as np
 
-        d2 = x_rows @ y.T
+        d2 = x_rows @ np.swapaxes(y, -1, -2)
         d2 *= -2.0  # exact; then (|x_i|^2 + |y_j|^2) + (-2 G): the same rounding as the generic path
-        d2 += xx_rows[:, None] + yy[None, :]
+        d2 += xx_rows[..., :, None] + yy[..., None, :]
         np.maximum(d2, 0.0, out=d2)
         if diagonal_at is not None:
-            np.fill_diagonal(d2[:, diagonal_at:diagonal_at + b], 0.0)
+            rows = np.arange(b)
+            d2[..., rows, rows + diagonal_at] = 0.0
         return d2
-    d2 = xx_rows[:, None] + yy[None, :] - 2.0 * (x_rows @ xp.matrix_transpose(y))
+    d2 = xx_rows[..., :, None] + yy[..., None, :] - 2.0 * (x_rows @ xp.matrix_transpose(y))
     d2 = xp.clip(d2, min=0.0)
     if diagonal_at is not None:
         dev = device_of(x_rows)
-        cols = xp.arange(y.shape[0], device=dev)
+        cols = xp.arange(y.shape[-2], device=dev)
         on_diag = (cols[None, :] - diagonal_at) == xp.arange(b, device=dev)[:, None]
         d2 = xp.where(on_diag, xp.zeros_like(d2), d2)
     return d2
@@ -253,15 +266,31 @@ def torch_namespace():
 
 
 def centred(xp, x):
-    """``x - mean(x, axis=0)``: differences are translation invariant, and centring keeps the Gram
-    trick and the repulsion's cancellation accurate in float32 far from the origin."""
-    return x - xp.mean(x, axis=0)
+    """``x - mean(x, axis=-2)``: differences are translation invariant, and centring keeps the Gram
+    trick and the repulsion's cancellation accurate in float32 far from the origin. ``x`` is
+    ``(..., n, d)``; each system of a stack is centred on its own mean."""
+    return x - xp.mean(x, axis=-2, keepdims=True)
+
+
+def batch_shape(x) -> tuple:
+    """The leading (batch) axes of an ``(..., n, d)`` array: ``()`` for one system, ``(B,)`` for a stack."""
+    return tuple(x.shape[:-2])
+
+
+def is_traced(x) -> bool:
+    """Whether ``x`` is an abstract JAX value being traced (inside ``jax.jit``): it has no values on
+    the host, so a check that reads them (``bool(...)``) cannot run. False for every other library."""
+    if not array_api_compat.is_jax_array(x):
+        return False
+    import jax.core
+
+    return isinstance(x, jax.core.Tracer)
 
 
 def exp_neg_scaled(xp, sq, h):
-    """``exp(-sq / h)`` for a scalar ``h`` in two passes (multiply, exp), in place where the library
-    allows it (NumPy ``out=``, torch ``exp_``); other namespaces get the out-of-place form. ``sq``
-    itself is never modified."""
+    """``exp(-sq / h)`` for a scalar ``h`` (or one broadcast against ``sq``, e.g. ``(B, 1, 1)`` for a
+    stack) in two passes (multiply, exp), in place where the library allows it (NumPy ``out=``,
+    torch ``exp_``); other namespaces get the out-of-place form. ``sq`` itself is never modified."""
     u = sq * (-1.0 / h)
     if array_api_compat.is_torch_array(u) and not u.requires_grad:
         return u.exp_()

@@ -30,6 +30,13 @@ the untiled rule and the tiled one (:mod:`particlesampling.tiled`) both use them
 pairs and ``h = 1`` (the direction then equals the score whatever ``h`` is); ``log(n)`` conventions
 at ``n = 1`` use the same guard; when most particles coincide the median is 0 and ``h`` is floored at
 ``eps * mean off-diagonal D2``; when all coincide, ``h = 1`` (then ``K = 1`` and ``R = 0`` for any h).
+
+**Stacks of systems.** The rules of this module (``batchable = True``) also take a stack of ``B``
+independent systems, particles ``(B, n, d)`` and ``sq`` ``(B, n, n)``, and return one bandwidth
+per system, ``(B,)`` (``(B, d)`` for ``"pyro"``): each system's own median, by a selection along
+the last axis, the same values as ``B`` separate calls. :func:`rule_bandwidth` applies any rule to
+a stack, system by system for rules that are not batchable (plain callables, rules defined
+elsewhere).
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from ._backend import device_of, finfo_eps, namespace
+from ._backend import batch_shape, device_of, finfo_eps, is_traced, namespace, to_numpy
 from .kernels import get_kernel
 from .selection import order_statistics
 from .stein_kernel import stein_gram_stats
@@ -55,6 +62,7 @@ __all__ = [
     "median_ranks",
     "median_from_order_statistics",
     "bandwidth_value",
+    "rule_bandwidth",
     "ArrayBandwidth",
 ]
 
@@ -70,6 +78,9 @@ class BandwidthRule:
 
     #: whether the rule needs the scores (adaptive rules do)
     needs_scores: bool = False
+    #: whether the rule takes a stack ``(B, n, d)`` and returns ``(B,)`` / ``(B, d)`` (module
+    #: docstring); rules that do not are applied system by system by :func:`rule_bandwidth`
+    batchable: bool = False
 
     def __call__(self, particles, sq, scores=None):  # pragma: no cover - interface
         raise NotImplementedError
@@ -124,6 +135,7 @@ class Median(BandwidthRule):
     """Median heuristic in one of :data:`MEDIAN_CONVENTIONS` (see the module table)."""
 
     convention: str = DEFAULT_BANDWIDTH
+    batchable = True
 
     def __post_init__(self):
         key = str(self.convention).lower().replace("-", "_")
@@ -136,14 +148,16 @@ class Median(BandwidthRule):
 
     def __call__(self, particles, sq, scores=None):
         xp = namespace(particles)
-        n = particles.shape[0]
+        lead = batch_shape(particles)
+        n = particles.shape[-2]
         if n == 1:
-            shape = (particles.shape[1],) if self.convention == "pyro" else ()
+            shape = lead + ((particles.shape[-1],) if self.convention == "pyro" else ())
             return xp.ones(shape, dtype=particles.dtype, device=device_of(particles))
         if self.convention == "pyro":
             return self._pyro(xp, particles)
-        values = order_statistics(sq, median_ranks(self.convention, n), xp=xp)
-        mean_off = xp.sum(sq) / float(n * (n - 1))
+        values = order_statistics(sq, median_ranks(self.convention, n), xp=xp, batch_dims=len(lead))
+        total = xp.sum(sq) if not lead else xp.sum(xp.reshape(sq, lead + (-1,)), axis=-1)
+        mean_off = total / float(n * (n - 1))
         return median_from_order_statistics(xp, self.convention, values, n, mean_off, particles)
 
     @staticmethod
@@ -152,18 +166,19 @@ class Median(BandwidthRule):
 
         Built one dimension at a time (``n x n`` memory), since Pyro's rule is per dimension.
         """
-        n, d = x.shape
+        n, d = x.shape[-2:]
+        lead = batch_shape(x)
         # the lower median of the N = n(n-1)/2 pairs is element n + 2 ((N - 1) // 2) of the full
         # sorted n x n list (n diagonal zeros first, then every pair twice): no index gather.
         k_pairs = n + 2 * ((n * (n - 1) // 2 - 1) // 2)
         meds = []
         for k in range(d):
-            col = x[:, k]
-            diff2 = (col[:, None] - col[None, :]) ** 2
-            meds.append(order_statistics(diff2, [k_pairs], xp=xp)[0])
-        h = xp.stack(meds) / math.log(n + 1)
+            col = x[..., :, k]
+            diff2 = (col[..., :, None] - col[..., None, :]) ** 2
+            meds.append(order_statistics(diff2, [k_pairs], xp=xp, batch_dims=len(lead))[0])
+        h = xp.stack(meds, axis=-1) / math.log(n + 1)
         # floor per dimension at eps * (mean squared pair difference); coincident -> 1
-        var = xp.mean((x - xp.mean(x, axis=0)) ** 2, axis=0) * (2.0 * n / (n - 1))
+        var = xp.mean((x - xp.mean(x, axis=-2, keepdims=True)) ** 2, axis=-2) * (2.0 * n / (n - 1))
         h = xp.maximum(h, finfo_eps(xp, x) * var)
         return xp.where(h > 0, h, xp.ones_like(h))
 
@@ -173,6 +188,7 @@ class Fixed(BandwidthRule):
     """A fixed bandwidth ``h`` (float > 0, or a sequence of ``d`` positive floats)."""
 
     h: Any = 1.0
+    batchable = True
 
     def __post_init__(self):
         vals = list(self.h) if isinstance(self.h, (list, tuple)) else [self.h]
@@ -185,11 +201,11 @@ class Fixed(BandwidthRule):
     def __call__(self, particles, sq, scores=None):
         xp = namespace(particles)
         h = xp.asarray(self.h, dtype=particles.dtype, device=device_of(particles))
-        if h.ndim == 1 and h.shape[0] != particles.shape[1]:
+        if h.ndim == 1 and h.shape[0] != particles.shape[-1]:
             raise ValueError(
-                f"expected {particles.shape[1]} per-dimension bandwidths, received {h.shape[0]}"
+                f"expected {particles.shape[-1]} per-dimension bandwidths, received {h.shape[0]}"
             )
-        return h
+        return _per_system(xp, h, particles)
 
 
 @dataclass(frozen=True)
@@ -209,6 +225,10 @@ class Scaled(BandwidthRule):
     @property
     def needs_scores(self):  # type: ignore[override]
         return self.rule.needs_scores
+
+    @property
+    def batchable(self):  # type: ignore[override]
+        return self.rule.batchable
 
     def __call__(self, particles, sq, scores=None):
         h = self.rule(particles, sq, scores)
@@ -230,13 +250,17 @@ class MaxKSD(BandwidthRule):
     products are shared). With ``n = 1`` it returns the base bandwidth.
 
     Requires ``scores`` and a radial kernel (the kernel used by the direction is passed by the
-    caller; defaults to RBF).
+    caller; defaults to RBF). On a stack of systems each system picks its own factor.
     """
 
     base: Any = DEFAULT_BANDWIDTH
     factors: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0)
     kernel: Any = None
     needs_scores = True
+
+    @property
+    def batchable(self):  # type: ignore[override]
+        return self.base.batchable
 
     def __post_init__(self):
         fs = tuple(float(f) for f in self.factors)
@@ -250,16 +274,17 @@ class MaxKSD(BandwidthRule):
             raise ValueError("MaxKSD bandwidth needs the scores; received scores=None")
         xp = namespace(particles, scores)
         h0 = self.base(particles, sq, scores)
-        if h0.ndim != 0:
+        lead = batch_shape(particles)
+        if h0.ndim != len(lead):
             raise ValueError("MaxKSD needs a scalar base bandwidth; received a per-dimension one")
-        if particles.shape[0] < 2:
+        if particles.shape[-2] < 2:
             return h0
         kernel = get_kernel(self.kernel)
         stats = stein_gram_stats(particles, scores, sq)
         values = [stats.ksd_squared(kernel, f * h0, "u") for f in self.factors]
-        best = xp.argmax(xp.stack(values))
+        best = xp.argmax(xp.stack(values, axis=-1), axis=-1)
         factors = xp.asarray(self.factors, dtype=particles.dtype, device=device_of(particles))
-        return xp.reshape(xp.take(factors, xp.reshape(best, (1,))) * h0, ())
+        return xp.reshape(xp.take(factors, xp.reshape(best, (-1,))) * xp.reshape(h0, (-1,)), lead)
 
 
 def get_bandwidth(spec: Any = None) -> BandwidthRule:
@@ -304,19 +329,55 @@ class _CallableRule(BandwidthRule):
 
 @dataclass(frozen=True)
 class ArrayBandwidth(BandwidthRule):
-    """A bandwidth given as an array (0-d, or (d,) per dimension), for example a previous step's h."""
+    """A bandwidth given as an array (0-d, or (d,) per dimension), for example a previous step's h.
+
+    On a stack of systems the same ``h`` serves every system. The positivity check reads the values
+    (one device synchronisation); inside ``jax.jit`` pass a concrete array (closed over): a traced
+    one raises a TypeError."""
 
     h: Any = None
+    batchable = True
 
     def __call__(self, particles, sq, scores=None):
         xp = namespace(particles)
+        if is_traced(self.h):
+            raise TypeError("expected a bandwidth array with values (a number, or an array closed over by the "
+                            "jitted function); received one traced by jax.jit, whose positivity cannot be checked")
         h = xp.asarray(self.h, dtype=particles.dtype, device=device_of(particles))
-        if h.ndim > 1 or (h.ndim == 1 and h.shape[0] != particles.shape[1]):
-            raise ValueError(f"expected a 0-d bandwidth or one of shape ({particles.shape[1]},), "
+        d = particles.shape[-1]
+        if h.ndim > 1 or (h.ndim == 1 and h.shape[0] != d):
+            raise ValueError(f"expected a 0-d bandwidth or one of shape ({d},), "
                              f"received shape {tuple(h.shape)}")
-        if not bool(xp.all(h > 0)):  # NaN fails too; one device synchronisation
+        if is_traced(particles) or is_traced(h):  # inside jax.jit: the given concrete values, on the host
+            positive = bool((to_numpy(self.h) > 0).all())
+        else:  # NaN fails too; one device synchronisation
+            positive = bool(xp.all(h > 0))
+        if not positive:
             raise ValueError("expected a positive bandwidth array, received entries <= 0 or NaN")
-        return h
+        return _per_system(xp, h, particles)
+
+
+def _per_system(xp, h, particles):
+    """A fixed ``h`` (0-d or ``(d,)``) repeated for every system of a stack (unchanged for one system)."""
+    lead = batch_shape(particles)
+    return h if not lead else xp.broadcast_to(h, lead + tuple(h.shape))
+
+
+def rule_bandwidth(rule: BandwidthRule, particles, sq, scores=None):
+    """``rule(particles, sq, scores)`` for one system ``(n, d)`` or a stack ``(B, n, d)``.
+
+    A stack goes to the rule in one call when it is batchable, else system by system (``B`` calls,
+    results stacked), so every rule (a plain callable too) serves a stack. Returns ``h`` of shape
+    ``()`` / ``(d,)``, or ``(B,)`` / ``(B, d)`` for a stack.
+    """
+    lead = batch_shape(particles)
+    if not lead or rule.batchable:
+        return rule(particles, sq, scores)
+    if len(lead) != 1:
+        raise ValueError(f"expected particles (n, d) or (B, n, d), received shape {tuple(particles.shape)}")
+    xp = namespace(particles)
+    hs = [rule(particles[b, ...], sq[b, ...], None if scores is None else scores[b, ...]) for b in range(lead[0])]
+    return xp.stack([xp.asarray(h, dtype=particles.dtype, device=device_of(particles)) for h in hs], axis=0)
 
 
 def bandwidth_value(spec, particles, sq, scores=None):

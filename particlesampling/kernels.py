@@ -12,6 +12,13 @@ in ``x_j``): with ``U = D2 / h``,
 and a row sum; no ``n x n x d`` tensor is ever built. A per-dimension bandwidth ``h`` of shape
 ``(d,)`` means ``U = sum_k (x_k - y_k)^2 / h_k`` and the same formula with ``2/h`` broadcast over
 columns.
+
+**Stacks of systems.** :meth:`Kernel.gram_and_repulsion` also takes a stack ``X`` of shape
+``(B, n, d)`` (``B`` independent particle systems) with one bandwidth per system, ``h`` of shape
+``(B,)`` (or ``(B, d)`` per dimension), and returns ``K`` ``(B, n, n)`` and ``R`` ``(B, n, d)``: the
+same formulas with batched matrix products (:func:`bandwidth_for_broadcast` lines ``h`` up with the
+rows). Kernels whose ``batchable`` is False (the base class default, for kernels defined outside
+this module) are evaluated system by system by the caller (:mod:`particlesampling.stein_terms`).
 """
 
 from __future__ import annotations
@@ -22,10 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import centred, device_of, exp_neg_scaled, namespace, sqdist
+from ._backend import batch_shape, centred, device_of, exp_neg_scaled, is_traced, namespace, sqdist
 
 __all__ = ["Kernel", "RadialKernel", "RBF", "IMQ", "Linear", "RandomFeatureRBF", "get_kernel", "KERNEL_NAMES",
-           "radial_repulsion", "rbf_driving_and_repulsion", "offdiagonal_mean_from_sums"]
+           "radial_repulsion", "rbf_driving_and_repulsion", "offdiagonal_mean_from_sums",
+           "is_scalar_bandwidth", "bandwidth_for_broadcast"]
 
 
 class Kernel:
@@ -35,6 +43,9 @@ class Kernel:
     is_radial: bool = False
     #: whether a bandwidth ``h`` is used (linear kernel: no)
     uses_bandwidth: bool = True
+    #: whether :meth:`gram_and_repulsion` takes a stack ``(B, n, d)`` with ``(B,)`` / ``(B, d)``
+    #: bandwidths (module docstring); False: the caller loops over the systems
+    batchable: bool = False
 
     def gram(self, x, y, h):  # pragma: no cover - interface
         """Cross Gram matrix ``k(x_i, y_j)``, shape (n, m)."""
@@ -45,9 +56,34 @@ class Kernel:
         raise NotImplementedError
 
 
-def _scaled_sq(xp, x, h, sq):
-    """``U = D2 / h`` for scalar or per-dimension ``h``; reuses ``sq`` when ``h`` is scalar."""
-    if h.ndim == 0:
+def is_scalar_bandwidth(h, x) -> bool:
+    """Whether ``h`` is one number per system of ``x`` (``(..., n, d)``): shape ``x.shape[:-2]``,
+    rather than per dimension (``x.shape[:-2] + (d,)``)."""
+    return h.ndim == len(batch_shape(x))
+
+
+def bandwidth_for_broadcast(xp, h, x):
+    """``h`` lined up with the ``(..., n, n)`` and ``(..., n, d)`` arrays of the systems ``x``.
+
+    One system: ``h`` unchanged (0-d, or ``(d,)`` broadcast over columns). A stack ``(B, n, d)``:
+    a scalar bandwidth per system ``(B,)`` becomes ``(B, 1, 1)``, a per-dimension one ``(B, d)``
+    becomes ``(B, 1, d)``.
+    """
+    lead = batch_shape(x)
+    if not lead:
+        return h
+    if tuple(h.shape[:len(lead)]) != lead or h.ndim > len(lead) + 1:
+        raise ValueError(f"expected bandwidths of shape {lead} or {lead + (x.shape[-1],)} for particles of "
+                         f"shape {tuple(x.shape)}, received shape {tuple(h.shape)}")
+    if h.ndim == len(lead):
+        return xp.reshape(h, lead + (1, 1))
+    return xp.reshape(h, lead + (1, h.shape[-1]))
+
+
+def _scaled_sq(xp, x, h, sq, scalar: bool):
+    """``U = D2 / h`` for scalar or per-dimension ``h``; reuses ``sq`` when ``h`` is scalar.
+    ``h`` as given by :func:`bandwidth_for_broadcast`; ``scalar`` says which of the two it is."""
+    if scalar:
         d2 = sqdist(x, xp=xp) if sq is None else sq
         return d2 / h
     return sqdist(x / xp.sqrt(h), xp=xp)
@@ -58,9 +94,10 @@ def radial_repulsion(xp, slope, xc_rows, xc, h):
 
     ``slope`` is ``K'[I, :] = f'(U[I, :])`` (``(b, n)``), ``xc`` the centred particles ``(n, d)`` and
     ``xc_rows`` their rows ``I`` (``(b, d)``); ``h`` scalar or ``(d,)``. The repulsion is translation
-    invariant, and centring keeps its cancellation accurate in float32 far from the origin.
+    invariant, and centring keeps its cancellation accurate in float32 far from the origin. Leading
+    batch axes (a stack of systems) are allowed, with ``h`` from :func:`bandwidth_for_broadcast`.
     """
-    return (slope @ xc - xp.sum(slope, axis=1)[:, None] * xc_rows) * (2.0 / h)
+    return (slope @ xc - xp.sum(slope, axis=-1)[..., None] * xc_rows) * (2.0 / h)
 
 
 def rbf_driving_and_repulsion(xp, k, xc_rows, xc, scores, h):
@@ -69,29 +106,32 @@ def rbf_driving_and_repulsion(xp, k, xc_rows, xc, scores, h):
     ``k`` is ``K[I, :]`` (``(b, n)``), ``xc`` the centred particles, ``xc_rows`` their rows ``I``,
     ``scores`` ``(n, d)`` or None (then ``K S`` is None), ``h`` a scalar or ``(d,)`` (broadcast over
     columns). :func:`radial_repulsion` with ``f' = -f``: ``R[I] = (2/h) (rowsum(K) * Xc[I] - K Xc)``,
-    without negating ``K``. One ``(b, n)`` by ``(n, 2d + 1)`` product instead of three.
+    without negating ``K``. One ``(b, n)`` by ``(n, 2d + 1)`` product instead of three. Leading batch
+    axes are allowed (``h`` from :func:`bandwidth_for_broadcast`).
     """
-    n, d = xc.shape
-    ones = xp.ones((n, 1), dtype=xc.dtype, device=device_of(xc))
+    d = xc.shape[-1]
+    ones = xp.ones(tuple(xc.shape[:-1]) + (1,), dtype=xc.dtype, device=device_of(xc))
     parts = [xc, ones] if scores is None else [xc, scores, ones]
-    prod = k @ xp.concat(parts, axis=1)
-    rowsum = prod[:, -1]
-    rep = (rowsum[:, None] * xc_rows - prod[:, :d]) * (2.0 / h)
-    return (None if scores is None else prod[:, d:2 * d]), rep, rowsum
+    prod = k @ xp.concat(parts, axis=-1)
+    rowsum = prod[..., -1]
+    rep = (rowsum[..., None] * xc_rows - prod[..., :d]) * (2.0 / h)
+    return (None if scores is None else prod[..., d:2 * d]), rep, rowsum
 
 
 def offdiagonal_mean_from_sums(xp, total, diagonal_total, n: int, *, like):
     """Mean off-diagonal entry ``(sum - trace) / (n (n - 1))`` of an ``n x n`` kernel matrix given
-    its sum and trace; 1 when ``n = 1`` (a lone particle has no pairs). A 0-d array like ``like``."""
+    its sum and trace; 1 when ``n = 1`` (a lone particle has no pairs). A 0-d array like ``like``
+    (for a stack ``like`` of shape ``(B, n, d)``: sums and result of shape ``(B,)``)."""
     if n > 1:
         return (total - diagonal_total) / float(n * (n - 1))
-    return xp.ones((), dtype=like.dtype, device=device_of(like))
+    return xp.ones(batch_shape(like), dtype=like.dtype, device=device_of(like))
 
 
 class RadialKernel(Kernel):
     """``k(x, y) = f(|x - y|^2 / h)``; subclasses give the profile ``f``, ``f'``, ``f''``."""
 
     is_radial = True
+    batchable = True
 
     def profile(self, u):
         """Return ``(f(u), f'(u), f''(u))`` elementwise."""
@@ -116,20 +156,22 @@ class RadialKernel(Kernel):
 
         Parameters
         ----------
-        x : array, shape (n, d)
-        h : 0-d array or float, or array of shape (d,)
+        x : array, shape (n, d), or (B, n, d) for a stack of systems
+        h : 0-d array or float, or array of shape (d,); for a stack (B,) or (B, d)
             Bandwidth(s), positive.
-        sq : array, shape (n, n), optional
+        sq : array, shape (n, n) (or (B, n, n)), optional
             Precomputed ``sqdist(x)`` (used only with a scalar ``h``).
 
         Returns
         -------
-        K : (n, n) array
-        R : (n, d) array, ``R[i] = sum_j grad_{x_j} k(x_j, x_i)``
+        K : (n, n) array (or (B, n, n))
+        R : (n, d) array (or (B, n, d)), ``R[i] = sum_j grad_{x_j} k(x_j, x_i)``
         """
         xp = namespace(x)
         h = xp.asarray(h, dtype=x.dtype, device=device_of(x))
-        u = _scaled_sq(xp, x, h, sq)
+        scalar = is_scalar_bandwidth(h, x)
+        h = bandwidth_for_broadcast(xp, h, x)
+        u = _scaled_sq(xp, x, h, sq, scalar)
         k, k1 = self._value_and_slope(u)
         # R_i = sum_j f'(u_ij) * 2 (x_j - x_i) / h
         xc = centred(xp, x)
@@ -159,10 +201,12 @@ class RBF(RadialKernel):
         # Specialised (rbf_driving_and_repulsion): no n x n negation for f' = -f.
         xp = namespace(x)
         h = xp.asarray(h, dtype=x.dtype, device=device_of(x))
-        if h.ndim == 0:
+        scalar = is_scalar_bandwidth(h, x)
+        h = bandwidth_for_broadcast(xp, h, x)
+        if scalar:
             k = exp_neg_scaled(xp, sqdist(x, xp=xp) if sq is None else sq, h)
         else:
-            k = xp.exp(-_scaled_sq(xp, x, h, sq))
+            k = xp.exp(-_scaled_sq(xp, x, h, sq, scalar))
         xc = centred(xp, x)
         return k, rbf_driving_and_repulsion(xp, k, xc, xc, None, h)[1]
 
@@ -213,6 +257,7 @@ class Linear(Kernel):
 
     c: float = 1.0
     uses_bandwidth = False
+    batchable = True
 
     def gram(self, x, y, h=None):
         xp = namespace(x, y)
@@ -221,7 +266,7 @@ class Linear(Kernel):
     def gram_and_repulsion(self, x, h=None, sq=None):
         xp = namespace(x)
         k = x @ xp.matrix_transpose(x) + self.c
-        return k, x * float(x.shape[0])
+        return k, x * float(x.shape[-2])
 
 
 @dataclass(frozen=True)
@@ -241,27 +286,29 @@ class RandomFeatureRBF(Kernel):
     num_features: int = 256
     seed: int = 0
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
+    batchable = True
 
     def __post_init__(self):
         if not (isinstance(self.num_features, int) and self.num_features >= 1):
             raise ValueError(f"expected num_features >= 1 (int), received {self.num_features!r}")
 
     def _frequencies(self, xp, x):
-        d = x.shape[1]
-        key = (id(xp), str(x.dtype), str(device_of(x)), d)
-        if key not in self._cache:
+        d = x.shape[-1]
+        if d not in self._cache:  # the draws, on the host (float64)
             rng = np.random.default_rng([self.seed, d])
             w0 = rng.standard_normal((self.num_features, d))
-            b = rng.uniform(0.0, 2.0 * math.pi, size=self.num_features)
-            self._cache[key] = (
-                xp.asarray(w0, dtype=x.dtype, device=device_of(x)),
-                xp.asarray(b, dtype=x.dtype, device=device_of(x)),
-            )
+            self._cache[d] = (w0, rng.uniform(0.0, 2.0 * math.pi, size=self.num_features))
+        if is_traced(x):  # inside jax.jit: a constant of this trace, never cached (it would leak)
+            return tuple(xp.asarray(a, dtype=x.dtype) for a in self._cache[d])
+        key = (id(xp), str(x.dtype), str(device_of(x)), d)
+        if key not in self._cache:  # moved to the particles' device once
+            self._cache[key] = tuple(xp.asarray(a, dtype=x.dtype, device=device_of(x)) for a in self._cache[d])
         return self._cache[key]
 
     def _features(self, xp, x, h):
         w0, b = self._frequencies(xp, x)
-        w = w0 * xp.sqrt(2.0 / h)  # (m, d); broadcasts a (d,) bandwidth over columns
+        # (m, d), broadcasting a (d,) bandwidth over columns; for a stack (B, m, d)
+        w = w0 * xp.sqrt(2.0 / bandwidth_for_broadcast(xp, h, x))
         z = x @ xp.matrix_transpose(w) + b
         scale = math.sqrt(2.0 / self.num_features)
         return z, w, scale
@@ -279,8 +326,8 @@ class RandomFeatureRBF(Kernel):
         z, w, s = self._features(xp, x, h)
         phi = s * xp.cos(z)  # (n, m)
         k = phi @ xp.matrix_transpose(phi)
-        c = -s * xp.sum(xp.sin(z), axis=0)  # (m,)
-        r = phi @ (c[:, None] * w)
+        c = -s * xp.sum(xp.sin(z), axis=-2)  # (m,) (or (B, m))
+        r = phi @ (c[..., None] * w)
         return k, r
 
 

@@ -93,20 +93,29 @@ def _numpy_select(v, ks):
     return [part[k] for k in ks]
 
 
-def order_statistics(v, ks, *, xp=None):
+def order_statistics(v, ks, *, xp=None, batch_dims: int = 0):
     """The ``k``-th smallest entries (0-based) of ``v`` (all entries) for each ``k`` in ``ks``, as 0-d arrays.
 
     Uses a selection where the library has one (``numpy.partition``, ``torch.kthvalue``: O(N) and
     on the tensor's device) and a full sort otherwise. No host round trip.
+
+    With ``batch_dims = p > 0`` the first ``p`` axes of ``v`` index independent arrays (a stack of
+    ``(n, n)`` distance matrices, say): each is selected over all its own entries, and each result
+    has the shape ``v.shape[:p]``.
     """
     xp = xp or namespace(v)
-    v = xp.reshape(v, (-1,))
-    n = v.shape[0]
+    if isinstance(batch_dims, bool) or not isinstance(batch_dims, int) or not 0 <= batch_dims <= v.ndim:
+        raise ValueError(f"expected batch_dims as an integer in [0, {v.ndim}], received {batch_dims!r}")
+    lead = tuple(v.shape[:batch_dims])
+    v = xp.reshape(v, lead + (-1,))
+    n = v.shape[-1]
     if n == 0:
         raise ValueError("expected a non-empty array for an order statistic, received an empty one")
     ks = [int(k) for k in ks]
     if any(k < 0 or k >= n for k in ks):
         raise ValueError(f"expected order statistics in [0, {n}), received {ks}")
+    if batch_dims:
+        return _batched_order_statistics(xp, v, ks)
     if is_numpy_array(v):
         return [xp.asarray(t) for t in _numpy_select(v, ks)]
     if is_torch_array(v):
@@ -121,27 +130,44 @@ def order_statistics(v, ks, *, xp=None):
     return [s[k] for k in ks]
 
 
-def lower_median(v, *, xp=None):
-    """Lower median of all entries (``torch.median`` convention): element ``(N - 1) // 2`` of the sort."""
+def _batched_order_statistics(xp, v, ks):
+    """Order statistics ``ks`` along the last axis of ``v`` (``(..., N)``), one per leading index."""
+    if is_numpy_array(v) or (is_torch_array(v) and v.device.type == "cpu" and not v.requires_grad):
+        part = np.partition(v if is_numpy_array(v) else v.numpy(), sorted(set(ks)), axis=-1)
+        if is_numpy_array(v):
+            return [xp.asarray(part[..., k]) for k in ks]
+        import torch
+
+        return [torch.from_numpy(np.ascontiguousarray(part[..., k])) for k in ks]
+    if is_torch_array(v):
+        return [v.kthvalue(k + 1, dim=-1).values for k in ks]
+    s = xp.sort(v, axis=-1)
+    return [s[..., k] for k in ks]
+
+
+def lower_median(v, *, xp=None, batch_dims: int = 0):
+    """Lower median of all entries (``torch.median`` convention): element ``(N - 1) // 2`` of the sort.
+
+    ``batch_dims``: as for :func:`order_statistics` (one median per leading index)."""
     xp = xp or namespace(v)
-    n = math.prod(v.shape)
-    return order_statistics(v, [(n - 1) // 2], xp=xp)[0]
+    n = math.prod(v.shape[batch_dims:])
+    return order_statistics(v, [(n - 1) // 2], xp=xp, batch_dims=batch_dims)[0]
 
 
-def upper_median(v, *, xp=None):
-    """Upper median of all entries: element ``N // 2`` of the sort."""
+def upper_median(v, *, xp=None, batch_dims: int = 0):
+    """Upper median of all entries: element ``N // 2`` of the sort (``batch_dims`` as above)."""
     xp = xp or namespace(v)
-    n = math.prod(v.shape)
-    return order_statistics(v, [n // 2], xp=xp)[0]
+    n = math.prod(v.shape[batch_dims:])
+    return order_statistics(v, [n // 2], xp=xp, batch_dims=batch_dims)[0]
 
 
-def midpoint_median(v, *, xp=None):
-    """Midpoint median of all entries (``numpy.median`` convention)."""
+def midpoint_median(v, *, xp=None, batch_dims: int = 0):
+    """Midpoint median of all entries (``numpy.median`` convention; ``batch_dims`` as above)."""
     xp = xp or namespace(v)
-    n = math.prod(v.shape)
+    n = math.prod(v.shape[batch_dims:])
     if n % 2 == 1:
-        return order_statistics(v, [n // 2], xp=xp)[0]
-    lo, hi = order_statistics(v, [n // 2 - 1, n // 2], xp=xp)
+        return order_statistics(v, [n // 2], xp=xp, batch_dims=batch_dims)[0]
+    lo, hi = order_statistics(v, [n // 2 - 1, n // 2], xp=xp, batch_dims=batch_dims)
     return 0.5 * (lo + hi)
 
 
@@ -182,11 +208,15 @@ class _Counter:
         return float(arr.view(np.float32 if self.nbits == 32 else np.float64)[0])
 
 
-def _radix_select(blocks_fn, ks, dtype_name: str, collect_limit: int = 1 << 20):
+def _radix_select(blocks_fn, ks, dtype_name: str, collect_limit: int = 1 << 20, combine=None):
     """Exact ``k``-th smallest values by radix selection (module docstring); Python floats.
 
     Ranks that share a bin share the passes (the two ranks of a midpoint median almost always do).
+    ``combine``: see :func:`blocked_order_statistics`; with it no values are collected (every bit
+    is fixed by histograms: 2 passes for float32, 4 for float64).
     """
+    if combine is not None:
+        collect_limit = 0  # a selected bin always holds >= 1 value: never collect
     cnt = _Counter(dtype_name)
     nb = cnt.nbits
     # per rank k: [prefix, prefix_bits, rank inside the prefix's bin, collect?]
@@ -207,6 +237,12 @@ def _radix_select(blocks_fn, ks, dtype_name: str, collect_limit: int = 1 << 20):
                     continue
                 width = min(_DIGIT, nb - pb)
                 hist[g] += cnt.bincount((sel >> (nb - pb - width)) & ((1 << width) - 1))
+        if combine is not None and hist:
+            keys = sorted(hist)
+            summed = np.asarray(combine(np.stack([hist[g] for g in keys])))
+            if summed.shape != (len(keys), _BINS):
+                raise ValueError(f"combine returned shape {summed.shape}; expected {(len(keys), _BINS)}")
+            hist = {g: summed[i] for i, g in enumerate(keys)}
         for k, st in active.items():
             p, pb, r, collect = st
             if collect:
@@ -224,7 +260,8 @@ def _radix_select(blocks_fn, ks, dtype_name: str, collect_limit: int = 1 << 20):
     return [result[k] for k in ks]
 
 
-def blocked_order_statistics(blocks_fn, ks, dtype_name: str, *, sample=None, total: int | None = None):
+def blocked_order_statistics(blocks_fn, ks, dtype_name: str, *, sample=None, total: int | None = None,
+                             combine=None):
     """Exact order statistics ``ks`` (0-based) of all entries of non-negative float blocks.
 
     Parameters
@@ -235,12 +272,21 @@ def blocked_order_statistics(blocks_fn, ks, dtype_name: str, *, sample=None, tot
     dtype_name : "float32" or "float64"
     sample : sorted 1-D NumPy array, optional
         A uniform sample of the values; with ``total`` it lets one bracketing pass
-        (:func:`bracket_select`) replace the 2-3 radix passes.
+        (:func:`bracket_select`) replace the 2-3 radix passes. Ignored with ``combine``.
+    combine : callable, optional
+        For values spread over several holders (processes), each seeing only its own blocks:
+        ``combine(counts) -> counts summed over the holders`` for an int64 NumPy array of shape
+        ``(G, 65536)`` (one histogram per group of ranks sharing a prefix). It is called once per
+        radix pass, in the same order on every holder, and every holder then makes the same
+        decisions, so all of them return the exact order statistics of the union of their values.
+        The ranks ``ks`` are ranks in that union. Radix passes only: 2 for float32, 4 for float64.
 
     Returns
     -------
     list of Python floats, one per ``k``.
     """
+    if combine is not None:
+        return _radix_select(blocks_fn, ks, dtype_name, combine=combine)
     if sample is not None:
         out = bracket_select(sample, blocks_fn, total, ks)
         if out is not None:

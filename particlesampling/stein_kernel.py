@@ -72,10 +72,10 @@ def cross_term(xp, x, s, rows=None, *, a=None):
     otherwise. ``a`` may pass the precomputed diagonal.
     """
     if a is None:
-        a = xp.sum(s * x, axis=1)
-    if rows is None:
+        a = xp.sum(s * x, axis=-1)
+    if rows is None:  # leading batch axes (a stack of systems) allowed here
         a_mat = s @ xp.matrix_transpose(x)
-        return a_mat + xp.matrix_transpose(a_mat) - a[:, None] - a[None, :]
+        return a_mat + xp.matrix_transpose(a_mat) - a[..., :, None] - a[..., None, :]
     lo, hi = rows
     return (s[lo:hi, :] @ xp.matrix_transpose(x) + x[lo:hi, :] @ xp.matrix_transpose(s)
             - a[lo:hi, None] - a[None, :])
@@ -124,32 +124,41 @@ class SteinGramStats(NamedTuple):
     scanning a grid of ``h`` needs (:class:`particlesampling.bandwidths.MaxKSD`).
     """
 
-    sq: Any  #: (n, n) squared distances ``|x_i - x_j|^2``
+    sq: Any  #: (n, n) squared distances ``|x_i - x_j|^2`` (a stack: (B, n, n), likewise below)
     ss: Any  #: (n, n) ``S S^T``
     cross: Any  #: (n, n) ``C[i, j] = -(s_i - s_j) . (x_i - x_j)``
     dim: int  #: d
 
     def stein_matrix(self, kernel, h):
-        """Stein kernel matrix ``H[i, j] = u_p(x_i, x_j)`` for a radial kernel and scalar ``h``; ``(n, n)``."""
+        """Stein kernel matrix ``H[i, j] = u_p(x_i, x_j)`` for a radial kernel and scalar ``h``; ``(n, n)``.
+
+        For a stack of systems (``sq`` of shape ``(B, n, n)``), ``h`` has shape ``(B,)`` (one per
+        system) and ``H`` shape ``(B, n, n)``."""
         kern = radial_kernel(kernel)
         xp = namespace(self.sq)
         h = xp.asarray(h, dtype=self.sq.dtype, device=device_of(self.sq))
-        if h.ndim != 0:
+        lead = tuple(self.sq.shape[:-2])
+        if tuple(h.shape) != lead:
             raise ValueError(
-                "SteinGramStats handles a scalar bandwidth only; received h of shape "
+                f"SteinGramStats handles a scalar bandwidth per system only (shape {lead}); received h of shape "
                 f"{tuple(h.shape)} (use ksd_squared(..., bandwidth=h) for per-dimension bandwidths)"
             )
+        if lead:
+            h = xp.reshape(h, lead + (1, 1))
         return stein_kernel_block(kern, self.sq, self.ss, self.cross, h, self.dim)
 
     def ksd_squared(self, kernel, h, statistic: str = "v"):
-        """Squared KSD (V- or U-statistic) for a radial kernel and scalar ``h``; a 0-d array."""
+        """Squared KSD (V- or U-statistic) for a radial kernel and scalar ``h``; a 0-d array
+        (for a stack of systems, shape ``(B,)``)."""
         statistic = check_statistic(statistic)
-        n = self.sq.shape[0]
+        n = self.sq.shape[-2]
         if statistic == "u" and n < 2:
             raise ValueError("the U-statistic needs n >= 2 particles, received n = 1")
         xp = namespace(self.sq)
         hmat = self.stein_matrix(kernel, h)
-        return reduce_statistic(xp, xp.sum(hmat), xp.sum(xp.linalg.diagonal(hmat)), n, statistic)
+        lead = tuple(hmat.shape[:-2])
+        total = xp.sum(xp.reshape(hmat, lead + (-1,)), axis=-1)
+        return reduce_statistic(xp, total, xp.sum(xp.linalg.diagonal(hmat), axis=-1), n, statistic)
 
 
 def stein_gram_stats(particles, scores, sq=None) -> SteinGramStats:
@@ -157,10 +166,10 @@ def stein_gram_stats(particles, scores, sq=None) -> SteinGramStats:
 
     Parameters
     ----------
-    particles : array, shape (n, d)
-    scores : array, shape (n, d)
+    particles : array, shape (n, d), or (B, n, d) for a stack of systems
+    scores : array, shape (n, d) (or (B, n, d))
         ``grad log p`` at the particles.
-    sq : array, shape (n, n), optional
+    sq : array, shape (n, n) (or (B, n, n)), optional
         Precomputed ``sqdist(particles)``.
 
     Returns
@@ -175,4 +184,4 @@ def stein_gram_stats(particles, scores, sq=None) -> SteinGramStats:
     if sq is None:
         sq = sqdist(xc, xp=xp)
     ss = scores @ xp.matrix_transpose(scores)
-    return SteinGramStats(sq=sq, ss=ss, cross=cross_term(xp, xc, scores), dim=int(particles.shape[1]))
+    return SteinGramStats(sq=sq, ss=ss, cross=cross_term(xp, xc, scores), dim=int(particles.shape[-1]))

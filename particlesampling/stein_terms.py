@@ -3,8 +3,12 @@
 The direction itself, ``phi = (K S + repulsion R) / n`` (Liu & Wang 2016, eq. 8), is stated in
 :mod:`particlesampling.stein`. This module holds the input check, :func:`stein_terms` (``K S``,
 ``R``, ``diag K`` without the ``1/n``) and :func:`assemble_direction` (``phi`` and its
-:class:`SteinInfo`); :mod:`particlesampling.stein` (untiled), :mod:`particlesampling.tiled` (row blocks)
-and :mod:`particlesampling.random_batch` build on them.
+:class:`SteinInfo`); :mod:`particlesampling.stein` (untiled, one system or a stack),
+:mod:`particlesampling.tiled` (row blocks), :mod:`particlesampling.random_batch` (stacked batches) and
+:mod:`particlesampling.distributed` (rows over processes) build on them.
+
+Both take one system ``(n, d)`` or a stack ``(B, n, d)`` of independent systems; the stack goes
+through the same formulas with batched matrix products, each system with its own bandwidth.
 """
 
 from __future__ import annotations
@@ -13,11 +17,20 @@ import math
 import numbers
 from typing import Any, NamedTuple
 
-from ._backend import centred, check_same_shape, device_of, exp_neg_scaled, namespace, sqdist
-from .bandwidths import get_bandwidth
-from .kernels import RBF, Kernel, get_kernel, offdiagonal_mean_from_sums, rbf_driving_and_repulsion
+from ._backend import batch_shape, centred, check_same_shape, device_of, exp_neg_scaled, namespace, sqdist
+from .bandwidths import get_bandwidth, rule_bandwidth
+from .kernels import (
+    RBF,
+    Kernel,
+    bandwidth_for_broadcast,
+    get_kernel,
+    is_scalar_bandwidth,
+    offdiagonal_mean_from_sums,
+    rbf_driving_and_repulsion,
+)
 
-__all__ = ["SteinInfo", "SteinTerms", "check_stein_inputs", "check_repulsion", "stein_terms", "assemble_direction"]
+__all__ = ["SteinInfo", "SteinTerms", "check_stein_inputs", "check_repulsion", "stein_terms", "assemble_direction",
+           "squared_norm_total"]
 
 
 class SteinInfo(NamedTuple):
@@ -39,15 +52,18 @@ class SteinTerms(NamedTuple):
     mean_kernel: Any  #: mean off-diagonal kernel value (1 when n = 1)
 
 
-def check_stein_inputs(particles, scores, repulsion):
-    """Check ``particles`` and ``scores`` (same ``(n, d)`` shape, real floating, ``n, d >= 1``) and
-    ``repulsion`` (a finite real number); return the namespace. No device synchronisation."""
+def check_stein_inputs(particles, scores, repulsion, *, batched: bool = False):
+    """Check ``particles`` and ``scores`` (same ``(n, d)`` shape, or ``(B, n, d)`` with ``batched``;
+    real floating, ``n, d >= 1``, ``B >= 1``) and ``repulsion`` (a finite real number); return the
+    namespace. No device synchronisation."""
     xp = namespace(particles, scores)
     shape = tuple(particles.shape)
-    if len(shape) != 2:
-        raise ValueError(f"expected particles of shape (n, d), received shape {shape}")
-    if shape[0] < 1 or shape[1] < 1:
-        raise ValueError(f"expected particles with n >= 1 and d >= 1, received shape {shape}")
+    want = "(B, n, d)" if batched else "(n, d)"
+    if len(shape) != (3 if batched else 2):
+        raise ValueError(f"expected particles of shape {want}, received shape {shape}")
+    if min(shape) < 1:
+        sizes = "B >= 1, n >= 1 and d >= 1" if batched else "n >= 1 and d >= 1"
+        raise ValueError(f"expected particles with {sizes}, received shape {shape}")
     if not xp.isdtype(particles.dtype, "real floating"):
         raise TypeError(f"expected particles of a real floating dtype, received {particles.dtype}")
     check_same_shape(particles, scores, "particles", "scores")
@@ -62,41 +78,74 @@ def check_repulsion(repulsion) -> float:
     return float(repulsion)
 
 
+def _total(xp, a):
+    """Sum of all entries of each system's ``(n, m)`` matrix (a 0-d array; ``(B,)`` for a stack)."""
+    lead = tuple(a.shape[:-2])
+    return xp.sum(a) if not lead else xp.sum(xp.reshape(a, lead + (-1,)), axis=-1)
+
+
 def stein_terms(particles, scores, kernel=None, bandwidth=None, *, sq=None) -> SteinTerms:
     """``K S``, ``R``, ``diag(K)``, the bandwidth and the mean kernel value, without the ``1/n``.
+
+    ``particles`` and ``scores`` are ``(n, d)``, or a stack ``(B, n, d)`` of independent systems:
+    then every field gains the leading axis (``K S`` and ``R`` ``(B, n, d)``, ``diag K`` ``(B, n)``,
+    the bandwidth ``(B,)`` or ``(B, d)``, the mean kernel ``(B,)``), each system with its own
+    bandwidth, computed by the same formulas with batched matrix products (kernels and rules that
+    are not batchable are evaluated system by system).
 
     ``sq`` may pass a precomputed ``sqdist(particles)`` to share it with other computations of the
     same step. For the RBF kernel with a scalar bandwidth, ``K X``, ``K S`` and the row sums of ``K``
     come from one product ``K [Xc | S | 1]`` (:func:`particlesampling.kernels.rbf_driving_and_repulsion`).
     """
-    xp = check_stein_inputs(particles, scores, 1.0)
+    xp = check_stein_inputs(particles, scores, 1.0, batched=particles.ndim == 3)
     kern: Kernel = get_kernel(kernel)
-    n = particles.shape[0]
+    lead = batch_shape(particles)
+    if lead and not kern.batchable:
+        parts = [stein_terms(particles[b, ...], scores[b, ...], kern, bandwidth) for b in range(lead[0])]
+        return SteinTerms(*(xp.stack([getattr(t, f) for t in parts], axis=0) for f in SteinTerms._fields))
+    n = particles.shape[-2]
     if kern.uses_bandwidth:
         if sq is None:
             sq = sqdist(particles, xp=xp)
-        h = get_bandwidth(bandwidth)(particles, sq, scores)
+        h = rule_bandwidth(get_bandwidth(bandwidth), particles, sq, scores)
     else:
-        h = xp.ones((), dtype=particles.dtype, device=device_of(particles))
-    if type(kern) is RBF and h.ndim == 0:
-        k = exp_neg_scaled(xp, sq, h)
+        h = xp.ones(lead, dtype=particles.dtype, device=device_of(particles))
+    if type(kern) is RBF and is_scalar_bandwidth(h, particles):
+        k = exp_neg_scaled(xp, sq, bandwidth_for_broadcast(xp, h, particles))
         xc = centred(xp, particles)
-        driving, rep, rowsum = rbf_driving_and_repulsion(xp, k, xc, xc, scores, h)
+        driving, rep, rowsum = rbf_driving_and_repulsion(xp, k, xc, xc, scores,
+                                                         bandwidth_for_broadcast(xp, h, particles))
         diag = xp.linalg.diagonal(k)
-        return SteinTerms(driving, rep, diag, h, offdiagonal_mean_from_sums(xp, xp.sum(rowsum), xp.sum(diag), n, like=particles))
+        return SteinTerms(driving, rep, diag, h, offdiagonal_mean_from_sums(
+            xp, xp.sum(rowsum, axis=-1), xp.sum(diag, axis=-1), n, like=particles))
     k, r = kern.gram_and_repulsion(particles, h, sq)
     diag = xp.linalg.diagonal(k)
-    return SteinTerms(k @ scores, r, diag, h, offdiagonal_mean_from_sums(xp, xp.sum(k), xp.sum(diag), n, like=particles))
+    return SteinTerms(k @ scores, r, diag, h, offdiagonal_mean_from_sums(
+        xp, _total(xp, k), xp.sum(diag, axis=-1), n, like=particles))
 
 
-def assemble_direction(xp, driving, repulsion_term, repulsion: float, bandwidth, mean_kernel):
-    """``phi = (K S + repulsion R) / n`` and its :class:`SteinInfo` from the unnormalised terms."""
-    n = driving.shape[0]
+def squared_norm_total(xp, a):
+    """``sum_i |a_i|^2`` over the rows of ``a`` (``(n, d)``; a stack ``(B, n, d)`` gives ``(B,)``)."""
+    return xp.sum(xp.sum(a * a, axis=-1), axis=-1)
+
+
+def assemble_direction(xp, driving, repulsion_term, repulsion: float, bandwidth, mean_kernel, *,
+                       n: int | None = None, norm_totals=None):
+    """``phi = (K S + repulsion R) / n`` and its :class:`SteinInfo` from the unnormalised terms.
+
+    ``driving`` and ``repulsion_term`` are ``(n, d)`` (or a stack ``(B, n, d)``: then the norms in
+    the info are per system). For rows held by several processes (:mod:`particlesampling.distributed`)
+    ``n`` is the total number of particles and ``norm_totals`` the pair
+    ``(sum_i |(K S)_i|^2, sum_i |R_i|^2)`` over all of them; by default both come from the rows given.
+    """
+    n = driving.shape[-2] if n is None else int(n)
     phi = (driving + repulsion * repulsion_term) / float(n)
+    if norm_totals is None:
+        norm_totals = (squared_norm_total(xp, driving), squared_norm_total(xp, repulsion_term))
     info = SteinInfo(
         bandwidth=bandwidth,
         mean_kernel=mean_kernel,
-        driving_norm=xp.sqrt(xp.mean(xp.sum(driving * driving, axis=1))) / float(n),
-        repulsion_norm=abs(repulsion) * xp.sqrt(xp.mean(xp.sum(repulsion_term * repulsion_term, axis=1))) / float(n),
+        driving_norm=xp.sqrt(norm_totals[0] / float(n)) / float(n),
+        repulsion_norm=abs(repulsion) * xp.sqrt(norm_totals[1] / float(n)) / float(n),
     )
     return phi, info

@@ -21,6 +21,7 @@ so the chain does not target ``p`` exactly. Use :func:`constant` when exact samp
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Callable, NamedTuple, Union
 
 from ._backend import namespace
@@ -99,10 +100,10 @@ def adagrad_momentum(lr: LearningRate = 1e-3, decay: float = 0.9, fudge: float =
 
     def update(g, state):
         xp = namespace(g)
-        if state.count == 0:
-            v = state.sq_avg + g * g
-        else:
-            v = decay * state.sq_avg + (1.0 - decay) * (g * g)
+        if isinstance(state.count, numbers.Integral):
+            v = state.sq_avg + g * g if state.count == 0 else decay * state.sq_avg + (1.0 - decay) * (g * g)
+        else:  # a counter that is an array (traced by jax.jit): the same choice, made on the device
+            v = xp.where(state.count == 0, state.sq_avg + g * g, decay * state.sq_avg + (1.0 - decay) * (g * g))
         delta = _lr_at(lr, state.count) * g / (fudge + xp.sqrt(v))
         return delta, AdagradMomentumState(count=state.count + 1, sq_avg=v)
 

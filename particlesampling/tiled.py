@@ -52,6 +52,11 @@ __all__ = [
     "tiled_stein_direction",
     "tiled_stein_direction_with_info",
     "tiled_ksd_squared",
+    "rule_value",
+    "check_blocked_rule",
+    "block_stein_terms",
+    "scaled_for_distances",
+    "centre",
 ]
 
 #: default budget for the O(n * tile) temporaries, in bytes
@@ -99,7 +104,7 @@ def _blocks(xp, xc, xx, tile):
         yield a, b, sqdist_block(xp, xc[a:b, :], xx[a:b], xc, xx, diagonal_at=a)
 
 
-def _centre(xp, x):
+def centre(xp, x):
     """Centred particles and their squared row norms (the Gram trick's inputs)."""
     xc = centred(xp, x)
     return xc, xp.sum(xc * xc, axis=1)
@@ -132,7 +137,7 @@ def tiled_order_statistics(particles, ks, *, tile: int | None = None,
     n, d = particles.shape
     if tile is None:
         tile = tile_rows(n, d, _itemsize(particles), memory_budget)
-    xc, xx = _centre(xp, particles)
+    xc, xx = centre(xp, particles)
     return _order_statistics(xp, xc, xx, list(ks), tile, _dtype_name(particles))
 
 
@@ -157,24 +162,50 @@ def tiled_bandwidth(particles, bandwidth=None, *, tile: int | None = None,
 
 
 def _rule_value(xp, rule, x, tile):
+    """:func:`rule_value` with the order statistics of the blocked ``D2`` of ``x``."""
+
+    def order_statistics(ks):
+        xc, xx = centre(xp, x)
+        return _order_statistics(xp, xc, xx, ks, tile, _dtype_name(x))
+
+    return rule_value(xp, rule, x, order_statistics, where="tiled evaluation")
+
+
+def check_blocked_rule(rule, where: str):
+    """ValueError naming ``where`` unless :func:`rule_value` supports ``rule`` (module docstring)."""
+    while isinstance(rule, Scaled):
+        rule = rule.rule
+    if isinstance(rule, (Fixed, ArrayBandwidth)) or (isinstance(rule, Median) and rule.convention != "pyro"):
+        return
+    raise ValueError(
+        f"{where} supports the scalar median conventions ('liu_wang', 'an2020', 'blackjax', "
+        f"'numpyro'), fixed bandwidths (numbers or arrays) and Scaled versions of those; received {rule!r}"
+    )
+
+
+def rule_value(xp, rule, x, order_statistics, *, where: str):
+    """The bandwidth a rule gives on ``x`` (``(n, d)``) from order statistics of its ``n^2`` squared
+    distances, without the ``n x n`` matrix.
+
+    ``order_statistics(ks) -> list of floats``: the entries of rank ``ks`` (0-based) among all
+    ``n^2`` entries of ``D2`` (diagonal zeros included), from wherever they are (row blocks here,
+    the rows of several processes in :mod:`particlesampling.distributed`); called only for a
+    median rule with ``n >= 2``. Rules: the scalar median conventions, fixed bandwidths and
+    ``Scaled`` versions of those; any other rule raises a ValueError that names ``where``.
+    """
+    check_blocked_rule(rule, where)
     if isinstance(rule, (Fixed, ArrayBandwidth)):  # no distances needed
         return rule(x, None)
     if isinstance(rule, Scaled):
-        return rule.factor * _rule_value(xp, rule.rule, x, tile)
-    if not isinstance(rule, Median) or rule.convention == "pyro":
-        raise ValueError(
-            f"tiled evaluation supports the scalar median conventions ('liu_wang', 'an2020', 'blackjax', "
-            f"'numpyro'), fixed bandwidths (numbers or arrays) and Scaled versions of those; received {rule!r}"
-        )
+        return rule.factor * rule_value(xp, rule.rule, x, order_statistics, where=where)
     n = x.shape[0]
     dev = device_of(x)
     if n == 1:
         return xp.ones((), dtype=x.dtype, device=dev)
-    xc, xx = _centre(xp, x)
     ks = median_ranks(rule.convention, n)
-    vals = _order_statistics(xp, xc, xx, ks, tile, _dtype_name(x))
-    values = [xp.asarray(t, dtype=x.dtype, device=dev) for t in vals]
+    values = [xp.asarray(t, dtype=x.dtype, device=dev) for t in order_statistics(ks)]
     # mean off-diagonal D2 without the matrix: sum(D2) = 2 n sum|xc_i|^2
+    _, xx = centre(xp, x)
     mean_off = 2.0 * float(n) * xp.sum(xx) / float(n * (n - 1))
     return median_from_order_statistics(xp, rule.convention, values, n, mean_off, x)
 
@@ -206,21 +237,14 @@ def tiled_stein_direction_with_info(particles, scores, kernel=None, bandwidth=No
     dev = device_of(particles)
     h = _rule_value(xp, get_bandwidth(bandwidth), particles, tile)
     h = xp.asarray(h, dtype=particles.dtype, device=dev)
-    xc, _ = _centre(xp, particles)
+    xc, _ = centre(xp, particles)
     # per-dimension h: distances of x / sqrt(h) are U directly; scalar h: U = D2 / h
-    xs = xc if h.ndim == 0 else xc / xp.sqrt(h)
+    xs = scaled_for_distances(xp, xc, h)
     xx = xp.sum(xs * xs, axis=1)
-    rbf = type(kern) is RBF
     driving_parts, rep_parts = [], []
     ksum = xp.zeros((), dtype=particles.dtype, device=dev)
     for a, b, d2 in _blocks(xp, xs, xx, tile):
-        if rbf:
-            k = exp_neg_scaled(xp, d2, h) if h.ndim == 0 else xp.exp(-d2)
-            driving, rep, rowsum = rbf_driving_and_repulsion(xp, k, xc[a:b, :], xc, scores, h)
-        else:
-            k, k1 = kern._value_and_slope(d2 / h if h.ndim == 0 else d2)
-            rowsum = xp.sum(k, axis=1)
-            driving, rep = k @ scores, radial_repulsion(xp, k1, xc[a:b, :], xc, h)
+        driving, rep, rowsum = block_stein_terms(xp, kern, d2, h, xc[a:b, :], xc, scores)
         driving_parts.append(driving)
         rep_parts.append(rep)
         ksum = ksum + xp.sum(rowsum)
@@ -228,6 +252,28 @@ def tiled_stein_direction_with_info(particles, scores, kernel=None, bandwidth=No
     mean_k = offdiagonal_mean_from_sums(xp, ksum, float(n) * k0, n, like=particles)
     return assemble_direction(xp, xp.concat(driving_parts, axis=0), xp.concat(rep_parts, axis=0), repulsion,
                               h, mean_k)
+
+
+def scaled_for_distances(xp, xc, h):
+    """The rows whose squared distances the block terms take: ``xc`` for a scalar ``h`` (they are
+    ``D2``), ``xc / sqrt(h)`` for a per-dimension ``h`` (they are ``U`` directly)."""
+    return xc if h.ndim == 0 else xc / xp.sqrt(h)
+
+
+def block_stein_terms(xp, kern, d2, h, xc_rows, xc, scores):
+    """``(K[I, :] S, R[I], rowsum K[I, :])`` for a block of rows ``I`` of a radial kernel.
+
+    ``d2`` is the block ``(b, n)`` of squared distances between the rows :func:`scaled_for_distances`
+    gives (``D2[I, :]`` for a scalar ``h``, ``U[I, :]`` for a per-dimension one); ``xc`` the centred
+    particles ``(n, d)``, ``xc_rows`` their rows ``I``, ``scores`` ``(n, d)``. The same kernel
+    formulas as the untiled path (:func:`~particlesampling.kernels.rbf_driving_and_repulsion`,
+    :func:`~particlesampling.kernels.radial_repulsion`).
+    """
+    if type(kern) is RBF:
+        k = exp_neg_scaled(xp, d2, h) if h.ndim == 0 else xp.exp(-d2)
+        return rbf_driving_and_repulsion(xp, k, xc_rows, xc, scores, h)
+    k, k1 = kern._value_and_slope(d2 / h if h.ndim == 0 else d2)
+    return k @ scores, radial_repulsion(xp, k1, xc_rows, xc, h), xp.sum(k, axis=1)
 
 
 def tiled_stein_direction(particles, scores, kernel=None, bandwidth=None, repulsion: float = 1.0, *,
@@ -265,7 +311,7 @@ def tiled_ksd_squared(particles, scores, kernel="imq", bandwidth=1.0, statistic:
     h = xp.asarray(_rule_value(xp, get_bandwidth(bandwidth), particles, tile), dtype=particles.dtype, device=dev)
     if h.ndim != 0:
         raise ValueError("tiled_ksd_squared supports a scalar bandwidth only")
-    xc, xx = _centre(xp, particles)
+    xc, xx = centre(xp, particles)
     a_diag = xp.sum(scores * xc, axis=1)
     st = xp.matrix_transpose(scores)
     total = xp.zeros((), dtype=particles.dtype, device=dev)

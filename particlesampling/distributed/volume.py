@@ -1,0 +1,89 @@
+"""Bytes moved by one sharded Stein direction (or SVGD / SPOS step), and how that grows with the ranks.
+
+The collectives are listed in :mod:`particlesampling.distributed.direction`; this module counts
+their payloads. Two numbers per collective and rank: the payload it contributes (``sent``) and the
+payload it ends up with (``received``, its own share included), which is what an all-gather or
+all-reduce call reads and writes whatever the algorithm. What travels on the wire depends on the
+algorithm; for the ring algorithms of gloo and NCCL each rank sends and receives
+``(W - 1) / W`` of an all-gather's result and ``2 (W - 1) / W`` of an all-reduce's payload
+(``wire``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Sequence
+
+__all__ = ["communication_volume", "radix_passes", "HISTOGRAM_BINS"]
+
+#: bins of one radix-selection histogram (:mod:`particlesampling.selection`: 16 bits per pass)
+HISTOGRAM_BINS = 1 << 16
+
+
+def radix_passes(itemsize: int) -> int:
+    """All-reduces of histograms per exact median: 16 bits per pass, 2 for float32, 4 for float64."""
+    return 2 if itemsize == 4 else 4
+
+
+def communication_volume(sizes: Sequence[int], d: int, itemsize: int, *, median: bool = True,
+                         histograms: int | None = None, method: str = "direction") -> Dict[str, float]:
+    """Collective payloads per rank of one sharded direction or step, in bytes.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        Rows per rank (``n_r``); ``W = len(sizes)``, ``n = sum(sizes)``.
+    d : int
+        Dimension of a particle.
+    itemsize : int
+        Bytes per number: 4 (float32) or 8 (float64).
+    median : bool
+        Whether the bandwidth is a median rule (:func:`radix_passes` all-reduces of histograms), or
+        a fixed one (none).
+    histograms : int, optional
+        How many 65,536-bin histograms those passes carry in all: one per pass for a median of one
+        rank (``"an2020"``), and for a midpoint median (two ranks) one in the first pass and one or
+        two in each later pass, depending on whether the two ranks still share a bin (a property of
+        the data). Default: the upper bound ``1 + 2 (passes - 1)``.
+    method : {"direction", "svgd", "spos"}
+        A direction alone; an SVGD step (+ the step information: an all-reduce of 4 numbers); an SPOS
+        step (+ one more exchange of the row counts, for the noise offset).
+
+    Returns
+    -------
+    dict with ``sent``, ``received`` (payloads, bytes), ``wire`` (ring-algorithm bytes sent, equal
+    to those received, per rank), ``collectives`` (calls), and the parts: ``rows`` (received by the
+    all-gather of particles and scores), ``histograms`` (bytes of the histogram all-reduces),
+    ``small`` (row counts and sums).
+    """
+    sizes = [int(s) for s in sizes]
+    if not sizes or min(sizes) < 0 or sum(sizes) < 1:
+        raise ValueError(f"expected row counts >= 0 with at least one particle, received {sizes!r}")
+    if itemsize not in (4, 8):
+        raise ValueError(f"expected itemsize 4 (float32) or 8 (float64), received {itemsize!r}")
+    if method not in ("direction", "svgd", "spos"):
+        raise ValueError(f"expected method 'direction', 'svgd' or 'spos', received {method!r}")
+    w, m = len(sizes), max(sizes)
+    passes = radix_passes(itemsize) if median and sum(sizes) > 1 else 0
+    most = 1 + 2 * (passes - 1) if passes else 0
+    if histograms is None:
+        histograms = most
+    elif isinstance(histograms, bool) or not isinstance(histograms, int) or not passes <= histograms <= most:
+        raise ValueError(f"expected histograms as an integer in [{passes}, {most}] for {passes} radix passes, "
+                         f"received {histograms!r}")
+    ring_gather, ring_reduce = (w - 1) / w, 2.0 * (w - 1) / w
+    counts = (8, 8 * w)  # (sent, received) of one all-gather of the row counts
+    rows = (2 * m * d * itemsize, 2 * w * m * d * itemsize)
+    gathers = [counts, rows]
+    reduces = [histograms * HISTOGRAM_BINS * 8, 3 * itemsize]  # histograms; the direction's info sums
+    if method in ("svgd", "spos"):
+        reduces.append(4 * itemsize)  # the step information
+    if method == "spos":
+        gathers.append(counts)  # the noise offset
+    sent = sum(g[0] for g in gathers) + sum(reduces)
+    received = sum(g[1] for g in gathers) + sum(reduces)
+    wire = sum(g[1] for g in gathers) * ring_gather + sum(reduces) * ring_reduce
+    small = received - rows[1] - reduces[0]
+    return {"sent": float(sent), "received": float(received), "wire": float(math.ceil(wire)),
+            "collectives": len(gathers) + len(reduces) - 1 + passes, "rows": float(rows[1]),
+            "histograms": float(reduces[0]), "small": float(small)}
