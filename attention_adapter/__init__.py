@@ -23,6 +23,8 @@ or, for heads that sample a stated posterior (core names: ``step_size``, ``repul
 
 The update rule of one group is the pure function :func:`head_update` (:mod:`attention_adapter.update`).
 With ``transformers.Trainer``: :class:`RepulsiveHeadsCallback` (:mod:`attention_adapter.hf_trainer`).
+Pictures of the heads (similarity heatmaps, PCA trajectories, attention maps, diversity over training):
+:mod:`attention_adapter.plotting` (matplotlib imported on first use).
 """
 
 from .capture import HeadCapture
@@ -41,6 +43,7 @@ from .layouts import HeadLayout, ResolvedLayout, TensorBlock
 from .noise import step_seed
 from .particles import HeadParticles, HeadSelection, ParticleGroup
 from .penalty import HeadRepulsionPenalty, head_kernel_similarity
+from .plotting import plot_attention_maps, plot_diversity_history, plot_head_similarity, plot_head_trajectories
 from .recorder import HeadRecorder
 from .repulsive import PRESETS, ApplyInfo, NonFiniteGradientError, RepulsiveHeads
 from .update import UPDATE_RULES, An2020, Posterior, UpdateSettings, head_update
@@ -78,6 +81,10 @@ __all__ = [
     "lin_redundancy",
     "parameter_similarity",
     "HeadRecorder",
+    "plot_head_similarity",
+    "plot_head_trajectories",
+    "plot_attention_maps",
+    "plot_diversity_history",
     "step_seed",
     "RepulsiveHeadsCallback",
 ]

@@ -1,11 +1,11 @@
-"""Keep snapshots of the head particles during training, project them by PCA and plot them.
+"""Keep snapshots of the head particles during training and project them by PCA.
 
 ::
 
     rec = HeadRecorder(heads, every=10)          # heads: RepulsiveHeads, HeadParticles or a model
     handle = rec.attach(optimizer)               # or call rec.record() yourself
     ...
-    rec.plot("encoder.layers.0.self_attn:q")     # PCA trajectories of the M heads
+    rec.plot("encoder.layers.0.self_attn:q")     # PCA trajectories of the M heads (attention_adapter.plotting)
 
 Each snapshot stores, per group, a CPU ``float32`` copy of the ``(M, P)`` particle matrix, so the
 memory is ``4 M P`` bytes per group per snapshot: restrict ``groups`` and raise ``every`` for big
@@ -21,7 +21,48 @@ from torch import nn
 
 from .particles import HeadParticles
 
-__all__ = ["HeadRecorder"]
+__all__ = ["HeadRecorder", "principal_coordinates"]
+
+
+def principal_coordinates(snapshots: Sequence[torch.Tensor], k: int = 2) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    """Project stacks of head particles on the first ``k`` principal components of all of them.
+
+    One basis is fitted to every row of every stack (centred by their joint mean), so that runs
+    projected together can be compared in the same plane.
+
+    Parameters
+    ----------
+    snapshots : sequence of tensors, each of shape (T_r, M, P)
+        The same ``P`` for all (e.g. :meth:`HeadRecorder.snapshots` of several runs).
+    k : int
+        ``1 <= k <= min(sum_r T_r M, P)``.
+
+    Returns
+    -------
+    coords : list of tensors, each of shape (T_r, M, k), float32
+    explained : (k,) float32 tensor, fraction of the variance explained by each component
+    """
+    if not snapshots or any(not isinstance(s, torch.Tensor) or s.dim() != 3 for s in snapshots):
+        raise ValueError("expected a non-empty sequence of (T, M, P) tensors, received "
+                         f"{[tuple(getattr(s, 'shape', ())) for s in snapshots]}")
+    p = snapshots[0].shape[2]
+    if any(s.shape[2] != p for s in snapshots):
+        raise ValueError(f"expected snapshots with the same P, received shapes {[tuple(s.shape) for s in snapshots]}")
+    rows = sum(s.shape[0] * s.shape[1] for s in snapshots)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= min(rows, p):
+        raise ValueError(f"expected 1 <= k <= {min(rows, p)}, received {k!r}")
+    flat = torch.cat([s.reshape(-1, p) for s in snapshots]).double()
+    flat = flat - flat.mean(0, keepdim=True)
+    _, sv, vh = torch.linalg.svd(flat, full_matrices=False)
+    var = sv**2
+    explained = var[:k] / var.sum().clamp_min(1e-300)
+    projected = flat @ vh[:k].T
+    coords, start = [], 0
+    for s in snapshots:
+        n = s.shape[0] * s.shape[1]
+        coords.append(projected[start:start + n].reshape(s.shape[0], s.shape[1], k).float())
+        start += n
+    return coords, explained.float()
 
 
 def _heads_of(obj: Any) -> HeadParticles:
@@ -122,36 +163,20 @@ class HeadRecorder:
         coords : (T, M, k) tensor
         explained : (k,) tensor, fraction of the variance explained by each component
         """
-        snaps = self.snapshots(group)
-        t, m, p = snaps.shape
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= min(t * m, p):
-            raise ValueError(f"expected 1 <= k <= {min(t * m, p)}, received {k!r}")
-        flat = snaps.reshape(t * m, p).double()
-        flat = flat - flat.mean(0, keepdim=True)
-        _, s, vh = torch.linalg.svd(flat, full_matrices=False)
-        var = s**2
-        explained = var[:k] / var.sum().clamp_min(1e-300)
-        coords = (flat @ vh[:k].T).reshape(t, m, k)
-        return coords.float(), explained.float()
+        coords, explained = principal_coordinates([self.snapshots(group)], k)
+        return coords[0], explained
 
     def plot(self, group: Optional[str] = None, ax=None):
         """Trajectories of the heads in the plane of the first two principal components.
 
-        matplotlib is imported here (lazily). Returns the ``Axes``.
+        The picture of :func:`attention_adapter.plotting.plot_head_trajectories` (matplotlib imported
+        lazily). Returns the ``Axes``.
         """
-        try:
-            import matplotlib.pyplot as plt
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError("HeadRecorder.plot needs matplotlib (pip install matplotlib)") from exc
+        from .plotting import plot_head_trajectories
+
         name = self._name(group)
-        coords, explained = self.pca(name, k=2)
         if ax is None:
-            _, ax = plt.subplots(figsize=(5, 4))
-        for h in range(coords.shape[1]):
-            line = ax.plot(coords[:, h, 0].numpy(), coords[:, h, 1].numpy(), lw=1, alpha=0.8)[0]
-            ax.scatter(coords[0, h, 0], coords[0, h, 1], marker="o", s=12, color=line.get_color())
-            ax.scatter(coords[-1, h, 0], coords[-1, h, 1], marker="*", s=40, color=line.get_color())
-        ax.set_xlabel(f"PC1 ({100 * float(explained[0]):.0f}%)")
-        ax.set_ylabel(f"PC2 ({100 * float(explained[1]):.0f}%)")
-        ax.set_title(f"{name}: heads over {len(self.steps)} snapshots (o start, * end)")
+            fig = plot_head_trajectories(self, name)
+            return fig.axes[0]
+        plot_head_trajectories(self, name, axes=[ax])
         return ax

@@ -11,12 +11,16 @@ Everything a user needs is reachable from the top level::
     state, trace = ps.run_sampler(sampler, sampler.init(target.initial_particles(200, seed=0)), 1000)
 
 Samplers: :func:`svgd`, :func:`spos`, :func:`sgld` (each an ``init`` / ``step`` pair) and the loop
-:func:`run_sampler`. Building blocks: :func:`stein_direction`, the kernels, the bandwidth rules,
-the step-size rules. Targets: :func:`get_target`, :func:`list_targets`. Diagnostics: :func:`ksd`,
-:func:`mmd`, :func:`energy_distance` and the moment errors. ``docs/architecture.md`` maps the modules.
+:func:`run_sampler`. Building blocks: :func:`stein_direction` (:func:`stein_direction_batched` for a
+stack of independent systems), the kernels, the bandwidth rules, the step-size rules. Particles over
+``torch.distributed`` processes: :mod:`particlesampling.distributed` (``ps.distributed.sharded_svgd``,
+...). Targets: :func:`get_target`, :func:`list_targets`. Diagnostics: :func:`ksd`,
+:func:`mmd`, :func:`energy_distance`, the moment errors and :func:`trace_diagnostics` (a run's series).
+Pictures and animations: :mod:`particlesampling.plotting` (``ps.plotting.plot_particles``, ...;
+matplotlib imported on first use). ``docs/architecture.md`` maps the modules.
 """
 
-from . import diagnostics, random, step_sizes, targets
+from . import diagnostics, distributed, plotting, random, step_sizes, targets
 from ._backend import sqdist, to_numpy
 from .bandwidths import MEDIAN_CONVENTIONS, BandwidthRule, Fixed, MaxKSD, Median, Scaled, get_bandwidth
 from .checkpoint import load_state, save_state
@@ -29,12 +33,19 @@ from .diagnostics import (
     mean_error,
     mmd,
     mode_fractions,
+    trace_diagnostics,
 )
 from .kernels import IMQ, RBF, Kernel, Linear, RandomFeatureRBF, get_kernel
 from .runner import NonFiniteError, Trace, run_sampler
 from .selection import lower_median, midpoint_median
 from .samplers import SAMPLERS, ParticleState, get_sampler, sgld, spos, svgd
-from .stein import SteinInfo, stein_direction, stein_direction_with_info
+from .stein import (
+    SteinInfo,
+    stein_direction,
+    stein_direction_batched,
+    stein_direction_batched_with_info,
+    stein_direction_with_info,
+)
 from .step_sizes import StepRule, adagrad_momentum, adam, constant, get_step_rule
 from .targets import Target, get_target, list_targets
 
@@ -56,6 +67,8 @@ __all__ = [
     # the Stein direction and its parts
     "stein_direction",
     "stein_direction_with_info",
+    "stein_direction_batched",
+    "stein_direction_batched_with_info",
     "SteinInfo",
     "Kernel",
     "RBF",
@@ -89,6 +102,7 @@ __all__ = [
     "cov_error",
     "marginal_variance",
     "mode_fractions",
+    "trace_diagnostics",
     # array helpers
     "sqdist",
     "lower_median",
@@ -96,6 +110,8 @@ __all__ = [
     "to_numpy",
     # sub-modules
     "diagnostics",
+    "distributed",
+    "plotting",
     "random",
     "step_sizes",
     "targets",

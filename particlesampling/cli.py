@@ -1,4 +1,5 @@
-"""Command-line interface: ``particlesampling targets`` and ``particlesampling sample ...``.
+"""Command-line interface: ``particlesampling targets``, ``particlesampling sample ...`` and
+``particlesampling animate ...``.
 
 The ``sample`` contract (other tools rely on it) writes to ``--out DIR``:
 
@@ -7,7 +8,12 @@ The ``sample`` contract (other tools rely on it) writes to ``--out DIR``:
   ``cov_error`` (relative Frobenius), ``mode_fractions`` (fraction of particles nearest each mode)
   with ``true_mode_weights``; ``seconds_per_step`` (null for ``--steps 0``); plus the settings;
 * ``trace.npz``: the trace recorded every ``--trace-every`` steps (info, KSD, particles);
-* ``particles.png``: final particles over the target's density contours (1-D, 2-D) or marginals.
+* ``particles.png``: final particles over the target's density contours (1-D, 2-D) or pairwise
+  marginals (higher dimensions).
+
+``animate`` runs several samplers from the same initial particles and writes one animation of them
+side by side (``--out FILE.gif``, Pillow; ``FILE.mp4`` needs ffmpeg), printing its progress on
+stderr. Bad arguments of either command print one line and exit with status 2, as argparse does.
 """
 
 from __future__ import annotations
@@ -52,6 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="out/sample", help="output directory")
     s.add_argument("--no-plot", action="store_true", help="skip particles.png")
     s.add_argument("--progress", action="store_true", help="show a progress bar")
+    a = sub.add_parser("animate", help="animate samplers side by side on a target (GIF; MP4 with ffmpeg)")
+    a.add_argument("--target", default="mixture2d", help="target name (see `particlesampling targets`)")
+    a.add_argument("--methods", default="svgd,spos,sgld", help="comma-separated samplers, drawn left to right")
+    a.add_argument("--particles", type=int, default=100, help="number of particles n")
+    a.add_argument("--steps", type=int, default=500)
+    a.add_argument("--frames", type=int, default=50, help="frames of the animation (at most steps + 1)")
+    a.add_argument("--fps", type=int, default=10, help="frames per second")
+    a.add_argument("--dpi", type=int, default=80, help="resolution (each panel is 3.6 x 3.2 inches)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--step-size", type=float, default=None, help="constant step size (default: per target)")
+    a.add_argument("--beta", type=float, default=1.0, help="SPOS Langevin weight beta")
+    a.add_argument("--out", default="out/animation.gif", help="output file: .gif, or .mp4 (needs ffmpeg)")
+    a.add_argument("--no-progress", action="store_true", help="do not show progress")
     return p
 
 
@@ -74,12 +93,23 @@ def _backend(args):
     return torch_namespace(), getattr(torch, args.dtype), torch.device(args.device)
 
 
+def _make_sampler(method: str, target, rule, *, kernel="rbf", bandwidth="liu_wang", batch_size=None, beta=1.0):
+    """The sampler ``method`` on ``target`` with the options that method takes."""
+    from .samplers import get_sampler
+
+    options = {}
+    if method in ("svgd", "spos"):
+        options = dict(kernel=kernel, bandwidth=bandwidth, batch_size=batch_size)
+    if method == "spos":
+        options["beta"] = beta
+    return get_sampler(method, target.score, rule, **options)
+
+
 def _sample(args) -> dict:
     from . import diagnostics
     from .plotting import save_particles_figure
     from ._backend import to_numpy
     from .runner import run_sampler
-    from .samplers import get_sampler
     from .step_sizes import get_step_rule
     from .targets import get_target
 
@@ -87,13 +117,8 @@ def _sample(args) -> dict:
     xp, dtype, device = _backend(args)
     x0 = target.initial_particles(args.particles, args.seed, xp=xp, dtype=dtype, device=device)
     lr = args.step_size if args.step_size is not None else DEFAULT_STEP.get(target.name, 1e-2)
-    rule = get_step_rule(args.step_rule, lr)
-    options = {}
-    if args.method in ("svgd", "spos"):
-        options = dict(kernel=args.kernel, bandwidth=_bandwidth_arg(args.bandwidth), batch_size=args.batch_size)
-    if args.method == "spos":
-        options["beta"] = args.beta
-    sampler = get_sampler(args.method, target.score, rule, **options)
+    sampler = _make_sampler(args.method, target, get_step_rule(args.step_rule, lr), kernel=args.kernel,
+                            bandwidth=_bandwidth_arg(args.bandwidth), batch_size=args.batch_size, beta=args.beta)
 
     def ksd_metric(x):
         return diagnostics.ksd(x, target.score(x))
@@ -136,24 +161,129 @@ def _sample(args) -> dict:
     return summary
 
 
-def _check_sample_args(args) -> None:
-    """Refuse bad ``sample`` arguments as argparse does: one line on stderr, exit status 2."""
+def _refuse(command: str, message: str):
+    """Refuse a bad argument as argparse does: one line on stderr, exit status 2."""
+    sys.stderr.write(f"particlesampling {command}: error: {message}\n")
+    raise SystemExit(2)
+
+
+def _check_target_name(command: str, name: str) -> None:
     from .targets import list_targets
 
-    def refuse(message: str):
-        sys.stderr.write(f"particlesampling sample: error: {message}\n")
-        raise SystemExit(2)
-
-    names = [name for name, _ in list_targets()]
+    names = [n for n, _ in list_targets()]
     # the spelling get_target accepts: any case, "_" for "-"
-    if args.target.strip().lower().replace("_", "-") not in names:
-        refuse(f"argument --target: unknown target {args.target!r}; expected one of {', '.join(names)}")
+    if name.strip().lower().replace("_", "-") not in names:
+        _refuse(command, f"argument --target: unknown target {name!r}; expected one of {', '.join(names)}")
+
+
+def _check_sample_args(args) -> None:
+    """Refuse bad ``sample`` arguments: one line on stderr, exit status 2."""
+    _check_target_name("sample", args.target)
     if args.particles < 1:
-        refuse(f"argument --particles: expected >= 1, received {args.particles}")
+        _refuse("sample", f"argument --particles: expected >= 1, received {args.particles}")
     if args.steps < 0:
-        refuse(f"argument --steps: expected >= 0, received {args.steps}")
+        _refuse("sample", f"argument --steps: expected >= 0, received {args.steps}")
     if args.trace_every < 1:
-        refuse(f"argument --trace-every: expected >= 1, received {args.trace_every}")
+        _refuse("sample", f"argument --trace-every: expected >= 1, received {args.trace_every}")
+
+
+def _animate_methods(text: str) -> list:
+    """``--methods`` as a list of sampler names; refused (exit 2) unless known and distinct."""
+    from .samplers import SAMPLERS
+
+    methods = [m.strip().lower() for m in text.split(",") if m.strip()]
+    if not methods:
+        _refuse("animate", f"argument --methods: expected comma-separated names among {', '.join(SAMPLERS)}, "
+                           f"received {text!r}")
+    unknown = [m for m in methods if m not in SAMPLERS]
+    if unknown:
+        _refuse("animate", f"argument --methods: unknown sampler {unknown[0]!r}; expected names among "
+                           f"{', '.join(SAMPLERS)}")
+    if len(set(methods)) != len(methods):
+        _refuse("animate", f"argument --methods: expected distinct names, received {text!r}")
+    return methods
+
+
+def _check_animate_args(args) -> list:
+    """Refuse bad ``animate`` arguments (one line, exit 2) before anything runs; returns the methods."""
+    _check_target_name("animate", args.target)
+    methods = _animate_methods(args.methods)
+    for name, value, least in (("particles", args.particles, 1), ("steps", args.steps, 1),
+                               ("frames", args.frames, 1), ("fps", args.fps, 1), ("dpi", args.dpi, 10)):
+        if value < least:
+            _refuse("animate", f"argument --{name}: expected >= {least}, received {value}")
+    if args.step_size is not None and not (math.isfinite(args.step_size) and args.step_size > 0):
+        _refuse("animate", f"argument --step-size: expected a positive number, received {args.step_size}")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise SystemExit("particlesampling animate: needs matplotlib: pip install particlesampling[viz]") from None
+    from .plotting.animation import check_animation_path
+
+    try:
+        check_animation_path(args.out)
+    except (ValueError, RuntimeError) as exc:
+        _refuse("animate", f"argument --out: {exc}")
+    return methods
+
+
+class _Progress:
+    """Progress on stderr: a tqdm bar when tqdm is installed, else a line every 10%."""
+
+    def __init__(self, total: int, desc: str, enabled: bool):
+        self.total, self.desc, self.enabled, self._shown = total, desc, enabled, -1
+        self._bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=True)
+            except ImportError:  # tqdm is optional
+                self._bar = None
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(done + 1 - self._bar.n)
+            return
+        tenth = (10 * (done + 1)) // max(self.total, 1)
+        if tenth > self._shown:
+            self._shown = tenth
+            sys.stderr.write(f"{self.desc}: {done + 1}/{self.total}\n")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _animate(args, methods: list) -> dict:
+    from .plotting.animation import animate_particles
+    from .runner import run_sampler
+    from .step_sizes import constant
+    from .targets import get_target
+
+    target = get_target(args.target)
+    lr = args.step_size if args.step_size is not None else DEFAULT_STEP.get(target.name, 1e-2)
+    x0 = target.initial_particles(args.particles, args.seed)
+    trace_every = max(1, args.steps // args.frames)
+    traces = {}
+    for method in methods:
+        sampler = _make_sampler(method, target, constant(lr), beta=args.beta)
+        if not args.no_progress:
+            sys.stderr.write(f"sampling {method.upper()}: {args.particles} particles, {args.steps} steps\n")
+        _, traces[method.upper()] = run_sampler(sampler, sampler.init(x0, seed=args.seed), args.steps,
+                                                trace_every=trace_every, keep_particles=True,
+                                                progress=False if args.no_progress else None)
+    frames = min(args.frames, min(len(t.steps) for t in traces.values()))
+    progress = _Progress(frames, "rendering frames", not args.no_progress)
+    try:
+        path = animate_particles(traces, target, args.out, fps=args.fps, dpi=args.dpi, max_frames=args.frames,
+                                 title=f"{target.name}: n = {args.particles}, step size {lr:g}",
+                                 progress_callback=progress)
+    finally:
+        progress.close()
+    return {"path": str(path), "frames": frames, "methods": methods, "step_size": lr}
 
 
 def main(argv=None) -> int:
@@ -165,6 +295,12 @@ def main(argv=None) -> int:
         width = max(len(n) for n, _ in list_targets())
         for name, desc in list_targets():
             print(f"{name:<{width}}  {desc}")
+        return 0
+    if args.command == "animate":
+        methods = _check_animate_args(args)
+        result = _animate(args, methods)
+        print(f"{'written':>16}: {result['path']} ({result['frames']} frames: "
+              f"{', '.join(m.upper() for m in result['methods'])})")
         return 0
     _check_sample_args(args)
     summary = _sample(args)

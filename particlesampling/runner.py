@@ -59,6 +59,35 @@ class Trace:
         """Write the trace to ``path`` (``.npz``)."""
         np.savez_compressed(path, **self.as_arrays())
 
+    @classmethod
+    def load(cls, path) -> "Trace":
+        """Read a trace written by :meth:`save` (e.g. the CLI's ``trace.npz``).
+
+        Parameters
+        ----------
+        path : str or path-like
+            A ``.npz`` file with ``steps``, ``seconds``, ``info_<name>``, ``metric_<name>`` and
+            optionally ``particles`` (``(T, n, d)``).
+
+        Returns
+        -------
+        Trace
+            Lists of Python ints and floats, and ``(n, d)`` NumPy snapshots.
+        """
+        with np.load(path) as data:
+            if "steps" not in data.files:
+                raise ValueError(f"expected a trace .npz with a 'steps' array, received arrays {data.files}")
+            trace = cls(steps=[int(s) for s in data["steps"]],
+                        seconds=[float(s) for s in data["seconds"]] if "seconds" in data.files else [])
+            for key in data.files:
+                if key.startswith("info_"):
+                    trace.info[key[len("info_"):]] = [float(v) for v in data[key]]
+                elif key.startswith("metric_"):
+                    trace.metrics[key[len("metric_"):]] = [float(v) for v in data[key]]
+            if "particles" in data.files:
+                trace.particles = list(data["particles"])
+        return trace
+
 
 def _progress(total: int, enabled):
     if enabled is False or (enabled is None and total < 2000):

@@ -124,7 +124,7 @@ def test_sample_high_dimensional_target_draws_marginals(tmp_path):
     assert summary["dim"] == 11 and summary["step_rule"] == "adagrad_momentum" and summary["step_size"] == 0.01
     assert np.isfinite(summary["mean_error"]) and np.isfinite(summary["cov_error"])
     w, h = _check_png(out / "particles.png")
-    # a grid of marginal histograms (4 columns x 3 rows for 11 dimensions), not a single 2-D panel
+    # pairwise marginals of the first 4 of the 11 coordinates (a 4 x 4 grid), not a single 2-D panel
     w2, h2 = _check_png(_sample(tmp_path / "b", "--target", "gaussian", "--particles", "5", "--steps", "1")[0]
                         / "particles.png")
     assert w > 1.5 * w2 and h > h2
