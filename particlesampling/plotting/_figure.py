@@ -74,6 +74,18 @@ def traces_by_name(traces: Any) -> Dict[str, Any]:
     return {str(k): v for k, v in traces.items()}
 
 
+def runs_and_snapshots(traces: Any, dims: Any):
+    """``(runs, snapshots, dims)`` for several runs of one target: ``runs`` by name (see
+    :func:`traces_by_name`), each run's ``(frames, n, d)`` snapshots, and the plotted dimensions
+    (default the first two). Runs of different dimensions are a ValueError."""
+    runs = traces_by_name(traces)
+    snaps = {name: snapshots_of(trace) for name, trace in runs.items()}
+    d = next(iter(snaps.values())).shape[2]
+    if any(s.shape[2] != d for s in snaps.values()):
+        raise ValueError(f"expected runs of the same dimension, received {[s.shape[2] for s in snaps.values()]}")
+    return runs, snaps, as_dims(dims if dims is not None else tuple(range(min(d, 2))), d)
+
+
 def view_box(target: Any, arrays: Sequence[np.ndarray], dims: Sequence[int]) -> np.ndarray:
     """``(len(dims), 2)`` box covering every array and the target: its ``bounds`` where known, else its
     mean ± 3 sd on ``dims`` where it knows ``mean`` and ``cov``; padded 5%."""

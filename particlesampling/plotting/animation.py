@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ._figure import as_dims, pyplot, snapshots_of, traces_by_name, view_box
+from ._figure import pyplot, runs_and_snapshots, view_box
 from .particles import ParticlePanel
 
 __all__ = ["animate_particles", "check_animation_path", "ANIMATION_FORMATS"]
@@ -128,12 +128,7 @@ def animate_particles(traces: Any, target: Any, path: Any, *, fps: int = 10, dpi
     if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer))
                                    or max_frames < 1):
         raise ValueError(f"expected max_frames as a positive int or None, received {max_frames!r}")
-    runs = traces_by_name(traces)
-    snaps = {name: snapshots_of(trace) for name, trace in runs.items()}
-    d = next(iter(snaps.values())).shape[2]
-    if any(s.shape[2] != d for s in snaps.values()):
-        raise ValueError(f"expected runs of the same dimension, received {[s.shape[2] for s in snaps.values()]}")
-    dims = as_dims(dims if dims is not None else tuple(range(min(d, 2))), d)
+    runs, snaps, dims = runs_and_snapshots(traces, dims)
     frames = _frame_indices(max(len(s) for s in snaps.values()), max_frames)
 
     from matplotlib import animation

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 from ..diagnostics.along_trace import trace_diagnostics
-from ._figure import as_dims, pyplot, snapshots_of, traces_by_name, view_box
+from ._figure import pyplot, runs_and_snapshots, view_box
 from .curves import curve_keys, draw_curves
 from .particles import ParticlePanel
 
@@ -37,12 +37,7 @@ def plot_methods(traces: Any, target: Any, *, reference: Any = None, curves: Opt
     -------
     matplotlib.figure.Figure
     """
-    runs = traces_by_name(traces)
-    snaps = {name: snapshots_of(trace) for name, trace in runs.items()}
-    d = next(iter(snaps.values())).shape[2]
-    if any(s.shape[2] != d for s in snaps.values()):
-        raise ValueError(f"expected runs of the same dimension, received {[s.shape[2] for s in snaps.values()]}")
-    dims = as_dims(dims if dims is not None else tuple(range(min(d, 2))), d)
+    runs, snaps, dims = runs_and_snapshots(traces, dims)
     keys = []
     if curves is None or len(curves):
         series = {name: trace_diagnostics(trace, target, reference=reference) for name, trace in runs.items()}
