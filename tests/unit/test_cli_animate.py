@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("matplotlib")
+import matplotlib  # noqa: E402,F401  (pinned test dependency: imported, never skipped)
 from PIL import Image  # noqa: E402
 
 from particlesampling.cli import main  # noqa: E402
