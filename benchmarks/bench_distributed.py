@@ -63,38 +63,6 @@ def _score(x):
     return -x
 
 
-class _Bytes:
-    """Payload bytes of this process's collectives (wraps the torch.distributed calls used)."""
-
-    def __init__(self):
-        self.sent = self.received = self.calls = 0
-        self._orig = {}
-
-    def __enter__(self):
-        for name in ("all_gather_single", "all_gather_into_tensor", "all_reduce"):
-            if hasattr(dist, name):
-                self._orig[name] = getattr(dist, name)
-                setattr(dist, name, self._wrap(name, self._orig[name]))
-        return self
-
-    def __exit__(self, *exc):
-        for name, f in self._orig.items():
-            setattr(dist, name, f)
-
-    def _wrap(self, name, f):
-        def counted(*args, **kwargs):
-            self.calls += 1
-            if name == "all_reduce":
-                self.sent += args[0].numel() * args[0].element_size()
-                self.received += args[0].numel() * args[0].element_size()
-            else:
-                self.sent += args[1].numel() * args[1].element_size()
-                self.received += args[0].numel() * args[0].element_size()
-            return f(*args, **kwargs)
-
-        return counted
-
-
 def _rows(n, d, dtype, world, rank, device):
     x = torch.randn(n, d, generator=torch.Generator().manual_seed(0), dtype=dtype)
     sizes = [n // world + (1 if r < n % world else 0) for r in range(world)]
@@ -117,7 +85,7 @@ def _worker(rank, world, port, backend, n, d, dtype_name, warmup, steps, out_dir
         for _ in range(warmup):
             state, _ = sampler.step(state)
         times = []
-        with _Bytes() as counted:
+        with ps.distributed.CollectiveCounter() as counted:
             for _ in range(steps):
                 dist.barrier()
                 if backend == "nccl":

@@ -22,9 +22,10 @@ torch is imported inside the functions only, so ``import particlesampling`` need
 from ._comm import ShardLayout, shard_layout
 from .direction import sharded_stein_direction, sharded_stein_direction_with_info
 from .samplers import ShardedSPOS, ShardedSVGD, sharded_spos, sharded_svgd
-from .volume import communication_volume
+from .volume import CollectiveCounter, communication_volume
 
 __all__ = [
+    "CollectiveCounter",
     "sharded_stein_direction",
     "sharded_stein_direction_with_info",
     "sharded_svgd",

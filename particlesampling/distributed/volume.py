@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Dict, Sequence
 
-__all__ = ["communication_volume", "radix_passes", "HISTOGRAM_BINS"]
+__all__ = ["communication_volume", "radix_passes", "HISTOGRAM_BINS", "CollectiveCounter"]
 
 #: bins of one radix-selection histogram (:mod:`particlesampling.selection`: 16 bits per pass)
 HISTOGRAM_BINS = 1 << 16
@@ -87,3 +87,54 @@ def communication_volume(sizes: Sequence[int], d: int, itemsize: int, *, median:
     return {"sent": float(sent), "received": float(received), "wire": float(math.ceil(wire)),
             "collectives": len(gathers) + len(reduces) - 1 + passes, "rows": float(rows[1]),
             "histograms": float(reduces[0]), "small": float(small)}
+
+
+class CollectiveCounter:
+    """Context manager measuring the payloads of this process's collectives, to set beside
+    :func:`communication_volume`.
+
+    While active it wraps ``torch.distributed.all_gather_into_tensor``, ``all_gather_single`` (where
+    present) and ``all_reduce`` (the calls this package makes) and adds up, per call, the bytes the
+    rank contributes (``sent``) and ends up with (``received``), as :func:`communication_volume`
+    counts them; ``histograms`` counts the radix-selection histograms (``HISTOGRAM_BINS`` int64
+    entries each) among the all-reduces. The original functions are restored on exit.
+    """
+
+    def __init__(self):
+        self.sent = self.received = self.calls = self.histograms = 0
+        self._orig: Dict[str, object] = {}
+        self._dist = None
+
+    def __enter__(self) -> "CollectiveCounter":
+        import torch.distributed as dist
+
+        self._dist = dist
+        for name in ("all_gather_single", "all_gather_into_tensor", "all_reduce"):
+            if hasattr(dist, name):
+                self._orig[name] = getattr(dist, name)
+                setattr(dist, name, self._wrap(name, self._orig[name]))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name, f in self._orig.items():
+            setattr(self._dist, name, f)
+        self._orig = {}
+
+    def _wrap(self, name: str, f):
+        import torch
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            if name == "all_reduce":
+                t = args[0]
+                if t.dtype == torch.int64 and t.shape[-1] == HISTOGRAM_BINS:
+                    self.histograms += t.numel() // HISTOGRAM_BINS
+                self.sent += t.numel() * t.element_size()
+                self.received += t.numel() * t.element_size()
+            else:
+                out, inp = args[0], args[1]
+                self.sent += inp.numel() * inp.element_size()
+                self.received += out.numel() * out.element_size()
+            return f(*args, **kwargs)
+
+        return counted

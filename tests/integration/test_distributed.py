@@ -62,44 +62,6 @@ def _rows(x, sizes, rank):
     return x[a:a + sizes[rank]].clone()
 
 
-class _Counter:
-    """Payload bytes of this process's collectives (wraps the torch.distributed calls used)."""
-
-    def __init__(self):
-        self.sent = self.received = 0
-        self.calls = 0
-        self.histograms = 0  # 65,536-bin int64 histograms all-reduced (the radix selection)
-        self._orig = {}
-
-    def __enter__(self):
-        for name in ("all_gather_single", "all_gather_into_tensor", "all_reduce"):
-            if hasattr(dist, name):
-                self._orig[name] = getattr(dist, name)
-                setattr(dist, name, self._wrap(name, self._orig[name]))
-        return self
-
-    def __exit__(self, *exc):
-        for name, f in self._orig.items():
-            setattr(dist, name, f)
-
-    def _wrap(self, name, f):
-        def counted(*args, **kwargs):
-            self.calls += 1
-            if name == "all_reduce":
-                t = args[0]
-                if t.dtype == torch.int64 and t.shape[-1] == 65536:
-                    self.histograms += t.numel() // 65536
-                self.sent += t.numel() * t.element_size()
-                self.received += t.numel() * t.element_size()
-            else:
-                out, inp = args[0], args[1]
-                self.sent += inp.numel() * inp.element_size()
-                self.received += out.numel() * out.element_size()
-            return f(*args, **kwargs)
-
-        return counted
-
-
 def _worker(rank, world, port, out_dir):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
@@ -116,7 +78,7 @@ def _worker(rank, world, port, out_dir):
         # bytes of one direction, one SVGD step and one SPOS step (float64, median bandwidth)
         x = _particles(sum(sizes))
         xr = _rows(x, sizes, rank)
-        with _Counter() as c:
+        with ps.distributed.CollectiveCounter() as c:
             ps.distributed.sharded_stein_direction(xr, _score(xr))
         out["volume"]["direction"] = (c.sent, c.received, c.calls, c.histograms)
         sizes = SAMPLER_SIZES[world]
@@ -128,7 +90,7 @@ def _worker(rank, world, port, out_dir):
             infos = []
             for step in range(STEPS):
                 if step == 0:
-                    with _Counter() as c:
+                    with ps.distributed.CollectiveCounter() as c:
                         state, info = sampler.step(state)
                     out["volume"][method] = (c.sent, c.received, c.calls, c.histograms)
                 else:
