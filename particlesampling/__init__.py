@@ -36,6 +36,7 @@ from .diagnostics import (
     trace_diagnostics,
 )
 from .kernels import IMQ, RBF, Kernel, Linear, RandomFeatureRBF, get_kernel
+from .memory_budget import default_memory_budget
 from .runner import NonFiniteError, Trace, run_sampler
 from .selection import lower_median, midpoint_median
 from .samplers import SAMPLERS, ParticleState, get_sampler, sgld, spos, svgd
@@ -70,6 +71,7 @@ __all__ = [
     "stein_direction_batched",
     "stein_direction_batched_with_info",
     "SteinInfo",
+    "default_memory_budget",
     "Kernel",
     "RBF",
     "IMQ",

@@ -19,6 +19,8 @@ __all__ = [
     "constant",
     "sqdist",
     "sqdist_block",
+    "symmetric_sqdist",
+    "SQDIST_BLOCK_ROWS",
     "is_floating",
     "finfo_eps",
     "to_numpy",
@@ -149,16 +151,10 @@ def sqdist(x, y=None, *, xp=None):
     x = x - shift
     xx = xp.sum(x * x, axis=-1)
     if y is None:
+        if (_in_place_torch(x) and x.ndim in (2, 3)) or array_api_compat.is_numpy_array(x):
+            return symmetric_sqdist(x, xx)
         d2 = sqdist_block(xp, x, xx, x, xx, diagonal_at=0)
         # symmetrise rounding so that D2 == D2.T exactly (GEMMs are not always symmetric)
-        if _in_place_torch(d2):
-            return d2.add(d2.transpose(-1, -2)).mul_(0.5)
-        if array_api_compat.is_numpy_array(d2):
-            import numpy as np
-
-            d2 += np.swapaxes(d2, -1, -2)  # NumPy buffers the overlapping transpose
-            d2 *= 0.5
-            return d2
         return 0.5 * (d2 + xp.matrix_transpose(d2))
     y = y - shift
     return sqdist_block(xp, x, xx, y, xp.sum(y * y, axis=-1))
@@ -166,6 +162,70 @@ def sqdist(x, y=None, *, xp=None):
 
 def _in_place_torch(a) -> bool:
     return array_api_compat.is_torch_array(a) and not a.requires_grad
+
+
+#: rows per block of :func:`symmetric_sqdist` and of the blocked kernel passes of the Stein step
+SQDIST_BLOCK_ROWS = 256
+
+
+def symmetric_sqdist(xc, xx, *, block: int = SQDIST_BLOCK_ROWS, mirror: bool = True):
+    """``D2`` of the (centred) rows ``xc`` (``(..., n, d)``, NumPy or torch without autograd), exactly
+    symmetric with a zero diagonal, from the upper block triangle only.
+
+    For each block of ``block`` rows ``I = a..b-1`` one GEMM gives ``D2[I, a:]`` (the Gram trick of
+    :func:`sqdist_block`, accumulated in place), whose square ``D2[I, I]`` is made symmetric from its
+    own upper triangle; the blocks below the diagonal are then copied, transposed, from those above.
+    The GEMM work is half that of the full product, the copies are a quarter of the entries, and no
+    pass averages ``D2`` with its transpose. ``xx`` are the squared row norms ``|xc_i|^2``.
+
+    With ``mirror=False`` the blocks below the diagonal squares are left unwritten: the result holds
+    the upper block triangle ``D2[I, a:]`` of every row block only, for consumers that read nothing
+    else (:func:`particlesampling.selection.symmetric_order_statistics` on the CPU,
+    :func:`particlesampling.kernels.rbf_blocked_product`).
+    """
+    n = xc.shape[-2]
+    lead = tuple(xc.shape[:-2])
+    torch_like = is_torch_array(xc)
+    if torch_like:
+        import torch
+
+        d2 = torch.empty(lead + (n, n), dtype=xc.dtype, device=xc.device)
+    else:
+        import numpy as np
+
+        d2 = np.empty(lead + (n, n), dtype=xc.dtype)
+    xt = xc.transpose(-1, -2) if torch_like else np.swapaxes(xc, -1, -2)
+    for a in range(0, n, block):
+        b = min(n, a + block)
+        rows = d2[..., a:b, a:]
+        if torch_like:
+            torch.add(xx[..., a:b, None], xx[..., None, a:], out=rows)
+            if rows.ndim == 2:
+                rows.addmm_(xc[..., a:b, :], xt[..., :, a:], alpha=-2.0)
+            else:
+                rows.baddbmm_(xc[..., a:b, :], xt[..., :, a:], alpha=-2.0)
+            rows.clamp_(min=0.0)
+            square = d2[..., a:b, a:b]
+            upper = square.triu(1)
+            torch.add(upper, upper.transpose(-1, -2), out=square)
+        else:
+            g = xc[..., a:b, :] @ xt[..., :, a:]
+            g *= -2.0  # exact; then (|x_i|^2 + |x_j|^2) + (-2 G): the rounding of the generic path
+            g += xx[..., a:b, None] + xx[..., None, a:]
+            np.maximum(g, 0.0, out=g)
+            upper = np.triu(g[..., :, :b - a], 1)
+            g[..., :, :b - a] = upper + np.swapaxes(upper, -1, -2)
+            rows[...] = g
+    for a in range(0, n if mirror else 0, block):
+        b = min(n, a + block)
+        if b < n:
+            lower = d2[..., b:, a:b]
+            upper = d2[..., a:b, b:]
+            if torch_like:
+                lower.copy_(upper.transpose(-1, -2))
+            else:
+                lower[...] = np.swapaxes(upper, -1, -2)
+    return d2
 
 
 def sqdist_block(xp, x_rows, xx_rows, y, yy, *, diagonal_at=None):

@@ -45,9 +45,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from ._backend import batch_shape, device_of, finfo_eps, is_traced, namespace, to_numpy
+from ._backend import batch_shape, centred, device_of, finfo_eps, is_traced, namespace, to_numpy
 from .kernels import get_kernel
-from .selection import order_statistics
+from .selection import order_statistics, symmetric_order_statistics
 from .stein_kernel import stein_gram_stats
 
 __all__ = [
@@ -132,7 +132,12 @@ def median_from_order_statistics(xp, convention: str, values, n: int, mean_offdi
 
 @dataclass(frozen=True)
 class Median(BandwidthRule):
-    """Median heuristic in one of :data:`MEDIAN_CONVENTIONS` (see the module table)."""
+    """Median heuristic in one of :data:`MEDIAN_CONVENTIONS` (see the module table).
+
+    Called as ``rule(particles, sq)`` with ``sq = sqdist(particles)``, exactly symmetric with a zero
+    diagonal; on the CPU the selection reads its upper block triangle only
+    (:func:`particlesampling.selection.symmetric_order_statistics`).
+    """
 
     convention: str = DEFAULT_BANDWIDTH
     batchable = True
@@ -155,8 +160,12 @@ class Median(BandwidthRule):
             return xp.ones(shape, dtype=particles.dtype, device=device_of(particles))
         if self.convention == "pyro":
             return self._pyro(xp, particles)
-        values = order_statistics(sq, median_ranks(self.convention, n), xp=xp, batch_dims=len(lead))
-        total = xp.sum(sq) if not lead else xp.sum(xp.reshape(sq, lead + (-1,)), axis=-1)
+        ranks = median_ranks(self.convention, n)
+        values = (symmetric_order_statistics(sq, ranks, xp=xp) if not lead
+                  else order_statistics(sq, ranks, xp=xp, batch_dims=len(lead)))
+        # sum of D2 = 2 n sum_i |x_i - mean|^2: O(n d), not another pass over the n x n matrix
+        xc = centred(xp, particles)
+        total = 2.0 * float(n) * xp.sum(xp.sum(xc * xc, axis=-1), axis=-1)
         mean_off = total / float(n * (n - 1))
         return median_from_order_statistics(xp, self.convention, values, n, mean_off, particles)
 

@@ -19,30 +19,32 @@ system with its own bandwidth: the same result as ``B`` calls of :func:`stein_di
 from __future__ import annotations
 
 from .stein_terms import SteinInfo, assemble_direction, check_repulsion, check_stein_inputs, stein_terms
-from .tiled import needs_tiling, tiled_stein_direction_with_info
+from .memory_budget import AUTO, default_memory_budget
+from .tiled import tiled_stein_direction_with_info, tiling_chosen
 
 __all__ = ["stein_direction", "stein_direction_with_info", "stein_direction_batched",
            "stein_direction_batched_with_info", "SteinInfo"]
 
 
 def stein_direction_with_info(particles, scores, kernel=None, bandwidth=None, repulsion: float = 1.0,
-                              *, sq=None, memory_budget=None):
+                              *, sq=None, memory_budget=AUTO):
     """Stein direction and :class:`SteinInfo`; see :func:`stein_direction` for the arguments.
 
     ``sq`` may pass a precomputed ``sqdist(particles)`` to share it with other computations of the
-    same step (a KSD, say).
+    same step (a KSD, say); the untiled path is then taken whatever the budget.
     """
     xp = check_stein_inputs(particles, scores, repulsion)
     repulsion = check_repulsion(repulsion)
-    if sq is None and needs_tiling(particles, memory_budget):
+    if sq is None and tiling_chosen(particles, kernel, bandwidth, memory_budget):
+        budget = default_memory_budget(particles) if memory_budget == AUTO else memory_budget
         return tiled_stein_direction_with_info(particles, scores, kernel, bandwidth, repulsion,
-                                               memory_budget=memory_budget)
+                                               memory_budget=budget)
     t = stein_terms(particles, scores, kernel, bandwidth, sq=sq)
     return assemble_direction(xp, t.driving, t.repulsion, repulsion, t.bandwidth, t.mean_kernel)
 
 
 def stein_direction(particles, scores, kernel=None, bandwidth=None, repulsion: float = 1.0, *,
-                    memory_budget=None):
+                    memory_budget=AUTO):
     """The SVGD direction ``phi = (K S + repulsion * R) / n`` (Liu & Wang 2016, eq. 8).
 
     Parameters
@@ -58,11 +60,15 @@ def stein_direction(particles, scores, kernel=None, bandwidth=None, repulsion: f
         number ``h`` fixes the bandwidth of ``k(x, y) = exp(-|x - y|^2 / h)`` for RBF.
     repulsion : float
         Weight of the repulsive term (1 for SVGD).
-    memory_budget : int, optional
-        Bytes allowed for ``n x n`` temporaries. ``None`` (default): untiled. If the untiled path
-        would need more (about ``3 n^2`` numbers), the rows are processed in blocks that fit the
-        budget (:mod:`particlesampling.tiled`: same result to float rounding, ``O(n * tile)``
-        memory, radial kernels and scalar median / fixed bandwidths).
+    memory_budget : "auto", int or None
+        Bytes allowed for the ``n x n`` temporaries (:mod:`particlesampling.memory_budget`). The
+        default ``"auto"`` derives a budget from the machine (CPU: 1/16 of the physical memory,
+        between 64 MiB and 1 GiB; CUDA: a quarter of the free device memory). When the untiled path
+        would need more (about one ``n x n`` matrix for the RBF kernel, three for others), the rows
+        are processed in blocks that fit the budget (:mod:`particlesampling.tiled`: same result to
+        float rounding, ``O(n * tile)`` memory, radial kernels and scalar median / fixed
+        bandwidths; under ``"auto"`` a call those cannot serve stays untiled, under a number it
+        raises). ``None``: no budget, always untiled.
 
     Returns
     -------

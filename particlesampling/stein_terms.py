@@ -17,8 +17,18 @@ import math
 import numbers
 from typing import Any, NamedTuple
 
-from ._backend import batch_shape, centred, check_same_shape, device_of, exp_neg_scaled, namespace, sqdist
-from .bandwidths import get_bandwidth, rule_bandwidth
+from ._backend import (
+    batch_shape,
+    centred,
+    check_same_shape,
+    device_of,
+    is_numpy_array,
+    is_torch_array,
+    namespace,
+    sqdist,
+    symmetric_sqdist,
+)
+from .bandwidths import ArrayBandwidth, Fixed, Median, Scaled, get_bandwidth, rule_bandwidth
 from .kernels import (
     RBF,
     Kernel,
@@ -26,7 +36,9 @@ from .kernels import (
     get_kernel,
     is_scalar_bandwidth,
     offdiagonal_mean_from_sums,
-    rbf_driving_and_repulsion,
+    rbf_blocked_product,
+    rbf_product_columns,
+    rbf_terms_from_product,
 )
 
 __all__ = ["SteinInfo", "SteinTerms", "check_stein_inputs", "check_repulsion", "stein_terms", "assemble_direction",
@@ -84,6 +96,28 @@ def _total(xp, a):
     return xp.sum(a) if not lead else xp.sum(xp.reshape(a, lead + (-1,)), axis=-1)
 
 
+def _reads_upper_only(rule) -> bool:
+    """Whether ``rule`` reads no more of ``D2`` than its upper block triangle: the median
+    conventions (on the CPU; :func:`particlesampling.selection.symmetric_order_statistics`) and the
+    fixed bandwidths, and ``Scaled`` versions of those."""
+    while isinstance(rule, Scaled):
+        rule = rule.rule
+    return isinstance(rule, (Median, Fixed, ArrayBandwidth))
+
+
+def _own_sqdist(xp, particles, rule, *, upper_only: bool):
+    """``D2`` of one system computed for this step. For NumPy and torch on the CPU without autograd,
+    when everything downstream reads the upper block triangle only (``upper_only``: the RBF
+    product; and a rule of :func:`_reads_upper_only`), the blocks below it are not even written
+    (:func:`particlesampling._backend.symmetric_sqdist` with ``mirror=False``)."""
+    cpu = is_numpy_array(particles) or (is_torch_array(particles) and particles.device.type == "cpu"
+                                        and not particles.requires_grad)
+    if upper_only and cpu and particles.ndim == 2 and _reads_upper_only(rule):
+        xc = centred(xp, particles)
+        return symmetric_sqdist(xc, xp.sum(xc * xc, axis=-1), mirror=False)
+    return sqdist(particles, xp=xp)
+
+
 def stein_terms(particles, scores, kernel=None, bandwidth=None, *, sq=None) -> SteinTerms:
     """``K S``, ``R``, ``diag(K)``, the bandwidth and the mean kernel value, without the ``1/n``.
 
@@ -94,8 +128,10 @@ def stein_terms(particles, scores, kernel=None, bandwidth=None, *, sq=None) -> S
     are not batchable are evaluated system by system).
 
     ``sq`` may pass a precomputed ``sqdist(particles)`` to share it with other computations of the
-    same step. For the RBF kernel with a scalar bandwidth, ``K X``, ``K S`` and the row sums of ``K``
-    come from one product ``K [Xc | S | 1]`` (:func:`particlesampling.kernels.rbf_driving_and_repulsion`).
+    same step (it is then read, never modified). For the RBF kernel with a scalar bandwidth, ``K X``,
+    ``K S`` and the row sums of ``K`` come from one product ``K [Xc | S | 1]``, made block by block
+    of rows from ``D2`` (:func:`particlesampling.kernels.rbf_blocked_product`): ``D2`` is turned into
+    ``K`` in place when this call computed it, so the step holds one ``n x n`` matrix, not two.
     """
     xp = check_stein_inputs(particles, scores, 1.0, batched=particles.ndim == 3)
     kern: Kernel = get_kernel(kernel)
@@ -104,18 +140,20 @@ def stein_terms(particles, scores, kernel=None, bandwidth=None, *, sq=None) -> S
         parts = [stein_terms(particles[b, ...], scores[b, ...], kern, bandwidth) for b in range(lead[0])]
         return SteinTerms(*(xp.stack([getattr(t, f) for t in parts], axis=0) for f in SteinTerms._fields))
     n = particles.shape[-2]
+    own_sq = sq is None
     if kern.uses_bandwidth:
+        rule = get_bandwidth(bandwidth)
         if sq is None:
-            sq = sqdist(particles, xp=xp)
-        h = rule_bandwidth(get_bandwidth(bandwidth), particles, sq, scores)
+            sq = _own_sqdist(xp, particles, rule, upper_only=type(kern) is RBF)
+        h = rule_bandwidth(rule, particles, sq, scores)
     else:
         h = xp.ones(lead, dtype=particles.dtype, device=device_of(particles))
     if type(kern) is RBF and is_scalar_bandwidth(h, particles):
-        k = exp_neg_scaled(xp, sq, bandwidth_for_broadcast(xp, h, particles))
+        hb = bandwidth_for_broadcast(xp, h, particles)
         xc = centred(xp, particles)
-        driving, rep, rowsum = rbf_driving_and_repulsion(xp, k, xc, xc, scores,
-                                                         bandwidth_for_broadcast(xp, h, particles))
-        diag = xp.linalg.diagonal(k)
+        # K is made from D2 block by block, in place when D2 is this call's own
+        prod, diag = rbf_blocked_product(xp, sq, hb, rbf_product_columns(xp, xc, scores), overwrite=own_sq)
+        driving, rep, rowsum = rbf_terms_from_product(prod, xc, hb)
         return SteinTerms(driving, rep, diag, h, offdiagonal_mean_from_sums(
             xp, xp.sum(rowsum, axis=-1), xp.sum(diag, axis=-1), n, like=particles))
     k, r = kern.gram_and_repulsion(particles, h, sq)

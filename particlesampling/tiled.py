@@ -11,15 +11,17 @@ selection pass (below). ``tile`` is chosen from a memory budget in bytes (:func:
 of all ``n^2`` squared distances, which are never stored. A sample of ``D2`` entries at random pairs
 brackets the wanted ranks and one pass over the blocks finishes the selection; if the bracket misses,
 a radix selection on the bit patterns takes 2-3 passes (:func:`particlesampling.selection.blocked_order_statistics`).
-Every pass recomputes the blocks in the same way (same shapes, same order), so the values counted
-are the same floats in every pass, and the result is the exact order statistic of the blocked
-``D2``. The conventions themselves (which ranks, which map to ``h``, the floor) are those of
+The passes read the upper block triangle only (``D2[I, a:]`` for the row block ``I = a..b-1``, the
+part right of the diagonal square standing also for its mirror), so each costs half a ``D2``
+product. Every pass recomputes the blocks in the same way (same shapes, same order), so the values
+counted are the same floats in every pass, and the result is the exact order statistic of the
+blocked ``D2``. The conventions themselves (which ranks, which map to ``h``, the floor) are those of
 :mod:`particlesampling.bandwidths`. Those entries equal the untiled ``sqdist`` entries up to float rounding (the untiled matrix
 is also symmetrised), so the bandwidth agrees with the untiled one to rounding. For NumPy and
 PyTorch (CPU or CUDA) the counting runs in the array's own library and on its device; for other
 namespaces each block is copied to NumPy for the counting only. Each block's ``D2``, ``K`` rows and
 Stein-kernel rows come from the same functions as the untiled path (:func:`particlesampling._backend.sqdist_block`,
-:func:`particlesampling.kernels.rbf_driving_and_repulsion`, :func:`particlesampling.stein_kernel.stein_kernel_block`).
+:func:`particlesampling.kernels.rbf_terms_from_product`, :func:`particlesampling.stein_kernel.stein_kernel_block`).
 
 Bandwidths supported: every scalar median convention of :class:`~particlesampling.bandwidths.Median`
 (``"liu_wang"``, ``"an2020"``, ``"blackjax"``, ``"numpyro"``), fixed bandwidths (scalar or per
@@ -37,15 +39,25 @@ import numpy as np
 
 from ._backend import centred, check_same_shape, device_of, exp_neg_scaled, namespace, sqdist_block, to_numpy
 from .bandwidths import ArrayBandwidth, Fixed, Median, Scaled, get_bandwidth, median_from_order_statistics, median_ranks
-from .kernels import RBF, get_kernel, offdiagonal_mean_from_sums, radial_repulsion, rbf_driving_and_repulsion
-from .selection import BRACKET_SAMPLE, blocked_order_statistics
+from .kernels import (
+    RBF,
+    get_kernel,
+    offdiagonal_mean_from_sums,
+    radial_repulsion,
+    rbf_product_columns,
+    rbf_terms_from_product,
+)
+from .memory_budget import AUTO, check_memory_budget, default_memory_budget
+from .selection import BRACKET_SAMPLE, blocked_order_statistics, bracket_sample_size
 from .stein_kernel import check_statistic, cross_term, radial_kernel, reduce_statistic, stein_kernel_block, \
     stein_kernel_diagonal
 from .stein_terms import assemble_direction, check_repulsion, check_stein_inputs
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
-    "needs_tiling",
+    "untiled_bytes",
+    "tiling_supported",
+    "tiling_chosen",
     "tile_rows",
     "tiled_bandwidth",
     "tiled_order_statistics",
@@ -71,13 +83,38 @@ def _itemsize(x) -> int:
     return 4 if _dtype_name(x) == "float32" else 8
 
 
-def needs_tiling(particles, memory_budget) -> bool:
-    """Whether the untiled path's ``n x n`` temporaries (about three: D2, K, one more) exceed
-    ``memory_budget`` bytes (``None``: no budget, never)."""
-    if memory_budget is None:
+def untiled_bytes(particles, kernel=None) -> int:
+    """Bytes of the untiled path's ``n x n`` temporaries: one matrix for the RBF kernel (``D2``, turned
+    into ``K`` in place block by block), three for other kernels (``D2``, ``K`` and ``K'``)."""
+    n = particles.shape[-2]
+    matrices = 1 if type(get_kernel(kernel)) is RBF else 3
+    return matrices * n * n * _itemsize(particles)
+
+
+def tiling_supported(kernel=None, bandwidth=None) -> bool:
+    """Whether the row-blocked path serves this kernel and bandwidth (module docstring)."""
+    if not getattr(get_kernel(kernel), "is_radial", False):
         return False
-    n = particles.shape[0]
-    return 3 * n * n * _itemsize(particles) > memory_budget
+    try:
+        check_blocked_rule(get_bandwidth(bandwidth), "")
+    except ValueError:
+        return False
+    return True
+
+
+def tiling_chosen(particles, kernel=None, bandwidth=None, memory_budget=AUTO) -> bool:
+    """Whether a Stein step on ``particles`` takes the row-blocked path under ``memory_budget``
+    (``"auto"``, bytes or ``None``; :mod:`particlesampling.memory_budget`): when the untiled
+    temporaries (:func:`untiled_bytes`) exceed the budget, except that under ``"auto"`` a call the
+    blocked path cannot serve stays untiled."""
+    budget = check_memory_budget(memory_budget)
+    if budget is None:
+        return False
+    auto = isinstance(budget, str)
+    limit = default_memory_budget(particles) if auto else budget
+    if untiled_bytes(particles, kernel) <= limit:
+        return False
+    return not auto or tiling_supported(kernel, bandwidth)
 
 
 def tile_rows(n: int, d: int, itemsize: int, memory_budget: int | float = DEFAULT_MEMORY_BUDGET) -> int:
@@ -110,23 +147,42 @@ def centre(xp, x):
     return xc, xp.sum(xc * xc, axis=1)
 
 
-def _pair_sample(xp, xc, size: int = BRACKET_SAMPLE):
-    """Sorted ``D2`` entries at ``size`` uniformly drawn pairs ``(i, j)`` (fixed seed), as NumPy."""
+def _pair_sample(xp, xc, size: int = BRACKET_SAMPLE, chunk: int = 8192):
+    """``D2`` entries at ``size`` uniformly drawn pairs ``(i, j)`` (fixed seed), as NumPy; the row
+    differences are formed ``chunk`` pairs at a time (``O(chunk * d)`` memory)."""
     n = xc.shape[0]
     rng = np.random.default_rng(n)
     dev = device_of(xc)
     i = xp.asarray(rng.integers(0, n, size=size), device=dev)
     j = xp.asarray(rng.integers(0, n, size=size), device=dev)
-    diff = xp.take(xc, i, axis=0) - xp.take(xc, j, axis=0)
-    return np.sort(to_numpy(xp.sum(diff * diff, axis=1)))
+    parts = []
+    for a in range(0, size, chunk):
+        diff = xp.take(xc, i[a:a + chunk], axis=0) - xp.take(xc, j[a:a + chunk], axis=0)
+        parts.append(to_numpy(xp.sum(diff * diff, axis=1)))
+    return np.concatenate(parts)
+
+
+def _upper_blocks(xp, xc, xx, tile):
+    """Yield ``(D2[a:b, a:], 1)`` split as the square ``D2[a:b, a:b]`` (weight 1: it holds both
+    ``(i, j)`` and ``(j, i)``) and ``D2[a:b, b:]`` (weight 2: it stands for itself and its mirror
+    below the diagonal), for row blocks of ``tile`` rows: every one of the ``n^2`` entries of a
+    symmetric ``D2`` once, from half the Gram-trick work."""
+    n = xc.shape[0]
+    for a in range(0, n, tile):
+        b = min(n, a + tile)
+        d2 = sqdist_block(xp, xc[a:b, :], xx[a:b], xc[a:, :], xx[a:], diagonal_at=0)
+        yield d2[:, :b - a], 1
+        if b < n:
+            yield d2[:, b - a:], 2
 
 
 def _order_statistics(xp, xc, xx, ks, tile, dtype_name):
-    """Exact order statistics ``ks`` of all ``n^2`` blocked ``D2`` entries, as Python floats."""
+    """Exact order statistics ``ks`` of all ``n^2`` blocked ``D2`` entries, as Python floats: those
+    of the symmetric matrix whose upper block triangle the row blocks compute (:func:`_upper_blocks`)."""
     n = xc.shape[0]
-    blocks = lambda: (blk for _, _, blk in _blocks(xp, xc, xx, tile))  # noqa: E731
-    sample = _pair_sample(xp, xc) if n * n >= 4 * BRACKET_SAMPLE else None
-    return blocked_order_statistics(blocks, ks, dtype_name, sample=sample, total=n * n)
+    sample = _pair_sample(xp, xc, bracket_sample_size(n * n)) if n * n >= 4 * BRACKET_SAMPLE else None
+    return blocked_order_statistics(lambda: _upper_blocks(xp, xc, xx, tile), ks, dtype_name, sample=sample,
+                                    total=n * n)
 
 
 def tiled_order_statistics(particles, ks, *, tile: int | None = None,
@@ -243,8 +299,9 @@ def tiled_stein_direction_with_info(particles, scores, kernel=None, bandwidth=No
     xx = xp.sum(xs * xs, axis=1)
     driving_parts, rep_parts = [], []
     ksum = xp.zeros((), dtype=particles.dtype, device=dev)
+    rhs = rbf_product_columns(xp, xc, scores) if type(kern) is RBF else None
     for a, b, d2 in _blocks(xp, xs, xx, tile):
-        driving, rep, rowsum = block_stein_terms(xp, kern, d2, h, xc[a:b, :], xc, scores)
+        driving, rep, rowsum = block_stein_terms(xp, kern, d2, h, xc[a:b, :], xc, scores, rhs=rhs)
         driving_parts.append(driving)
         rep_parts.append(rep)
         ksum = ksum + xp.sum(rowsum)
@@ -260,18 +317,22 @@ def scaled_for_distances(xp, xc, h):
     return xc if h.ndim == 0 else xc / xp.sqrt(h)
 
 
-def block_stein_terms(xp, kern, d2, h, xc_rows, xc, scores):
+def block_stein_terms(xp, kern, d2, h, xc_rows, xc, scores, *, rhs=None):
     """``(K[I, :] S, R[I], rowsum K[I, :])`` for a block of rows ``I`` of a radial kernel.
 
     ``d2`` is the block ``(b, n)`` of squared distances between the rows :func:`scaled_for_distances`
     gives (``D2[I, :]`` for a scalar ``h``, ``U[I, :]`` for a per-dimension one); ``xc`` the centred
     particles ``(n, d)``, ``xc_rows`` their rows ``I``, ``scores`` ``(n, d)``. The same kernel
-    formulas as the untiled path (:func:`~particlesampling.kernels.rbf_driving_and_repulsion`,
-    :func:`~particlesampling.kernels.radial_repulsion`).
+    formulas as the untiled path (:func:`~particlesampling.kernels.rbf_product_columns` and
+    :func:`~particlesampling.kernels.rbf_terms_from_product`, :func:`~particlesampling.kernels.radial_repulsion`).
+    For the RBF kernel ``rhs`` may pass ``rbf_product_columns(xp, xc, scores)``, built once for all
+    blocks; ``d2`` is never modified.
     """
     if type(kern) is RBF:
         k = exp_neg_scaled(xp, d2, h) if h.ndim == 0 else xp.exp(-d2)
-        return rbf_driving_and_repulsion(xp, k, xc_rows, xc, scores, h)
+        if rhs is None:
+            rhs = rbf_product_columns(xp, xc, scores)
+        return rbf_terms_from_product(k @ rhs, xc_rows, h)
     k, k1 = kern._value_and_slope(d2 / h if h.ndim == 0 else d2)
     return k @ scores, radial_repulsion(xp, k1, xc_rows, xc, h), xp.sum(k, axis=1)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, NamedTuple
 
 from .._backend import check_particles, device_of, namespace
+from ..memory_budget import AUTO
 from ..random import normal_noise
 from ..random_batch import random_batch_direction
 from ..stein import stein_direction_with_info
@@ -174,29 +175,20 @@ def check_batch_size(batch_size):
     return batch_size
 
 
-def check_memory_budget(memory_budget):
-    if memory_budget is None:
-        return None
-    if isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float)) or not (
-        math.isfinite(memory_budget) and memory_budget > 0
-    ):
-        raise ValueError(f"expected memory_budget as a positive number of bytes or None, received {memory_budget!r}")
-    return memory_budget
-
-
 @dataclass(frozen=True)
 class SteinSampler(ParticleSampler):
     """Settings of the Stein direction shared by SVGD and SPOS (see :func:`particlesampling.stein_direction`).
 
     ``batch_size``: random-batch direction (:func:`particlesampling.random_batch.random_batch_direction`);
-    ``memory_budget``: bytes for the ``n x n`` temporaries, tiled evaluation above it.
+    ``memory_budget``: ``"auto"`` (default), bytes or ``None`` for the ``n x n`` temporaries, tiled
+    evaluation above it (:mod:`particlesampling.memory_budget`).
     """
 
     kernel: Any = None
     bandwidth: Any = None
     repulsion: float = 1.0
     batch_size: int | None = None
-    memory_budget: int | float | None = None
+    memory_budget: int | float | str | None = AUTO
 
     info_type: ClassVar[type] = SteinStepInfo
 

@@ -22,11 +22,11 @@ from typing import Any, Callable, ClassVar
 from .._backend import namespace
 from ..step_sizes import get_step_rule
 from ..stein_terms import check_repulsion
+from ..memory_budget import AUTO, check_memory_budget
 from ._common import (
     ParticleState,
     SteinSampler,
     check_batch_size,
-    check_memory_budget,
     check_noise,
     check_positive,
     check_score_fn,
@@ -55,7 +55,7 @@ class SPOS(SteinSampler):
 
 
 def spos(score_fn, step_size=1e-2, *, beta: float = 1.0, kernel=None, bandwidth=None,
-         repulsion: float = 1.0, batch_size: int | None = None, memory_budget: int | None = None,
+         repulsion: float = 1.0, batch_size: int | None = None, memory_budget=AUTO,
          noise=None) -> SPOS:
     """Stochastic particle-optimisation sampling; update in the module docstring.
 

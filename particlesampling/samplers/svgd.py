@@ -14,11 +14,11 @@ from typing import ClassVar
 from .._backend import namespace
 from ..step_sizes import get_step_rule
 from ..stein_terms import check_repulsion
+from ..memory_budget import AUTO, check_memory_budget
 from ._common import (
     ParticleState,
     SteinSampler,
     check_batch_size,
-    check_memory_budget,
     check_score_fn,
 )
 
@@ -41,7 +41,7 @@ class SVGD(SteinSampler):
 
 
 def svgd(score_fn, step_size=1e-2, *, kernel=None, bandwidth=None, repulsion: float = 1.0,
-         batch_size: int | None = None, memory_budget: int | None = None) -> SVGD:
+         batch_size: int | None = None, memory_budget=AUTO) -> SVGD:
     """Stein variational gradient descent (Liu & Wang 2016).
 
     Parameters
@@ -53,9 +53,11 @@ def svgd(score_fn, step_size=1e-2, *, kernel=None, bandwidth=None, repulsion: fl
     batch_size : int, optional
         Random-batch SVGD (:mod:`particlesampling.random_batch`): interactions only within random
         batches of this size.
-    memory_budget : int, optional
+    memory_budget : "auto", int or None
         Bytes allowed for the ``n x n`` temporaries of the direction; above it the direction is
-        evaluated in row blocks (:mod:`particlesampling.tiled`, same result to rounding).
+        evaluated in row blocks (:mod:`particlesampling.tiled`, same result to rounding). The
+        default ``"auto"`` derives the budget from the machine, ``None`` never tiles
+        (:mod:`particlesampling.memory_budget`).
 
     Returns
     -------

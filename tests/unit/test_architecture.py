@@ -22,7 +22,7 @@ CORE = REPO / "particlesampling"
 #: layer of each module group (a sub-package counts as one group); imports go strictly downwards
 LAYERS = {
     "_backend": 0,
-    "selection": 1, "random": 1, "kernels": 1, "step_sizes": 1, "targets": 1,
+    "selection": 1, "random": 1, "kernels": 1, "step_sizes": 1, "targets": 1, "memory_budget": 1,
     "stein_kernel": 2,
     "bandwidths": 3,
     "stein_terms": 4, "diagnostics": 4,

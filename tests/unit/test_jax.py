@@ -236,7 +236,7 @@ def test_ksd_eager_and_jit(dtype, kernel, bandwidth, statistic):
 def test_tiled_direction_runs_eagerly_not_under_jit():
     x, s, xj, sj = _data("float32", n=40)
     ref = ps.stein_direction(x, s)
-    budget = 3 * 40 * 40 * 4 - 1  # just below the untiled footprint: tiled
+    budget = ps.tiled.untiled_bytes(xj) - 1  # just below the untiled footprint: tiled
     _close(ps.stein_direction(xj, sj, memory_budget=budget), ref, "float32", "tiled, eager")
     with pytest.raises(jax.errors.JAXTypeError):
         jax.jit(functools.partial(ps.stein_direction, memory_budget=budget))(xj, sj)

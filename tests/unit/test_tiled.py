@@ -20,6 +20,7 @@ from particlesampling.stein import stein_direction, stein_direction_with_info
 from particlesampling.selection import _radix_select, bracket_select
 from particlesampling.tiled import (
     tile_rows,
+    untiled_bytes,
     tiled_bandwidth,
     tiled_ksd_squared,
     tiled_order_statistics,
@@ -144,7 +145,7 @@ def test_tile_rows_from_budget():
 def test_public_api_memory_budget_switches_to_tiled(rng):
     x, s = _data(rng, n=60)
     full = stein_direction(x, s)
-    small = stein_direction(x, s, memory_budget=3 * 60 * 60 * 8 - 1)  # below the untiled need: tiled
+    small = stein_direction(x, s, memory_budget=untiled_bytes(x) - 1)  # below the untiled need: tiled
     np.testing.assert_allclose(small, full, rtol=1e-10, atol=1e-12)
     sampler_t = svgd(lambda z: -z, 0.1, memory_budget=20_000)
     sampler_f = svgd(lambda z: -z, 0.1)
