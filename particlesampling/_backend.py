@@ -31,6 +31,8 @@ __all__ = [
     "namespace_of_module",
     "centred",
     "exp_neg_scaled",
+    "exp_neg_scaled_",
+    "in_place_capable",
     "is_traced",
     "batch_shape",
 ]
@@ -178,7 +180,8 @@ def symmetric_sqdist(xc, xx, *, block: int = SQDIST_BLOCK_ROWS, mirror: bool = T
     The GEMM work is half that of the full product, the copies are a quarter of the entries, and no
     pass averages ``D2`` with its transpose. ``xx`` are the squared row norms ``|xc_i|^2``.
 
-    With ``mirror=False`` the blocks below the diagonal squares are left unwritten: the result holds
+    With ``mirror=False`` the blocks below the diagonal squares are left unwritten and the squares
+    keep their GEMM rounding (exact zero diagonal, symmetric only to rounding): the result holds
     the upper block triangle ``D2[I, a:]`` of every row block only, for consumers that read nothing
     else (:func:`particlesampling.selection.symmetric_order_statistics` on the CPU,
     :func:`particlesampling.kernels.rbf_blocked_product`).
@@ -206,15 +209,22 @@ def symmetric_sqdist(xc, xx, *, block: int = SQDIST_BLOCK_ROWS, mirror: bool = T
                 rows.baddbmm_(xc[..., a:b, :], xt[..., :, a:], alpha=-2.0)
             rows.clamp_(min=0.0)
             square = d2[..., a:b, a:b]
-            upper = square.triu(1)
-            torch.add(upper, upper.transpose(-1, -2), out=square)
+            if mirror:
+                upper = square.triu(1)
+                torch.add(upper, upper.transpose(-1, -2), out=square)
+            else:
+                square.diagonal(dim1=-2, dim2=-1).fill_(0.0)
         else:
             g = xc[..., a:b, :] @ xt[..., :, a:]
             g *= -2.0  # exact; then (|x_i|^2 + |x_j|^2) + (-2 G): the rounding of the generic path
             g += xx[..., a:b, None] + xx[..., None, a:]
             np.maximum(g, 0.0, out=g)
-            upper = np.triu(g[..., :, :b - a], 1)
-            g[..., :, :b - a] = upper + np.swapaxes(upper, -1, -2)
+            if mirror:
+                upper = np.triu(g[..., :, :b - a], 1)
+                g[..., :, :b - a] = upper + np.swapaxes(upper, -1, -2)
+            else:
+                rr = np.arange(b - a)
+                g[..., rr, rr] = 0.0
             rows[...] = g
     for a in range(0, n if mirror else 0, block):
         b = min(n, a + block)
@@ -359,6 +369,24 @@ def exp_neg_scaled(xp, sq, h):
 
         return np.exp(u, out=u)
     return xp.exp(u)
+
+
+def in_place_capable(a) -> bool:
+    """Whether ``a`` may be overwritten by the in-place fast paths: a NumPy array, or a torch tensor
+    outside autograd."""
+    return array_api_compat.is_numpy_array(a) or _in_place_torch(a)
+
+
+def exp_neg_scaled_(a, h):
+    """``a <- exp(-a / h)`` in place (``a`` as accepted by :func:`in_place_capable`; ``h`` a scalar or
+    broadcast against ``a``): the same two passes and rounding as :func:`exp_neg_scaled`. Returns ``a``."""
+    scale = -1.0 / h
+    if array_api_compat.is_numpy_array(a):
+        import numpy as np
+
+        np.multiply(a, scale, out=a)
+        return np.exp(a, out=a)
+    return a.mul_(scale).exp_()
 
 
 def to_numpy(x):

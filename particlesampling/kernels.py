@@ -35,7 +35,8 @@ from ._backend import (
     centred,
     device_of,
     exp_neg_scaled,
-    is_numpy_array,
+    exp_neg_scaled_,
+    in_place_capable,
     is_torch_array,
     is_traced,
     namespace,
@@ -173,12 +174,10 @@ def rbf_blocked_product(xp, sq, h, rhs, *, overwrite: bool, block: int = SQDIST_
     ``n x n`` matrix exists. Other namespaces (and autograd) take the whole ``K`` in one functional
     pass (``sq`` must then be the full matrix).
     """
-    fast = (is_torch_array(sq) and not sq.requires_grad and not rhs.requires_grad) or is_numpy_array(sq)
-    if not fast:
+    if not (in_place_capable(sq) and in_place_capable(rhs)):
         k = exp_neg_scaled(xp, sq, h)
         return k @ rhs, xp.linalg.diagonal(k)
     n = sq.shape[-1]
-    scale = -1.0 / h
     torch_like = is_torch_array(sq)
     if torch_like:
         import torch
@@ -188,30 +187,19 @@ def rbf_blocked_product(xp, sq, h, rhs, *, overwrite: bool, block: int = SQDIST_
     else:
         prod = np.zeros(tuple(sq.shape[:-1]) + (rhs.shape[-1],), dtype=np.result_type(sq, rhs))
         diag = np.empty(tuple(sq.shape[:-1]), dtype=sq.dtype)
-    flat = sq.ndim == 2
     for a in range(0, n, block):
         b = min(n, a + block)
         rows = sq[..., a:b, a:]
-        if torch_like:
-            k = rows.mul_(scale) if overwrite else rows * scale
-            k.exp_()
-            right = k[..., :, b - a:].transpose(-1, -2)
-            if flat:
-                prod[a:b].addmm_(k, rhs[a:])
-                if b < n:
-                    prod[b:].addmm_(right, rhs[a:b])
-            else:
-                prod[..., a:b, :] += k @ rhs[..., a:, :]
-                if b < n:
-                    prod[..., b:, :] += right @ rhs[..., a:b, :]
-            diag[..., a:b] = k[..., :, :b - a].diagonal(dim1=-2, dim2=-1)
+        k = exp_neg_scaled_(rows, h) if overwrite else exp_neg_scaled(xp, rows, h)
+        if torch_like and sq.ndim == 2:  # accumulate in place, no temporaries
+            prod[a:b].addmm_(k, rhs[a:])
+            if b < n:
+                prod[b:].addmm_(k[:, b - a:].T, rhs[a:b])
         else:
-            k = np.multiply(rows, scale, out=rows if overwrite else None)
-            np.exp(k, out=k)
             prod[..., a:b, :] += k @ rhs[..., a:, :]
             if b < n:
-                prod[..., b:, :] += np.swapaxes(k[..., :, b - a:], -1, -2) @ rhs[..., a:b, :]
-            diag[..., a:b] = np.diagonal(k[..., :, :b - a], axis1=-2, axis2=-1)
+                prod[..., b:, :] += xp.matrix_transpose(k[..., :, b - a:]) @ rhs[..., a:b, :]
+        diag[..., a:b] = xp.linalg.diagonal(k[..., :, :b - a])
     return prod, diag
 
 

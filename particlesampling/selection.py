@@ -120,6 +120,7 @@ def bracket_select(sample, blocks_fn, total: int, ks, *, max_candidates: int | N
         below += weight * _count_true(low)
         inside = to_numpy(v[keep])
         kept.extend([inside] * weight)
+        del block, v, low, keep  # before the next block is made: one block's temporaries at a time
     cand = np.concatenate(kept) if kept else np.zeros(0)
     if not all(below <= k < below + cand.shape[0] for k in ks):
         return None
@@ -307,7 +308,7 @@ class _Counter:
         if is_torch_array(digits):
             import torch
 
-            return torch.bincount(digits.to(torch.int64), minlength=_BINS).cpu().numpy()
+            return torch.bincount(digits.reshape(-1), minlength=_BINS).cpu().numpy()  # int32 or int64 as is
         return np.bincount(digits, minlength=_BINS)
 
     def to_float(self, value: int):
@@ -346,6 +347,8 @@ def _radix_select(blocks_fn, ks, dtype_name: str, collect_limit: int = 1 << 20, 
                     continue
                 width = min(_DIGIT, nb - pb)
                 hist[g] += weight * cnt.bincount((sel >> (nb - pb - width)) & ((1 << width) - 1))
+                del sel
+            del block, v  # before the next block is made: one block's temporaries at a time
         if combine is not None and hist:
             keys = sorted(hist)
             summed = np.asarray(combine(np.stack([hist[g] for g in keys])))

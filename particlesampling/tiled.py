@@ -37,7 +37,17 @@ import math
 
 import numpy as np
 
-from ._backend import centred, check_same_shape, device_of, exp_neg_scaled, namespace, sqdist_block, to_numpy
+from ._backend import (
+    centred,
+    check_same_shape,
+    device_of,
+    exp_neg_scaled,
+    exp_neg_scaled_,
+    in_place_capable,
+    namespace,
+    sqdist_block,
+    to_numpy,
+)
 from .bandwidths import ArrayBandwidth, Fixed, Median, Scaled, get_bandwidth, median_from_order_statistics, median_ranks
 from .kernels import (
     RBF,
@@ -174,6 +184,7 @@ def _upper_blocks(xp, xc, xx, tile):
         yield d2[:, :b - a], 1
         if b < n:
             yield d2[:, b - a:], 2
+        d2 = None  # not held while the next block is made
 
 
 def _order_statistics(xp, xc, xx, ks, tile, dtype_name):
@@ -181,8 +192,9 @@ def _order_statistics(xp, xc, xx, ks, tile, dtype_name):
     of the symmetric matrix whose upper block triangle the row blocks compute (:func:`_upper_blocks`)."""
     n = xc.shape[0]
     sample = _pair_sample(xp, xc, bracket_sample_size(n * n)) if n * n >= 4 * BRACKET_SAMPLE else None
+    # the values kept inside the bracket must fit where the blocks do (about 5 n * tile numbers)
     return blocked_order_statistics(lambda: _upper_blocks(xp, xc, xx, tile), ks, dtype_name, sample=sample,
-                                    total=n * n)
+                                    total=n * n, max_candidates=n * tile)
 
 
 def tiled_order_statistics(particles, ks, *, tile: int | None = None,
@@ -301,7 +313,8 @@ def tiled_stein_direction_with_info(particles, scores, kernel=None, bandwidth=No
     ksum = xp.zeros((), dtype=particles.dtype, device=dev)
     rhs = rbf_product_columns(xp, xc, scores) if type(kern) is RBF else None
     for a, b, d2 in _blocks(xp, xs, xx, tile):
-        driving, rep, rowsum = block_stein_terms(xp, kern, d2, h, xc[a:b, :], xc, scores, rhs=rhs)
+        driving, rep, rowsum = block_stein_terms(xp, kern, d2, h, xc[a:b, :], xc, scores, rhs=rhs, overwrite=True)
+        d2 = None  # not held while the next block is made
         driving_parts.append(driving)
         rep_parts.append(rep)
         ksum = ksum + xp.sum(rowsum)
@@ -317,7 +330,7 @@ def scaled_for_distances(xp, xc, h):
     return xc if h.ndim == 0 else xc / xp.sqrt(h)
 
 
-def block_stein_terms(xp, kern, d2, h, xc_rows, xc, scores, *, rhs=None):
+def block_stein_terms(xp, kern, d2, h, xc_rows, xc, scores, *, rhs=None, overwrite: bool = False):
     """``(K[I, :] S, R[I], rowsum K[I, :])`` for a block of rows ``I`` of a radial kernel.
 
     ``d2`` is the block ``(b, n)`` of squared distances between the rows :func:`scaled_for_distances`
@@ -326,10 +339,14 @@ def block_stein_terms(xp, kern, d2, h, xc_rows, xc, scores, *, rhs=None):
     formulas as the untiled path (:func:`~particlesampling.kernels.rbf_product_columns` and
     :func:`~particlesampling.kernels.rbf_terms_from_product`, :func:`~particlesampling.kernels.radial_repulsion`).
     For the RBF kernel ``rhs`` may pass ``rbf_product_columns(xp, xc, scores)``, built once for all
-    blocks; ``d2`` is never modified.
+    blocks; ``d2`` is turned into the kernel block in place with ``overwrite`` (NumPy, torch without
+    autograd), and never modified otherwise.
     """
     if type(kern) is RBF:
-        k = exp_neg_scaled(xp, d2, h) if h.ndim == 0 else xp.exp(-d2)
+        if overwrite and h.ndim == 0 and in_place_capable(d2):
+            k = exp_neg_scaled_(d2, h)  # the block is the caller's own
+        else:
+            k = exp_neg_scaled(xp, d2, h) if h.ndim == 0 else xp.exp(-d2)
         if rhs is None:
             rhs = rbf_product_columns(xp, xc, scores)
         return rbf_terms_from_product(k @ rhs, xc_rows, h)

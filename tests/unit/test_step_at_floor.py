@@ -57,7 +57,22 @@ def test_symmetric_sqdist_without_mirror_writes_the_upper_block_triangle(lib):
     full = np.asarray(symmetric_sqdist(arg, (arg * arg).sum(-1), block=block))
     upper = np.asarray(symmetric_sqdist(arg, (arg * arg).sum(-1), block=block, mirror=False))
     for a in range(0, n, block):
-        np.testing.assert_array_equal(upper[a:a + block, a:], full[a:a + block, a:])
+        b = a + block
+        np.testing.assert_array_equal(upper[a:b, b:], full[a:b, b:])  # right of the diagonal square
+        square = upper[a:b, a:b]  # the GEMM's own rounding, exact zero diagonal
+        assert np.all(np.diag(square) == 0.0)
+        np.testing.assert_allclose(square, full[a:b, a:b], rtol=1e-13, atol=1e-13)
+
+
+def _mirrored_from_upper(upper, block):
+    """The full matrix whose upper block triangle ``upper`` holds (squares as they are)."""
+    n = upper.shape[0]
+    out = np.empty_like(upper)
+    for a in range(0, n, block):
+        b = a + block
+        out[a:b, a:] = upper[a:b, a:]
+        out[b:, a:b] = upper[a:b, b:].T
+    return out
 
 
 def test_symmetric_sqdist_of_a_stack_is_each_systems_own():
@@ -145,10 +160,13 @@ def test_symmetric_order_statistics_reads_the_upper_block_triangle_only(lib, dty
     x = np.random.default_rng(5).standard_normal((n, 4)).astype(dtype)
     xc = x - x.mean(axis=0)
     arg = xc if lib == "numpy" else torch.from_numpy(xc)
-    full = np.asarray(symmetric_sqdist(arg, (arg * arg).sum(-1)))
     ks = [n * n // 2 - 1, n * n // 2, 3 * n, n * n - 1]
-    ref = np.sort(full.reshape(-1))[ks]
     upper = symmetric_sqdist(arg, (arg * arg).sum(-1), mirror=False)
+    ref = np.sort(_mirrored_from_upper(np.asarray(upper), ps._backend.SQDIST_BLOCK_ROWS).reshape(-1))[ks]
+    full = np.asarray(symmetric_sqdist(arg, (arg * arg).sum(-1)))
+    np.testing.assert_allclose(ref, np.sort(full.reshape(-1))[ks], rtol=1e-6)
+    assert [float(g) for g in selection.symmetric_order_statistics(full, ks)] == [
+        float(v) for v in np.sort(full.reshape(-1))[ks]]
     garbage = np.asarray(upper)
     for a in range(0, n, ps._backend.SQDIST_BLOCK_ROWS):  # what lies below the diagonal blocks is never read
         garbage[a + ps._backend.SQDIST_BLOCK_ROWS:, a:a + ps._backend.SQDIST_BLOCK_ROWS] = -1.0
@@ -296,3 +314,19 @@ def test_the_default_step_stays_in_the_automatic_budget(monkeypatch):
     phi, peak = _peak_bytes(lambda: ps.stein_direction(x, -x))
     assert peak < 8 * 2**20 + 40 * n * 3 * 8, f"peak {peak / 2**20:.1f} MiB for an 8 MiB budget"
     np.testing.assert_allclose(phi, ps.stein_direction(x, -x, memory_budget=None), rtol=1e-9, atol=1e-12)
+
+
+def test_tiled_median_keeps_no_more_bracket_values_than_its_blocks_hold(monkeypatch):
+    """Small tiles would make the bracket's kept values outgrow the blocks: the radix passes take over."""
+    from particlesampling import tiled
+
+    x = np.random.default_rng(13).standard_normal((900, 3)).astype(np.float32)
+    calls = []
+    radix = selection._radix_select
+    monkeypatch.setattr(selection, "_radix_select", lambda *a, **k: calls.append(1) or radix(*a, **k))
+    wide = float(tiled.tiled_bandwidth(x, tile=900))
+    assert calls == []  # 810,000 values may be kept: the bracket
+    narrow = float(tiled.tiled_bandwidth(x, tile=2))
+    assert calls  # at most 1,800 may be kept, the bracket would keep ~30,000
+    untiled = float(ps.get_bandwidth(None)(x, ps.sqdist(x)))
+    np.testing.assert_allclose([narrow, wide], [untiled, untiled], rtol=1e-6)  # blockings differ by rounding only

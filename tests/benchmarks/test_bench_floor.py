@@ -1,0 +1,44 @@
+"""``benchmarks/bench_floor.py``: a quick run end to end (fresh processes included) and its report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_floor  # noqa: E402
+
+
+def test_quick_run_measures_every_section_and_keeps_the_others(tmp_path):
+    out = tmp_path / "floor.json"
+    out.write_text(json.dumps({"jax": {"status": "from an earlier run"}}))
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_floor.py"), "--quick", "--threads", "1",
+                           "--sections", "floor,memory,large,growth", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["jax"] == {"status": "from an earlier run"}  # a section not run is kept
+    for row in res["floor"]:
+        assert row["floor_ms"] > 0 and row["default_ms"] > 0
+        assert abs(row["default_over_floor"] - row["default_ms"] / row["floor_ms"]) < 1e-9
+    for part in ("memory", "large"):
+        r = res[part]
+        assert "status" not in r, r
+        assert r["tiled"] and r["finite"]  # the quick budget (4 MiB) is below one n x n matrix
+        assert r["budget_bytes"] == 4 * 2**20 and r["peak_growth_mb"] > 0
+    assert [b["batch_size"] for b in res["large"]["random_batch"]] == [1000, 100]
+    assert res["growth"][-1]["n"] == res["large"]["n"]
+    text = bench_floor.markdown(res)
+    assert "## The step against its matrix-multiply floor" in text and "### 10⁵ particles" in text
+    assert f"| {res['floor'][0]['n']} | {res['floor'][0]['d']} | 1 |" in text
+
+
+def test_report_marks_targets_met_and_not_met():
+    row = dict(n=1000, d=100, threads=1, floor_ms=10.0, default_ms=16.0, fixed_ms=11.0, exp_pass_ms=1.0,
+               default_over_floor=1.6, fixed_over_floor=1.1)
+    text = bench_floor.markdown({"floor": [row]})
+    assert "1.60 (not met: ≤ 1.5)" in text and "1.10 (met: ≤ 1.2)" in text
