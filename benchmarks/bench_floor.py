@@ -145,7 +145,7 @@ def worker(spec: dict) -> dict:
     step_s = time.perf_counter() - t
     out = {"n": n, "d": d, "threads": spec["threads"], "step_s": step_s, "peak_growth_mb": _peak_mb() - base,
            "budget_bytes": ps.default_memory_budget(x) if budget == "auto" else budget,
-           "tiled": bool(ps.tiled.tiling_chosen(x, memory_budget=budget)),
+           "tiled": bool(ps.tiled.tiling_chosen(x, memory_budget=budget)), "budget_given": budget != "auto",
            "finite": bool(torch.isfinite(phi).all()), "bandwidth": float(info.bandwidth)}
     out["floor_s"] = _blocked_floor(x, s)
     out["step_over_floor"] = step_s / out["floor_s"]
@@ -283,29 +283,23 @@ def markdown(res: dict) -> str:
                   "`exp` over the n×n matrix, so the floor is not the bound there: the step evaluates n²/2 "
                   "exponentials (K is symmetric), builds half of D2, and passes once over half of it for the "
                   "median; the last column is the cost of one full `exp` pass for scale.", ""]
-    mem = res.get("memory")
-    if mem:
-        lines += ["### Bounded memory by default", ""]
-        if "status" in mem:
-            lines.append(f"- n = {mem['n']}, d = {mem['d']}: {mem['status']}")
-        else:
-            lines.append(f"- n = {mem['n']}, d = {mem['d']}, {mem['threads']} thread(s), no `memory_budget` argument "
-                         f"(automatic budget {mem['budget_bytes'] / 2**20:.0f} MiB, tiled: {mem['tiled']}): "
-                         f"{mem['step_s']:.2f} s, peak resident-memory growth {mem['peak_growth_mb']:.0f} MB "
-                         f"(target < 1500 MB); its GEMM floor, in row blocks in the same process: "
-                         f"{mem['floor_s']:.2f} s; step / floor = {_mark(mem['step_over_floor'], 2.5)}.")
-        lines.append("")
-    big = res.get("large")
-    if big:
-        lines += ["### 10⁵ particles", ""]
+    for key, title, target in (("memory", "### Bounded memory by default (target: peak growth < 1500 MB, "
+                                "step within 2.5× of its blocked floor)", 2.5), ("large", "### 10⁵ particles", None)):
+        big = res.get(key)
+        if not big:
+            continue
+        lines += [title, ""]
         if "status" in big:
-            lines.append(f"- n = {big['n']}, d = {big['d']}: {big['status']}")
-        else:
-            lines.append(f"- One exact SVGD direction at n = {big['n']}, d = {big['d']} ({big['threads']} thread(s), "
-                         f"automatic budget {big['budget_bytes'] / 2**20:.0f} MiB, tiled: {big['tiled']}): "
-                         f"{big['step_s']:.1f} s, peak resident-memory growth {big['peak_growth_mb']:.0f} MB, "
-                         f"finite: {big['finite']}; GEMM floor in row blocks {big['floor_s']:.1f} s "
-                         f"(step / floor {big['step_over_floor']:.2f}).")
+            lines += [f"- n = {big['n']}, d = {big['d']}: {big['status']}", ""]
+            continue
+        ratio = _mark(big["step_over_floor"], target) if target else f"{big['step_over_floor']:.2f}"
+        budget = (f"(`memory_budget` = {big['budget_bytes'] / 2**20:.0f} MiB" if big.get("budget_given") else
+                  f"no `memory_budget` argument (automatic budget {big['budget_bytes'] / 2**20:.0f} MiB")
+        lines.append(f"- One exact SVGD direction at n = {big['n']}, d = {big['d']}, {big['threads']} thread(s), "
+                     f"{budget}, tiled: {big['tiled']}): {big['step_s']:.2f} s, peak resident-memory growth "
+                     f"{big['peak_growth_mb']:.0f} MB, finite: {big['finite']}; its GEMM floor, in row blocks in the "
+                     f"same process: {big['floor_s']:.2f} s; step / floor = {ratio}.")
+        if big.get("random_batch"):
             lines += ["", "Random-batch direction at the same size (one direction; batches of b particles interact "
                       "within themselves, all batches in one batched pass):", "",
                       "| b | s per direction |", "|---|---|"]
