@@ -149,7 +149,7 @@ def rbf_terms_from_product(prod, xc_rows, h, *, with_scores: bool = True):
 
 
 def rbf_driving_and_repulsion(xp, k, xc_rows, xc, scores, h):
-    """``(K S, R, rowsum K)`` for rows ``I`` of the RBF kernel from one product ``K [Xc | S | 1]``.
+    """``(K S, R, rowsum K)`` for rows ``I`` of the RBF kernel from one product ``K [Xc | 1 | S]``.
 
     ``k`` is ``K[I, :]`` (``(b, n)``), ``xc`` the centred particles, ``xc_rows`` their rows ``I``,
     ``scores`` ``(n, d)`` or None (then ``K S`` is None), ``h`` a scalar or ``(d,)`` (broadcast over
@@ -161,7 +161,7 @@ def rbf_driving_and_repulsion(xp, k, xc_rows, xc, scores, h):
 
 
 def rbf_blocked_product(xp, sq, h, rhs, *, overwrite: bool, block: int = SQDIST_BLOCK_ROWS):
-    """``(K [Xc | S | 1], diag K)`` with ``K = exp(-sq / h)``, from the upper block triangle of ``sq``.
+    """``(K [Xc | 1 | S], diag K)`` with ``K = exp(-sq / h)``, from the upper block triangle of ``sq``.
 
     ``sq`` is ``D2`` (``(..., n, n)``, exactly symmetric; only its upper block triangle
     ``sq[I, a:]`` for row blocks ``I = a..b-1`` of ``block`` rows is read, so the output of

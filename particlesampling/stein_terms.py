@@ -105,15 +105,15 @@ def _reads_upper_only(rule) -> bool:
     return isinstance(rule, (Median, Fixed, ArrayBandwidth))
 
 
-def _own_sqdist(xp, particles, rule, *, upper_only: bool):
-    """``D2`` of one system computed for this step. For NumPy and torch on the CPU without autograd,
+def _own_sqdist(xp, particles, xc, rule, *, upper_only: bool):
+    """``D2`` of one system computed for this step (``xc``: the centred particles). For NumPy and
+    torch on the CPU without autograd,
     when everything downstream reads the upper block triangle only (``upper_only``: the RBF
     product; and a rule of :func:`_reads_upper_only`), the blocks below it are not even written
     (:func:`particlesampling._backend.symmetric_sqdist` with ``mirror=False``)."""
     cpu = is_numpy_array(particles) or (is_torch_array(particles) and particles.device.type == "cpu"
                                         and not particles.requires_grad)
     if upper_only and cpu and particles.ndim == 2 and _reads_upper_only(rule):
-        xc = centred(xp, particles)
         return symmetric_sqdist(xc, xp.sum(xc * xc, axis=-1), mirror=False)
     return sqdist(particles, xp=xp)
 
@@ -129,7 +129,7 @@ def stein_terms(particles, scores, kernel=None, bandwidth=None, *, sq=None) -> S
 
     ``sq`` may pass a precomputed ``sqdist(particles)`` to share it with other computations of the
     same step (it is then read, never modified). For the RBF kernel with a scalar bandwidth, ``K X``,
-    ``K S`` and the row sums of ``K`` come from one product ``K [Xc | S | 1]``, made block by block
+    ``K S`` and the row sums of ``K`` come from one product ``K [Xc | 1 | S]``, made block by block
     of rows from ``D2`` (:func:`particlesampling.kernels.rbf_blocked_product`): ``D2`` is turned into
     ``K`` in place when this call computed it, so the step holds one ``n x n`` matrix, not two.
     """
@@ -141,16 +141,16 @@ def stein_terms(particles, scores, kernel=None, bandwidth=None, *, sq=None) -> S
         return SteinTerms(*(xp.stack([getattr(t, f) for t in parts], axis=0) for f in SteinTerms._fields))
     n = particles.shape[-2]
     own_sq = sq is None
+    xc = centred(xp, particles)
     if kern.uses_bandwidth:
         rule = get_bandwidth(bandwidth)
         if sq is None:
-            sq = _own_sqdist(xp, particles, rule, upper_only=type(kern) is RBF)
+            sq = _own_sqdist(xp, particles, xc, rule, upper_only=type(kern) is RBF)
         h = rule_bandwidth(rule, particles, sq, scores)
     else:
         h = xp.ones(lead, dtype=particles.dtype, device=device_of(particles))
     if type(kern) is RBF and is_scalar_bandwidth(h, particles):
         hb = bandwidth_for_broadcast(xp, h, particles)
-        xc = centred(xp, particles)
         # K is made from D2 block by block, in place when D2 is this call's own
         prod, diag = rbf_blocked_product(xp, sq, hb, rbf_product_columns(xp, xc, scores), overwrite=own_sq)
         driving, rep, rowsum = rbf_terms_from_product(prod, xc, hb)

@@ -3,7 +3,7 @@
 The untiled path (:func:`particlesampling.stein_direction`) holds the ``n x n`` matrices ``D2`` and
 ``K``: 3.2 GB each at n = 20,000 in float64. Here the rows are processed in blocks of ``tile`` rows:
 each block's ``D2[I, :]`` comes from the Gram trick on the (centred) particles, is turned into
-``K[I, :]`` in place, and is consumed at once by the product ``K[I, :] [X | S | 1]``. Peak memory is
+``K[I, :]`` in place, and is consumed at once by the product ``K[I, :] [X | 1 | S]``. Peak memory is
 ``O(n * tile + n * d)``; the time is the same ``O(n^2 d)`` with one extra ``D2`` product per
 selection pass (below). ``tile`` is chosen from a memory budget in bytes (:func:`tile_rows`).
 
