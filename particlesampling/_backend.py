@@ -33,6 +33,7 @@ __all__ = [
     "exp_neg_scaled",
     "exp_neg_scaled_",
     "in_place_capable",
+    "host_view_capable",
     "is_traced",
     "batch_shape",
 ]
@@ -375,6 +376,12 @@ def in_place_capable(a) -> bool:
     """Whether ``a`` may be overwritten by the in-place fast paths: a NumPy array, or a torch tensor
     outside autograd."""
     return array_api_compat.is_numpy_array(a) or _in_place_torch(a)
+
+
+def host_view_capable(a) -> bool:
+    """Whether ``a``'s values can be read as a NumPy view without a copy or a device sync: a NumPy
+    array, or a torch tensor on the CPU outside autograd."""
+    return array_api_compat.is_numpy_array(a) or (_in_place_torch(a) and a.device.type == "cpu")
 
 
 def exp_neg_scaled_(a, h):

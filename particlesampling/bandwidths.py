@@ -61,6 +61,7 @@ __all__ = [
     "DEFAULT_BANDWIDTH",
     "median_ranks",
     "median_from_order_statistics",
+    "mean_offdiagonal_sqdist",
     "bandwidth_value",
     "rule_bandwidth",
     "ArrayBandwidth",
@@ -102,6 +103,15 @@ def median_ranks(convention: str, n: int) -> list:
     raise ValueError(f"expected a scalar median convention {MEDIAN_CONVENTIONS[:4]}, received {convention!r}")
 
 
+def mean_offdiagonal_sqdist(xp, particles):
+    """Mean off-diagonal entry of ``D2 = sqdist(particles)`` without the matrix, in ``O(n d)``:
+    ``sum_ij |x_i - x_j|^2 = 2 n sum_i |x_i - mean|^2``, over ``n (n - 1)`` pairs (``n >= 2``).
+    ``particles`` ``(n, d)`` gives a 0-d array, a stack ``(B, n, d)`` gives ``(B,)``."""
+    n = particles.shape[-2]
+    xc = centred(xp, particles)
+    return 2.0 * float(n) * xp.sum(xp.sum(xc * xc, axis=-1), axis=-1) / float(n * (n - 1))
+
+
 def median_from_order_statistics(xp, convention: str, values, n: int, mean_offdiagonal, like):
     """The bandwidth ``h`` of a scalar median convention (module table) from its order statistics.
 
@@ -111,7 +121,7 @@ def median_from_order_statistics(xp, convention: str, values, n: int, mean_offdi
         The entries of ``D2`` at :func:`median_ranks` ``(convention, n)``.
     n : int >= 2
     mean_offdiagonal : 0-d array
-        Mean off-diagonal ``D2``; ``h`` is floored at ``eps * mean_offdiagonal`` (coincident
+        Mean off-diagonal ``D2`` (:func:`mean_offdiagonal_sqdist`); ``h`` is floored at ``eps * mean_offdiagonal`` (coincident
         particles), and ``h = 1`` when every particle coincides.
     like : array
         Gives the dtype for ``eps``.
@@ -134,9 +144,10 @@ def median_from_order_statistics(xp, convention: str, values, n: int, mean_offdi
 class Median(BandwidthRule):
     """Median heuristic in one of :data:`MEDIAN_CONVENTIONS` (see the module table).
 
-    Called as ``rule(particles, sq)`` with ``sq = sqdist(particles)``, exactly symmetric with a zero
-    diagonal; on the CPU the selection reads its upper block triangle only
-    (:func:`particlesampling.selection.symmetric_order_statistics`).
+    Called as ``rule(particles, sq)`` with ``sq = sqdist(particles)`` (exactly symmetric, zero
+    diagonal). On the CPU the selection reads only its upper block triangle
+    (:func:`particlesampling.selection.symmetric_order_statistics`), so the Stein step passes just
+    that half (``symmetric_sqdist(..., mirror=False)``); on other devices the whole matrix.
     """
 
     convention: str = DEFAULT_BANDWIDTH
@@ -163,11 +174,8 @@ class Median(BandwidthRule):
         ranks = median_ranks(self.convention, n)
         values = (symmetric_order_statistics(sq, ranks, xp=xp) if not lead
                   else order_statistics(sq, ranks, xp=xp, batch_dims=len(lead)))
-        # sum of D2 = 2 n sum_i |x_i - mean|^2: O(n d), not another pass over the n x n matrix
-        xc = centred(xp, particles)
-        total = 2.0 * float(n) * xp.sum(xp.sum(xc * xc, axis=-1), axis=-1)
-        mean_off = total / float(n * (n - 1))
-        return median_from_order_statistics(xp, self.convention, values, n, mean_off, particles)
+        return median_from_order_statistics(xp, self.convention, values, n,
+                                            mean_offdiagonal_sqdist(xp, particles), particles)
 
     @staticmethod
     def _pyro(xp, x):

@@ -24,7 +24,7 @@ import os
 from ._backend import is_torch_array
 
 __all__ = ["AUTO", "MIN_AUTO_BUDGET", "MAX_AUTO_CPU_BUDGET", "default_memory_budget", "check_memory_budget",
-           "physical_memory_bytes"]
+           "budget_bytes", "physical_memory_bytes"]
 
 #: the default ``memory_budget``
 AUTO = "auto"
@@ -70,3 +70,11 @@ def check_memory_budget(memory_budget):
         raise ValueError(f"expected memory_budget as 'auto', a positive number of bytes or None, "
                          f"received {memory_budget!r}")
     return memory_budget
+
+
+def budget_bytes(particles, memory_budget) -> int | float | None:
+    """The budget in bytes that ``memory_budget`` (checked by :func:`check_memory_budget`) sets for a
+    step on ``particles``: :func:`default_memory_budget` for ``"auto"``, the number itself, or
+    ``None`` (no budget)."""
+    memory_budget = check_memory_budget(memory_budget)
+    return default_memory_budget(particles) if memory_budget == AUTO else memory_budget

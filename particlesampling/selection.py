@@ -29,7 +29,7 @@ import math
 
 import numpy as np
 
-from ._backend import SQDIST_BLOCK_ROWS, is_numpy_array, is_torch_array, namespace, to_numpy
+from ._backend import SQDIST_BLOCK_ROWS, host_view_capable, is_numpy_array, is_torch_array, namespace, to_numpy
 
 __all__ = ["order_statistics", "select_ranks", "symmetric_order_statistics", "lower_median", "upper_median", "midpoint_median", "bracket_select",
            "blocked_order_statistics", "bracket_sample_size", "BRACKET_SAMPLE", "BRACKET_MARGIN_SD"]
@@ -200,20 +200,21 @@ def _upper_sample_positions(n: int, size: int):
 def symmetric_order_statistics(sq, ks, *, xp=None, block: int = SQDIST_BLOCK_ROWS):
     """:func:`order_statistics` of all ``n^2`` entries of a symmetric ``(n, n)`` matrix (a ``D2``).
 
-    On the CPU (NumPy, torch without autograd) and above ``8 * BRACKET_SAMPLE`` entries, only the
-    upper block triangle is read, row block by row block (``block`` rows): each square ``[I, I]`` on
-    the diagonal once and each block ``[I, J > I]`` for itself and its mirror (weight 2). The
-    bracketing sample takes uniformly drawn entries at their upper-triangle mirror, and the bracketing
-    pass touches half the entries with block-sized masks. So ``sq`` may hold the upper block triangle
-    only (:func:`particlesampling._backend.symmetric_sqdist` with ``mirror=False``). The result is that
-    of :func:`order_statistics` when ``sq`` is exactly symmetric (as :func:`particlesampling.sqdist`
+    On the CPU (NumPy, torch without autograd) only the upper block triangle is read, row block by
+    row block (``block`` rows): each square ``[I, I]`` on the diagonal once and each block
+    ``[I, J > I]`` for itself and its mirror (weight 2). So ``sq`` may hold the upper block triangle
+    only (:func:`particlesampling._backend.symmetric_sqdist` with ``mirror=False``: what lies below
+    is never read, at any size). Above ``8 * BRACKET_SAMPLE`` entries a sample of entries drawn
+    uniformly and taken at their upper-triangle mirror brackets the ranks, and the bracketing pass
+    touches half the entries with block-sized masks; below, and if the bracket misses, a selection
+    runs on the upper blocks' entries (weights as copies). The result is that of
+    :func:`order_statistics` when ``sq`` is exactly symmetric (as :func:`particlesampling.sqdist`
     returns it); for a matrix that is not, it is the order statistic of the matrix mirrored from its
-    upper triangle. Other libraries, devices and sizes: :func:`order_statistics` of the whole matrix.
+    upper block triangle. Other libraries and devices: :func:`order_statistics` of the whole matrix.
     """
     xp = xp or namespace(sq)
     n = sq.shape[-1]
-    cpu = is_numpy_array(sq) or (is_torch_array(sq) and sq.device.type == "cpu" and not sq.requires_grad)
-    if sq.ndim != 2 or sq.shape[0] != n or not cpu or n * n < 8 * BRACKET_SAMPLE:
+    if sq.ndim != 2 or sq.shape[0] != n or not host_view_capable(sq):
         return order_statistics(sq, ks, xp=xp)
     v = sq if is_numpy_array(sq) else sq.numpy()
     ks = [int(k) for k in ks]
@@ -227,9 +228,11 @@ def symmetric_order_statistics(sq, ks, *, xp=None, block: int = SQDIST_BLOCK_ROW
             if b < n:
                 yield v[a:b, b:], 2
 
-    sample = v.reshape(-1)[_upper_sample_positions(n, bracket_sample_size(n * n))]
-    out = bracket_select(sample, upper_blocks, n * n, ks)
-    if out is None:  # the bracket missed (probability < 1e-6): select among all the entries
+    out = None
+    if n * n >= 8 * BRACKET_SAMPLE:
+        sample = v.reshape(-1)[_upper_sample_positions(n, bracket_sample_size(n * n))]
+        out = bracket_select(sample, upper_blocks, n * n, ks)
+    if out is None:  # small, or the bracket missed (probability < 1e-6): select among all the entries
         every = np.concatenate([part.reshape(-1) for blk, w in upper_blocks() for part in [blk] * w])
         out = [float(t) for t in _numpy_select(every, ks)]
     if is_numpy_array(sq):
@@ -241,7 +244,7 @@ def symmetric_order_statistics(sq, ks, *, xp=None, block: int = SQDIST_BLOCK_ROW
 
 def _batched_order_statistics(xp, v, ks):
     """Order statistics ``ks`` along the last axis of ``v`` (``(..., N)``), one per leading index."""
-    if is_numpy_array(v) or (is_torch_array(v) and v.device.type == "cpu" and not v.requires_grad):
+    if host_view_capable(v):
         part = np.partition(v if is_numpy_array(v) else v.numpy(), sorted(set(ks)), axis=-1)
         if is_numpy_array(v):
             return [xp.asarray(part[..., k]) for k in ks]

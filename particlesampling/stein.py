@@ -19,7 +19,7 @@ system with its own bandwidth: the same result as ``B`` calls of :func:`stein_di
 from __future__ import annotations
 
 from .stein_terms import SteinInfo, assemble_direction, check_repulsion, check_stein_inputs, stein_terms
-from .memory_budget import AUTO, default_memory_budget
+from .memory_budget import AUTO, budget_bytes
 from .tiled import tiled_stein_direction_with_info, tiling_chosen
 
 __all__ = ["stein_direction", "stein_direction_with_info", "stein_direction_batched",
@@ -36,9 +36,8 @@ def stein_direction_with_info(particles, scores, kernel=None, bandwidth=None, re
     xp = check_stein_inputs(particles, scores, repulsion)
     repulsion = check_repulsion(repulsion)
     if sq is None and tiling_chosen(particles, kernel, bandwidth, memory_budget):
-        budget = default_memory_budget(particles) if memory_budget == AUTO else memory_budget
         return tiled_stein_direction_with_info(particles, scores, kernel, bandwidth, repulsion,
-                                               memory_budget=budget)
+                                               memory_budget=budget_bytes(particles, memory_budget))
     t = stein_terms(particles, scores, kernel, bandwidth, sq=sq)
     return assemble_direction(xp, t.driving, t.repulsion, repulsion, t.bandwidth, t.mean_kernel)
 

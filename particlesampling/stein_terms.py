@@ -22,8 +22,7 @@ from ._backend import (
     centred,
     check_same_shape,
     device_of,
-    is_numpy_array,
-    is_torch_array,
+    host_view_capable,
     namespace,
     sqdist,
     symmetric_sqdist,
@@ -107,13 +106,10 @@ def _reads_upper_only(rule) -> bool:
 
 def _own_sqdist(xp, particles, xc, rule, *, upper_only: bool):
     """``D2`` of one system computed for this step (``xc``: the centred particles). For NumPy and
-    torch on the CPU without autograd,
-    when everything downstream reads the upper block triangle only (``upper_only``: the RBF
-    product; and a rule of :func:`_reads_upper_only`), the blocks below it are not even written
-    (:func:`particlesampling._backend.symmetric_sqdist` with ``mirror=False``)."""
-    cpu = is_numpy_array(particles) or (is_torch_array(particles) and particles.device.type == "cpu"
-                                        and not particles.requires_grad)
-    if upper_only and cpu and particles.ndim == 2 and _reads_upper_only(rule):
+    torch on the CPU without autograd, when everything downstream reads the upper block triangle
+    only (``upper_only``: the RBF product; and a rule of :func:`_reads_upper_only`), the blocks below
+    it are not even written (:func:`particlesampling._backend.symmetric_sqdist` with ``mirror=False``)."""
+    if upper_only and host_view_capable(particles) and particles.ndim == 2 and _reads_upper_only(rule):
         return symmetric_sqdist(xc, xp.sum(xc * xc, axis=-1), mirror=False)
     return sqdist(particles, xp=xp)
 

@@ -48,7 +48,16 @@ from ._backend import (
     sqdist_block,
     to_numpy,
 )
-from .bandwidths import ArrayBandwidth, Fixed, Median, Scaled, get_bandwidth, median_from_order_statistics, median_ranks
+from .bandwidths import (
+    ArrayBandwidth,
+    Fixed,
+    Median,
+    Scaled,
+    get_bandwidth,
+    mean_offdiagonal_sqdist,
+    median_from_order_statistics,
+    median_ranks,
+)
 from .kernels import (
     RBF,
     get_kernel,
@@ -57,7 +66,7 @@ from .kernels import (
     rbf_product_columns,
     rbf_terms_from_product,
 )
-from .memory_budget import AUTO, check_memory_budget, default_memory_budget
+from .memory_budget import AUTO, budget_bytes
 from .selection import BRACKET_SAMPLE, blocked_order_statistics, bracket_sample_size
 from .stein_kernel import check_statistic, cross_term, radial_kernel, reduce_statistic, stein_kernel_block, \
     stein_kernel_diagonal
@@ -117,14 +126,10 @@ def tiling_chosen(particles, kernel=None, bandwidth=None, memory_budget=AUTO) ->
     (``"auto"``, bytes or ``None``; :mod:`particlesampling.memory_budget`): when the untiled
     temporaries (:func:`untiled_bytes`) exceed the budget, except that under ``"auto"`` a call the
     blocked path cannot serve stays untiled."""
-    budget = check_memory_budget(memory_budget)
-    if budget is None:
+    limit = budget_bytes(particles, memory_budget)
+    if limit is None or untiled_bytes(particles, kernel) <= limit:
         return False
-    auto = isinstance(budget, str)
-    limit = default_memory_budget(particles) if auto else budget
-    if untiled_bytes(particles, kernel) <= limit:
-        return False
-    return not auto or tiling_supported(kernel, bandwidth)
+    return memory_budget != AUTO or tiling_supported(kernel, bandwidth)
 
 
 def tile_rows(n: int, d: int, itemsize: int, memory_budget: int | float = DEFAULT_MEMORY_BUDGET) -> int:
@@ -272,10 +277,7 @@ def rule_value(xp, rule, x, order_statistics, *, where: str):
         return xp.ones((), dtype=x.dtype, device=dev)
     ks = median_ranks(rule.convention, n)
     values = [xp.asarray(t, dtype=x.dtype, device=dev) for t in order_statistics(ks)]
-    # mean off-diagonal D2 without the matrix: sum(D2) = 2 n sum|xc_i|^2
-    _, xx = centre(xp, x)
-    mean_off = 2.0 * float(n) * xp.sum(xx) / float(n * (n - 1))
-    return median_from_order_statistics(xp, rule.convention, values, n, mean_off, x)
+    return median_from_order_statistics(xp, rule.convention, values, n, mean_offdiagonal_sqdist(xp, x), x)
 
 
 # --------------------------------------------------------------------------------------------------

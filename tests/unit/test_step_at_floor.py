@@ -155,8 +155,8 @@ def test_select_ranks_matches_sort():
 
 @pytest.mark.parametrize("lib", ["numpy", "torch"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_symmetric_order_statistics_reads_the_upper_block_triangle_only(lib, dtype):
-    n = 900  # n^2 above 8 * BRACKET_SAMPLE: the bracketing path
+@pytest.mark.parametrize("n", [300, 900])  # n^2 below and above 8 * BRACKET_SAMPLE (the bracketing path)
+def test_symmetric_order_statistics_reads_the_upper_block_triangle_only(lib, dtype, n):
     x = np.random.default_rng(5).standard_normal((n, 4)).astype(dtype)
     xc = x - x.mean(axis=0)
     arg = xc if lib == "numpy" else torch.from_numpy(xc)
@@ -220,9 +220,10 @@ def test_bracket_sample_size_grows_with_the_problem_within_bounds():
 
 
 @pytest.mark.parametrize("lib", ["numpy", "torch"])
-def test_default_step_matches_the_dense_svgd_formula(lib):
-    n, d = 760, 3  # above the bracketing threshold and not a multiple of the block
-    rng = np.random.default_rng(10)
+@pytest.mark.parametrize("n", [200, 300, 724, 760])  # one block; several blocks below and above the bracketing size
+def test_default_step_matches_the_dense_svgd_formula(lib, n):
+    d = 3
+    rng = np.random.default_rng(10 + n)
     x, s = rng.standard_normal((n, d)), rng.standard_normal((n, d))
     d2 = _dense_sqdist(x)
     h = np.median(d2) / np.log(n + 1)  # "liu_wang": midpoint median of all n^2 entries
@@ -276,7 +277,6 @@ def test_tiling_choice(monkeypatch):
     assert not tiling_chosen(x, memory_budget=need)
     assert tiling_chosen(x, memory_budget=need - 1)
     monkeypatch.setattr(mb, "default_memory_budget", lambda particles: need - 1)
-    monkeypatch.setattr("particlesampling.tiled.default_memory_budget", lambda particles: need - 1)
     assert tiling_chosen(x)
     # under "auto" what the blocked path cannot serve stays untiled; under a number it is an error
     assert not tiling_chosen(x, "linear")
