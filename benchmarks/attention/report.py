@@ -6,7 +6,7 @@ import json
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -88,6 +88,18 @@ def _compare(runs: List[dict], base: List[dict]) -> Dict:
     return out
 
 
+def _gain_difference(r_a, b_a, r_b, b_b) -> Dict:
+    """Paired over seeds: (method − baseline) under condition a minus the same under condition b (test accuracy).
+
+    Positive: the method gains more under a. Called only beyond ``SE_MULTIPLE`` standard errors.
+    """
+    def gain(runs, base):
+        r, b = _by_seed(runs, "test", "accuracy"), _by_seed(base, "test", "accuracy")
+        return {s: r[s] - b[s] for s in set(r) & set(b)}
+
+    return paired(gain(r_a, b_a), gain(r_b, b_b), +1)
+
+
 class _Index:
     def __init__(self, records: Dict[str, dict], plan):
         self.records, self.plan = records, plan
@@ -153,10 +165,15 @@ def _questions(records, plan, idx) -> Dict:
         return runs, (_summarise_runs(runs) if runs else None)
 
     q = {"alpha": alpha, "cells": []}
+    arms_by_dropout = {}
     for p in (0.0, 0.1):
         b, bs = cell("baseline", None, dropout=p)
         r, rs = cell("svgd", alpha, dropout=p)
+        arms_by_dropout[p] = (r, b)
         q["cells"].append({"dropout": p, "baseline": bs, "svgd": rs, "svgd_vs_baseline": _compare(r, b) if r and b else None})
+    (r0, b0), (r1, b1) = arms_by_dropout[0.0], arms_by_dropout[0.1]
+    if r0 and b0 and r1 and b1:
+        q["gain_without_minus_with_dropout"] = _gain_difference(r0, b0, r1, b1)
     out["dropout"] = q
 
     half = plan.steps[model] // 2
@@ -167,20 +184,31 @@ def _questions(records, plan, idx) -> Dict:
         runs, s = cell(m, v, track_every=te, **kw)
         late[name] = s
         late[f"{name}_runs"] = runs
+    if late["svgd_late_runs"] and late["svgd_runs"]:
+        late["late_vs_svgd"] = _compare(late["svgd_late_runs"], late["svgd_runs"])
     if late["svgd_late_runs"] and late["baseline_runs"]:
         late["late_vs_baseline"] = _compare(late["svgd_late_runs"], late["baseline_runs"])
         late["late_output_cos_end_vs_baseline"] = paired(
             {r["config"]["seed"]: _layer_mean(r["diversity_end"], "output_cos") for r in late["svgd_late_runs"]},
             {r["config"]["seed"]: _layer_mean(r["diversity_end"], "output_cos") for r in late["baseline_runs"]}, -1)
+    track = (late.get("baseline") or {}).get("track")
+    if track:
+        at = [t["output_cos"] for tr in track for t in tr if t["step"] == half]
+        first = [tr[0]["output_cos"] for tr in track if tr]
+        if at:
+            late["switch_output_cos"], late["start_output_cos"] = _mean(at), _mean(first)
     for k in [k for k in late if k.endswith("_runs")]:
         del late[k]
     out["late"] = late
 
-    heads = {"alpha": alpha, "cells": []}
+    heads = {"alpha": alpha, "default_heads": h0, "cells": []}
+    default_baseline, _ = cell("baseline", None, heads=h0)
     for h in plan.head_counts:
         b, bs = cell("baseline", None, heads=h)
         r, rs = cell("svgd", alpha, heads=h)
-        heads["cells"].append({"heads": h, "baseline": bs, "svgd": rs, "svgd_vs_baseline": _compare(r, b) if r and b else None})
+        heads["cells"].append({"heads": h, "baseline": bs, "svgd": rs, "svgd_vs_baseline": _compare(r, b) if r and b else None,
+                               "baseline_vs_default_heads": (_compare(b, default_baseline)
+                                                             if b and default_baseline and h != h0 else None)})
     out["heads"] = heads
 
     strength = {"cells": []}
@@ -190,13 +218,28 @@ def _questions(records, plan, idx) -> Dict:
         strength["cells"].append({"alpha": a, "svgd": rs, "svgd_vs_baseline": _compare(r, b) if r and b else None})
     out["strength"] = strength
 
-    data = {"alpha": alpha, "cells": []}
+    data = {"alpha": alpha, "cells": [], "gain_smallest_minus_full_fraction": {}}
+    arms_by_cell = {}
     for f in plan.fractions:
         for h in plan.data_heads:
             b, bs = cell("baseline", None, heads=h, train_fraction=f)
             r, rs = cell("svgd", alpha, heads=h, train_fraction=f)
+            arms_by_cell[(f, h)] = (r, b)
             data["cells"].append({"fraction": f, "heads": h, "baseline": bs, "svgd": rs,
                                   "svgd_vs_baseline": _compare(r, b) if r and b else None})
+    smallest, full = min(plan.fractions), max(plan.fractions)
+    for h in plan.data_heads:
+        (rs_, bs_), (rf, bf) = arms_by_cell[(smallest, h)], arms_by_cell[(full, h)]
+        if smallest < full and rs_ and bs_ and rf and bf:
+            data["gain_smallest_minus_full_fraction"][str(h)] = _gain_difference(rs_, bs_, rf, bf)
+    if len(plan.data_heads) > 1:
+        lo, hi = min(plan.data_heads), max(plan.data_heads)
+        data["fewer_heads_baseline"] = {}
+        for f in plan.fractions:
+            b_lo, b_hi = arms_by_cell[(f, lo)][1], arms_by_cell[(f, hi)][1]
+            if b_lo and b_hi:
+                data["fewer_heads_baseline"][format(f, "g")] = _compare(b_lo, b_hi)["accuracy"]
+        data["fewer_heads"], data["more_heads"] = lo, hi
     out["data"] = data
 
     matched = {"cells": []}
@@ -241,6 +284,117 @@ def _verdict_word(c: Optional[Dict], subject: str, reference: str) -> str:
                 f"({c['mean'] * 100:+.2f} ± {c['se'] * 100:.2f} points, n={c['n']})")
     return (f"{subject} is {c['verdict']} than {reference} in test accuracy "
             f"({c['mean'] * 100:+.2f} ± {c['se'] * 100:.2f} points, n={c['n']}, beyond {SE_MULTIPLE:g} SE)")
+
+
+def _acc(cell: Dict, key: str) -> Optional[Dict]:
+    comp = cell.get(key)
+    return comp["accuracy"] if comp else None
+
+
+def _called(c: Optional[Dict], verdict: str) -> bool:
+    return bool(c) and c["n"] >= 2 and c["verdict"] == verdict
+
+
+def _question_verdicts(name: str, q: Dict) -> List[str]:
+    """One sentence per comparison of an open question, then the answer they add up to (all from the records)."""
+    out: List[str] = []
+    cells = q.get("cells", [])
+    if name == "dropout":
+        for c in cells:
+            out.append(f"dropout {c['dropout']:g}: " + _verdict_word(_acc(c, "svgd_vs_baseline"), "SVGD", "the baseline"))
+        g = q.get("gain_without_minus_with_dropout")
+        if g:
+            out.append(f"SVGD's gain without dropout minus its gain with dropout: {_diff(g)}"
+                       + (" (the effect of repulsion does not detectably depend on dropout)"
+                          if g["verdict"] == "no detectable difference" else ""))
+        with_dropout = next((_acc(c, "svgd_vs_baseline") for c in cells if c["dropout"] > 0), None)
+        if with_dropout and with_dropout["n"] >= 2:
+            out.append("Answer: " + {"better": "yes, repulsion still helps when dropout is on",
+                                     "worse": "no, with dropout on repulsion lowers test accuracy",
+                                     "no detectable difference": "with dropout on, repulsion makes no detectable "
+                                                                 "difference to test accuracy"}[with_dropout["verdict"]]
+                       + ".")
+    elif name == "late":
+        lv, ls = q.get("late_vs_baseline"), q.get("late_vs_svgd")
+        if q.get("switch_output_cos") is not None:
+            out.append(f"baseline head-output cosine at the switch (step {q['switch_step']}): "
+                       f"{q['switch_output_cos']:.3f}; at the start of training {q['start_output_cos']:.3f}")
+        if lv:
+            out.append(_verdict_word(lv["accuracy"], "late SVGD", "the baseline"))
+        if ls:
+            out.append(_verdict_word(ls["accuracy"], "late SVGD", "SVGD from the start"))
+        cos = q.get("late_output_cos_end_vs_baseline")
+        if cos and cos["n"] >= 2:
+            apart = {"better": "pulls the heads apart (lower head-output cosine than the baseline at the end, "
+                               f"{_diff(cos, 1, '')})",
+                     "worse": f"leaves the heads more alike than the baseline ({_diff(cos, 1, '')})",
+                     "no detectable difference": "does not detectably change the heads' output similarity "
+                                                 f"({_diff(cos, 1, '')})"}[cos["verdict"]]
+            follows = ("and accuracy follows" if _called(lv and lv["accuracy"], "better") else
+                       "but accuracy does not follow detectably" if cos["verdict"] == "better" else
+                       "and accuracy does not change detectably")
+            out.append(f"Answer: repulsion switched on mid-training {apart}, {follows}.")
+    elif name == "heads":
+        h0 = q.get("default_heads")
+        for c in cells:
+            parts = []
+            if c.get("svgd_vs_baseline"):
+                parts.append(_verdict_word(_acc(c, "svgd_vs_baseline"), "SVGD", "the baseline"))
+            if c.get("baseline_vs_default_heads"):
+                parts.append(_verdict_word(_acc(c, "baseline_vs_default_heads"), "the baseline",
+                                           f"the {h0}-head baseline"))
+            if parts:
+                out.append(f"{c['heads']} head(s): " + "; ".join(parts))
+        helped = [c["heads"] for c in cells if _called(_acc(c, "svgd_vs_baseline"), "better")]
+        hurt = [c["heads"] for c in cells if _called(_acc(c, "svgd_vs_baseline"), "worse")]
+        enough = [c["heads"] for c in cells if c.get("baseline_vs_default_heads")
+                  and _acc(c, "baseline_vs_default_heads")["n"] >= 2
+                  and _acc(c, "baseline_vs_default_heads")["verdict"] != "worse"]
+        if any(c.get("svgd_vs_baseline") for c in cells):
+            out.append("Answer: repulsion " + (f"helps at {helped} heads" if helped else "helps at no head count")
+                       + (f", hurts at {hurt}" if hurt else "") + "; the smallest head count whose baseline is not "
+                       f"detectably worse than {h0} heads: {min(enough) if enough else h0}.")
+    elif name == "strength":
+        for c in cells:
+            if c.get("svgd_vs_baseline"):
+                out.append(f"alpha {c['alpha']:g}: " + _verdict_word(_acc(c, "svgd_vs_baseline"), "SVGD", "the baseline"))
+        helped = [c["alpha"] for c in cells if _called(_acc(c, "svgd_vs_baseline"), "better")]
+        hurt = [c["alpha"] for c in cells if _called(_acc(c, "svgd_vs_baseline"), "worse")]
+        cos = [(c["alpha"], float(np.mean(c["svgd"]["diversity_end"]["output_cos"]))) for c in cells if c.get("svgd")]
+        if cos:
+            out.append("head-output cosine at the end by alpha: " + ", ".join(f"{a:g}: {v:.3f}" for a, v in cos))
+        if any(c.get("svgd_vs_baseline") for c in cells):
+            out.append("Answer: " + (f"accuracy improves at alpha in {helped}" if helped else
+                                     "no alpha detectably improves accuracy")
+                       + (f", and drops at alpha in {hurt}" if hurt else "") + ".")
+    elif name == "data":
+        for c in cells:
+            if c.get("svgd_vs_baseline"):
+                out.append(f"fraction {c['fraction']:g}, {c['heads']} heads: "
+                           + _verdict_word(_acc(c, "svgd_vs_baseline"), "SVGD", "the baseline"))
+        for h, g in q.get("gain_smallest_minus_full_fraction", {}).items():
+            out.append(f"{h} heads: SVGD's gain at the smallest fraction minus its gain on the full set: {_diff(g)}")
+        for f, c in q.get("fewer_heads_baseline", {}).items():
+            out.append(f"fraction {f}: " + _verdict_word(c, f"the {q['fewer_heads']}-head baseline",
+                                                         f"the {q['more_heads']}-head baseline"))
+        gains = q.get("gain_smallest_minus_full_fraction", {})
+        if gains:
+            more = [h for h, g in gains.items() if _called(g, "better")]
+            out.append("Answer: repulsion " + (f"matters more with less data at {more} heads" if more else
+                                               "does not matter detectably more with less data") + ".")
+    elif name == "penalty_matched":
+        for c in cells:
+            if c.get("svgd_vs_penalty"):
+                out.append(f"alpha {c['alpha']:g} (penalty weight {c['penalty_weight']:g}): "
+                           + _verdict_word(_acc(c, "svgd_vs_penalty"), "SVGD", "the penalty"))
+        comps = [_acc(c, "svgd_vs_penalty") for c in cells if c.get("svgd_vs_penalty")]
+        if comps:
+            better = [c["alpha"] for c in cells if _called(_acc(c, "svgd_vs_penalty"), "better")]
+            worse = [c["alpha"] for c in cells if _called(_acc(c, "svgd_vs_penalty"), "worse")]
+            out.append("Answer: " + ("gradient rewriting beats the penalty at alpha in " + str(better) if better else
+                                     "gradient rewriting is not detectably better than the penalty at matched strength")
+                       + (f"; it is worse at alpha in {worse}" if worse else "") + ".")
+    return out
 
 
 def _plots(results: Dict, images: Path) -> Dict[str, str]:
@@ -456,13 +610,10 @@ def _markdown(results: Dict, data_info: Dict, images: Dict[str, str], image_dir:
                 if s:
                     a(f"- {arm}: test accuracy {_pm(s['test_accuracy'])}, head-output cosine at the end "
                       f"{_pm(s['diversity_end']['output_cos'], 3)} ({len(s['seeds'])} seeds)")
-            if "late_vs_baseline" in L_:
-                a(f"- {_verdict_word(L_['late_vs_baseline']['accuracy'], 'late SVGD', 'the baseline')}; head-output cosine "
-                  f"at the end, late − baseline: {_diff(L_['late_output_cos_end_vs_baseline'], 1, '')}.")
         elif cells:
             keys = [k for k in ("dropout", "heads", "fraction", "alpha", "penalty_weight") if k in cells[0]]
             arms = [k for k in ("baseline", "svgd", "penalty") if k in cells[0]]
-            comps = [k for k in cells[0] if k.endswith("_vs_baseline") or k == "svgd_vs_penalty"]
+            comps = [k for k in cells[0] if k.endswith("_vs_baseline") or k in ("svgd_vs_penalty", "baseline_vs_default_heads")]
             a("| " + " | ".join(keys + [f"{x} accuracy" for x in arms] + [f"{x} output cos end" for x in arms]
                                 + [c.replace("_", " ") for c in comps]) + " |")
             a("|" + "---|" * (len(keys) + 2 * len(arms) + len(comps)))
@@ -473,6 +624,11 @@ def _markdown(results: Dict, data_info: Dict, images: Dict[str, str], image_dir:
                 row += [_diff(c[k]["accuracy"]) if c.get(k) else "–" for k in comps]
                 a("| " + " | ".join(row) + " |")
         a("")
+        verdicts = _question_verdicts(name, q[name])
+        if verdicts:
+            for v in verdicts:
+                a(f"- {v[0].upper() + v[1:]}")
+            a("")
         if name in images or (name == "late" and "late_repulsion" in images) or (name == "data" and "data_fraction" in images):
             img = images.get(name) or images.get({"late": "late_repulsion", "data": "data_fraction"}.get(name, ""))
             if img:

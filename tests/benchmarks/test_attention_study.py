@@ -14,7 +14,7 @@ from benchmarks.attention.head_gates import HeadGates
 from benchmarks.attention.metrics import classification_metrics, pruning_ks
 from benchmarks.attention.models import build_model
 from benchmarks.attention.records import append_record, claim, load_records, release
-from benchmarks.attention.report import paired
+from benchmarks.attention.report import _gain_difference, _question_verdicts, paired
 
 from attention_adapter import An2020, HeadRepulsionPenalty, RepulsiveHeads
 
@@ -170,6 +170,56 @@ def test_paired_difference_and_the_two_standard_error_rule():
     assert paired({0: 1.0}, {0: 0.0})["verdict"] == "too few seeds"
 
 
+def _runs(acc_by_seed):
+    return [{"config": {"seed": s}, "test": {"accuracy": a}} for s, a in acc_by_seed.items()]
+
+
+def test_gain_difference_pairs_the_two_gains_by_seed():
+    # gains without dropout: 0.03, 0.05, 0.04; with dropout: 0.01, 0.01, 0.01 -> difference 0.03 +- 0.0058
+    r0, b0 = _runs({0: 0.83, 1: 0.85, 2: 0.84}), _runs({0: 0.80, 1: 0.80, 2: 0.80})
+    r1, b1 = _runs({0: 0.71, 1: 0.72, 2: 0.73}), _runs({0: 0.70, 1: 0.71, 2: 0.72})
+    g = _gain_difference(r0, b0, r1, b1)
+    assert g["n"] == 3 and g["mean"] == pytest.approx(0.03) and g["se"] == pytest.approx(0.01 / math.sqrt(3))
+    assert g["verdict"] == "better"
+    assert _gain_difference(r1, b1, r0, b0)["verdict"] == "worse"
+
+
+def _comparison(mean, se, n=5):
+    verdict = "no detectable difference" if abs(mean) <= 2 * se else ("better" if mean > 0 else "worse")
+    return {"accuracy": {"n": n, "mean": mean, "se": se, "verdict": verdict}}
+
+
+def test_question_verdicts_answer_from_the_comparisons():
+    dropout = {"cells": [{"dropout": 0.0, "svgd_vs_baseline": _comparison(0.02, 0.005)},
+                         {"dropout": 0.1, "svgd_vs_baseline": _comparison(0.001, 0.004)}],
+               "gain_without_minus_with_dropout": _comparison(0.019, 0.006)["accuracy"]}
+    lines = _question_verdicts("dropout", dropout)
+    assert "SVGD is better than the baseline" in lines[0] and "no detectable difference" in lines[1]
+    assert lines[-1] == ("Answer: with dropout on, repulsion makes no detectable difference to test accuracy.")
+    dropout["cells"][1]["svgd_vs_baseline"] = _comparison(-0.02, 0.004)
+    assert _question_verdicts("dropout", dropout)[-1].startswith("Answer: no, with dropout on repulsion lowers")
+
+    heads = {"default_heads": 8, "cells": [
+        {"heads": 1, "baseline_vs_default_heads": _comparison(-0.05, 0.01)},
+        {"heads": 2, "svgd_vs_baseline": _comparison(0.0, 0.01), "baseline_vs_default_heads": _comparison(-0.002, 0.01)},
+        {"heads": 4, "svgd_vs_baseline": _comparison(0.03, 0.01), "baseline_vs_default_heads": _comparison(0.0, 0.01)},
+        {"heads": 8, "svgd_vs_baseline": _comparison(-0.03, 0.01)}]}
+    answer = _question_verdicts("heads", heads)[-1]
+    assert "helps at [4] heads" in answer and "hurts at [8]" in answer
+    assert answer.endswith("detectably worse than 8 heads: 2.")  # 1 head is worse, 2 is not
+
+    late = {"switch_step": 400, "late_vs_baseline": _comparison(0.001, 0.01),
+            "late_output_cos_end_vs_baseline": {"n": 5, "mean": -0.1, "se": 0.01, "verdict": "better"}}
+    assert _question_verdicts("late", late)[-1].startswith("Answer: repulsion switched on mid-training pulls the "
+                                                           "heads apart")
+    assert "but accuracy does not follow detectably" in _question_verdicts("late", late)[-1]
+
+    matched = {"cells": [{"alpha": 0.1, "penalty_weight": 2.8, "svgd_vs_penalty": _comparison(-0.03, 0.01)}]}
+    assert _question_verdicts("penalty_matched", matched)[-1] == (
+        "Answer: gradient rewriting is not detectably better than the penalty at matched strength; "
+        "it is worse at alpha in [0.1].")
+
+
 def test_matched_penalty_weight_gives_the_svgd_repulsion_relative_to_the_own_gradient():
     """With G = 0 the An2020 SVGD gradient is -(alpha / M) R; the penalty at the matched weight gives -alpha R:
     the same force relative to each rule's coefficient of the head's own gradient (1/M and 1)."""
@@ -247,6 +297,8 @@ def test_quick_study_runs_resumes_and_reports(tmp_path, capsys):
     for img in (out / "images").iterdir():
         assert f"images/{img.name}" in report
     assert (out / "images" / "late_repulsion.png").is_file()
+    questions = report.split("## The open questions")[1]
+    assert questions.count("- Answer: ") == len(study_plan.QUESTIONS)  # a generated answer under each question
     n = len(load_records(out / "attention_runs.jsonl"))
     assert runner.main(["--quick", "--out", str(out)]) == 0  # resume: nothing left to run
     assert "ran 0 runs" in capsys.readouterr().out
