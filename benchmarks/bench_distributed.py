@@ -16,9 +16,10 @@ Reported per ``(n, d, W)``:
 
 The model of growth to many machines is in ``docs/distributed.md`` (and repeated in the markdown
 table's header): per rank and step, ``O(n^2 d / W)`` arithmetic and about ``2 n d b`` bytes
-received (every rank needs every particle) plus 2-4 histogram all-reduces of 0.5 MiB for the exact
-median, so the speed-up from ``W`` processes holds while ``n d / W`` arithmetic outweighs moving
-``2 n d b`` bytes and the ``O(log W)``-to-``O(W)`` latency of the ``4 + passes`` collectives.
+received (every rank needs every particle) plus the exact median's exchange (the kept values of the
+bracketing pass, about ``5 n^2 / sqrt(M)`` numbers; histograms above n = 29,000), so the speed-up
+from ``W`` processes holds while ``n^2 d / W`` arithmetic outweighs moving those bytes and the
+``O(log W)``-to-``O(W)`` latency of the 5-8 collectives.
 
 Usage::
 
@@ -53,10 +54,12 @@ import particlesampling as ps  # noqa: E402
 
 SIZES = ((2000, 10), (8000, 10), (8000, 100))
 MODEL = ("Model (docs/distributed.md): per rank and step, arithmetic O(n^2 d / W); payload received about "
-         "2 n d b bytes for the particles and scores (all-gathered: it does not shrink with W) plus 2 (float32) "
-         "or 4 (float64) all-reduces of one or two 0.5 MiB histograms for the exact median; ring traffic "
-         "(W - 1)/W of the all-gather and 2 (W - 1)/W of each all-reduce. Time per step T(W) ~ c n^2 d / W + "
-         "2 n d b / bandwidth + (4 + passes) latency(W): the speed-up holds while n / W >> 2 b / (c bandwidth).")
+         "2 n d b bytes for the particles and scores (all-gathered: it does not shrink with W) plus the exact "
+         "median's exchange (n < 725: every squared distance; up to n ~ 29,000: a sample, two counts per rank and "
+         "the values inside the bracket, about 5 n^2 / sqrt(M) numbers; above: 2 (float32) or 4 (float64) "
+         "all-reduces of 0.5-1 MiB histograms); ring traffic (W - 1)/W of the all-gathers and 2 (W - 1)/W of each "
+         "all-reduce. Time per step T(W) ~ c n^2 d / W + (2 n d b + V_median) / bandwidth + (5 to 8) latency(W): "
+         "the speed-up holds while the arithmetic outweighs the bytes.")
 
 
 def _score(x):
@@ -134,8 +137,8 @@ def measure(n, d, world, backend, dtype_name, warmup, steps) -> dict:
     return {"n": n, "d": d, "world": world, "backend": backend, "dtype": dtype_name,
             "seconds_per_step": statistics.median(per_step), "seconds_per_step_all": per_step,
             "sent_bytes": max(r["sent"] for r in ranks), "received_bytes": max(r["received"] for r in ranks),
-            "collectives_per_step": ranks[0]["calls"], "model_sent_bytes_max": model["sent"],
-            "model_received_bytes_max": model["received"], "model_wire_bytes_max": model["wire"],
+            "collectives_per_step": ranks[0]["calls"], "model_sent_bytes": model["sent"],
+            "model_received_bytes": model["received"], "model_wire_bytes": model["wire"],
             "model_rows_bytes": model["rows"], "shard_sizes": ranks[0]["sizes"]}
 
 
@@ -146,7 +149,7 @@ def _markdown(rows, meta) -> str:
            f"{meta['load']:.2f} at the start; {meta['steps']} timed steps after {meta['warmup']} warm-up steps "
            "(median of the slowest rank's step time).", "", MODEL, "",
            "| n | d | W | s / step | speed-up vs W=1 | 1-process `svgd` s / step | payload received / rank / step "
-           "| of which particles+scores | model (upper bound) | collectives / step |",
+           "| of which particles+scores | model (kept values: expected) | collectives / step |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     base = {(r["n"], r["d"]): r["seconds_per_step"] for r in rows if r["world"] == 1}
     for r in rows:
@@ -154,7 +157,7 @@ def _markdown(rows, meta) -> str:
         speed = f"{b / r['seconds_per_step']:.2f}" if b else "-"
         out.append(f"| {r['n']} | {r['d']} | {r['world']} | {r['seconds_per_step']:.4g} | {speed} | "
                    f"{r['single_process_seconds']:.4g} | {r['received_bytes'] / 2**20:.3f} MiB | "
-                   f"{r['model_rows_bytes'] / 2**20:.3f} MiB | {r['model_received_bytes_max'] / 2**20:.3f} MiB | "
+                   f"{r['model_rows_bytes'] / 2**20:.3f} MiB | {r['model_received_bytes'] / 2**20:.3f} MiB | "
                    f"{r['collectives_per_step']:g} |")
     return "\n".join(out) + "\n"
 

@@ -31,8 +31,9 @@ import numpy as np
 
 from ._backend import SQDIST_BLOCK_ROWS, host_view_capable, is_numpy_array, is_torch_array, namespace, to_numpy
 
-__all__ = ["order_statistics", "select_ranks", "symmetric_order_statistics", "lower_median", "upper_median", "midpoint_median", "bracket_select",
-           "blocked_order_statistics", "bracket_sample_size", "BRACKET_SAMPLE", "BRACKET_MARGIN_SD"]
+__all__ = ["order_statistics", "select_ranks", "symmetric_order_statistics", "lower_median", "upper_median",
+           "midpoint_median", "bracket_select", "gathered_order_statistics", "blocked_order_statistics",
+           "bracket_sample_ranks", "expected_bracket_values", "bracket_sample_size", "BRACKET_SAMPLE", "BRACKET_MARGIN_SD"]
 
 #: largest size of the sample that brackets the wanted ranks (:func:`bracket_sample_size`)
 BRACKET_SAMPLE = 1 << 16
@@ -67,6 +68,21 @@ def bracket_sample_size(total: int) -> int:
     return int(min(BRACKET_SAMPLE, max(4096, 1 << int(round(math.log2(target))))))
 
 
+def bracket_sample_ranks(m: int, total: int, ks) -> tuple:
+    """Ranks ``(i_lo, i_hi)`` in a sample of ``m`` of ``total`` values whose values bracket the
+    ranks ``ks`` of all values, with a margin of :data:`BRACKET_MARGIN_SD` binomial standard
+    deviations (at most ``sqrt(m / 4)``) plus 2 on each side."""
+    slack = BRACKET_MARGIN_SD * math.sqrt(m * 0.25) + 2.0
+    return int(math.floor(min(ks) / total * m - slack)), int(math.ceil(max(ks) / total * m + slack))
+
+
+def expected_bracket_values(m: int, total: int, ks) -> float:
+    """Expected number of the ``total`` values inside the bracket of :func:`bracket_sample_ranks`
+    (``total (i_hi - i_lo) / m``): the values the bracketing pass keeps."""
+    i_lo, i_hi = bracket_sample_ranks(m, total, ks)
+    return total * (i_hi - i_lo) / m
+
+
 def _count_true(mask) -> int:
     """Number of True entries of a NumPy or torch boolean array (``count_nonzero``: several times
     faster than a sum of booleans in both libraries)."""
@@ -77,7 +93,7 @@ def _count_true(mask) -> int:
     return int(torch.count_nonzero(mask))
 
 
-def bracket_select(sample, blocks_fn, total: int, ks, *, max_candidates: int | None = None):
+def bracket_select(sample, blocks_fn, total: int, ks, *, max_candidates: int | None = None, exchange=None):
     """Exact order statistics ``ks`` (0-based) of ``total`` values, bracketed by a ``sample`` of them.
 
     Parameters
@@ -94,6 +110,13 @@ def bracket_select(sample, blocks_fn, total: int, ks, *, max_candidates: int | N
     max_candidates : int, optional
         Give up (return ``None``) before the pass when the bracket is expected to hold more values
         than this (``total * (i_hi - i_lo) / m``, copies included): the values kept in it are stored.
+    exchange : optional
+        For values spread over several holders (processes), each passing only its own blocks, the
+        same ``sample`` and the ``total`` of the union: an object with ``counts(below, kept) ->
+        (below, kept)`` summed over the holders (two Python ints each) and ``values(kept) -> array``,
+        every holder's kept values (1-D NumPy) concatenated in one order that is the same on every
+        holder. Every decision is then taken on the combined numbers, so all holders return the
+        same exact order statistics of the union, or all return ``None`` (before ``values`` is called).
 
     Returns
     -------
@@ -101,12 +124,10 @@ def bracket_select(sample, blocks_fn, total: int, ks, *, max_candidates: int | N
     (the caller then selects without it).
     """
     m = sample.shape[0]
-    slack = BRACKET_MARGIN_SD * math.sqrt(m * 0.25) + 2.0
-    i_lo = int(math.floor(min(ks) / total * m - slack))
-    i_hi = int(math.ceil(max(ks) / total * m + slack))
+    i_lo, i_hi = bracket_sample_ranks(m, total, ks)
     if i_lo <= 0 or i_hi >= m - 1:
         return None
-    if max_candidates is not None and total * (i_hi - i_lo) / m > max_candidates:
+    if max_candidates is not None and expected_bracket_values(m, total, ks) > max_candidates:
         return None
     bounds = select_ranks(sample, [i_lo, i_hi])
     lo, hi = float(bounds[i_lo]), float(bounds[i_hi])
@@ -121,9 +142,14 @@ def bracket_select(sample, blocks_fn, total: int, ks, *, max_candidates: int | N
         inside = to_numpy(v[keep])
         kept.extend([inside] * weight)
         del block, v, low, keep  # before the next block is made: one block's temporaries at a time
-    cand = np.concatenate(kept) if kept else np.zeros(0)
-    if not all(below <= k < below + cand.shape[0] for k in ks):
+    cand = np.concatenate(kept) if kept else np.zeros(0, dtype=sample.dtype)
+    n_kept = cand.shape[0]
+    if exchange is not None:
+        below, n_kept = exchange.counts(int(below), int(n_kept))
+    if not all(below <= k < below + n_kept for k in ks):
         return None
+    if exchange is not None:
+        cand = np.asarray(exchange.values(cand))
     part = select_ranks(cand, [k - below for k in ks])
     return [float(part[k - below]) for k in ks]
 
@@ -375,8 +401,21 @@ def _radix_select(blocks_fn, ks, dtype_name: str, collect_limit: int = 1 << 20, 
     return [result[k] for k in ks]
 
 
+def gathered_order_statistics(blocks_fn, ks, exchange):
+    """Exact order statistics ``ks`` of the union of values spread over holders, by gathering them
+    all (for small unions): ``blocks_fn`` as for :func:`bracket_select` (this holder's blocks),
+    ``exchange`` as there (only its ``values`` is called). Python floats, the same on every holder."""
+    mine = [to_numpy(b).reshape(-1) for block in blocks_fn()
+            for b, w in [block if isinstance(block, tuple) else (block, 1)] for _ in range(w)]
+    every = np.asarray(exchange.values(np.concatenate(mine) if mine else np.zeros(0)))
+    if any(k < 0 or k >= every.shape[0] for k in ks):
+        raise ValueError(f"expected order statistics in [0, {every.shape[0]}), received {list(ks)}")
+    part = select_ranks(every, ks)
+    return [float(part[k]) for k in ks]
+
+
 def blocked_order_statistics(blocks_fn, ks, dtype_name: str, *, sample=None, total: int | None = None,
-                             combine=None, max_candidates: int | None = None):
+                             combine=None, max_candidates: int | None = None, exchange=None):
     """Exact order statistics ``ks`` (0-based) of all entries of non-negative float blocks.
 
     Parameters
@@ -398,13 +437,22 @@ def blocked_order_statistics(blocks_fn, ks, dtype_name: str, *, sample=None, tot
         ``(G, 65536)`` (one histogram per group of ranks sharing a prefix). It is called once per
         radix pass, in the same order on every holder, and every holder then makes the same
         decisions, so all of them return the exact order statistics of the union of their values.
-        The ranks ``ks`` are ranks in that union. Radix passes only: 2 for float32, 4 for float64.
+        The ranks ``ks`` are ranks in that union. Radix passes: 2 for float32, 4 for float64.
+    exchange : optional
+        With ``combine``, ``sample`` (the same on every holder, drawn from the union) and ``total``
+        (of the union): the bracketing pass first, its counts and kept values exchanged as in
+        :func:`bracket_select`; the radix passes with ``combine`` only if it declines (on every
+        holder alike).
 
     Returns
     -------
     list of Python floats, one per ``k``.
     """
     if combine is not None:
+        if exchange is not None and sample is not None:
+            out = bracket_select(sample, blocks_fn, total, ks, max_candidates=max_candidates, exchange=exchange)
+            if out is not None:
+                return out
         return _radix_select(blocks_fn, ks, dtype_name, combine=combine)
     if sample is not None:
         out = bracket_select(sample, blocks_fn, total, ks, max_candidates=max_candidates)

@@ -20,7 +20,7 @@ torch is imported inside the functions only, so ``import particlesampling`` need
 """
 
 from ._comm import ShardLayout, shard_layout
-from .direction import sharded_stein_direction, sharded_stein_direction_with_info
+from .direction import median_regime, sharded_stein_direction, sharded_stein_direction_with_info
 from .samplers import ShardedSPOS, ShardedSVGD, sharded_spos, sharded_svgd
 from .volume import CollectiveCounter, communication_volume
 
@@ -35,4 +35,5 @@ __all__ = [
     "ShardLayout",
     "shard_layout",
     "communication_volume",
+    "median_regime",
 ]

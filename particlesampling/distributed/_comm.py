@@ -3,8 +3,10 @@
 Each rank holds its own rows of particles. :func:`shard_layout` exchanges the row counts (one
 all-gather of one int64 per rank), :func:`all_gather_rows` gathers every rank's rows (padded to the
 largest shard, since an all-gather needs equal sizes), :func:`all_reduce_sum` sums a small tensor
-over the ranks, and :func:`counts_combiner` sums the radix-selection histograms of
-:func:`particlesampling.selection.blocked_order_statistics` over the ranks. Every function is a
+over the ranks, :func:`counts_combiner` sums the radix-selection histograms of
+:func:`particlesampling.selection.blocked_order_statistics` over the ranks and :class:`RankExchange`
+exchanges the bracketing pass's counts and kept values (:func:`particlesampling.selection.bracket_select`).
+Every function is a
 collective: all ranks of the group must call it, in the same order. torch is imported here, inside
 the functions only (``import particlesampling`` needs no torch).
 """
@@ -15,7 +17,8 @@ from typing import Any, NamedTuple, Tuple
 
 import numpy as np
 
-__all__ = ["ShardLayout", "shard_layout", "all_gather_rows", "all_reduce_sum", "counts_combiner", "world_of"]
+__all__ = ["ShardLayout", "shard_layout", "all_gather_rows", "all_reduce_sum", "counts_combiner", "RankExchange",
+           "world_of"]
 
 
 class ShardLayout(NamedTuple):
@@ -118,3 +121,42 @@ def counts_combiner(device, group: Any = None):
         return t.cpu().numpy()
 
     return combine
+
+
+class RankExchange:
+    """The ``exchange`` of :func:`particlesampling.selection.bracket_select` over the ranks of ``group``.
+
+    ``counts(below, kept)``: one all-gather of two int64 per rank, summed (the per-rank kept counts
+    are remembered for ``values``). ``values(kept)``: one all-gather of every rank's kept values,
+    padded to the largest rank's count, concatenated in rank order: the same array on every rank.
+    Both are collectives, called in the same order on every rank. Values travel through tensors on
+    ``device`` (NCCL needs the GPU; gloo takes either).
+    """
+
+    def __init__(self, device, rank: int, world: int, group: Any = None):
+        self.device, self.rank, self.world, self.group = device, rank, world, group
+        self._sizes: Tuple[int, ...] | None = None
+
+    def counts(self, below: int, kept: int) -> Tuple[int, int]:
+        import torch
+
+        mine = torch.tensor([[int(below), int(kept)]], dtype=torch.int64, device=self.device)
+        every = all_gather_rows(mine, ShardLayout((1,) * self.world, self.rank), self.group).cpu().numpy()
+        self._sizes = tuple(int(v) for v in every[:, 1])
+        return int(every[:, 0].sum()), int(every[:, 1].sum())
+
+    def values(self, kept: np.ndarray) -> np.ndarray:
+        import torch
+
+        sizes = self._sizes if self._sizes is not None else self._exchange_sizes(kept.shape[0])
+        if sizes[self.rank] != kept.shape[0]:
+            raise ValueError(f"expected {sizes[self.rank]} kept values on rank {self.rank}, received {kept.shape[0]}")
+        self._sizes = None
+        local = torch.from_numpy(np.ascontiguousarray(kept).reshape(-1, 1)).to(self.device)
+        if max(sizes) == 0:
+            return kept.reshape(-1)[:0]
+        return all_gather_rows(local, ShardLayout(sizes, self.rank), self.group).reshape(-1).cpu().numpy()
+
+    def _exchange_sizes(self, kept: int) -> Tuple[int, ...]:
+        self.counts(0, kept)
+        return self._sizes

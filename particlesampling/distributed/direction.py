@@ -15,14 +15,29 @@ per rank.
 
 **Exact median bandwidth across ranks.** The median conventions need order statistics of all
 ``n^2`` squared distances; each rank holds the ``n_r x n`` block ``D2[I_r, :]`` (which it needs
-for its kernel rows anyway). A radix selection on the bit patterns
-(:func:`particlesampling.selection.blocked_order_statistics` with ``combine``) histograms each rank's
-block and sums the 65,536-bin histograms over the ranks (one all-reduce per pass: 2 passes for
-float32, 4 for float64); every rank then takes the same decisions, so all of them obtain the exact
-order statistics of the union of the blocks, i.e. of all ``n^2`` entries. The entries themselves are
-computed as by :mod:`particlesampling.tiled` (Gram trick on the particles centred on their common
-mean), so the bandwidth equals the single-process one to float rounding, with the same conventions,
-guards and floor (:mod:`particlesampling.bandwidths`). No approximation is offered.
+for its kernel rows anyway), and the blocks of all ranks hold every entry once. The order
+statistics of their union are found as in one process (:mod:`particlesampling.selection`), with
+the counts and values exchanged over the ranks; every rank then takes the same decisions on the
+same exchanged numbers and obtains the same exact values:
+
+* ``n^2 < 8 * BRACKET_SAMPLE`` (n < 725): every rank's block is all-gathered (at most 4 MiB in
+  all) and selected on every rank;
+* otherwise, bracketing (Floyd & Rivest 1975): each rank draws its share ``M_r`` of a sample of
+  ``M = bracket_sample_size(n^2)`` entries uniformly from its own block (``M_r`` proportional to
+  ``n_r``), the shares are all-gathered, and the sample brackets the wanted ranks; each rank counts
+  its entries below the bracket and keeps those inside it (about ``5 n^2 / sqrt(M)`` over all ranks,
+  a few per cent); the counts are all-gathered and verify the bracket, and the kept values are
+  all-gathered and selected;
+* if the bracket misses (probability below 1e-6), or would gather more than
+  :data:`MAX_GATHERED` values (n above about 29,000), a radix selection on the bit patterns
+  (:func:`particlesampling.selection.blocked_order_statistics` with ``combine``) histograms each
+  rank's block and sums the 65,536-bin histograms over the ranks (one all-reduce per pass: 2
+  passes for float32, 4 for float64).
+
+The entries themselves are computed as by :mod:`particlesampling.tiled` (Gram trick on the
+particles centred on their common mean), so the bandwidth equals the single-process one to float
+rounding, with the same conventions, guards and floor (:mod:`particlesampling.bandwidths`). No
+approximation is offered.
 
 Supported, as for the tiled path: radial kernels (``RBF``, ``IMQ``); the scalar median conventions
 (``"liu_wang"``, ``"an2020"``, ``"blackjax"``, ``"numpyro"``), fixed bandwidths (scalar or per
@@ -36,14 +51,19 @@ and random-feature kernels) raise a ValueError.
 * the row counts: an all-gather of one int64 per rank (receives ``8 W`` bytes);
 * particles and scores: one all-gather of the padded ``(m, 2d)`` shard: sends ``2 m d b`` bytes,
   receives ``2 W m d b`` (``= 2 n d b`` for even shards);
-* a median bandwidth: one all-reduce of ``G x 65,536`` int64 counts per radix pass (``G`` = 1, or
-  2 when the two ranks of a midpoint median fall in different bins): ``524,288 G`` bytes per pass,
-  2 passes (float32) or 4 (float64); none for a fixed bandwidth;
+* a median bandwidth (:func:`particlesampling.distributed.communication_volume` gives the bytes):
+  below ``n = 725``, an all-gather of two int64 per rank and one of the padded blocks
+  (``W max_r(n_r) n b`` bytes received); above, an all-gather of the sample shares
+  (``W max_r(M_r) b`` bytes received, ``M <= 65,536``), one of two int64 per rank and one of the
+  kept values padded to the largest rank's count (about ``5 n^2 / sqrt(M)`` values in all, e.g.
+  1.25 million, 5 MB in float32, at n = 8,000); in the radix fallback, one all-reduce of
+  ``G x 65,536`` int64 counts per pass (``G`` = 1, or 2 when the two ranks of a midpoint median
+  fall in different bins); none for a fixed bandwidth;
 * the information (mean kernel value, norms): one all-reduce of 3 numbers (``3 b`` bytes).
 
 A ring all-gather moves ``(W - 1) / W`` of the received bytes over each link and a ring all-reduce
 ``2 (W - 1) / W`` times its payload, so per rank and step the traffic is about
-``2 n d b + passes * (0.5 to 1) MiB``: it does not shrink as ranks are added (every rank needs every
+``2 n d b`` plus the median's exchange: it does not shrink as ranks are added (every rank needs every
 particle), while the arithmetic, ``O(n^2 d / W)`` per rank, does. ``docs/distributed.md`` states the
 resulting model of time per step against ``W``.
 """
@@ -52,15 +72,71 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._backend import check_same_shape, device_of, is_torch_array, namespace, sqdist_block
+from .._backend import check_same_shape, device_of, host_view_capable, is_torch_array, namespace, sqdist_block
 from ..bandwidths import get_bandwidth
 from ..kernels import get_kernel, offdiagonal_mean_from_sums
-from ..selection import blocked_order_statistics
+from ..selection import (BRACKET_SAMPLE, _sample_positions, blocked_order_statistics, bracket_sample_size,
+                         expected_bracket_values, gathered_order_statistics)
 from ..stein_terms import assemble_direction, check_repulsion, squared_norm_total
 from ..tiled import block_stein_terms, centre, check_blocked_rule, rule_value, scaled_for_distances
-from ._comm import ShardLayout, all_gather_rows, all_reduce_sum, counts_combiner, shard_layout
+from ._comm import RankExchange, ShardLayout, all_gather_rows, all_reduce_sum, counts_combiner, shard_layout
 
-__all__ = ["sharded_stein_direction", "sharded_stein_direction_with_info", "check_shard"]
+__all__ = ["sharded_stein_direction", "sharded_stein_direction_with_info", "check_shard", "sample_shares",
+           "median_regime", "GATHER_ALL_BELOW", "MAX_GATHERED"]
+
+#: unions of fewer squared distances than this are all-gathered whole for the median (at most 4 MiB)
+GATHER_ALL_BELOW = 8 * BRACKET_SAMPLE
+#: most values the bracketing pass may gather over all ranks (expected); above, the radix passes
+MAX_GATHERED = 1 << 24
+
+
+def sample_shares(sizes, total_values: int) -> tuple:
+    """Entries of the bracketing sample each rank draws from its block: ``m = bracket_sample_size(
+    total_values)`` split in proportion to the row counts ``sizes`` (cumulative rounding: they add up
+    to ``m``)."""
+    m, n = bracket_sample_size(total_values), sum(sizes)
+    cum = [0]
+    for size in sizes:
+        cum.append(cum[-1] + size)
+    bounds = [m * c // n for c in cum]
+    return tuple(bounds[r + 1] - bounds[r] for r in range(len(sizes)))
+
+
+def median_regime(n: int) -> str:
+    """How the sharded direction finds a median of ``n`` particles (module docstring): ``"gather"``
+    (every value), ``"bracket"`` (a sample, the counts, the kept values) or ``"radix"``
+    (histograms only: the bracket would be expected to gather more than :data:`MAX_GATHERED`
+    values around the middle rank)."""
+    total = n * n
+    if total < GATHER_ALL_BELOW:
+        return "gather"
+    if expected_bracket_values(bracket_sample_size(total), total, [total // 2]) > MAX_GATHERED:
+        return "radix"
+    return "bracket"
+
+
+def _order_statistics_over_ranks(block, ks, layout: ShardLayout, group):
+    """Exact order statistics ``ks`` of the union of every rank's ``D2`` block (module docstring)."""
+    import torch
+
+    total = layout.total * layout.total
+    exchange = RankExchange(block.device, layout.rank, layout.world, group)
+    # on the CPU the passes run on a NumPy view (faster masks than torch's); on a GPU, on the tensor
+    local = block.numpy() if host_view_capable(block) else block
+    regime = median_regime(layout.total)
+    dtype_name = str(block.dtype).split(".")[-1]
+    combine = counts_combiner(block.device, group)
+    if regime == "gather":
+        return gathered_order_statistics(lambda: (local,), ks, exchange)
+    if regime == "radix":
+        return blocked_order_statistics(lambda: (local,), ks, dtype_name, combine=combine)
+    shares = sample_shares(layout.sizes, total)
+    mine = shares[layout.rank]
+    flat = block.reshape(-1)
+    picked = flat[torch.tensor(_sample_positions(flat.shape[0], mine), device=block.device)] if mine else flat[:0]
+    sample = all_gather_rows(picked.reshape(-1, 1), ShardLayout(shares, layout.rank), group).reshape(-1).cpu().numpy()
+    return blocked_order_statistics(lambda: (local,), ks, dtype_name, sample=sample, total=total, combine=combine,
+                                    exchange=exchange)
 
 
 def check_shard(particles, scores, repulsion):
@@ -136,9 +212,7 @@ def sharded_stein_direction_with_info(particles, scores, kernel=None, bandwidth=
 
     def order_statistics(ks):  # exact, over the blocks of all ranks
         d2_of_xc.append(sqdist_block(xp, xc[a:b, :], xx[a:b], xc, xx, diagonal_at=a))
-        dtype_name = str(particles.dtype).split(".")[-1]
-        return blocked_order_statistics(lambda: (d2_of_xc[0],), ks, dtype_name,
-                                        combine=counts_combiner(device_of(particles), group))
+        return _order_statistics_over_ranks(d2_of_xc[0], ks, layout, group)
 
     h = rule_value(xp, rule, x_all, order_statistics, where="the sharded direction")
     h = xp.asarray(h, dtype=particles.dtype, device=device_of(particles))

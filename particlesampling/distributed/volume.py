@@ -26,7 +26,8 @@ def radix_passes(itemsize: int) -> int:
 
 
 def communication_volume(sizes: Sequence[int], d: int, itemsize: int, *, median: bool = True,
-                         histograms: int | None = None, method: str = "direction") -> Dict[str, float]:
+                         kept: int | None = None, histograms: int | None = None,
+                         method: str = "direction") -> Dict[str, float]:
     """Collective payloads per rank of one sharded direction or step, in bytes.
 
     Parameters
@@ -38,13 +39,19 @@ def communication_volume(sizes: Sequence[int], d: int, itemsize: int, *, median:
     itemsize : int
         Bytes per number: 4 (float32) or 8 (float64).
     median : bool
-        Whether the bandwidth is a median rule (:func:`radix_passes` all-reduces of histograms), or
-        a fixed one (none).
+        Whether the bandwidth is a median rule (the exchanges of
+        :func:`particlesampling.distributed.direction.median_regime`), or a fixed one
+        (none).
+    kept : int, optional
+        Bracketing regime: the largest number of values one rank keeps inside the bracket (the
+        kept values' all-gather is padded to it; a property of the data). Default: the expected
+        number, ``expected_bracket_values`` shared in proportion to the largest shard.
     histograms : int, optional
-        How many 65,536-bin histograms those passes carry in all: one per pass for a median of one
-        rank (``"an2020"``), and for a midpoint median (two ranks) one in the first pass and one or
-        two in each later pass, depending on whether the two ranks still share a bin (a property of
-        the data). Default: the upper bound ``1 + 2 (passes - 1)``.
+        The histograms the radix passes carry in all, if they ran (the radix regime, or a bracket
+        that missed: then no values are gathered): one per pass for a median of one rank
+        (``"an2020"``), and for a midpoint median one in the first pass and one or two in each
+        later pass, depending on whether the two ranks still share a bin. Default: none in the
+        gather and bracket regimes; the upper bound ``1 + 2 (passes - 1)`` in the radix regime.
     method : {"direction", "svgd", "spos"}
         A direction alone; an SVGD step (+ the step information: an all-reduce of 4 numbers); an SPOS
         step (+ one more exchange of the row counts, for the noise offset).
@@ -53,9 +60,12 @@ def communication_volume(sizes: Sequence[int], d: int, itemsize: int, *, median:
     -------
     dict with ``sent``, ``received`` (payloads, bytes), ``wire`` (ring-algorithm bytes sent, equal
     to those received, per rank), ``collectives`` (calls), and the parts: ``rows`` (received by the
-    all-gather of particles and scores), ``histograms`` (bytes of the histogram all-reduces),
-    ``small`` (row counts and sums).
+    all-gather of particles and scores), ``median`` (received by the median's all-gathers),
+    ``histograms`` (bytes of the histogram all-reduces), ``small`` (row counts and sums).
     """
+    from ..selection import bracket_sample_size, expected_bracket_values
+    from .direction import median_regime, sample_shares
+
     sizes = [int(s) for s in sizes]
     if not sizes or min(sizes) < 0 or sum(sizes) < 1:
         raise ValueError(f"expected row counts >= 0 with at least one particle, received {sizes!r}")
@@ -63,19 +73,38 @@ def communication_volume(sizes: Sequence[int], d: int, itemsize: int, *, median:
         raise ValueError(f"expected itemsize 4 (float32) or 8 (float64), received {itemsize!r}")
     if method not in ("direction", "svgd", "spos"):
         raise ValueError(f"expected method 'direction', 'svgd' or 'spos', received {method!r}")
-    w, m = len(sizes), max(sizes)
-    passes = radix_passes(itemsize) if median and sum(sizes) > 1 else 0
-    most = 1 + 2 * (passes - 1) if passes else 0
+    w, m, n = len(sizes), max(sizes), sum(sizes)
+    regime = median_regime(n) if median and n > 1 else None
+    passes = radix_passes(itemsize)
+    most = 1 + 2 * (passes - 1)
+    if histograms is not None and (isinstance(histograms, bool) or not isinstance(histograms, int)
+                                   or not (histograms == 0 or passes <= histograms <= most)):
+        raise ValueError(f"expected histograms as 0 or an integer in [{passes}, {most}] for {passes} radix "
+                         f"passes, received {histograms!r}")
+    if histograms and regime not in ("bracket", "radix"):
+        raise ValueError(f"expected no histograms for {n} particles ({regime or 'no median'}), received {histograms}")
     if histograms is None:
-        histograms = most
-    elif isinstance(histograms, bool) or not isinstance(histograms, int) or not passes <= histograms <= most:
-        raise ValueError(f"expected histograms as an integer in [{passes}, {most}] for {passes} radix passes, "
-                         f"received {histograms!r}")
+        histograms = most if regime == "radix" else 0
+    if kept is not None and (isinstance(kept, bool) or not isinstance(kept, int) or kept < 0):
+        raise ValueError(f"expected kept as an integer >= 0, received {kept!r}")
     ring_gather, ring_reduce = (w - 1) / w, 2.0 * (w - 1) / w
     counts = (8, 8 * w)  # (sent, received) of one all-gather of the row counts
     rows = (2 * m * d * itemsize, 2 * w * m * d * itemsize)
     gathers = [counts, rows]
-    reduces = [histograms * HISTOGRAM_BINS * 8, 3 * itemsize]  # histograms; the direction's info sums
+    median_gathers = []
+    if regime == "gather":
+        median_gathers = [(16, 16 * w), (m * n * itemsize, w * m * n * itemsize)]
+    elif regime == "bracket":
+        share = max(sample_shares(sizes, n * n))
+        median_gathers = [(share * itemsize, w * share * itemsize), (16, 16 * w)]
+        if not histograms:  # the bracket held: its kept values are gathered
+            if kept is None:
+                kept = math.ceil(expected_bracket_values(bracket_sample_size(n * n), n * n, [n * n // 2]) * m / n)
+            median_gathers.append((kept * itemsize, w * kept * itemsize))
+    gathers += median_gathers
+    reduces = [3 * itemsize]  # the direction's info sums
+    if histograms:
+        reduces.append(histograms * HISTOGRAM_BINS * 8)
     if method in ("svgd", "spos"):
         reduces.append(4 * itemsize)  # the step information
     if method == "spos":
@@ -83,10 +112,12 @@ def communication_volume(sizes: Sequence[int], d: int, itemsize: int, *, median:
     sent = sum(g[0] for g in gathers) + sum(reduces)
     received = sum(g[1] for g in gathers) + sum(reduces)
     wire = sum(g[1] for g in gathers) * ring_gather + sum(reduces) * ring_reduce
-    small = received - rows[1] - reduces[0]
+    hist_bytes = histograms * HISTOGRAM_BINS * 8
+    median_bytes = sum(g[1] for g in median_gathers)
+    calls = len(gathers) + len(reduces) - (1 if histograms else 0) + (passes if histograms else 0)
     return {"sent": float(sent), "received": float(received), "wire": float(math.ceil(wire)),
-            "collectives": len(gathers) + len(reduces) - 1 + passes, "rows": float(rows[1]),
-            "histograms": float(reduces[0]), "small": float(small)}
+            "collectives": calls, "rows": float(rows[1]), "median": float(median_bytes),
+            "histograms": float(hist_bytes), "small": float(received - rows[1] - median_bytes - hist_bytes)}
 
 
 class CollectiveCounter:
@@ -97,11 +128,13 @@ class CollectiveCounter:
     present) and ``all_reduce`` (the calls this package makes) and adds up, per call, the bytes the
     rank contributes (``sent``) and ends up with (``received``), as :func:`communication_volume`
     counts them; ``histograms`` counts the radix-selection histograms (``HISTOGRAM_BINS`` int64
-    entries each) among the all-reduces. The original functions are restored on exit.
+    entries each) among the all-reduces, and ``log`` lists ``(name, sent, received)`` per call, in
+    order. The original functions are restored on exit.
     """
 
     def __init__(self):
         self.sent = self.received = self.calls = self.histograms = 0
+        self.log: list = []
         self._orig: Dict[str, object] = {}
         self._dist = None
 
@@ -129,12 +162,13 @@ class CollectiveCounter:
                 t = args[0]
                 if t.dtype == torch.int64 and t.shape[-1] == HISTOGRAM_BINS:
                     self.histograms += t.numel() // HISTOGRAM_BINS
-                self.sent += t.numel() * t.element_size()
-                self.received += t.numel() * t.element_size()
+                sent = received = t.numel() * t.element_size()
             else:
                 out, inp = args[0], args[1]
-                self.sent += inp.numel() * inp.element_size()
-                self.received += out.numel() * out.element_size()
+                sent, received = inp.numel() * inp.element_size(), out.numel() * out.element_size()
+            self.sent += sent
+            self.received += received
+            self.log.append((name, sent, received))
             return f(*args, **kwargs)
 
         return counted

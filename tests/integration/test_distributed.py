@@ -35,6 +35,9 @@ DIRECTION_CASES = [
 ]
 #: row counts of the direction (an empty shard on 4 ranks) and of the samplers (init needs rows)
 DIRECTION_SIZES = {2: (7, 4), 4: (3, 0, 5, 2)}
+#: row counts above 724 particles, where the median is bracketed by a sample over the ranks
+BRACKET_SIZES = {2: (500, 300), 4: (300, 0, 380, 120)}
+BRACKET_CASES = [("rbf", "liu_wang", torch.float32), ("imq", "an2020", torch.float64)]
 SAMPLER_SIZES = {2: (6, 5), 4: (3, 1, 4, 3)}
 STEPS = 3
 MEAN = np.array([1.0, -0.5, 0.25])
@@ -75,6 +78,14 @@ def _worker(rank, world, port, out_dir):
             xr = _rows(x, sizes, rank)
             phi, info = ps.distributed.sharded_stein_direction_with_info(xr, _score(xr), kernel, bandwidth, 0.7)
             out["direction"].append((phi, info))
+        out["bracket"] = []
+        sizes = BRACKET_SIZES[world]
+        for kernel, bandwidth, dtype in BRACKET_CASES:
+            xr = _rows(_particles(sum(sizes), dtype), sizes, rank)
+            with ps.distributed.CollectiveCounter() as c:
+                phi, info = ps.distributed.sharded_stein_direction_with_info(xr, _score(xr), kernel, bandwidth, 0.7)
+            out["bracket"].append((phi, info, (c.sent, c.received, c.calls, c.histograms, c.log)))
+        sizes = DIRECTION_SIZES[world]
         # bytes of one direction, one SVGD step and one SPOS step (float64, median bandwidth)
         x = _particles(sum(sizes))
         xr = _rows(x, sizes, rank)
@@ -129,6 +140,26 @@ def test_sharded_direction_and_steps_equal_single_process(world):
                 _close(getattr(results[r]["direction"][c][1], field), getattr(ref_info, field), dtype,
                        f"{field} {kernel} {bandwidth} rank {r}")
 
+    sizes = BRACKET_SIZES[world]
+    for c, (kernel, bandwidth, dtype) in enumerate(BRACKET_CASES):
+        x = _particles(sum(sizes), dtype)
+        ref_phi, ref_info = ps.stein_direction_with_info(x, _score(x), kernel, bandwidth, 0.7)
+        got = torch.cat([results[r]["bracket"][c][0] for r in range(world)])
+        _close(got, ref_phi, dtype, f"phi {kernel} {bandwidth} {dtype}, {sum(sizes)} particles")
+        kept = []
+        for r in range(world):
+            phi, info, (sent, received, calls, histograms, log) = results[r]["bracket"][c]
+            assert info.bandwidth == ref_info.bandwidth  # the exact median: the same float
+            assert histograms == 0  # bracketed, no radix pass
+            # the last all-gather is the kept values, padded to the largest rank's count
+            kept.append(log[-2][1] // x.element_size())  # (the info sums' all-reduce comes last)
+            model = ps.distributed.communication_volume(sizes, D, x.element_size(), kept=kept[-1])
+            assert (sent, received, calls) == (model["sent"], model["received"], model["collectives"])
+        assert len(set(kept)) == 1  # the same padded count on every rank
+        m = ps.selection.bracket_sample_size(sum(sizes) ** 2)
+        expected = ps.selection.expected_bracket_values(m, sum(sizes) ** 2, [sum(sizes) ** 2 // 2])
+        assert kept[0] * world >= expected * 0.5  # kept values exist on the ranks holding rows
+
     sizes = SAMPLER_SIZES[world]
     x = _particles(sum(sizes))
     for method, make in (("svgd", ps.svgd), ("spos", ps.spos)):
@@ -148,13 +179,13 @@ def test_sharded_direction_and_steps_equal_single_process(world):
                     _close(getattr(info, field), getattr(ref, field), torch.float64, f"{method} {field} rank {r}")
                 assert bool(info.finite)
 
-    # the payloads are those communication_volume states, on every rank (the number of histograms
-    # depends on the data, within the stated bounds: 4 passes of float64, one or two per later pass)
+    # the payloads are those communication_volume states, on every rank (few particles: every
+    # squared distance is gathered for the median, no histograms)
     for method, sizes in (("direction", DIRECTION_SIZES[world]), ("svgd", SAMPLER_SIZES[world]),
                           ("spos", SAMPLER_SIZES[world])):
         for r in range(world):
             sent, received, calls, histograms = results[r]["volume"][method]
-            assert 4 <= histograms <= 7 and histograms == results[0]["volume"][method][3]
-            model = ps.distributed.communication_volume(sizes, D, 8, method=method, histograms=histograms)
+            assert histograms == 0
+            model = ps.distributed.communication_volume(sizes, D, 8, method=method)
             assert (sent, received, calls) == (model["sent"], model["received"], model["collectives"]), \
                 (method, r, results[r]["volume"][method], model)

@@ -100,24 +100,78 @@ def test_no_process_group():
 
 
 def test_communication_volume_states_the_payloads():
-    # 4 ranks, uneven rows padded to 5, d = 10, float32, the bound of 3 histograms for 2 passes
+    # 4 ranks, uneven rows padded to 5 (n = 15: the median gathers every D2 entry), d = 10, float32
     v = communication_volume([5, 3, 5, 2], 10, 4)
     rows = 2 * 4 * 5 * 10 * 4  # every rank receives W padded shards of (5, 2d) floats
-    assert v["rows"] == rows and v["histograms"] == 3 * 65536 * 8
-    assert v["received"] == 8 * 4 + rows + 3 * 65536 * 8 + 3 * 4
-    assert v["sent"] == 8 + 2 * 5 * 10 * 4 + 3 * 65536 * 8 + 3 * 4
-    assert v["collectives"] == 5
+    median = 16 * 4 + 4 * 5 * 15 * 4  # two int64 per rank, then W padded blocks of 5 x 15 squared distances
+    assert v["rows"] == rows and v["median"] == median and v["histograms"] == 0
+    assert v["received"] == 8 * 4 + rows + median + 3 * 4
+    assert v["sent"] == 8 + 2 * 5 * 10 * 4 + 16 + 5 * 15 * 4 + 3 * 4
+    assert v["collectives"] == 5  # counts, rows, two median all-gathers, the info sums
     fixed = communication_volume([5, 3, 5, 2], 10, 4, median=False, method="spos")
-    assert fixed["histograms"] == 0 and fixed["collectives"] == 5  # counts, rows, sums, info, counts
+    assert fixed["median"] == 0 and fixed["collectives"] == 5  # counts, rows, sums, info, counts
     assert fixed["wire"] == np.ceil((2 * 8 * 4 + rows) * 3 / 4 + (3 + 4) * 4 * 2 * 3 / 4)
     # rows grow with n d, not with the ranks: about 2 n d b received per rank
     assert communication_volume([250] * 8, 100, 4, median=False)["rows"] == 2 * 2000 * 100 * 4
-    with pytest.raises(ValueError, match=r"expected histograms as an integer in \[4, 7\]"):
-        communication_volume([3, 3], 2, 8, histograms=8)
+    # bracketing (n = 2000 on 2 ranks): the sample shares (half of 65,536 each), the counts, the kept values
+    m = ps.selection.bracket_sample_size(2000 ** 2)
+    assert m == 65536  # (2.5 n^2)^(2/3) = 46,416, rounded to a power of two
+    b = communication_volume([1000, 1000], 5, 4, kept=12_345)
+    assert b["median"] == 2 * (m // 2) * 4 + 16 * 2 + 2 * 12_345 * 4 and b["histograms"] == 0
+    assert b["collectives"] == 6
+    expected = ps.selection.expected_bracket_values(m, 2000 ** 2, [2000 ** 2 // 2])
+    assert communication_volume([1000, 1000], 5, 4)["median"] == 2 * (m // 2) * 4 + 32 + 2 * np.ceil(expected / 2) * 4
+    # the bracket missed: no values gathered, the radix passes (2 for float32) carry 2 or 3 histograms
+    missed = communication_volume([1000, 1000], 5, 4, histograms=3)
+    assert missed["median"] == 2 * (m // 2) * 4 + 32 and missed["histograms"] == 3 * 65536 * 8
+    assert missed["collectives"] == 2 + 2 + 1 + 2
+    # radix regime (the bracket would gather more than MAX_GATHERED values): histograms only
+    assert ps.distributed.median_regime(40_000) == "radix" and ps.distributed.median_regime(20_000) == "bracket"
+    r = communication_volume([20_000, 20_000], 5, 8)
+    assert r["median"] == 0 and r["histograms"] == 7 * 65536 * 8 and r["collectives"] == 3 + 4
+    with pytest.raises(ValueError, match=r"expected histograms as 0 or an integer in \[4, 7\]"):
+        communication_volume([1000, 1000], 2, 8, histograms=8)
+    with pytest.raises(ValueError, match="expected no histograms for 6 particles"):
+        communication_volume([3, 3], 2, 8, histograms=4)
+    with pytest.raises(ValueError, match="expected kept as an integer >= 0"):
+        communication_volume([1000, 1000], 2, 8, kept=-1)
     with pytest.raises(ValueError, match="itemsize"):
         communication_volume([3, 3], 2, 2)
     with pytest.raises(ValueError, match="at least one particle"):
         communication_volume([0, 0], 2, 8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_rank_median_by_bracketing_and_by_the_radix_fallback(one_rank_group, monkeypatch, dtype):
+    """Above 724 particles the median is bracketed by a sample (no histograms); a bracket that would
+    gather too much, or misses, falls back to the radix passes; all three give the exact bandwidth."""
+    from particlesampling.distributed import direction
+
+    x = _x(800, 3, dtype)
+    ref, ref_info = ps.stein_direction_with_info(x, -x, "rbf", "liu_wang", 0.3)
+
+    def run():
+        with ps.distributed.CollectiveCounter() as c:
+            phi, info = ps.distributed.sharded_stein_direction_with_info(x, -x, "rbf", "liu_wang", 0.3)
+        assert info.bandwidth == ref_info.bandwidth  # exact, not close
+        torch.testing.assert_close(phi, ref, rtol=1e-5 if dtype == torch.float32 else 1e-10, atol=1e-6)
+        return c
+
+    c = run()
+    assert c.histograms == 0
+    sample, counts, kept = [entry for entry in c.log if entry[0] != "all_reduce"][-3:]
+    assert sample[2] == ps.selection.bracket_sample_size(800 ** 2) * x.element_size() and counts[2] == 16
+    expected = ps.selection.expected_bracket_values(ps.selection.bracket_sample_size(800 ** 2), 800 ** 2,
+                                                    [800 ** 2 // 2])
+    assert 0.5 * expected < kept[2] / x.element_size() < 1.5 * expected  # binomial spread is a few per cent
+    monkeypatch.setattr(direction, "MAX_GATHERED", 100)  # the radix regime: histograms only
+    assert run().histograms >= ps.distributed.volume.radix_passes(x.element_size())
+    monkeypatch.undo()
+    zeros = np.arange(5000) % 800 * 801  # diagonal entries only: the bracket [0, 0] misses the median
+    monkeypatch.setattr(direction, "_sample_positions", lambda total, size: zeros[:size])
+    c = run()
+    assert c.histograms >= ps.distributed.volume.radix_passes(x.element_size())
+    assert [e[2] for e in c.log if e[0] != "all_reduce"][-1] == 16  # the counts, and no values gathered
 
 
 @pytest.mark.gpu
