@@ -20,6 +20,8 @@ __all__ = [
     "sqdist",
     "sqdist_block",
     "symmetric_sqdist",
+    "UpperBlockRows",
+    "upper_block_rows",
     "SQDIST_BLOCK_ROWS",
     "is_floating",
     "finfo_eps",
@@ -237,6 +239,94 @@ def symmetric_sqdist(xc, xx, *, block: int = SQDIST_BLOCK_ROWS, mirror: bool = T
             else:
                 lower[...] = np.swapaxes(upper, -1, -2)
     return d2
+
+
+class UpperBlockRows:
+    """The upper block triangle of a symmetric ``n x n`` matrix (a ``D2``), packed: for each block
+    of rows ``I = a..b-1`` (``block`` rows, the last one shorter) the ``(b - a) x (n - a)`` array
+    ``M[I, a:]``, contiguous, the blocks one after the other in the 1-D buffer ``flat``
+    (``sum (b - a)(n - a)`` entries, about ``n^2 / 2 + n block / 2``: half a matrix).
+
+    Contiguous rows let the elementwise passes that consume them (the kernel's ``exp``, the
+    median's counting pass) run on plain arrays: torch parallelises an elementwise pass over a
+    contiguous block but, measured on this project's machine, not over the strided view
+    ``M[I, a:]`` of an ``n x n`` matrix (2 threads, float32, ``n = 1000``: 0.37 ms against 0.76 ms to
+    scale and exponentiate the upper block triangle). ``rows[j]`` is block ``j`` (a view of ``flat``),
+    ``starts[j]`` its first row ``a``. NumPy or torch (CPU or GPU, outside autograd).
+    """
+
+    __slots__ = ("flat", "rows", "starts", "n", "block")
+
+    def __init__(self, flat, n: int, block: int):
+        self.flat, self.n, self.block = flat, int(n), int(block)
+        self.starts = list(range(0, self.n, self.block))
+        self.rows, off = [], 0
+        for a in self.starts:
+            b = min(self.n, a + self.block)
+            size = (b - a) * (self.n - a)
+            self.rows.append(flat[off:off + size].reshape((b - a, self.n - a)))
+            off += size
+
+    @staticmethod
+    def size(n: int, block: int) -> int:
+        """Entries of the packed buffer for ``n`` rows in blocks of ``block``."""
+        return sum((min(n, a + block) - a) * (n - a) for a in range(0, n, block))
+
+    @property
+    def shape(self):
+        return (self.n, self.n)
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    @property
+    def dtype(self):
+        return self.flat.dtype
+
+    def positions(self, i, j):
+        """Positions in ``flat`` of the entries ``(i, j)`` (NumPy integer arrays, ``i <= j``, both in
+        ``[0, n)``) of the upper triangle."""
+        import numpy as np
+
+        blk = i // self.block
+        a = blk * self.block
+        rows_before = np.minimum(np.arange(len(self.starts) + 1) * self.block, self.n)
+        offsets = np.concatenate([[0], np.cumsum((rows_before[1:] - rows_before[:-1]) * (self.n - rows_before[:-1]))])
+        return offsets[blk] + (i - a) * (self.n - a) + (j - a)
+
+
+def upper_block_rows(xc, xx, *, block: int = SQDIST_BLOCK_ROWS) -> UpperBlockRows:
+    """``D2`` of the (centred) rows ``xc`` (``(n, d)``, NumPy or torch outside autograd) as its packed
+    upper block triangle (:class:`UpperBlockRows`): for each block of rows one GEMM gives
+    ``D2[I, a:]`` (the Gram trick of :func:`sqdist_block`, with the rounding of
+    :func:`symmetric_sqdist`), clamped at 0, with an exact zero diagonal; the squares ``D2[I, I]``
+    keep the GEMM's rounding (symmetric to rounding). Half the GEMM work and half the memory of the
+    full matrix. ``xx`` are the squared row norms ``|xc_i|^2``."""
+    n = xc.shape[-2]
+    if is_torch_array(xc):
+        import torch
+
+        packed = UpperBlockRows(torch.empty(UpperBlockRows.size(n, block), dtype=xc.dtype, device=xc.device), n, block)
+        for a, rows in zip(packed.starts, packed.rows):
+            b = min(n, a + block)
+            torch.add(xx[a:b, None], xx[None, a:], out=rows)
+            rows.addmm_(xc[a:b, :], xc[a:, :].T, alpha=-2.0)
+            rows.clamp_(min=0.0)
+            rows[:, :b - a].diagonal().fill_(0.0)
+        return packed
+    import numpy as np
+
+    packed = UpperBlockRows(np.empty(UpperBlockRows.size(n, block), dtype=xc.dtype), n, block)
+    for a, rows in zip(packed.starts, packed.rows):
+        b = min(n, a + block)
+        np.matmul(xc[a:b, :], xc[a:, :].T, out=rows)
+        rows *= -2.0  # exact; then (|x_i|^2 + |x_j|^2) + (-2 G): the rounding of the generic path
+        rows += xx[a:b, None] + xx[None, a:]
+        np.maximum(rows, 0.0, out=rows)
+        rr = np.arange(b - a)
+        rows[rr, rr] = 0.0
+    return packed
 
 
 def sqdist_block(xp, x_rows, xx_rows, y, yy, *, diagonal_at=None):

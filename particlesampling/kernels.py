@@ -31,6 +31,7 @@ import numpy as np
 
 from ._backend import (
     SQDIST_BLOCK_ROWS,
+    UpperBlockRows,
     batch_shape,
     centred,
     device_of,
@@ -165,7 +166,9 @@ def rbf_blocked_product(xp, sq, h, rhs, *, overwrite: bool, block: int = SQDIST_
 
     ``sq`` is ``D2`` (``(..., n, n)``, exactly symmetric; only its upper block triangle
     ``sq[I, a:]`` for row blocks ``I = a..b-1`` of ``block`` rows is read, so the output of
-    :func:`~particlesampling._backend.symmetric_sqdist` with ``mirror=False`` serves), ``h`` a scalar
+    :func:`~particlesampling._backend.symmetric_sqdist` with ``mirror=False`` serves), or that
+    triangle packed (:class:`~particlesampling._backend.UpperBlockRows`, whose contiguous rows the
+    ``exp`` pass runs on in parallel; its own ``block``), ``h`` a scalar
     bandwidth lined up by :func:`bandwidth_for_broadcast`, ``rhs`` from :func:`rbf_product_columns`.
     For NumPy and torch without autograd, each block ``K[I, a:]`` is made from ``sq`` (in place when
     ``overwrite``, so ``sq`` is consumed; in a block-sized temporary otherwise) and used at once,
@@ -174,22 +177,26 @@ def rbf_blocked_product(xp, sq, h, rhs, *, overwrite: bool, block: int = SQDIST_
     ``n x n`` matrix exists. Other namespaces (and autograd) take the whole ``K`` in one functional
     pass (``sq`` must then be the full matrix).
     """
-    if not (in_place_capable(sq) and in_place_capable(rhs)):
+    packed = isinstance(sq, UpperBlockRows)
+    if packed:
+        block = sq.block
+    elif not (in_place_capable(sq) and in_place_capable(rhs)):
         k = exp_neg_scaled(xp, sq, h)
         return k @ rhs, xp.linalg.diagonal(k)
     n = sq.shape[-1]
-    torch_like = is_torch_array(sq)
+    store = sq.flat if packed else sq
+    torch_like = is_torch_array(store)
     if torch_like:
         import torch
 
         prod = torch.zeros(tuple(sq.shape[:-1]) + (rhs.shape[-1],), dtype=rhs.dtype, device=rhs.device)
-        diag = torch.empty(tuple(sq.shape[:-1]), dtype=sq.dtype, device=sq.device)
+        diag = torch.empty(tuple(sq.shape[:-1]), dtype=store.dtype, device=store.device)
     else:
-        prod = np.zeros(tuple(sq.shape[:-1]) + (rhs.shape[-1],), dtype=np.result_type(sq, rhs))
-        diag = np.empty(tuple(sq.shape[:-1]), dtype=sq.dtype)
-    for a in range(0, n, block):
+        prod = np.zeros(tuple(sq.shape[:-1]) + (rhs.shape[-1],), dtype=np.result_type(store, rhs))
+        diag = np.empty(tuple(sq.shape[:-1]), dtype=store.dtype)
+    for j, a in enumerate(range(0, n, block)):
         b = min(n, a + block)
-        rows = sq[..., a:b, a:]
+        rows = sq.rows[j] if packed else sq[..., a:b, a:]
         k = exp_neg_scaled_(rows, h) if overwrite else exp_neg_scaled(xp, rows, h)
         if torch_like and sq.ndim == 2:  # accumulate in place, no temporaries
             prod[a:b].addmm_(k, rhs[a:])

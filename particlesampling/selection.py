@@ -29,7 +29,8 @@ import math
 
 import numpy as np
 
-from ._backend import SQDIST_BLOCK_ROWS, host_view_capable, is_numpy_array, is_torch_array, namespace, to_numpy
+from ._backend import (SQDIST_BLOCK_ROWS, UpperBlockRows, host_view_capable, is_numpy_array, is_torch_array, namespace,
+                       to_numpy)
 
 __all__ = ["order_statistics", "select_ranks", "symmetric_order_statistics", "lower_median", "upper_median",
            "midpoint_median", "bracket_select", "gathered_order_statistics", "blocked_order_statistics",
@@ -213,14 +214,16 @@ def order_statistics(v, ks, *, xp=None, batch_dims: int = 0):
 
 
 @functools.lru_cache(maxsize=16)
-def _upper_sample_positions(n: int, size: int):
-    """Flat positions in an ``(n, n)`` matrix of ``size`` entries drawn uniformly from all ``n^2``,
-    each moved to its mirror ``(min(i, j), max(i, j))`` in the upper triangle."""
+@functools.lru_cache(maxsize=16)
+def _upper_sample_pairs(n: int, size: int):
+    """Rows and columns ``(i, j)``, ``i <= j``, of ``size`` entries of an ``(n, n)`` matrix drawn
+    uniformly from all ``n^2``, each moved to its mirror ``(min(i, j), max(i, j))`` in the upper
+    triangle."""
     flat = _sample_positions(n * n, size)
     i, j = flat // n, flat % n
-    out = np.minimum(i, j) * n + np.maximum(i, j)
-    out.flags.writeable = False
-    return out
+    lo, hi = np.minimum(i, j), np.maximum(i, j)
+    lo.flags.writeable = hi.flags.writeable = False
+    return lo, hi
 
 
 def symmetric_order_statistics(sq, ks, *, xp=None, block: int = SQDIST_BLOCK_ROWS):
@@ -230,7 +233,8 @@ def symmetric_order_statistics(sq, ks, *, xp=None, block: int = SQDIST_BLOCK_ROW
     row block (``block`` rows): each square ``[I, I]`` on the diagonal once and each block
     ``[I, J > I]`` for itself and its mirror (weight 2). So ``sq`` may hold the upper block triangle
     only (:func:`particlesampling._backend.symmetric_sqdist` with ``mirror=False``: what lies below
-    is never read, at any size). Above ``8 * BRACKET_SAMPLE`` entries a sample of entries drawn
+    is never read, at any size), or be that triangle packed
+    (:class:`particlesampling._backend.UpperBlockRows`, its own ``block``). Above ``8 * BRACKET_SAMPLE`` entries a sample of entries drawn
     uniformly and taken at their upper-triangle mirror brackets the ranks, and the bracketing pass
     touches half the entries with block-sized masks; below, and if the bracket misses, a selection
     runs on the upper blocks' entries (weights as copies). The result is that of
@@ -238,34 +242,45 @@ def symmetric_order_statistics(sq, ks, *, xp=None, block: int = SQDIST_BLOCK_ROW
     returns it); for a matrix that is not, it is the order statistic of the matrix mirrored from its
     upper block triangle. Other libraries and devices: :func:`order_statistics` of the whole matrix.
     """
-    xp = xp or namespace(sq)
+    packed = isinstance(sq, UpperBlockRows)
     n = sq.shape[-1]
-    if sq.ndim != 2 or sq.shape[0] != n or not host_view_capable(sq):
-        return order_statistics(sq, ks, xp=xp)
-    v = sq if is_numpy_array(sq) else sq.numpy()
+    if packed:
+        if not host_view_capable(sq.flat):
+            raise TypeError("expected packed upper block rows on the CPU (NumPy, or torch outside autograd)")
+        flat = sq.flat if is_numpy_array(sq.flat) else sq.flat.numpy()
+        rows = [r if is_numpy_array(r) else r.numpy() for r in sq.rows]
+        block = sq.block
+    else:
+        xp = xp or namespace(sq)
+        if sq.ndim != 2 or sq.shape[0] != n or not host_view_capable(sq):
+            return order_statistics(sq, ks, xp=xp)
+        v = sq if is_numpy_array(sq) else sq.numpy()
     ks = [int(k) for k in ks]
     if any(k < 0 or k >= n * n for k in ks):
         raise ValueError(f"expected order statistics in [0, {n * n}), received {ks}")
 
     def upper_blocks():
-        for a in range(0, n, block):
+        for j, a in enumerate(range(0, n, block)):
             b = min(n, a + block)
-            yield v[a:b, a:b], 1
+            r = rows[j] if packed else v[a:b, a:]
+            yield r[:, :b - a], 1
             if b < n:
-                yield v[a:b, b:], 2
+                yield r[:, b - a:], 2
 
     out = None
     if n * n >= 8 * BRACKET_SAMPLE:
-        sample = v.reshape(-1)[_upper_sample_positions(n, bracket_sample_size(n * n))]
+        i, j = _upper_sample_pairs(n, bracket_sample_size(n * n))
+        sample = flat[sq.positions(i, j)] if packed else v[i, j]
         out = bracket_select(sample, upper_blocks, n * n, ks)
     if out is None:  # small, or the bracket missed (probability < 1e-6): select among all the entries
         every = np.concatenate([part.reshape(-1) for blk, w in upper_blocks() for part in [blk] * w])
         out = [float(t) for t in _numpy_select(every, ks)]
-    if is_numpy_array(sq):
-        return [xp.asarray(v.dtype.type(t)) for t in out]
+    dtype = sq.dtype
+    if is_numpy_array(sq.flat if packed else sq):
+        return [np.asarray(dtype.type(t)) for t in out]
     import torch
 
-    return [torch.tensor(t, dtype=sq.dtype) for t in out]
+    return [torch.tensor(t, dtype=dtype) for t in out]
 
 
 def _batched_order_statistics(xp, v, ks):

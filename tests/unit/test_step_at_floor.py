@@ -22,7 +22,7 @@ import torch
 import particlesampling as ps
 from particlesampling import memory_budget as mb
 from particlesampling import selection
-from particlesampling._backend import symmetric_sqdist
+from particlesampling._backend import UpperBlockRows, symmetric_sqdist, upper_block_rows
 from particlesampling.kernels import rbf_blocked_product, rbf_product_columns, rbf_terms_from_product
 from particlesampling.tiled import tiling_chosen, untiled_bytes
 
@@ -62,6 +62,67 @@ def test_symmetric_sqdist_without_mirror_writes_the_upper_block_triangle(lib):
         square = upper[a:b, a:b]  # the GEMM's own rounding, exact zero diagonal
         assert np.all(np.diag(square) == 0.0)
         np.testing.assert_allclose(square, full[a:b, a:b], rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+@pytest.mark.parametrize("n, block", [(1, 4), (23, 5), (40, 8), (300, 64)])
+def test_packed_upper_block_rows_hold_the_upper_block_triangle(lib, n, block):
+    x = np.random.default_rng(n).standard_normal((n, 3)) * 2.0
+    xc = x - x.mean(axis=0)
+    arg = xc if lib == "numpy" else torch.from_numpy(xc)
+    packed = upper_block_rows(arg, (arg * arg).sum(-1), block=block)
+    dense = _dense_sqdist(x)
+    assert packed.shape == (n, n) and packed.flat.shape[0] == UpperBlockRows.size(n, block)
+    assert packed.flat.shape[0] == sum((min(n, a + block) - a) * (n - a) for a in range(0, n, block))
+    for a, rows in zip(packed.starts, packed.rows):
+        rows = np.asarray(rows)
+        b = min(n, a + block)
+        assert rows.shape == (b - a, n - a) and rows.flags["C_CONTIGUOUS"]
+        np.testing.assert_allclose(rows, dense[a:b, a:], rtol=1e-12, atol=1e-10)
+        assert np.all(np.diag(rows[:, :b - a]) == 0.0) and np.all(rows >= 0.0)
+    # positions of upper-triangle entries in the packed buffer
+    i, j = np.triu_indices(n)
+    np.testing.assert_allclose(np.asarray(packed.flat)[packed.positions(i, j)], dense[i, j], rtol=1e-12, atol=1e-10)
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+@pytest.mark.parametrize("n", [300, 900])  # below and above the bracketing size
+def test_order_statistics_and_product_of_packed_rows_equal_those_of_the_matrix(lib, n):
+    x = np.random.default_rng(n).standard_normal((n, 4)).astype(np.float32)
+    xc = x - x.mean(axis=0)
+    arg = xc if lib == "numpy" else torch.from_numpy(xc)
+    xx = (arg * arg).sum(-1)
+    upper = symmetric_sqdist(arg, xx, mirror=False)
+    packed = upper_block_rows(arg, xx)
+    ks = [n * n // 2 - 1, n * n // 2, 5, n * n - 1]
+    assert [float(v) for v in selection.symmetric_order_statistics(packed, ks)] == \
+        [float(v) for v in selection.symmetric_order_statistics(upper, ks)]
+    h, s = 2.5, np.random.default_rng(1).standard_normal((n, 4)).astype(np.float32)
+    rhs = rbf_product_columns(np, xc, s)
+    conv = (lambda a: a) if lib == "numpy" else torch.from_numpy
+    xp = ps._backend.namespace(arg)
+    want, want_diag = rbf_blocked_product(xp, upper, conv(np.asarray(h, np.float32)), conv(rhs), overwrite=False)
+    got, got_diag = rbf_blocked_product(xp, packed, conv(np.asarray(h, np.float32)), conv(rhs), overwrite=True)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(got_diag), np.asarray(want_diag))
+
+
+def test_the_default_step_on_the_cpu_uses_the_packed_rows(monkeypatch):
+    """The Stein step's own D2 is packed on the CPU (and the result equals the full-matrix path)."""
+    made = []
+    real = ps.stein_terms.upper_block_rows
+
+    def spy(*a, **k):
+        made.append(real(*a, **k))
+        return made[-1]
+
+    monkeypatch.setattr(ps.stein_terms, "upper_block_rows", spy)
+    x = torch.from_numpy(np.random.default_rng(2).standard_normal((800, 3)))
+    phi, info = ps.stein_direction_with_info(x, -x)
+    assert len(made) == 1 and isinstance(made[0], UpperBlockRows)
+    ref, ref_info = ps.stein_direction_with_info(x, -x, sq=ps.sqdist(x))
+    assert float(info.bandwidth) == float(ref_info.bandwidth)
+    torch.testing.assert_close(phi, ref, rtol=1e-10, atol=1e-12)
 
 
 def _mirrored_from_upper(upper, block):
