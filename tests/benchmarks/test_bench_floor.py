@@ -25,6 +25,7 @@ def test_quick_run_measures_every_section_and_keeps_the_others(tmp_path):
     for row in res["floor"]:
         assert row["floor_ms"] > 0 and row["default_ms"] > 0
         assert abs(row["default_over_floor"] - row["default_ms"] / row["floor_ms"]) < 1e-9
+        assert abs(row["fixed_over_gemm_only"] - row["fixed_ms"] / row["gemm_only_ms"]) < 1e-9
     for part in ("memory", "large"):
         r = res[part]
         assert "status" not in r, r
@@ -42,3 +43,6 @@ def test_report_marks_targets_met_and_not_met():
                default_over_floor=1.6, fixed_over_floor=1.1)
     text = bench_floor.markdown({"floor": [row]})
     assert "1.60 (not met: ≤ 1.5)" in text and "1.10 (met: ≤ 1.2)" in text
+    row.update(gemm_only_ms=8.0, default_over_gemm_only=2.0, fixed_over_gemm_only=1.375)
+    text = bench_floor.markdown({"floor": [row]})
+    assert "| 8.00 |" in text and "2.00 (not met: ≤ 1.5)" in text and "1.38 (not met: ≤ 1.2)" in text
