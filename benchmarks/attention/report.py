@@ -267,13 +267,26 @@ def _pm(xs, digits=4) -> str:
     return f"{np.mean(xs):.{digits}f} ± {np.std(xs, ddof=1):.{digits}f}"
 
 
-def _diff(c: Optional[Dict], scale=100.0, unit=" pt") -> str:
+def _diff(c: Optional[Dict], scale=100.0, unit=" pt", digits: int = 2) -> str:
     if not c:
         return "–"
     if c["n"] < 2:
         return f"n={c['n']}"
     mark = {"better": " ▲", "worse": " ▼"}.get(c["verdict"], "")
-    return f"{c['mean'] * scale:+.2f} ± {c['se'] * scale:.2f}{unit} (n={c['n']}){mark}"
+    return f"{c['mean'] * scale:+.{digits}f} ± {c['se'] * scale:.{digits}f}{unit} (n={c['n']}){mark}"
+
+
+def two_head_kernel() -> float:
+    """The kernel value between two heads under the An2020 preset's bandwidth (``"an2020"``: the
+    lower median of all ``M^2`` squared distances, diagonal zeros included), computed by the library
+    on two random heads: with ``M = 2`` that median is 0, the bandwidth sits at its floor and the
+    kernel between the heads vanishes, so SVGD applies no repulsion there."""
+    import torch
+
+    import particlesampling as ps
+
+    heads = torch.randn(2, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return float(ps.stein_direction_with_info(heads, heads, bandwidth="an2020")[1].mean_kernel)
 
 
 def _verdict_word(c: Optional[Dict], subject: str, reference: str) -> str:
@@ -293,6 +306,33 @@ def _acc(cell: Dict, key: str) -> Optional[Dict]:
 
 def _called(c: Optional[Dict], verdict: str) -> bool:
     return bool(c) and c["n"] >= 2 and c["verdict"] == verdict
+
+
+QUESTION_TITLES = (("dropout", "Does repulsion still help when dropout regularises?"),
+                   ("late", "Repulsion switched on mid-training"),
+                   ("heads", "How many heads?"),
+                   ("strength", "Sensitivity to the repulsion weight"),
+                   ("data", "Less data"),
+                   ("penalty_matched", "Gradient rewriting against the penalty at matched strength"))
+
+
+def _called_by_arm(results: Dict) -> Dict:
+    """Per (data set, model): the methods whose test accuracy differs from the baseline beyond the rule."""
+    out: Dict = {}
+    for e in results["comparisons"]:
+        out.setdefault((e["dataset"], e["model"]), [])
+        c = (e.get("vs_baseline") or {}).get("accuracy")
+        if e["method"] != "baseline" and (_called(c, "better") or _called(c, "worse")):
+            out[(e["dataset"], e["model"])].append(f"{e['method']} {c['verdict']} ({_diff(c)})")
+    return out
+
+
+def _two_heads_note() -> str:
+    return (f"2 heads: the kernel between two heads under the An2020 bandwidth is {two_head_kernel():.3g} "
+            "(the lower median of the M^2 = 4 squared distances is a diagonal zero, so the bandwidth sits at "
+            "its floor): SVGD applies no repulsion there, its gradient is the baseline's divided by M, which "
+            "Adam undoes up to its epsilon and the gradient clipping, so the 2-head SVGD rows compare the "
+            "baseline with itself")
 
 
 def _question_verdicts(name: str, q: Dict) -> List[str]:
@@ -326,10 +366,10 @@ def _question_verdicts(name: str, q: Dict) -> List[str]:
         cos = q.get("late_output_cos_end_vs_baseline")
         if cos and cos["n"] >= 2:
             apart = {"better": "pulls the heads apart (lower head-output cosine than the baseline at the end, "
-                               f"{_diff(cos, 1, '')})",
-                     "worse": f"leaves the heads more alike than the baseline ({_diff(cos, 1, '')})",
+                               f"{_diff(cos, 1, '', 3)})",
+                     "worse": f"leaves the heads more alike than the baseline ({_diff(cos, 1, '', 3)})",
                      "no detectable difference": "does not detectably change the heads' output similarity "
-                                                 f"({_diff(cos, 1, '')})"}[cos["verdict"]]
+                                                 f"({_diff(cos, 1, '', 3)})"}[cos["verdict"]]
             follows = ("and accuracy follows" if _called(lv and lv["accuracy"], "better") else
                        "but accuracy does not follow detectably" if cos["verdict"] == "better" else
                        "and accuracy does not change detectably")
@@ -350,6 +390,8 @@ def _question_verdicts(name: str, q: Dict) -> List[str]:
         enough = [c["heads"] for c in cells if c.get("baseline_vs_default_heads")
                   and _acc(c, "baseline_vs_default_heads")["n"] >= 2
                   and _acc(c, "baseline_vs_default_heads")["verdict"] != "worse"]
+        if any(c["heads"] == 2 and c.get("svgd") for c in cells):
+            out.append(_two_heads_note())
         if any(c.get("svgd_vs_baseline") for c in cells):
             out.append("Answer: repulsion " + (f"helps at {helped} heads" if helped else "helps at no head count")
                        + (f", hurts at {hurt}" if hurt else "") + "; the smallest head count whose baseline is not "
@@ -377,6 +419,8 @@ def _question_verdicts(name: str, q: Dict) -> List[str]:
         for f, c in q.get("fewer_heads_baseline", {}).items():
             out.append(f"fraction {f}: " + _verdict_word(c, f"the {q['fewer_heads']}-head baseline",
                                                          f"the {q['more_heads']}-head baseline"))
+        if any(c["heads"] == 2 and c.get("svgd") for c in cells):
+            out.append(_two_heads_note())
         gains = q.get("gain_smallest_minus_full_fraction", {})
         if gains:
             more = [h for h, g in gains.items() if _called(g, "better")]
@@ -514,6 +558,20 @@ def _markdown(results: Dict, data_info: Dict, images: Dict[str, str], image_dir:
     a(f"**Status: {n_records} runs recorded, {pending} runs still to make"
       + (" (more appear once pending tuning trials finish)." if pending else "; the study is complete.") + "**")
     a("")
+    a("## Summary")
+    a("")
+    a(f"Accuracy differences called beyond {P['se_multiple']:g} standard errors (paired by seed); every other "
+      "method-model-data combination shows no detectable difference from its baseline.")
+    a("")
+    for (ds, model), called in _called_by_arm(results).items():
+        a(f"- {ds} / {model}: " + ("; ".join(called) if called else "no method differs detectably from the baseline")
+          + ".")
+    q = results.get("questions", {})
+    for name, title in QUESTION_TITLES:
+        answer = [v for v in _question_verdicts(name, q[name]) if v.startswith("Answer: ")] if name in q else []
+        if answer:
+            a(f"- {title}{'' if title.endswith('?') else ':'} {answer[-1][len('Answer: '):]}")
+    a("")
     a("## Protocol")
     a("")
     a("- Data (fixed stratified 80/10/10 splits; see `benchmarks/attention/data.py`):")
@@ -588,12 +646,7 @@ def _markdown(results: Dict, data_info: Dict, images: Dict[str, str], image_dir:
     a("")
     if not q:
         a("Not run yet: they start once the SVGD knob of the question data set is tuned.")
-    for name, title in (("dropout", "Does repulsion still help when dropout regularises?"),
-                        ("late", "Repulsion switched on mid-training"),
-                        ("heads", "How many heads?"),
-                        ("strength", "Sensitivity to the repulsion weight"),
-                        ("data", "Less data"),
-                        ("penalty_matched", "Gradient rewriting against the penalty at matched strength")):
+    for name, title in QUESTION_TITLES:
         if name not in q:
             continue
         a(f"### {title}")

@@ -14,7 +14,7 @@ from benchmarks.attention.head_gates import HeadGates
 from benchmarks.attention.metrics import classification_metrics, pruning_ks
 from benchmarks.attention.models import build_model
 from benchmarks.attention.records import append_record, claim, load_records, release
-from benchmarks.attention.report import _gain_difference, _question_verdicts, paired
+from benchmarks.attention.report import _gain_difference, _question_verdicts, paired, two_head_kernel
 
 from attention_adapter import An2020, HeadRepulsionPenalty, RepulsiveHeads
 
@@ -220,6 +220,16 @@ def test_question_verdicts_answer_from_the_comparisons():
         "it is worse at alpha in [0.1].")
 
 
+def test_two_heads_get_no_repulsion_under_the_an2020_bandwidth():
+    """The lower median of the 4 squared distances of 2 heads is a diagonal zero: the bandwidth sits at
+    its floor and the kernel between the heads underflows; 3 heads have a positive median."""
+    assert two_head_kernel() == 0.0
+    heads = torch.randn(3, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    import particlesampling as ps
+
+    assert float(ps.stein_direction_with_info(heads, heads, bandwidth="an2020")[1].mean_kernel) > 0.1
+
+
 def test_matched_penalty_weight_gives_the_svgd_repulsion_relative_to_the_own_gradient():
     """With G = 0 the An2020 SVGD gradient is -(alpha / M) R; the penalty at the matched weight gives -alpha R:
     the same force relative to each rule's coefficient of the head's own gradient (1/M and 1)."""
@@ -297,6 +307,7 @@ def test_quick_study_runs_resumes_and_reports(tmp_path, capsys):
     for img in (out / "images").iterdir():
         assert f"images/{img.name}" in report
     assert (out / "images" / "late_repulsion.png").is_file()
+    assert "## Summary" in report and report.index("## Summary") < report.index("## Protocol")
     questions = report.split("## The open questions")[1]
     assert questions.count("- Answer: ") == len(study_plan.QUESTIONS)  # a generated answer under each question
     n = len(load_records(out / "attention_runs.jsonl"))
