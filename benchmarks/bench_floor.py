@@ -16,6 +16,12 @@ the others from the previous file):
   default call's own ``h``). At d = 2 the GEMMs are nearly free and elementwise work bounds the step,
   so the row also gives one ``exp`` pass over the ``n x n`` matrix, and ``n^2`` exponentials at
   that rate (the least any exact RBF step must evaluate is half of them: ``K`` is symmetric).
+* ``profile``: where the time of one default call at n = 1000, d = 100 goes, with 1 and 2 threads,
+  each part timed alone (interleaved): ``D2``'s packed upper block triangle, the exact median on it,
+  the blocked ``K [X | 1 | S]`` product (with its ``exp``), and the whole call; the rest of the call
+  is the difference (centring, product columns, terms, direction and norms, checks).
+* ``cuda``: the ``floor`` rows on the GPU (torch on CUDA, synchronised around every timed call),
+  when ``torch.cuda.is_available()``; otherwise the section records that there was no GPU.
 * ``memory``: n = 20,000, d = 100, one default call in a fresh process: peak resident-memory growth,
   time, and the same three GEMMs done in row blocks (the tiled step's own floor) in that process.
 * ``large``: n = 100,000, d = 100, in a fresh process: one exact default step (tiled under the
@@ -44,34 +50,38 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "floor.json"
-SECTIONS = ("floor", "memory", "large", "growth", "jax")
+SECTIONS = ("floor", "profile", "cuda", "memory", "large", "growth", "jax")
 
 
 def _config(quick: bool) -> dict:
     if quick:
-        return dict(floor=[(300, 20), (300, 2)], threads=[1], reps=3, memory_n=1500, large_n=3000,
+        return dict(floor=[(300, 20), (300, 2)], profile=(300, 20), threads=[1], reps=3, memory_n=1500, large_n=3000,
                     batches=[1000, 100], growth=[200, 400, 800], budget=4 * 2**20, jax_n=200)
-    return dict(floor=[(1000, 100), (4000, 100), (1000, 2), (4000, 2)], threads=[1, 2], reps=15,
+    return dict(floor=[(1000, 100), (4000, 100), (1000, 2), (4000, 2)], profile=(1000, 100), threads=[1, 2], reps=15,
                 memory_n=20000, large_n=100000, batches=[10000, 1000, 100, 10],
                 growth=[1000, 2000, 4000, 8000, 16000, 32000], budget=None, jax_n=1000)
 
 
-def _data(n, d, seed=0):
+def _data(n, d, seed=0, device="cpu"):
     import torch
 
-    x = torch.from_numpy(np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32))
+    x = torch.from_numpy(np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)).to(device)
     return x, -x
 
 
-def _interleaved(fns: dict, reps: int) -> dict:
-    """Median seconds of each function over ``reps`` interleaved repetitions (one warm-up each)."""
+def _interleaved(fns: dict, reps: int, sync=None) -> dict:
+    """Median seconds of each function over ``reps`` interleaved repetitions (one warm-up each);
+    ``sync`` (a GPU's synchronisation) runs before the clock starts and before it stops."""
+    sync = sync or (lambda: None)
     for f in fns.values():
         f()
     times = {k: [] for k in fns}
     for _ in range(reps):
         for k, f in fns.items():
+            sync()
             t = time.perf_counter()
             f()
+            sync()
             times[k].append(time.perf_counter() - t)
     return {k: float(np.median(v)) for k, v in times.items()}
 
@@ -92,20 +102,23 @@ def _gemm_only_floor(x, s):
 
     n, d = x.shape
     a = x @ x.T
-    out = (torch.empty(n, n, dtype=x.dtype), torch.empty(n, d, dtype=x.dtype), torch.empty(n, d, dtype=x.dtype))
+    out = tuple(torch.empty(shape, dtype=x.dtype, device=x.device) for shape in ((n, n), (n, d), (n, d)))
     return lambda: (torch.mm(x, x.T, out=out[0]), torch.mm(a, x, out=out[1]), torch.mm(a, s, out=out[2]))
 
 
-def floor_section(cfg) -> list:
+def floor_section(cfg, device: str = "cpu") -> list:
     import torch
 
     import particlesampling as ps
 
     rows = []
-    for threads in cfg["threads"]:
-        torch.set_num_threads(threads)
+    gpu = device != "cpu"
+    sync = torch.cuda.synchronize if gpu else None
+    for threads in (["GPU"] if gpu else cfg["threads"]):
+        if not gpu:
+            torch.set_num_threads(threads)
         for n, d in cfg["floor"]:
-            x, s = _data(n, d)
+            x, s = _data(n, d, device=device)
             h = float(ps.stein_direction_with_info(x, s)[1].bandwidth)
             sq = ps.sqdist(x)
             fns = {
@@ -115,13 +128,55 @@ def floor_section(cfg) -> list:
                 "fixed": lambda: ps.stein_direction(x, s, bandwidth=h),
                 "exp_pass": lambda: torch.exp(sq * (-1.0 / h)),
             }
-            t = _interleaved(fns, cfg["reps"])
+            t = _interleaved(fns, cfg["reps"], sync)
             row = {"n": n, "d": d, "threads": threads, **{k + "_ms": v * 1e3 for k, v in t.items()},
                    "default_over_floor": t["default"] / t["floor"], "fixed_over_floor": t["fixed"] / t["floor"],
                    "default_over_gemm_only": t["default"] / t["gemm_only"],
                    "fixed_over_gemm_only": t["fixed"] / t["gemm_only"]}
             rows.append(row)
             print(json.dumps(row), flush=True)
+    return rows
+
+
+def cuda_section(cfg) -> dict:
+    """The floor rows on the GPU, or why there are none."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"status": "no CUDA device on the machine that ran this section (torch.cuda.is_available() is False)"}
+    return {"device": torch.cuda.get_device_name(0), "rows": floor_section(cfg, device="cuda")}
+
+
+def profile_section(cfg) -> list:
+    """Parts of one default call (module docstring), each timed alone, interleaved."""
+    import torch
+
+    import particlesampling as ps
+    from particlesampling._backend import centred, upper_block_rows
+    from particlesampling.kernels import rbf_blocked_product, rbf_product_columns
+
+    n, d = cfg["profile"]
+    x, s = _data(n, d)
+    xp = ps._backend.namespace(x)
+    xc = centred(xp, x)
+    xx = (xc * xc).sum(-1)
+    packed = upper_block_rows(xc, xx)
+    rule = ps.bandwidths.Median()
+    h = rule(x, packed)
+    rhs = rbf_product_columns(xp, xc, s)
+    rows = []
+    for threads in cfg["threads"]:
+        torch.set_num_threads(threads)
+        fns = {"gemm_only": _gemm_only_floor(x, s),
+               "d2_upper": lambda: upper_block_rows(xc, xx),
+               "median": lambda: rule(x, packed),
+               "d2_and_product": lambda: rbf_blocked_product(xp, upper_block_rows(xc, xx), h, rhs, overwrite=True),
+               "call": lambda: ps.stein_direction(x, s)}
+        t = {k: v * 1e3 for k, v in _interleaved(fns, cfg["reps"] * 2).items()}
+        t["product"] = t["d2_and_product"] - t["d2_upper"]  # as in the call: exp in place, on D2's own rows
+        t["rest"] = t["call"] - t["d2_upper"] - t["median"] - t["product"]
+        rows.append({"n": n, "d": d, "threads": threads, **{k + "_ms": v for k, v in t.items()}})
+        print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -318,6 +373,48 @@ def markdown(res: dict) -> str:
                   "`exp` over the n×n matrix, so the floor is not the bound there: the step evaluates n²/2 "
                   "exponentials (K is symmetric), builds half of D2, and passes once over half of it for the "
                   "median; the last column is the cost of one full `exp` pass for scale.", ""]
+    if res.get("profile"):
+        lines += ["### Where the default call's time goes (profile)", "",
+                  "Each part of one default call timed alone, interleaved with the others (ms; the rest = the whole "
+                  "call minus the three parts: centring, the product's columns, the terms, the direction and its "
+                  "norms, the checks). D2 = its packed upper block triangle (half the `X Xᵀ` GEMM, the norms, the "
+                  "clamp); median = the exact median on it (a sample, one counting pass over the half matrix in "
+                  "NumPy, one thread, and two partitions); product = `exp` of the half matrix and the products of "
+                  "each block with `[X | 1 | S]` for its rows and, transposed, for the rows below.", "",
+                  "| n | d | threads | GEMMs only | D2 | median | product | rest | whole call | median / GEMMs only | "
+                  "call / GEMMs only |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in res["profile"]:
+            lines.append(f"| {r['n']} | {r['d']} | {r['threads']} | {r['gemm_only_ms']:.2f} | {r['d2_upper_ms']:.2f} | "
+                         f"{r['median_ms']:.2f} | {r['product_ms']:.2f} | {r['rest_ms']:.2f} | {r['call_ms']:.2f} | "
+                         f"{r['median_ms'] / r['gemm_only_ms']:.2f} | {r['call_ms'] / r['gemm_only_ms']:.2f} |")
+        lines.append("")
+        by_threads = {r["threads"]: r for r in res["profile"]}
+        if len(by_threads) > 1:
+            lo, hi = min(by_threads), max(by_threads)
+            a, b = by_threads[lo], by_threads[hi]
+            lines += [f"With {hi} threads the parts other than the median take {b['call_ms'] - b['median_ms']:.2f} ms "
+                      f"({(b['call_ms'] - b['median_ms']) / b['gemm_only_ms']:.2f}× GEMMs only) against "
+                      f"{a['call_ms'] - a['median_ms']:.2f} ms with {lo}; the median takes {b['median_ms']:.2f} ms "
+                      f"against {a['median_ms']:.2f} ms: its counting pass runs in NumPy on one thread (in trials, two "
+                      "Python threads over halves of the blocks gained little and torch's masked selection was slower "
+                      "than NumPy's), so at n = 1000 it is what keeps the default call above its target once the "
+                      "GEMMs are shared by threads.", ""]
+    cuda = res.get("cuda")
+    if cuda:
+        lines += ["### On the GPU", ""]
+        if "status" in cuda:
+            lines += [f"Not measured: {cuda['status']}. The same script measures the floor rows on CUDA "
+                      "(`--sections cuda`) where a GPU is present.", ""]
+        else:
+            lines += [f"{cuda['device']}, torch float32, synchronised around every timed call.", "",
+                      "| n | d | floor (ms) | GEMMs only (ms) | default (ms) | fixed (ms) | default / floor | fixed / floor | "
+                      "default / GEMMs only | fixed / GEMMs only |", "|---|---|---|---|---|---|---|---|---|---|"]
+            for r in cuda["rows"]:
+                lines.append(f"| {r['n']} | {r['d']} | {r['floor_ms']:.3f} | {r['gemm_only_ms']:.3f} | "
+                             f"{r['default_ms']:.3f} | {r['fixed_ms']:.3f} | {r['default_over_floor']:.2f} | "
+                             f"{r['fixed_over_floor']:.2f} | {r['default_over_gemm_only']:.2f} | "
+                             f"{r['fixed_over_gemm_only']:.2f} |")
+            lines.append("")
     for key, title, target in (("memory", "### Bounded memory by default (target: peak growth < 1500 MB, "
                                 "step within 2.5× of its blocked floor)", 2.5), ("large", "### 10⁵ particles", None)):
         big = res.get(key)
@@ -388,6 +485,10 @@ def main(argv=None) -> int:
                             **{name: time.strftime("%Y-%m-%d %H:%M") for name in sections}}}
     if "floor" in sections:
         res["floor"] = floor_section(cfg)
+    if "profile" in sections:
+        res["profile"] = profile_section(cfg)
+    if "cuda" in sections:
+        res["cuda"] = cuda_section(cfg)
     if "memory" in sections:
         res["memory"] = memory_section(cfg, args)
     if "large" in sections:

@@ -7,17 +7,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_floor  # noqa: E402
+import torch  # noqa: E402
 
 
 def test_quick_run_measures_every_section_and_keeps_the_others(tmp_path):
     out = tmp_path / "floor.json"
     out.write_text(json.dumps({"jax": {"status": "from an earlier run"}}))
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_floor.py"), "--quick", "--threads", "1",
-                           "--sections", "floor,memory,large,growth", "--out", str(out)],
+                           "--sections", "floor,profile,cuda,memory,large,growth", "--out", str(out)],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     res = json.loads(out.read_text())
@@ -26,6 +29,13 @@ def test_quick_run_measures_every_section_and_keeps_the_others(tmp_path):
         assert row["floor_ms"] > 0 and row["default_ms"] > 0
         assert abs(row["default_over_floor"] - row["default_ms"] / row["floor_ms"]) < 1e-9
         assert abs(row["fixed_over_gemm_only"] - row["fixed_ms"] / row["gemm_only_ms"]) < 1e-9
+    for row in res["profile"]:  # the parts add up to the call (the rest is what is left)
+        parts = row["d2_upper_ms"] + row["median_ms"] + row["product_ms"] + row["rest_ms"]
+        assert abs(parts - row["call_ms"]) < 1e-9 and min(row["d2_upper_ms"], row["median_ms"]) > 0
+    if torch.cuda.is_available():
+        assert res["cuda"]["rows"] and all(r["threads"] == "GPU" for r in res["cuda"]["rows"])
+    else:
+        assert "no CUDA device" in res["cuda"]["status"]
     for part in ("memory", "large"):
         r = res[part]
         assert "status" not in r, r
@@ -35,6 +45,7 @@ def test_quick_run_measures_every_section_and_keeps_the_others(tmp_path):
     assert res["growth"][-1]["n"] == res["large"]["n"]
     text = bench_floor.markdown(res)
     assert "## The step against its matrix-multiply floor" in text and "### 10⁵ particles" in text
+    assert "### Where the default call's time goes (profile)" in text and "### On the GPU" in text
     assert f"| {res['floor'][0]['n']} | {res['floor'][0]['d']} | 1 |" in text
 
 
@@ -46,3 +57,14 @@ def test_report_marks_targets_met_and_not_met():
     row.update(gemm_only_ms=8.0, default_over_gemm_only=2.0, fixed_over_gemm_only=1.375)
     text = bench_floor.markdown({"floor": [row]})
     assert "| 8.00 |" in text and "2.00 (not met: ≤ 1.5)" in text and "1.38 (not met: ≤ 1.2)" in text
+
+
+@pytest.mark.gpu
+def test_floor_rows_on_the_gpu(tmp_path):
+    """The floor section runs unchanged on CUDA (a GPU machine checks this; skipped without one)."""
+    out = tmp_path / "floor.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_floor.py"), "--quick", "--sections", "cuda",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())["cuda"]["rows"]
+    assert rows and all(r["default_ms"] > 0 and r["threads"] == "GPU" for r in rows)
