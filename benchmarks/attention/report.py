@@ -627,10 +627,31 @@ def _markdown(results: Dict, data_info: Dict, images: Dict[str, str], image_dir:
             a("")
     a("### Verdicts")
     a("")
+    a("Each with what the diversity metrics show (mean over seeds and layers, at the end of training): the "
+      "head-output cosine (lower: heads that output less alike) and the attention-map Jensen-Shannon divergence "
+      "(higher: heads that attend differently), against the baseline's.")
+    a("")
+    baselines = {(e["dataset"], e["model"]): e for e in results["comparisons"] if e["method"] == "baseline"}
     for e in results["comparisons"]:
         if e["method"] != "baseline":
+            base = baselines.get((e["dataset"], e["model"]))
+            div = ""
+            if base:
+                div = (f"; head-output cosine {np.mean(e['diversity_end']['output_cos']):.3f} against "
+                       f"{np.mean(base['diversity_end']['output_cos']):.3f}, map JS "
+                       f"{np.mean(e['diversity_end']['map_js']):.3f} against {np.mean(base['diversity_end']['map_js']):.3f}")
             a(f"- {e['dataset']} / {e['model']}: " + _verdict_word(e.get("vs_baseline", {}).get("accuracy"),
-                                                                 e["method"], "the baseline") + ".")
+                                                                 e["method"], "the baseline") + div + ".")
+    a("")
+    a("### Wall time")
+    a("")
+    a("Single-thread wall time of the recorded runs (two runs at a time on the 2-core machine), per part of the "
+      "study: tuning trials (seed " + f"{P['tune_seed']}" + "), and the reported runs.")
+    a("")
+    a("| data | model | purpose | runs | hours |")
+    a("|---|---|---|---|---|")
+    for row in results.get("wall_time", []):
+        a(f"| {row['dataset']} | {row['model']} | {row['purpose']} | {row['runs']} | {row['hours']:.2f} |")
     a("")
     a("### Tuning trials (dev accuracy)")
     a("")
@@ -699,6 +720,14 @@ def write_report(records: Dict[str, dict], plan, paths: Dict[str, Path], quick: 
         data_info[ds] = {"sizes": d.sizes(), "classes": list(d.classes), "source": d.source}
     results["data"] = data_info
     wall = sum(r.get("wall_seconds", 0.0) for r in records.values()) / 3600
+    parts: Dict = defaultdict(lambda: [0, 0.0])
+    for r in records.values():
+        c = r["config"]
+        part = parts[(c["dataset"], c["model"], c.get("purpose", "eval"))]
+        part[0] += 1
+        part[1] += r.get("wall_seconds", 0.0) / 3600
+    results["wall_time"] = [{"dataset": k[0], "model": k[1], "purpose": k[2], "runs": v[0], "hours": v[1]}
+                            for k, v in sorted(parts.items())]
     results["records"] = len(records)
     results["wall_hours"] = wall
     results["pending"] = len(study_plan.pending(plan, records))
