@@ -124,6 +124,17 @@ def _close(got, ref, dtype, what):
     torch.testing.assert_close(torch.as_tensor(got), torch.as_tensor(ref), msg=lambda m: f"{what}: {m}", **tol)
 
 
+def _check_gathered_rows(results, key, c, case, sizes):
+    """The rows of case ``c`` gathered over the ranks equal the single-process direction; returns
+    the particles and the single-process info."""
+    kernel, bandwidth, dtype = case
+    x = _particles(sum(sizes), dtype)
+    ref_phi, ref_info = ps.stein_direction_with_info(x, _score(x), kernel, bandwidth, 0.7)
+    got = torch.cat([results[r][key][c][0] for r in range(len(sizes))])
+    _close(got, ref_phi, dtype, f"phi {kernel} {bandwidth} {dtype}, {sum(sizes)} particles")
+    return x, ref_info
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 4])
 def test_sharded_direction_and_steps_equal_single_process(world):
@@ -131,21 +142,15 @@ def test_sharded_direction_and_steps_equal_single_process(world):
 
     sizes = DIRECTION_SIZES[world]
     for c, (kernel, bandwidth, dtype) in enumerate(DIRECTION_CASES):
-        x = _particles(sum(sizes), dtype)
-        ref_phi, ref_info = ps.stein_direction_with_info(x, _score(x), kernel, bandwidth, 0.7)
-        got = torch.cat([results[r]["direction"][c][0] for r in range(world)])
-        _close(got, ref_phi, dtype, f"phi {kernel} {bandwidth} {dtype}")
+        _, ref_info = _check_gathered_rows(results, "direction", c, (kernel, bandwidth, dtype), sizes)
         for r in range(world):
             for field in ps.SteinInfo._fields:  # the whole system's info, on every rank
                 _close(getattr(results[r]["direction"][c][1], field), getattr(ref_info, field), dtype,
                        f"{field} {kernel} {bandwidth} rank {r}")
 
     sizes = BRACKET_SIZES[world]
-    for c, (kernel, bandwidth, dtype) in enumerate(BRACKET_CASES):
-        x = _particles(sum(sizes), dtype)
-        ref_phi, ref_info = ps.stein_direction_with_info(x, _score(x), kernel, bandwidth, 0.7)
-        got = torch.cat([results[r]["bracket"][c][0] for r in range(world)])
-        _close(got, ref_phi, dtype, f"phi {kernel} {bandwidth} {dtype}, {sum(sizes)} particles")
+    for c, case in enumerate(BRACKET_CASES):
+        x, ref_info = _check_gathered_rows(results, "bracket", c, case, sizes)
         kept = []
         for r in range(world):
             phi, info, (sent, received, calls, histograms, log) = results[r]["bracket"][c]
