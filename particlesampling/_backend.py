@@ -287,13 +287,18 @@ class UpperBlockRows:
     def positions(self, i, j):
         """Positions in ``flat`` of the entries ``(i, j)`` (NumPy integer arrays, ``i <= j``, both in
         ``[0, n)``) of the upper triangle."""
+        return self.flat_positions(self.n, self.block, i, j)
+
+    @staticmethod
+    def flat_positions(n: int, block: int, i, j):
+        """:meth:`positions` for ``n`` rows in blocks of ``block``, without a buffer."""
         import numpy as np
 
-        blk = i // self.block
-        a = blk * self.block
-        rows_before = np.minimum(np.arange(len(self.starts) + 1) * self.block, self.n)
-        offsets = np.concatenate([[0], np.cumsum((rows_before[1:] - rows_before[:-1]) * (self.n - rows_before[:-1]))])
-        return offsets[blk] + (i - a) * (self.n - a) + (j - a)
+        blk = i // block
+        a = blk * block
+        bounds = np.minimum(np.arange(-(-n // block) + 1) * block, n)
+        offsets = np.concatenate([[0], np.cumsum((bounds[1:] - bounds[:-1]) * (n - bounds[:-1]))])
+        return offsets[blk] + (i - a) * (n - a) + (j - a)
 
 
 def upper_block_rows(xc, xx, *, block: int = SQDIST_BLOCK_ROWS) -> UpperBlockRows:

@@ -179,6 +179,9 @@ def rbf_blocked_product(xp, sq, h, rhs, *, overwrite: bool, block: int = SQDIST_
     """
     packed = isinstance(sq, UpperBlockRows)
     if packed:
+        if not in_place_capable(rhs):
+            raise ValueError("expected the right-hand side of packed upper block rows outside autograd (NumPy, or "
+                             "torch not requiring gradients); pass the full D2 to differentiate through the product")
         block = sq.block
     elif not (in_place_capable(sq) and in_place_capable(rhs)):
         k = exp_neg_scaled(xp, sq, h)

@@ -214,7 +214,6 @@ def order_statistics(v, ks, *, xp=None, batch_dims: int = 0):
 
 
 @functools.lru_cache(maxsize=16)
-@functools.lru_cache(maxsize=16)
 def _upper_sample_pairs(n: int, size: int):
     """Rows and columns ``(i, j)``, ``i <= j``, of ``size`` entries of an ``(n, n)`` matrix drawn
     uniformly from all ``n^2``, each moved to its mirror ``(min(i, j), max(i, j))`` in the upper
@@ -224,6 +223,15 @@ def _upper_sample_pairs(n: int, size: int):
     lo, hi = np.minimum(i, j), np.maximum(i, j)
     lo.flags.writeable = hi.flags.writeable = False
     return lo, hi
+
+
+@functools.lru_cache(maxsize=16)
+def _packed_sample_positions(n: int, block: int, size: int):
+    """:func:`_upper_sample_pairs` as positions in the buffer of an :class:`UpperBlockRows` of ``n``
+    rows in blocks of ``block``."""
+    out = UpperBlockRows.flat_positions(n, block, *_upper_sample_pairs(n, size))
+    out.flags.writeable = False
+    return out
 
 
 def symmetric_order_statistics(sq, ks, *, xp=None, block: int = SQDIST_BLOCK_ROWS):
@@ -269,8 +277,8 @@ def symmetric_order_statistics(sq, ks, *, xp=None, block: int = SQDIST_BLOCK_ROW
 
     out = None
     if n * n >= 8 * BRACKET_SAMPLE:
-        i, j = _upper_sample_pairs(n, bracket_sample_size(n * n))
-        sample = flat[sq.positions(i, j)] if packed else v[i, j]
+        m = bracket_sample_size(n * n)
+        sample = flat[_packed_sample_positions(n, block, m)] if packed else v[_upper_sample_pairs(n, m)]
         out = bracket_select(sample, upper_blocks, n * n, ks)
     if out is None:  # small, or the bracket missed (probability < 1e-6): select among all the entries
         every = np.concatenate([part.reshape(-1) for blk, w in upper_blocks() for part in [blk] * w])
@@ -442,7 +450,8 @@ def blocked_order_statistics(blocks_fn, ks, dtype_name: str, *, sample=None, tot
     dtype_name : "float32" or "float64"
     sample : 1-D NumPy array, optional
         A uniform sample of the values; with ``total`` it lets one bracketing pass
-        (:func:`bracket_select`) replace the 2-3 radix passes. Ignored with ``combine``.
+        (:func:`bracket_select`) replace the 2-3 radix passes. With ``combine``, used only together
+        with ``exchange`` (then the same on every holder).
     max_candidates : int, optional
         Bound on the values the bracketing pass may keep (:func:`bracket_select`); above it the
         radix passes, which keep none, are used.

@@ -23,6 +23,7 @@ from ._backend import (
     check_same_shape,
     device_of,
     host_view_capable,
+    in_place_capable,
     namespace,
     sqdist,
     upper_block_rows,
@@ -104,13 +105,15 @@ def _reads_upper_only(rule) -> bool:
     return isinstance(rule, (Median, Fixed, ArrayBandwidth))
 
 
-def _own_sqdist(xp, particles, xc, rule, *, upper_only: bool):
+def _own_sqdist(xp, particles, scores, xc, rule, *, upper_only: bool):
     """``D2`` of one system computed for this step (``xc``: the centred particles). For NumPy and
-    torch on the CPU without autograd, when everything downstream reads the upper block triangle
+    torch on the CPU without autograd (neither the particles nor the scores require gradients),
+    when everything downstream reads the upper block triangle
     only (``upper_only``: the RBF product; and a rule of :func:`_reads_upper_only`), the blocks below
     it are not even made: the upper block triangle is computed packed, each block of rows contiguous
     (:func:`particlesampling._backend.upper_block_rows`), half the GEMM work and half the memory."""
-    if upper_only and host_view_capable(particles) and particles.ndim == 2 and _reads_upper_only(rule):
+    if (upper_only and host_view_capable(particles) and in_place_capable(scores) and particles.ndim == 2
+            and _reads_upper_only(rule)):
         return upper_block_rows(xc, xp.sum(xc * xc, axis=-1))
     return sqdist(particles, xp=xp)
 
@@ -142,7 +145,7 @@ def stein_terms(particles, scores, kernel=None, bandwidth=None, *, sq=None) -> S
     if kern.uses_bandwidth:
         rule = get_bandwidth(bandwidth)
         if sq is None:
-            sq = _own_sqdist(xp, particles, xc, rule, upper_only=type(kern) is RBF)
+            sq = _own_sqdist(xp, particles, scores, xc, rule, upper_only=type(kern) is RBF)
         h = rule_bandwidth(rule, particles, sq, scores)
     else:
         h = xp.ones(lead, dtype=particles.dtype, device=device_of(particles))

@@ -130,11 +130,12 @@ class RankExchange:
     are remembered for ``values``). ``values(kept)``: one all-gather of every rank's kept values,
     padded to the largest rank's count, concatenated in rank order: the same array on every rank.
     Both are collectives, called in the same order on every rank. Values travel through tensors on
-    ``device`` (NCCL needs the GPU; gloo takes either).
+    ``device`` (NCCL needs the GPU; gloo takes either), as ``dtype`` when given (every rank must send
+    the same dtype: an empty holder's values would otherwise be NumPy's default float64).
     """
 
-    def __init__(self, device, rank: int, world: int, group: Any = None):
-        self.device, self.rank, self.world, self.group = device, rank, world, group
+    def __init__(self, device, rank: int, world: int, group: Any = None, dtype=None):
+        self.device, self.rank, self.world, self.group, self.dtype = device, rank, world, group, dtype
         self._sizes: Tuple[int, ...] | None = None
 
     def counts(self, below: int, kept: int) -> Tuple[int, int]:
@@ -153,6 +154,8 @@ class RankExchange:
             raise ValueError(f"expected {sizes[self.rank]} kept values on rank {self.rank}, received {kept.shape[0]}")
         self._sizes = None
         local = torch.from_numpy(np.ascontiguousarray(kept).reshape(-1, 1)).to(self.device)
+        if self.dtype is not None:
+            local = local.to(self.dtype)
         if max(sizes) == 0:
             return kept.reshape(-1)[:0]
         return all_gather_rows(local, ShardLayout(sizes, self.rank), self.group).reshape(-1).cpu().numpy()

@@ -20,8 +20,9 @@ statistics of their union are found as in one process (:mod:`particlesampling.se
 the counts and values exchanged over the ranks; every rank then takes the same decisions on the
 same exchanged numbers and obtains the same exact values:
 
-* ``n^2 < 8 * BRACKET_SAMPLE`` (n < 725): every rank's block is all-gathered (at most 4 MiB in
-  all) and selected on every rank;
+* ``n^2 < 8 * BRACKET_SAMPLE`` (n < 725): every rank's block is all-gathered, padded to the largest
+  shard (``n^2 b`` bytes for even shards, under 2 MiB in float32 and 4 MiB in float64; up to ``W``
+  times that when one rank holds every row), and selected on every rank;
 * otherwise, bracketing (Floyd & Rivest 1975): each rank draws its share ``M_r`` of a sample of
   ``M = bracket_sample_size(n^2)`` entries uniformly from its own block (``M_r`` proportional to
   ``n_r``), the shares are all-gathered, and the sample brackets the wanted ranks; each rank counts
@@ -84,7 +85,7 @@ from ._comm import RankExchange, ShardLayout, all_gather_rows, all_reduce_sum, c
 __all__ = ["sharded_stein_direction", "sharded_stein_direction_with_info", "check_shard", "sample_shares",
            "median_regime", "GATHER_ALL_BELOW", "MAX_GATHERED"]
 
-#: unions of fewer squared distances than this are all-gathered whole for the median (at most 4 MiB)
+#: unions of fewer squared distances than this are all-gathered whole for the median (module docstring)
 GATHER_ALL_BELOW = 8 * BRACKET_SAMPLE
 #: most values the bracketing pass may gather over all ranks (expected); above, the radix passes
 MAX_GATHERED = 1 << 24
@@ -119,8 +120,9 @@ def _order_statistics_over_ranks(block, ks, layout: ShardLayout, group):
     """Exact order statistics ``ks`` of the union of every rank's ``D2`` block (module docstring)."""
     import torch
 
+    block = block.detach()  # order statistics carry no gradient
     total = layout.total * layout.total
-    exchange = RankExchange(block.device, layout.rank, layout.world, group)
+    exchange = RankExchange(block.device, layout.rank, layout.world, group, dtype=block.dtype)
     # on the CPU the passes run on a NumPy view (faster masks than torch's); on a GPU, on the tensor
     local = block.numpy() if host_view_capable(block) else block
     regime = median_regime(layout.total)
@@ -141,7 +143,7 @@ def _order_statistics_over_ranks(block, ks, layout: ShardLayout, group):
 
 def check_shard(particles, scores, repulsion):
     """Check this rank's rows: torch tensors ``(n_r, d)`` of one real floating dtype and device,
-    ``n_r >= 0``, ``d >= 1``, and a finite ``repulsion``; return the namespace."""
+    ``n_r >= 0``, ``d >= 1``, not requiring gradients, and a finite ``repulsion``; return the namespace."""
     if not (is_torch_array(particles) and is_torch_array(scores)):
         raise TypeError(f"expected particles and scores as torch tensors (the sharded direction runs on "
                         f"torch.distributed), received {type(particles).__name__} and {type(scores).__name__}")
@@ -152,6 +154,9 @@ def check_shard(particles, scores, repulsion):
     if not xp.isdtype(particles.dtype, "real floating"):
         raise TypeError(f"expected particles of a real floating dtype, received {particles.dtype}")
     check_same_shape(particles, scores, "particles", "scores")
+    if particles.requires_grad or scores.requires_grad:
+        raise ValueError("expected particles and scores outside autograd (the all-gathers of the sharded direction "
+                         "carry no gradient); received tensors that require gradients: pass .detach()")
     if particles.device != scores.device:
         raise ValueError(f"expected scores on the particles' device {particles.device}, received {scores.device}")
     check_repulsion(repulsion)

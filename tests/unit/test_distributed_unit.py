@@ -141,6 +141,16 @@ def test_communication_volume_states_the_payloads():
         communication_volume([0, 0], 2, 8)
 
 
+def test_particles_that_require_gradients_get_a_clear_error(one_rank_group):
+    """The all-gathers carry no gradient: tensors under autograd are refused before any collective."""
+    x = _x(800, 3, torch.float32)
+    for xr, sr in ((x.clone().requires_grad_(True), -x), (x, (-x).requires_grad_(True))):
+        with pytest.raises(ValueError, match="outside autograd"):
+            ps.distributed.sharded_stein_direction(xr, sr)
+    phi, info = ps.distributed.sharded_stein_direction_with_info(x, -x)  # detached: fine
+    assert info.bandwidth == ps.stein_direction_with_info(x, -x)[1].bandwidth
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_one_rank_median_by_bracketing_and_by_the_radix_fallback(one_rank_group, monkeypatch, dtype):
     """Above 724 particles the median is bracketed by a sample (no histograms); a bracket that would

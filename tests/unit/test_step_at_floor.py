@@ -125,6 +125,25 @@ def test_the_default_step_on_the_cpu_uses_the_packed_rows(monkeypatch):
     torch.testing.assert_close(phi, ref, rtol=1e-10, atol=1e-12)
 
 
+def test_scores_that_require_gradients_take_the_differentiable_path():
+    """Packing (in-place exp, addmm_) is for values outside autograd: with scores that require
+    gradients (a network's output, say) the step takes the full D2 and differentiates through."""
+    x = torch.from_numpy(np.random.default_rng(3).standard_normal((300, 3)))
+    s = torch.from_numpy(np.random.default_rng(4).standard_normal((300, 3))).requires_grad_(True)
+    phi = ps.stein_direction(x, s)
+    (phi * phi).sum().backward()
+    got = s.grad.clone()
+    s.grad = None
+    ref = ps.stein_direction_with_info(x, s, sq=ps.sqdist(x))[0]  # the full-matrix path
+    torch.testing.assert_close(phi, ref, rtol=1e-12, atol=1e-12)
+    (ref * ref).sum().backward()
+    torch.testing.assert_close(got, s.grad, rtol=1e-12, atol=1e-12)
+    packed = upper_block_rows(x, (x * x).sum(-1))
+    with pytest.raises(ValueError, match="outside autograd"):
+        rbf_blocked_product(ps._backend.namespace(x), packed, torch.tensor(1.0, dtype=x.dtype),
+                            rbf_product_columns(ps._backend.namespace(x), x, s), overwrite=True)
+
+
 def _mirrored_from_upper(upper, block):
     """The full matrix whose upper block triangle ``upper`` holds (squares as they are)."""
     n = upper.shape[0]
