@@ -247,12 +247,13 @@ class UpperBlockRows:
     ``M[I, a:]``, contiguous, the blocks one after the other in the 1-D buffer ``flat``
     (``sum (b - a)(n - a)`` entries, about ``n^2 / 2 + n block / 2``: half a matrix).
 
-    Contiguous rows let the elementwise passes that consume them (the kernel's ``exp``, the
-    median's counting pass) run on plain arrays: torch parallelises an elementwise pass over a
-    contiguous block but, measured on this project's machine, not over the strided view
-    ``M[I, a:]`` of an ``n x n`` matrix (2 threads, float32, ``n = 1000``: 0.37 ms against 0.76 ms to
-    scale and exponentiate the upper block triangle). ``rows[j]`` is block ``j`` (a view of ``flat``),
-    ``starts[j]`` its first row ``a``. NumPy or torch (CPU or GPU, outside autograd).
+    Contiguous rows let torch's elementwise passes over them (the norms and the clamp of ``D2``,
+    the kernel's ``exp``) run on all its threads: measured on this project's machine, torch
+    parallelises such a pass over a contiguous block but not over the strided view ``M[I, a:]`` of
+    an ``n x n`` matrix (2 threads, float32, ``n = 1000``: 0.37 ms against 0.76 ms to scale and
+    exponentiate the upper block triangle). ``rows[j]`` is block ``j`` (a view of ``flat``),
+    ``starts[j]`` its first row ``a``. NumPy or torch outside autograd; the Stein step packs on the
+    CPU only (the median reads the rows through NumPy views).
     """
 
     __slots__ = ("flat", "rows", "starts", "n", "block")
