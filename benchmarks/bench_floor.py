@@ -95,9 +95,9 @@ def _gemm_floor(x, s):
 
 
 def _gemm_only_floor(x, s):
-    """The same three GEMMs into outputs allocated once, outside the timing: the arithmetic alone
-    (at n = 1000 the allocating floor spends about 1 ms more, mostly on the fresh pages of the
-    4 MB ``X X^T``; measured 4.9 against 3.9 ms with 2 threads)."""
+    """The same three GEMMs into outputs allocated once, outside the timing: the arithmetic alone,
+    without the fresh pages the allocating floor writes (the ``n x n`` ``X X^T`` above all); the
+    floor table gives both side by side."""
     import torch
 
     n, d = x.shape
@@ -368,8 +368,8 @@ def markdown(res: dict) -> str:
                          f"{ratio('fixed_over_gemm_only', fixed_target)} | {r['exp_pass_ms']:.2f} |")
         lines += ["", "Targets: at d = 100 the default call within 1.5× of the floor and the fixed-bandwidth call "
                   "within 1.2× (n = 1000) or 1.5× (n = 4000), marked against both floors. At n = 1000 the ratios "
-                  "move by about ±10 % between runs of this script on the shared machine (and more between "
-                  "harnesses), so a ratio near its target is met in some runs and not in others. At d = 2 the three GEMMs cost less than one pass of "
+                  "move between runs of this script on the shared machine, so a ratio near its target can be "
+                  "met in one run and not in the next. At d = 2 the three GEMMs cost less than one pass of "
                   "`exp` over the n×n matrix, so the floor is not the bound there: the step evaluates n²/2 "
                   "exponentials (K is symmetric), builds half of D2, and passes once over half of it for the "
                   "median; the last column is the cost of one full `exp` pass for scale.", ""]

@@ -173,7 +173,7 @@ def _in_place_torch(a) -> bool:
 SQDIST_BLOCK_ROWS = 256
 
 
-def symmetric_sqdist(xc, xx, *, block: int = SQDIST_BLOCK_ROWS, mirror: bool = True):
+def symmetric_sqdist(xc, xx, *, block: int = SQDIST_BLOCK_ROWS):
     """``D2`` of the (centred) rows ``xc`` (``(..., n, d)``, NumPy or torch without autograd), exactly
     symmetric with a zero diagonal, from the upper block triangle only.
 
@@ -182,12 +182,7 @@ def symmetric_sqdist(xc, xx, *, block: int = SQDIST_BLOCK_ROWS, mirror: bool = T
     own upper triangle; the blocks below the diagonal are then copied, transposed, from those above.
     The GEMM work is half that of the full product, the copies are a quarter of the entries, and no
     pass averages ``D2`` with its transpose. ``xx`` are the squared row norms ``|xc_i|^2``.
-
-    With ``mirror=False`` the blocks below the diagonal squares are left unwritten and the squares
-    keep their GEMM rounding (exact zero diagonal, symmetric only to rounding): the result holds
-    the upper block triangle ``D2[I, a:]`` of every row block only, for consumers that read nothing
-    else (:func:`particlesampling.selection.symmetric_order_statistics` on the CPU,
-    :func:`particlesampling.kernels.rbf_blocked_product`).
+    (Consumers that read the upper block triangle only take it packed: :func:`upper_block_rows`.)
     """
     n = xc.shape[-2]
     lead = tuple(xc.shape[:-2])
@@ -212,24 +207,17 @@ def symmetric_sqdist(xc, xx, *, block: int = SQDIST_BLOCK_ROWS, mirror: bool = T
                 rows.baddbmm_(xc[..., a:b, :], xt[..., :, a:], alpha=-2.0)
             rows.clamp_(min=0.0)
             square = d2[..., a:b, a:b]
-            if mirror:
-                upper = square.triu(1)
-                torch.add(upper, upper.transpose(-1, -2), out=square)
-            else:
-                square.diagonal(dim1=-2, dim2=-1).fill_(0.0)
+            upper = square.triu(1)
+            torch.add(upper, upper.transpose(-1, -2), out=square)
         else:
             g = xc[..., a:b, :] @ xt[..., :, a:]
             g *= -2.0  # exact; then (|x_i|^2 + |x_j|^2) + (-2 G): the rounding of the generic path
             g += xx[..., a:b, None] + xx[..., None, a:]
             np.maximum(g, 0.0, out=g)
-            if mirror:
-                upper = np.triu(g[..., :, :b - a], 1)
-                g[..., :, :b - a] = upper + np.swapaxes(upper, -1, -2)
-            else:
-                rr = np.arange(b - a)
-                g[..., rr, rr] = 0.0
+            upper = np.triu(g[..., :, :b - a], 1)
+            g[..., :, :b - a] = upper + np.swapaxes(upper, -1, -2)
             rows[...] = g
-    for a in range(0, n if mirror else 0, block):
+    for a in range(0, n, block):
         b = min(n, a + block)
         if b < n:
             lower = d2[..., b:, a:b]
@@ -248,10 +236,10 @@ class UpperBlockRows:
     (``sum (b - a)(n - a)`` entries, about ``n^2 / 2 + n block / 2``: half a matrix).
 
     Contiguous rows let torch's elementwise passes over them (the norms and the clamp of ``D2``,
-    the kernel's ``exp``) run on all its threads: measured on this project's machine, torch
-    parallelises such a pass over a contiguous block but not over the strided view ``M[I, a:]`` of
-    an ``n x n`` matrix (2 threads, float32, ``n = 1000``: 0.37 ms against 0.76 ms to scale and
-    exponentiate the upper block triangle). ``rows[j]`` is block ``j`` (a view of ``flat``),
+    the kernel's ``exp``) run on all its threads: on this project's machine torch parallelised such
+    a pass over a contiguous block but not over the strided view ``M[I, a:]`` of an ``n x n``
+    matrix (``python benchmarks/profile_step.py --threads 2`` compares the step with an earlier
+    revision). ``rows[j]`` is block ``j`` (a view of ``flat``),
     ``starts[j]`` its first row ``a``. NumPy or torch outside autograd; the Stein step packs on the
     CPU only (the median reads the rows through NumPy views).
     """

@@ -147,7 +147,8 @@ class Median(BandwidthRule):
     Called as ``rule(particles, sq)`` with ``sq = sqdist(particles)`` (exactly symmetric, zero
     diagonal). On the CPU the selection reads only its upper block triangle
     (:func:`particlesampling.selection.symmetric_order_statistics`), so the Stein step passes just
-    that half (``symmetric_sqdist(..., mirror=False)``); on other devices the whole matrix.
+    that half, packed (:class:`particlesampling._backend.UpperBlockRows`); on other devices the
+    whole matrix.
     """
 
     convention: str = DEFAULT_BANDWIDTH

@@ -165,9 +165,7 @@ def rbf_blocked_product(xp, sq, h, rhs, *, overwrite: bool, block: int = SQDIST_
     """``(K [Xc | 1 | S], diag K)`` with ``K = exp(-sq / h)``, from the upper block triangle of ``sq``.
 
     ``sq`` is ``D2`` (``(..., n, n)``, exactly symmetric; only its upper block triangle
-    ``sq[I, a:]`` for row blocks ``I = a..b-1`` of ``block`` rows is read, so the output of
-    :func:`~particlesampling._backend.symmetric_sqdist` with ``mirror=False`` serves), or that
-    triangle packed (:class:`~particlesampling._backend.UpperBlockRows`, whose contiguous rows the
+    ``sq[I, a:]`` for row blocks ``I = a..b-1`` of ``block`` rows is read), or that triangle packed (:class:`~particlesampling._backend.UpperBlockRows`, whose contiguous rows the
     ``exp`` pass runs on in parallel; its own ``block``), ``h`` a scalar
     bandwidth lined up by :func:`bandwidth_for_broadcast`, ``rhs`` from :func:`rbf_product_columns`.
     For NumPy and torch without autograd, each block ``K[I, a:]`` is made from ``sq`` (in place when

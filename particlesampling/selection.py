@@ -239,10 +239,9 @@ def symmetric_order_statistics(sq, ks, *, xp=None, block: int = SQDIST_BLOCK_ROW
 
     On the CPU (NumPy, torch without autograd) only the upper block triangle is read, row block by
     row block (``block`` rows): each square ``[I, I]`` on the diagonal once and each block
-    ``[I, J > I]`` for itself and its mirror (weight 2). So ``sq`` may hold the upper block triangle
-    only (:func:`particlesampling._backend.symmetric_sqdist` with ``mirror=False``: what lies below
-    is never read, at any size), or be that triangle packed
-    (:class:`particlesampling._backend.UpperBlockRows`, its own ``block``). Above ``8 * BRACKET_SAMPLE`` entries a sample of entries drawn
+    ``[I, J > I]`` for itself and its mirror (weight 2): what lies below is never read, at any size.
+    ``sq`` may also be that triangle packed (:class:`particlesampling._backend.UpperBlockRows`, its
+    own ``block``: what the Stein step passes). Above ``8 * BRACKET_SAMPLE`` entries a sample of entries drawn
     uniformly and taken at their upper-triangle mirror brackets the ranks, and the bracketing pass
     touches half the entries with block-sized masks; below, and if the bracket misses, a selection
     runs on the upper blocks' entries (weights as copies). The result is that of

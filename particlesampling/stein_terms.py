@@ -131,7 +131,8 @@ def stein_terms(particles, scores, kernel=None, bandwidth=None, *, sq=None) -> S
     same step (it is then read, never modified). For the RBF kernel with a scalar bandwidth, ``K X``,
     ``K S`` and the row sums of ``K`` come from one product ``K [Xc | 1 | S]``, made block by block
     of rows from ``D2`` (:func:`particlesampling.kernels.rbf_blocked_product`): ``D2`` is turned into
-    ``K`` in place when this call computed it, so the step holds one ``n x n`` matrix, not two.
+    ``K`` in place when this call computed it, so the step holds one ``n x n`` matrix, not two (on
+    the CPU only its upper block triangle, packed: :func:`_own_sqdist`).
     """
     xp = check_stein_inputs(particles, scores, 1.0, batched=particles.ndim == 3)
     kern: Kernel = get_kernel(kernel)

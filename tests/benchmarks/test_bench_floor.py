@@ -29,9 +29,10 @@ def test_quick_run_measures_every_section_and_keeps_the_others(tmp_path):
         assert row["floor_ms"] > 0 and row["default_ms"] > 0
         assert abs(row["default_over_floor"] - row["default_ms"] / row["floor_ms"]) < 1e-9
         assert abs(row["fixed_over_gemm_only"] - row["fixed_ms"] / row["gemm_only_ms"]) < 1e-9
-    for row in res["profile"]:  # the parts add up to the call (the rest is what is left)
-        parts = row["d2_upper_ms"] + row["median_ms"] + row["product_ms"] + row["rest_ms"]
-        assert abs(parts - row["call_ms"]) < 1e-9 and min(row["d2_upper_ms"], row["median_ms"]) > 0
+    for row in res["profile"]:  # every part measured, each a fraction of the whole call
+        assert min(row["gemm_only_ms"], row["d2_upper_ms"], row["median_ms"]) > 0
+        assert row["d2_and_product_ms"] > row["d2_upper_ms"]  # D2 and then the product take longer than D2
+        assert max(row["d2_upper_ms"], row["median_ms"], row["product_ms"]) < row["call_ms"]
     if torch.cuda.is_available():
         assert res["cuda"]["rows"] and all(r["threads"] == "GPU" for r in res["cuda"]["rows"])
     else:

@@ -1,7 +1,7 @@
 """The Stein step near its matrix-multiply floor, and its memory: the pieces that make it so.
 
 * ``symmetric_sqdist``: D2 from the upper block triangle (half the GEMM work), exactly symmetric;
-  ``mirror=False`` writes the upper block triangle only.
+  ``upper_block_rows``: that triangle alone, packed in contiguous blocks of rows.
 * ``rbf_blocked_product``: ``K [Xc | 1 | S]`` from that upper triangle, block by block, by symmetry.
 * ``symmetric_order_statistics``, ``bracket_select`` and the radix selection with weighted blocks,
   ``select_ranks``, ``max_candidates``: exact order statistics from half the entries.
@@ -50,16 +50,16 @@ def test_symmetric_sqdist_is_exactly_symmetric_and_matches_dense(lib, n, block):
 
 
 @pytest.mark.parametrize("lib", ["numpy", "torch"])
-def test_symmetric_sqdist_without_mirror_writes_the_upper_block_triangle(lib):
+def test_packed_rows_have_the_rounding_of_the_symmetric_matrix(lib):
     n, block = 23, 5
     x = np.random.default_rng(0).standard_normal((n, 3))
     arg = x if lib == "numpy" else torch.from_numpy(x)
     full = np.asarray(symmetric_sqdist(arg, (arg * arg).sum(-1), block=block))
-    upper = np.asarray(symmetric_sqdist(arg, (arg * arg).sum(-1), block=block, mirror=False))
-    for a in range(0, n, block):
-        b = a + block
-        np.testing.assert_array_equal(upper[a:b, b:], full[a:b, b:])  # right of the diagonal square
-        square = upper[a:b, a:b]  # the GEMM's own rounding, exact zero diagonal
+    packed = upper_block_rows(arg, (arg * arg).sum(-1), block=block)
+    for a, rows in zip(packed.starts, packed.rows):
+        rows, b = np.asarray(rows), min(n, a + block)
+        np.testing.assert_array_equal(rows[:, b - a:], full[a:b, b:])  # right of the diagonal square: same floats
+        square = rows[:, :b - a]  # the GEMM's own rounding, exact zero diagonal
         assert np.all(np.diag(square) == 0.0)
         np.testing.assert_allclose(square, full[a:b, a:b], rtol=1e-13, atol=1e-13)
 
@@ -92,19 +92,19 @@ def test_order_statistics_and_product_of_packed_rows_equal_those_of_the_matrix(l
     xc = x - x.mean(axis=0)
     arg = xc if lib == "numpy" else torch.from_numpy(xc)
     xx = (arg * arg).sum(-1)
-    upper = symmetric_sqdist(arg, xx, mirror=False)
     packed = upper_block_rows(arg, xx)
+    dense = _dense_from_packed(packed)  # the matrix mirrored from the packed triangle, squares as they are
     ks = [n * n // 2 - 1, n * n // 2, 5, n * n - 1]
     assert [float(v) for v in selection.symmetric_order_statistics(packed, ks)] == \
-        [float(v) for v in selection.symmetric_order_statistics(upper, ks)]
+        [float(v) for v in np.sort(dense.reshape(-1))[ks]]
     h, s = 2.5, np.random.default_rng(1).standard_normal((n, 4)).astype(np.float32)
     rhs = rbf_product_columns(np, xc, s)
     conv = (lambda a: a) if lib == "numpy" else torch.from_numpy
     xp = ps._backend.namespace(arg)
-    want, want_diag = rbf_blocked_product(xp, upper, conv(np.asarray(h, np.float32)), conv(rhs), overwrite=False)
     got, got_diag = rbf_blocked_product(xp, packed, conv(np.asarray(h, np.float32)), conv(rhs), overwrite=True)
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-5)
-    np.testing.assert_array_equal(np.asarray(got_diag), np.asarray(want_diag))
+    k = np.exp(-_dense_sqdist(x.astype(np.float64)) / h)
+    np.testing.assert_allclose(np.asarray(got), k @ rhs.astype(np.float64), rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(np.asarray(got_diag), np.ones(n, np.float32))
 
 
 def test_the_default_step_on_the_cpu_uses_the_packed_rows(monkeypatch):
@@ -144,14 +144,15 @@ def test_scores_that_require_gradients_take_the_differentiable_path():
                             rbf_product_columns(ps._backend.namespace(x), x, s), overwrite=True)
 
 
-def _mirrored_from_upper(upper, block):
-    """The full matrix whose upper block triangle ``upper`` holds (squares as they are)."""
-    n = upper.shape[0]
-    out = np.empty_like(upper)
-    for a in range(0, n, block):
-        b = a + block
-        out[a:b, a:] = upper[a:b, a:]
-        out[b:, a:b] = upper[a:b, b:].T
+def _dense_from_packed(packed):
+    """The full matrix whose upper block triangle ``packed`` holds (squares as they are)."""
+    n = packed.n
+    out = np.empty((n, n), dtype=np.asarray(packed.flat).dtype)
+    for a, rows in zip(packed.starts, packed.rows):
+        rows = np.asarray(rows)
+        b = a + rows.shape[0]
+        out[a:b, a:] = rows
+        out[b:, a:b] = rows[:, b - a:].T
     return out
 
 
@@ -241,16 +242,13 @@ def test_symmetric_order_statistics_reads_the_upper_block_triangle_only(lib, dty
     xc = x - x.mean(axis=0)
     arg = xc if lib == "numpy" else torch.from_numpy(xc)
     ks = [n * n // 2 - 1, n * n // 2, 3 * n, n * n - 1]
-    upper = symmetric_sqdist(arg, (arg * arg).sum(-1), mirror=False)
-    ref = np.sort(_mirrored_from_upper(np.asarray(upper), ps._backend.SQDIST_BLOCK_ROWS).reshape(-1))[ks]
-    full = np.asarray(symmetric_sqdist(arg, (arg * arg).sum(-1)))
-    np.testing.assert_allclose(ref, np.sort(full.reshape(-1))[ks], rtol=1e-6)
-    assert [float(g) for g in selection.symmetric_order_statistics(full, ks)] == [
-        float(v) for v in np.sort(full.reshape(-1))[ks]]
-    garbage = np.asarray(upper)
+    sq = symmetric_sqdist(arg, (arg * arg).sum(-1))
+    full = np.asarray(sq)
+    ref = np.sort(full.reshape(-1))[ks]
+    assert [float(g) for g in selection.symmetric_order_statistics(sq, ks)] == [float(v) for v in ref]
     for a in range(0, n, ps._backend.SQDIST_BLOCK_ROWS):  # what lies below the diagonal blocks is never read
-        garbage[a + ps._backend.SQDIST_BLOCK_ROWS:, a:a + ps._backend.SQDIST_BLOCK_ROWS] = -1.0
-    got = selection.symmetric_order_statistics(upper, ks)
+        full[a + ps._backend.SQDIST_BLOCK_ROWS:, a:a + ps._backend.SQDIST_BLOCK_ROWS] = -1.0  # (a view of sq)
+    got = selection.symmetric_order_statistics(sq, ks)
     assert [float(g) for g in got] == [float(r) for r in ref]
     assert all(np.asarray(g).dtype == np.dtype(dtype) for g in got)
 
