@@ -36,6 +36,7 @@ from .diagnostics import (
     trace_diagnostics,
 )
 from .kernels import IMQ, RBF, Kernel, Linear, RandomFeatureRBF, get_kernel
+from .log_density import score_from_log_prob
 from .memory_budget import default_memory_budget
 from .runner import NonFiniteError, Trace, run_sampler
 from .selection import lower_median, midpoint_median
@@ -61,6 +62,7 @@ __all__ = [
     "SAMPLERS",
     "ParticleState",
     "run_sampler",
+    "score_from_log_prob",
     "Trace",
     "NonFiniteError",
     "save_state",

@@ -28,6 +28,7 @@ __all__ = [
     "to_numpy",
     "is_torch_array",
     "is_numpy_array",
+    "is_jax_array",
     "torch_namespace",
     "is_array",
     "namespace_of_module",
@@ -374,6 +375,11 @@ def is_torch_array(x) -> bool:
 def is_numpy_array(x) -> bool:
     """Whether ``x`` is a NumPy array (the in-place fast paths use ``out=``)."""
     return array_api_compat.is_numpy_array(x)
+
+
+def is_jax_array(x) -> bool:
+    """Whether ``x`` is a JAX array (traced values inside ``jax.jit`` included)."""
+    return array_api_compat.is_jax_array(x)
 
 
 def is_array(x) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, NamedTuple
 
 from .._backend import check_particles, device_of, namespace
+from ..log_density import resolve_score_fn
 from ..memory_budget import AUTO
 from ..random import normal_noise
 from ..random_batch import random_batch_direction
@@ -41,10 +42,10 @@ def check_positive(name: str, value) -> float:
     return float(value)
 
 
-def check_score_fn(score_fn):
-    if not callable(score_fn):
-        raise TypeError(f"expected score_fn to be callable (particles -> scores), received {type(score_fn).__name__}")
-    return score_fn
+def check_score_fn(score_fn, log_prob=None):
+    """The score function from exactly one of ``score_fn`` and ``log_prob``
+    (:func:`particlesampling.log_density.resolve_score_fn`)."""
+    return resolve_score_fn(score_fn, log_prob)
 
 
 def check_noise(noise):

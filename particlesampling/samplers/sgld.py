@@ -45,12 +45,13 @@ class SGLD(ParticleSampler):
                                      finite=finite_flag(xp, s, new.particles))
 
 
-def sgld(score_fn, step_size=1e-2, *, temperature: float = 1.0, noise=None) -> SGLD:
+def sgld(score_fn=None, step_size=1e-2, *, temperature: float = 1.0, noise=None,
+          log_prob=None) -> SGLD:
     """Langevin dynamics: ``x <- x + eps s + sqrt(2 eps T) xi`` for every particle.
 
     Parameters
     ----------
-    score_fn, step_size : as for :func:`~particlesampling.svgd`.
+    score_fn, step_size, log_prob : as for :func:`~particlesampling.svgd`.
     temperature : float > 0
     noise : as for :func:`~particlesampling.spos`.
 
@@ -58,5 +59,5 @@ def sgld(score_fn, step_size=1e-2, *, temperature: float = 1.0, noise=None) -> S
     -------
     SGLD : ``init(particles, seed=0) -> ParticleState`` and ``step(state) -> (state, LangevinStepInfo)``.
     """
-    return SGLD(check_score_fn(score_fn), get_step_rule(step_size),
+    return SGLD(check_score_fn(score_fn, log_prob), get_step_rule(step_size),
                 temperature=check_positive("temperature", temperature), noise=check_noise(noise))

@@ -54,14 +54,14 @@ class SPOS(SteinSampler):
         return new, self._stein_info(xp, s, new.particles, delta, h, mean_k)
 
 
-def spos(score_fn, step_size=1e-2, *, beta: float = 1.0, kernel=None, bandwidth=None,
+def spos(score_fn=None, step_size=1e-2, *, beta: float = 1.0, kernel=None, bandwidth=None,
          repulsion: float = 1.0, batch_size: int | None = None, memory_budget=AUTO,
-         noise=None) -> SPOS:
+         noise=None, log_prob=None) -> SPOS:
     """Stochastic particle-optimisation sampling; update in the module docstring.
 
     Parameters
     ----------
-    score_fn, step_size, kernel, bandwidth, repulsion, batch_size, memory_budget :
+    score_fn, step_size, kernel, bandwidth, repulsion, batch_size, memory_budget, log_prob :
         As for :func:`~particlesampling.svgd`.
     beta : float > 0
         Weight of the Langevin part (drift ``s / beta``, noise variance ``2 eps / beta``).
@@ -73,7 +73,7 @@ def spos(score_fn, step_size=1e-2, *, beta: float = 1.0, kernel=None, bandwidth=
     -------
     SPOS : ``init(particles, seed=0) -> ParticleState`` and ``step(state) -> (state, SteinStepInfo)``.
     """
-    return SPOS(check_score_fn(score_fn), get_step_rule(step_size), kernel=kernel, bandwidth=bandwidth,
+    return SPOS(check_score_fn(score_fn, log_prob), get_step_rule(step_size), kernel=kernel, bandwidth=bandwidth,
                 repulsion=check_repulsion(repulsion), batch_size=check_batch_size(batch_size),
                 memory_budget=check_memory_budget(memory_budget), beta=check_positive("beta", beta),
                 noise=check_noise(noise))

@@ -40,13 +40,14 @@ class SVGD(SteinSampler):
         return new, self._stein_info(xp, s, new.particles, delta, h, mean_k)
 
 
-def svgd(score_fn, step_size=1e-2, *, kernel=None, bandwidth=None, repulsion: float = 1.0,
-         batch_size: int | None = None, memory_budget=AUTO) -> SVGD:
+def svgd(score_fn=None, step_size=1e-2, *, kernel=None, bandwidth=None, repulsion: float = 1.0,
+         batch_size: int | None = None, memory_budget=AUTO, log_prob=None) -> SVGD:
     """Stein variational gradient descent (Liu & Wang 2016).
 
     Parameters
     ----------
     score_fn : callable, (n, d) array -> (n, d) array of ``grad log p``
+        Or pass ``log_prob`` instead (exactly one of the two).
     step_size : float, schedule ``step -> float``, or StepRule
         A float or schedule gives :func:`~particlesampling.step_sizes.constant`.
     kernel, bandwidth, repulsion : see :func:`~particlesampling.stein_direction`.
@@ -58,11 +59,16 @@ def svgd(score_fn, step_size=1e-2, *, kernel=None, bandwidth=None, repulsion: fl
         evaluated in row blocks (:mod:`particlesampling.tiled`, same result to rounding). The
         default ``"auto"`` derives the budget from the machine, ``None`` never tiles
         (:mod:`particlesampling.memory_budget`).
+    log_prob : callable, (d,) array -> 0-d array, optional
+        The log-density of one particle instead of ``score_fn``: the score is then its gradient by
+        automatic differentiation, batched over particles (PyTorch ``torch.func.grad`` under
+        ``vmap``, JAX ``jax.grad`` under ``vmap``; :mod:`particlesampling.log_density`). NumPy has
+        no automatic differentiation: a TypeError at the first step says to pass ``score_fn``.
 
     Returns
     -------
     SVGD : ``init(particles, seed=0) -> ParticleState`` and ``step(state) -> (state, SteinStepInfo)``.
     """
-    return SVGD(check_score_fn(score_fn), get_step_rule(step_size), kernel=kernel, bandwidth=bandwidth,
+    return SVGD(check_score_fn(score_fn, log_prob), get_step_rule(step_size), kernel=kernel, bandwidth=bandwidth,
                 repulsion=check_repulsion(repulsion), batch_size=check_batch_size(batch_size),
                 memory_budget=check_memory_budget(memory_budget))
