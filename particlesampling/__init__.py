@@ -40,7 +40,8 @@ from .log_density import score_from_log_prob
 from .memory_budget import default_memory_budget
 from .runner import NonFiniteError, Trace, run_sampler
 from .selection import lower_median, midpoint_median
-from .samplers import SAMPLERS, ParticleState, get_sampler, sgld, spos, svgd
+from .annealing import CyclicalAnnealing, LinearAnnealing
+from .samplers import SAMPLERS, ParticleState, annealed_svgd, get_sampler, sgld, spos, svgd
 from .stein import (
     SteinInfo,
     stein_direction,
@@ -58,6 +59,9 @@ __all__ = [
     "svgd",
     "spos",
     "sgld",
+    "annealed_svgd",
+    "CyclicalAnnealing",
+    "LinearAnnealing",
     "get_sampler",
     "SAMPLERS",
     "ParticleState",

@@ -13,19 +13,20 @@ tiled forms), the step-size rules (:mod:`particlesampling.step_sizes`) and the n
 """
 
 from ._common import LangevinStepInfo, ParticleSampler, ParticleState, SteinStepInfo
+from .annealed_svgd import AnnealedSVGD, annealed_svgd
 from .sgld import SGLD, sgld
 from .spos import SPOS, spos
 from .svgd import SVGD, svgd
 
-__all__ = ["svgd", "spos", "sgld", "SVGD", "SPOS", "SGLD", "ParticleSampler", "ParticleState", "SteinStepInfo",
+__all__ = ["svgd", "spos", "sgld", "annealed_svgd", "SVGD", "SPOS", "SGLD", "AnnealedSVGD", "ParticleSampler", "ParticleState", "SteinStepInfo",
            "LangevinStepInfo", "SAMPLERS", "get_sampler"]
 
 #: sampler constructors by name (the CLI's ``--method``)
-SAMPLERS = {"svgd": svgd, "spos": spos, "sgld": sgld}
+SAMPLERS = {"svgd": svgd, "spos": spos, "sgld": sgld, "annealed_svgd": annealed_svgd}
 
 
 def get_sampler(name: str, score_fn, step_size=1e-2, **options) -> ParticleSampler:
-    """Build a sampler by name (``"svgd"``, ``"spos"``, ``"sgld"``); ``options`` go to its constructor."""
+    """Build a sampler by name (a key of :data:`SAMPLERS`); ``options`` go to its constructor."""
     key = str(name).lower()
     if key not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}")

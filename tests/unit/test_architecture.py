@@ -23,7 +23,7 @@ CORE = REPO / "particlesampling"
 LAYERS = {
     "_backend": 0,
     "selection": 1, "random": 1, "kernels": 1, "step_sizes": 1, "targets": 1, "memory_budget": 1,
-    "log_density": 1,
+    "log_density": 1, "annealing": 1,
     "stein_kernel": 2,
     "bandwidths": 3,
     "stein_terms": 4, "diagnostics": 4,
