@@ -20,7 +20,7 @@ Pictures and animations: :mod:`particlesampling.plotting` (``ps.plotting.plot_pa
 matplotlib imported on first use). ``docs/architecture.md`` maps the modules.
 """
 
-from . import diagnostics, distributed, plotting, random, step_sizes, targets
+from . import circuits, diagnostics, distributed, function_space, plotting, random, step_sizes, targets
 from ._backend import sqdist, to_numpy
 from .bandwidths import MEDIAN_CONVENTIONS, BandwidthRule, Fixed, MaxKSD, Median, Scaled, get_bandwidth
 from .checkpoint import load_state, save_state
@@ -117,8 +117,10 @@ __all__ = [
     "midpoint_median",
     "to_numpy",
     # sub-modules
+    "circuits",
     "diagnostics",
     "distributed",
+    "function_space",
     "plotting",
     "random",
     "step_sizes",
