@@ -19,6 +19,7 @@ __all__ = [
     "constant",
     "sqdist",
     "sqdist_block",
+    "gram_trick_block",
     "symmetric_sqdist",
     "UpperBlockRows",
     "upper_block_rows",
@@ -178,12 +179,12 @@ def symmetric_sqdist(xc, xx, *, block: int = SQDIST_BLOCK_ROWS):
     """``D2`` of the (centred) rows ``xc`` (``(..., n, d)``, NumPy or torch without autograd), exactly
     symmetric with a zero diagonal, from the upper block triangle only.
 
-    For each block of ``block`` rows ``I = a..b-1`` one GEMM gives ``D2[I, a:]`` (the Gram trick of
-    :func:`sqdist_block`, accumulated in place), whose square ``D2[I, I]`` is made symmetric from its
-    own upper triangle; the blocks below the diagonal are then copied, transposed, from those above.
-    The GEMM work is half that of the full product, the copies are a quarter of the entries, and no
-    pass averages ``D2`` with its transpose. ``xx`` are the squared row norms ``|xc_i|^2``.
-    (Consumers that read the upper block triangle only take it packed: :func:`upper_block_rows`.)
+    For each block of ``block`` rows ``I = a..b-1`` one GEMM gives ``D2[I, a:]`` (:func:`gram_trick_block`,
+    written into the matrix), whose square ``D2[I, I]`` is made symmetric from its own upper
+    triangle; the blocks below the diagonal are then copied, transposed, from those above. The GEMM
+    work is half that of the full product, the copies are a quarter of the entries, and no pass
+    averages ``D2`` with its transpose. ``xx`` are the squared row norms ``|xc_i|^2``. (Consumers that
+    read the upper block triangle only take it packed: :func:`upper_block_rows`.)
     """
     n = xc.shape[-2]
     lead = tuple(xc.shape[:-2])
@@ -196,28 +197,16 @@ def symmetric_sqdist(xc, xx, *, block: int = SQDIST_BLOCK_ROWS):
         import numpy as np
 
         d2 = np.empty(lead + (n, n), dtype=xc.dtype)
-    xt = xc.transpose(-1, -2) if torch_like else np.swapaxes(xc, -1, -2)
     for a in range(0, n, block):
         b = min(n, a + block)
-        rows = d2[..., a:b, a:]
+        gram_trick_block(xc[..., a:b, :], xx[..., a:b], xc[..., a:, :], xx[..., a:], out=d2[..., a:b, a:])
+        square = d2[..., a:b, a:b]
         if torch_like:
-            torch.add(xx[..., a:b, None], xx[..., None, a:], out=rows)
-            if rows.ndim == 2:
-                rows.addmm_(xc[..., a:b, :], xt[..., :, a:], alpha=-2.0)
-            else:
-                rows.baddbmm_(xc[..., a:b, :], xt[..., :, a:], alpha=-2.0)
-            rows.clamp_(min=0.0)
-            square = d2[..., a:b, a:b]
             upper = square.triu(1)
             torch.add(upper, upper.transpose(-1, -2), out=square)
         else:
-            g = xc[..., a:b, :] @ xt[..., :, a:]
-            g *= -2.0  # exact; then (|x_i|^2 + |x_j|^2) + (-2 G): the rounding of the generic path
-            g += xx[..., a:b, None] + xx[..., None, a:]
-            np.maximum(g, 0.0, out=g)
-            upper = np.triu(g[..., :, :b - a], 1)
-            g[..., :, :b - a] = upper + np.swapaxes(upper, -1, -2)
-            rows[...] = g
+            upper = np.triu(square, 1)
+            np.add(upper, np.swapaxes(upper, -1, -2), out=square)
     for a in range(0, n, block):
         b = min(n, a + block)
         if b < n:
@@ -237,12 +226,11 @@ class UpperBlockRows:
     (``sum (b - a)(n - a)`` entries, about ``n^2 / 2 + n block / 2``: half a matrix).
 
     Contiguous rows let torch's elementwise passes over them (the norms and the clamp of ``D2``,
-    the kernel's ``exp``) run on all its threads: on this project's machine torch parallelised such
-    a pass over a contiguous block but not over the strided view ``M[I, a:]`` of an ``n x n``
-    matrix (``python benchmarks/profile_step.py --threads 2`` compares the step with an earlier
-    revision). ``rows[j]`` is block ``j`` (a view of ``flat``),
-    ``starts[j]`` its first row ``a``. NumPy or torch outside autograd; the Stein step packs on the
-    CPU only (the median reads the rows through NumPy views).
+    the kernel's ``exp``) run on all its threads, where a strided view ``M[I, a:]`` of an ``n x n``
+    matrix may run on one (``python benchmarks/profile_step.py --threads 2`` measures the step).
+    ``rows[j]`` is block ``j`` (a view of ``flat``), ``starts[j]`` its first row ``a``. NumPy or
+    torch outside autograd; the Stein step packs on the CPU only (the median reads the rows through
+    NumPy views).
     """
 
     __slots__ = ("flat", "rows", "starts", "n", "block")
@@ -294,77 +282,113 @@ class UpperBlockRows:
 def upper_block_rows(xc, xx, *, block: int = SQDIST_BLOCK_ROWS) -> UpperBlockRows:
     """``D2`` of the (centred) rows ``xc`` (``(n, d)``, NumPy or torch outside autograd) as its packed
     upper block triangle (:class:`UpperBlockRows`): for each block of rows one GEMM gives
-    ``D2[I, a:]`` (the Gram trick of :func:`sqdist_block`, with the rounding of
-    :func:`symmetric_sqdist`), clamped at 0, with an exact zero diagonal; the squares ``D2[I, I]``
-    keep the GEMM's rounding (symmetric to rounding). Half the GEMM work and half the memory of the
-    full matrix. ``xx`` are the squared row norms ``|xc_i|^2``."""
+    ``D2[I, a:]`` (:func:`gram_trick_block`, written into the packed buffer), with an exact zero
+    diagonal; the squares ``D2[I, I]`` keep the GEMM's rounding (symmetric to rounding). Half the
+    GEMM work and half the memory of the full matrix. ``xx`` are the squared row norms ``|xc_i|^2``."""
     n = xc.shape[-2]
     if is_torch_array(xc):
         import torch
 
-        packed = UpperBlockRows(torch.empty(UpperBlockRows.size(n, block), dtype=xc.dtype, device=xc.device), n, block)
-        for a, rows in zip(packed.starts, packed.rows):
-            b = min(n, a + block)
-            torch.add(xx[a:b, None], xx[None, a:], out=rows)
-            rows.addmm_(xc[a:b, :], xc[a:, :].T, alpha=-2.0)
-            rows.clamp_(min=0.0)
-            rows[:, :b - a].diagonal().fill_(0.0)
-        return packed
-    import numpy as np
+        flat = torch.empty(UpperBlockRows.size(n, block), dtype=xc.dtype, device=xc.device)
+    else:
+        import numpy as np
 
-    packed = UpperBlockRows(np.empty(UpperBlockRows.size(n, block), dtype=xc.dtype), n, block)
+        flat = np.empty(UpperBlockRows.size(n, block), dtype=xc.dtype)
+    packed = UpperBlockRows(flat, n, block)
     for a, rows in zip(packed.starts, packed.rows):
         b = min(n, a + block)
-        np.matmul(xc[a:b, :], xc[a:, :].T, out=rows)
-        rows *= -2.0  # exact; then (|x_i|^2 + |x_j|^2) + (-2 G): the rounding of the generic path
-        rows += xx[a:b, None] + xx[None, a:]
-        np.maximum(rows, 0.0, out=rows)
-        rr = np.arange(b - a)
-        rows[rr, rr] = 0.0
+        gram_trick_block(xc[a:b, :], xx[a:b], xc[a:, :], xx[a:], out=rows)
+        _zero_diagonal(None, rows, 0)
     return packed
 
 
 def sqdist_block(xp, x_rows, xx_rows, y, yy, *, diagonal_at=None):
     """``|x_i|^2 + |y_j|^2 - 2 x_i . y_j`` clamped at 0, for a block of rows ``x_rows`` (``(..., b, d)``).
 
-    The one Gram-trick kernel behind :func:`sqdist` and the row blocks of
-    :mod:`particlesampling.tiled`. ``xx_rows`` and ``yy`` are the squared row norms. With
-    ``diagonal_at=a`` the rows are rows ``a .. a + b - 1`` of ``y`` itself, and the entries
-    ``(r, a + r)`` are set to exactly 0. Leading axes of ``x_rows`` and ``y`` (a stack of
-    independent systems) are batch axes. For torch (no autograd) and NumPy the product is
-    accumulated in place into the ``|x_i|^2 + |y_j|^2`` matrix: one GEMM and three ``b x m``
-    passes; other namespaces get the out-of-place form (same values to rounding).
+    :func:`gram_trick_block` (the formula's one home) behind :func:`sqdist` and the row blocks of
+    :mod:`particlesampling.tiled` and :mod:`particlesampling.distributed`. ``xx_rows`` and ``yy`` are
+    the squared row norms. With ``diagonal_at=a`` the rows are rows ``a .. a + b - 1`` of ``y``
+    itself, and the entries ``(r, a + r)`` are set to exactly 0. Leading axes of ``x_rows`` and ``y``
+    (a stack of independent systems) are batch axes.
     """
-    b = x_rows.shape[-2]
+    d2 = gram_trick_block(x_rows, xx_rows, y, yy, xp=xp)
+    if diagonal_at is not None:
+        d2 = _zero_diagonal(xp, d2, diagonal_at)
+    return d2
+
+
+def gram_trick_block(x_rows, xx_rows, y, yy, *, out=None, xp=None):
+    """The squared distances of a block of rows by the Gram trick, clamped at 0: the one home of
+    ``D2[i, j] = (|x_i|^2 + |y_j|^2) + (-2 x_i . y_j)``, ``max(., 0)``.
+
+    ``x_rows`` ``(..., b, d)`` and ``y`` ``(..., m, d)`` (leading axes: a stack of systems) with their
+    squared row norms ``xx_rows`` ``(..., b)`` and ``yy`` ``(..., m)``; returns ``(..., b, m)``. One
+    function per library, all with the same rounding (the exact ``-2 G`` added to the rounded sum of
+    the norms; the tiled median's passes and the untiled matrix count the same floats):
+
+    * torch outside autograd (2-D or 3-D): the norms' sum, then one ``addmm_`` / ``baddbmm_``
+      accumulating ``-2 G`` into it, then ``clamp_``: one GEMM and two ``b x m`` passes, in place;
+    * NumPy: ``G`` by ``matmul``, scaled by ``-2`` in place (exact), the norms added, ``maximum``;
+    * any other namespace (JAX, ``array_api_strict``, torch under autograd): the functional form.
+
+    ``out`` (NumPy or torch outside autograd only): a ``(..., b, m)`` array (a view into a larger
+    matrix or a packed buffer, say) to write into; it is returned.
+    """
     if _in_place_torch(x_rows) and not y.requires_grad and x_rows.ndim == y.ndim and x_rows.ndim in (2, 3):
-        d2 = xx_rows[..., :, None] + yy[..., None, :]
-        if x_rows.ndim == 2:
-            d2.addmm_(x_rows, y.T, alpha=-2.0)
-        else:
-            d2.baddbmm_(x_rows, y.transpose(-1, -2), alpha=-2.0)
-        d2.clamp_(min=0.0)
-        if diagonal_at is not None:
-            d2[..., :, diagonal_at:diagonal_at + b].diagonal(dim1=-2, dim2=-1).fill_(0.0)
-        return d2
+        return _gram_trick_torch(x_rows, xx_rows, y, yy, out)
     if array_api_compat.is_numpy_array(x_rows) and array_api_compat.is_numpy_array(y):
+        return _gram_trick_numpy(x_rows, xx_rows, y, yy, out)
+    if out is not None:
+        raise TypeError("gram_trick_block writes into out= for NumPy and torch outside autograd only; "
+                        f"received {type(x_rows).__module__}.{type(x_rows).__name__}")
+    xp = xp or namespace(x_rows, y)
+    d2 = xx_rows[..., :, None] + yy[..., None, :] - 2.0 * (x_rows @ xp.matrix_transpose(y))
+    return xp.clip(d2, min=0.0)
+
+
+def _gram_trick_torch(x_rows, xx_rows, y, yy, out):
+    """:func:`gram_trick_block` for torch outside autograd."""
+    import torch
+
+    if out is None:
+        out = xx_rows[..., :, None] + yy[..., None, :]
+    else:
+        torch.add(xx_rows[..., :, None], yy[..., None, :], out=out)
+    if x_rows.ndim == 2:
+        out.addmm_(x_rows, y.T, alpha=-2.0)
+    else:
+        out.baddbmm_(x_rows, y.transpose(-1, -2), alpha=-2.0)
+    return out.clamp_(min=0.0)
+
+
+def _gram_trick_numpy(x_rows, xx_rows, y, yy, out):
+    """:func:`gram_trick_block` for NumPy."""
+    import numpy as np
+
+    out = np.matmul(x_rows, np.swapaxes(y, -1, -2), out=out)
+    out *= -2.0  # exact
+    out += xx_rows[..., :, None] + yy[..., None, :]
+    return np.maximum(out, 0.0, out=out)
+
+
+def _zero_diagonal(xp, d2, at: int):
+    """``d2`` (``(..., b, m)``) with the entries ``(r, at + r)`` set to exactly 0: in place for NumPy
+    and torch outside autograd (returned), by a ``where`` otherwise."""
+    b = d2.shape[-2]
+    if _in_place_torch(d2):
+        d2[..., :, at:at + b].diagonal(dim1=-2, dim2=-1).fill_(0.0)
+        return d2
+    if array_api_compat.is_numpy_array(d2):
         import numpy as np
 
-        d2 = x_rows @ np.swapaxes(y, -1, -2)
-        d2 *= -2.0  # exact; then (|x_i|^2 + |y_j|^2) + (-2 G): the same rounding as the generic path
-        d2 += xx_rows[..., :, None] + yy[..., None, :]
-        np.maximum(d2, 0.0, out=d2)
-        if diagonal_at is not None:
-            rows = np.arange(b)
-            d2[..., rows, rows + diagonal_at] = 0.0
+        r = np.arange(b)
+        d2[..., r, r + at] = 0.0
         return d2
-    d2 = xx_rows[..., :, None] + yy[..., None, :] - 2.0 * (x_rows @ xp.matrix_transpose(y))
-    d2 = xp.clip(d2, min=0.0)
-    if diagonal_at is not None:
-        dev = device_of(x_rows)
-        cols = xp.arange(y.shape[-2], device=dev)
-        on_diag = (cols[None, :] - diagonal_at) == xp.arange(b, device=dev)[:, None]
-        d2 = xp.where(on_diag, xp.zeros_like(d2), d2)
-    return d2
+    xp = xp or namespace(d2)
+    dev = device_of(d2)
+    cols = xp.arange(d2.shape[-1], device=dev)
+    on_diag = (cols[None, :] - at) == xp.arange(b, device=dev)[:, None]
+    return xp.where(on_diag, xp.zeros_like(d2), d2)
 
 
 def is_torch_array(x) -> bool:

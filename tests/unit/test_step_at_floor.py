@@ -65,6 +65,33 @@ def test_packed_rows_have_the_rounding_of_the_symmetric_matrix(lib):
 
 
 @pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_every_caller_of_the_gram_trick_counts_the_same_floats(lib):
+    """symmetric_sqdist, upper_block_rows and the tiled row blocks (sqdist_block) share one block
+    function: the same floats entry for entry, so the tiled passes' exact median is the untiled one."""
+    from particlesampling._backend import sqdist_block
+    from particlesampling.bandwidths import median_ranks
+    from particlesampling.tiled import tiled_order_statistics
+
+    n, block = 70, 16
+    x = (np.random.default_rng(3).standard_normal((n, 30)) * 2.0 + 5.0).astype(np.float32)
+    arg = x if lib == "numpy" else torch.from_numpy(x)
+    xp = ps._backend.namespace(arg)
+    xc = arg - arg.mean(0)
+    xx = (xc * xc).sum(-1)
+    full = np.asarray(symmetric_sqdist(xc, xx, block=block))
+    packed = upper_block_rows(xc, xx, block=block)
+    for a, rows in zip(packed.starts, packed.rows):
+        b = min(n, a + block)
+        tiled = np.asarray(sqdist_block(xp, xc[a:b], xx[a:b], xc[a:], xx[a:], diagonal_at=0))
+        np.testing.assert_array_equal(tiled, np.asarray(rows))
+        np.testing.assert_array_equal(tiled[:, b - a:], full[a:b, b:])
+        np.testing.assert_array_equal(np.triu(tiled[:, :b - a], 1), np.triu(full[a:b, a:b], 1))
+    ks = median_ranks("liu_wang", n)
+    assert tiled_order_statistics(arg, ks, tile=block) == [float(v) for v in
+                                                            selection.symmetric_order_statistics(packed, ks)]
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
 @pytest.mark.parametrize("n, block", [(1, 4), (23, 5), (40, 8), (300, 64)])
 def test_packed_upper_block_rows_hold_the_upper_block_triangle(lib, n, block):
     x = np.random.default_rng(n).standard_normal((n, 3)) * 2.0
