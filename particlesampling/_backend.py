@@ -227,7 +227,7 @@ class UpperBlockRows:
 
     Contiguous rows let torch's elementwise passes over them (the norms and the clamp of ``D2``,
     the kernel's ``exp``) run on all its threads, where a strided view ``M[I, a:]`` of an ``n x n``
-    matrix may run on one (``python benchmarks/profile_step.py --threads 2`` measures the step).
+    matrix may run on one (``python benchmarks/bench_choices.py --threads 2`` compares the layouts).
     ``rows[j]`` is block ``j`` (a view of ``flat``), ``starts[j]`` its first row ``a``. NumPy or
     torch outside autograd; the Stein step packs on the CPU only (the median reads the rows through
     NumPy views).

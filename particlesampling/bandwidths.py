@@ -65,6 +65,9 @@ __all__ = [
     "bandwidth_value",
     "rule_bandwidth",
     "ArrayBandwidth",
+    "READS",
+    "rule_reads",
+    "check_reads",
 ]
 
 DEFAULT_BANDWIDTH = "liu_wang"
@@ -74,17 +77,75 @@ MEDIAN_CONVENTIONS = ("liu_wang", "an2020", "blackjax", "numpyro", "pyro")
 _NAMES = {**{c: c for c in MEDIAN_CONVENTIONS}, "pymc": "liu_wang"}
 
 
+#: what a rule reads of the squared distances ``D2`` (:attr:`BandwidthRule.reads`), from least to most
+READS = ("nothing", "order_statistics", "upper_triangle", "matrix")
+
+
 class BandwidthRule:
-    """Base class: ``rule(particles, sq, scores=None) -> h``."""
+    """Base class: ``rule(particles, sq, scores=None) -> h``.
+
+    Besides ``needs_scores`` and ``batchable``, a rule declares in :attr:`reads` what it reads of
+    ``sq``, which decides where it can be evaluated:
+
+    * ``"nothing"``: it ignores ``sq`` (the blocked paths pass ``None``) and works in ``O(n d)``
+      memory (a fixed bandwidth). Evaluated everywhere.
+    * ``"order_statistics"``: it is a function of order statistics of the ``n^2`` entries of ``D2``
+      and implements :meth:`order_statistic_ranks` and :meth:`from_order_statistics` (the scalar
+      median rules). Evaluated everywhere: the tiled and sharded paths select those entries exactly
+      in blocks, without the matrix.
+    * ``"upper_triangle"``: it reads ``sq`` only through its upper block triangle
+      (:func:`particlesampling.selection.symmetric_order_statistics` does), so on the CPU the Stein
+      step passes it that triangle packed (:class:`particlesampling._backend.UpperBlockRows`, which
+      has no indexing), elsewhere the matrix. Untiled only (Pyro's per-dimension median, which
+      builds its own ``n x n`` differences).
+    * ``"matrix"`` (the default): it needs the ``(n, n)`` matrix as an array. Untiled only.
+
+    The tiled and sharded paths refuse a rule that reads more than order statistics with a
+    ``ValueError`` naming what it reads (:func:`check_reads`), before any work.
+    """
 
     #: whether the rule needs the scores (adaptive rules do)
     needs_scores: bool = False
     #: whether the rule takes a stack ``(B, n, d)`` and returns ``(B,)`` / ``(B, d)`` (module
     #: docstring); rules that do not are applied system by system by :func:`rule_bandwidth`
     batchable: bool = False
+    #: what the rule reads of ``D2``: one of :data:`READS` (class docstring)
+    reads: str = "matrix"
 
     def __call__(self, particles, sq, scores=None):  # pragma: no cover - interface
         raise NotImplementedError
+
+    def order_statistic_ranks(self, n: int) -> list:
+        """0-based ranks, among all ``n^2`` entries of ``D2``, of the order statistics the rule
+        needs (rules that read ``"order_statistics"``; may be empty, e.g. for ``n = 1``)."""
+        raise NotImplementedError(f"{type(self).__name__} declares reads={self.reads!r} but does not implement "
+                                  "order_statistic_ranks(n)")
+
+    def from_order_statistics(self, xp, values, particles):
+        """``h`` on ``particles`` (``(n, d)``) from the entries ``values`` (0-d arrays of the particles'
+        dtype and device) of :meth:`order_statistic_ranks` ``(n)``."""
+        raise NotImplementedError(f"{type(self).__name__} declares reads={self.reads!r} but does not implement "
+                                  "from_order_statistics(xp, values, particles)")
+
+
+def rule_reads(rule) -> str:
+    """``rule.reads``, checked to be one of :data:`READS` (a TypeError otherwise)."""
+    reads = getattr(rule, "reads", "matrix")
+    if reads not in READS:
+        raise TypeError(f"expected {type(rule).__name__}.reads to be one of {READS}, received {reads!r}")
+    return reads
+
+
+def check_reads(rule, allowed, where: str) -> str:
+    """``rule_reads(rule)``, or a ValueError naming ``where`` unless it is one of ``allowed``."""
+    reads = rule_reads(rule)
+    if reads not in allowed:
+        raise ValueError(
+            f"{where} supports the scalar median conventions ('liu_wang', 'an2020', 'blackjax', 'numpyro'), "
+            f"fixed bandwidths (numbers or arrays), Scaled versions of those, and any BandwidthRule whose reads is "
+            f"{' or '.join(repr(a) for a in allowed)}; received {rule!r}, which reads {reads!r}"
+        )
+    return reads
 
 
 def median_ranks(convention: str, n: int) -> list:
@@ -154,6 +215,21 @@ class Median(BandwidthRule):
     convention: str = DEFAULT_BANDWIDTH
     batchable = True
 
+    @property
+    def reads(self):  # type: ignore[override]
+        # Pyro's per-dimension median reads no D2 but builds n x n differences per dimension itself
+        return "upper_triangle" if self.convention == "pyro" else "order_statistics"
+
+    def order_statistic_ranks(self, n: int) -> list:
+        return [] if n == 1 else median_ranks(self.convention, n)
+
+    def from_order_statistics(self, xp, values, particles):
+        n = particles.shape[-2]
+        if n == 1:
+            return xp.ones(batch_shape(particles), dtype=particles.dtype, device=device_of(particles))
+        return median_from_order_statistics(xp, self.convention, values, n,
+                                            mean_offdiagonal_sqdist(xp, particles), particles)
+
     def __post_init__(self):
         key = str(self.convention).lower().replace("-", "_")
         if key not in _NAMES:
@@ -172,11 +248,10 @@ class Median(BandwidthRule):
             return xp.ones(shape, dtype=particles.dtype, device=device_of(particles))
         if self.convention == "pyro":
             return self._pyro(xp, particles)
-        ranks = median_ranks(self.convention, n)
+        ranks = self.order_statistic_ranks(n)
         values = (symmetric_order_statistics(sq, ranks, xp=xp) if not lead
                   else order_statistics(sq, ranks, xp=xp, batch_dims=len(lead)))
-        return median_from_order_statistics(xp, self.convention, values, n,
-                                            mean_offdiagonal_sqdist(xp, particles), particles)
+        return self.from_order_statistics(xp, values, particles)
 
     @staticmethod
     def _pyro(xp, x):
@@ -207,6 +282,7 @@ class Fixed(BandwidthRule):
 
     h: Any = 1.0
     batchable = True
+    reads = "nothing"
 
     def __post_init__(self):
         vals = list(self.h) if isinstance(self.h, (list, tuple)) else [self.h]
@@ -248,8 +324,20 @@ class Scaled(BandwidthRule):
     def batchable(self):  # type: ignore[override]
         return self.rule.batchable
 
+    @property
+    def reads(self):  # type: ignore[override]
+        return rule_reads(self.rule)
+
+    def order_statistic_ranks(self, n: int) -> list:
+        return self.rule.order_statistic_ranks(n)
+
+    def from_order_statistics(self, xp, values, particles):
+        return self._scale(self.rule.from_order_statistics(xp, values, particles))
+
     def __call__(self, particles, sq, scores=None):
-        h = self.rule(particles, sq, scores)
+        return self._scale(self.rule(particles, sq, scores))
+
+    def _scale(self, h):
         xp = namespace(h)
         return xp.asarray(self.factor * h, dtype=h.dtype, device=device_of(h))
 
@@ -355,6 +443,7 @@ class ArrayBandwidth(BandwidthRule):
 
     h: Any = None
     batchable = True
+    reads = "nothing"
 
     def __call__(self, particles, sq, scores=None):
         xp = namespace(particles)

@@ -114,9 +114,9 @@ def radial_repulsion(xp, slope, xc_rows, xc, h):
     return (slope @ xc - xp.sum(slope, axis=-1)[..., None] * xc_rows) * (2.0 / h)
 
 
-#: the columns of :func:`rbf_product_columns` are padded with zeros to a multiple of this
-#: (measured with MKL, 1000 x 1000 by 1000 x w in float32: w = 201 takes 10 % longer than w = 208,
-#: w = 5 twice as long as w = 16)
+#: the columns of :func:`rbf_product_columns` are padded with zeros to a multiple of this (an
+#: ``n x n`` by ``n x w`` product can be slower at an odd width than at the padded one:
+#: ``python benchmarks/bench_choices.py`` measures it)
 PRODUCT_COLUMN_MULTIPLE = 16
 
 

@@ -49,8 +49,8 @@ def select_ranks(values, ranks) -> dict:
     """``{k: k-th smallest of values}`` (0-based) for each ``k`` of ``ranks``, for a 1-D NumPy array.
 
     One single-rank ``numpy.partition`` per distinct rank, each on the part right of the previous
-    rank: ``numpy.partition`` with several ranks at once was 10x slower (measured on 38,000 float32
-    values with two adjacent ranks: 0.48 ms against 0.05 ms).
+    rank, rather than one ``numpy.partition`` with several ranks at once, which was the slower of
+    the two where it was chosen (``python benchmarks/bench_choices.py`` compares them).
     """
     out, rest, offset = {}, values, 0
     for k in sorted(set(int(r) for r in ranks)):
@@ -85,8 +85,8 @@ def expected_bracket_values(m: int, total: int, ks) -> float:
 
 
 def _count_true(mask) -> int:
-    """Number of True entries of a NumPy or torch boolean array (``count_nonzero``: several times
-    faster than a sum of booleans in both libraries)."""
+    """Number of True entries of a NumPy or torch boolean array (``count_nonzero``, not a sum of
+    booleans: ``python benchmarks/bench_choices.py`` compares them)."""
     if is_numpy_array(mask):
         return int(np.count_nonzero(mask))
     import torch
@@ -203,8 +203,8 @@ def order_statistics(v, ks, *, xp=None, batch_dims: int = 0):
         return [xp.asarray(t) for t in _numpy_select(v, ks)]
     if is_torch_array(v):
         if v.device.type == "cpu" and not v.requires_grad:
-            # On the CPU the NumPy selection on a zero-copy view is 2-5x faster than torch.kthvalue
-            # (measured, n^2 = 10^6) and serves every k at once; the results stay 0-d tensors.
+            # On the CPU the NumPy selection on a zero-copy view (faster than torch.kthvalue:
+            # benchmarks/bench_choices.py) serves every k at once; the results stay 0-d tensors.
             import torch
 
             return [torch.as_tensor(t) for t in _numpy_select(v.numpy(), ks)]

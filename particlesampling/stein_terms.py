@@ -28,7 +28,7 @@ from ._backend import (
     sqdist,
     upper_block_rows,
 )
-from .bandwidths import ArrayBandwidth, Fixed, Median, Scaled, get_bandwidth, rule_bandwidth
+from .bandwidths import get_bandwidth, rule_bandwidth, rule_reads
 from .kernels import (
     RBF,
     Kernel,
@@ -96,24 +96,16 @@ def _total(xp, a):
     return xp.sum(a) if not lead else xp.sum(xp.reshape(a, lead + (-1,)), axis=-1)
 
 
-def _reads_upper_only(rule) -> bool:
-    """Whether ``rule`` reads no more of ``D2`` than its upper block triangle: the median
-    conventions (on the CPU; :func:`particlesampling.selection.symmetric_order_statistics`) and the
-    fixed bandwidths, and ``Scaled`` versions of those."""
-    while isinstance(rule, Scaled):
-        rule = rule.rule
-    return isinstance(rule, (Median, Fixed, ArrayBandwidth))
-
-
 def _own_sqdist(xp, particles, scores, xc, rule, *, upper_only: bool):
     """``D2`` of one system computed for this step (``xc``: the centred particles). For NumPy and
     torch on the CPU without autograd (neither the particles nor the scores require gradients),
     when everything downstream reads the upper block triangle
-    only (``upper_only``: the RBF product; and a rule of :func:`_reads_upper_only`), the blocks below
+    only (``upper_only``: the RBF product; and a rule that does not declare ``reads = "matrix"``,
+    :class:`~particlesampling.bandwidths.BandwidthRule`), the blocks below
     it are not even made: the upper block triangle is computed packed, each block of rows contiguous
     (:func:`particlesampling._backend.upper_block_rows`), half the GEMM work and half the memory."""
     if (upper_only and host_view_capable(particles) and in_place_capable(scores) and particles.ndim == 2
-            and _reads_upper_only(rule)):
+            and rule_reads(rule) != "matrix"):
         return upper_block_rows(xc, xp.sum(xc * xc, axis=-1))
     return sqdist(particles, xp=xp)
 

@@ -23,10 +23,12 @@ namespaces each block is copied to NumPy for the counting only. Each block's ``D
 Stein-kernel rows come from the same functions as the untiled path (:func:`particlesampling._backend.sqdist_block`,
 :func:`particlesampling.kernels.rbf_terms_from_product`, :func:`particlesampling.stein_kernel.stein_kernel_block`).
 
-Bandwidths supported: every scalar median convention of :class:`~particlesampling.bandwidths.Median`
-(``"liu_wang"``, ``"an2020"``, ``"blackjax"``, ``"numpyro"``), fixed bandwidths (scalar or per
-dimension) and :class:`~particlesampling.bandwidths.Scaled` versions of those. Not supported (a
-``ValueError`` says so): Pyro's per-dimension median (d separate selections over n^2 values),
+Bandwidths supported: the rules that declare they read ``"nothing"`` or ``"order_statistics"``
+of ``D2`` (:attr:`~particlesampling.bandwidths.BandwidthRule.reads`): every scalar median convention
+of :class:`~particlesampling.bandwidths.Median` (``"liu_wang"``, ``"an2020"``, ``"blackjax"``,
+``"numpyro"``), fixed bandwidths (scalar or per dimension), :class:`~particlesampling.bandwidths.Scaled`
+versions of those, and a user's rule declaring either. Not supported (a ``ValueError`` says so):
+Pyro's per-dimension median (d separate selections over n^2 values),
 :class:`~particlesampling.bandwidths.MaxKSD` and plain callables, which need the full ``D2``.
 Kernels: radial kernels (``RBF``, ``IMQ``).
 """
@@ -48,16 +50,7 @@ from ._backend import (
     sqdist_block,
     to_numpy,
 )
-from .bandwidths import (
-    ArrayBandwidth,
-    Fixed,
-    Median,
-    Scaled,
-    get_bandwidth,
-    mean_offdiagonal_sqdist,
-    median_from_order_statistics,
-    median_ranks,
-)
+from .bandwidths import check_reads, get_bandwidth
 from .kernels import (
     RBF,
     get_kernel,
@@ -85,6 +78,7 @@ __all__ = [
     "tiled_ksd_squared",
     "rule_value",
     "check_blocked_rule",
+    "BLOCKED_READS",
     "block_stein_terms",
     "scaled_for_distances",
     "centre",
@@ -244,16 +238,15 @@ def _rule_value(xp, rule, x, tile):
     return rule_value(xp, rule, x, order_statistics, where="tiled evaluation")
 
 
-def check_blocked_rule(rule, where: str):
-    """ValueError naming ``where`` unless :func:`rule_value` supports ``rule`` (module docstring)."""
-    while isinstance(rule, Scaled):
-        rule = rule.rule
-    if isinstance(rule, (Fixed, ArrayBandwidth)) or (isinstance(rule, Median) and rule.convention != "pyro"):
-        return
-    raise ValueError(
-        f"{where} supports the scalar median conventions ('liu_wang', 'an2020', 'blackjax', "
-        f"'numpyro'), fixed bandwidths (numbers or arrays) and Scaled versions of those; received {rule!r}"
-    )
+#: what a rule may read of ``D2`` to be evaluated in blocks (:attr:`~particlesampling.bandwidths.BandwidthRule.reads`)
+BLOCKED_READS = ("nothing", "order_statistics")
+
+
+def check_blocked_rule(rule, where: str) -> str:
+    """ValueError naming ``where`` unless ``rule`` can be evaluated without the ``n x n`` matrix: it
+    declares ``reads`` ``"nothing"`` or ``"order_statistics"``
+    (:class:`~particlesampling.bandwidths.BandwidthRule`). Returns what it reads."""
+    return check_reads(rule, BLOCKED_READS, where)
 
 
 def rule_value(xp, rule, x, order_statistics, *, where: str):
@@ -262,22 +255,17 @@ def rule_value(xp, rule, x, order_statistics, *, where: str):
 
     ``order_statistics(ks) -> list of floats``: the entries of rank ``ks`` (0-based) among all
     ``n^2`` entries of ``D2`` (diagonal zeros included), from wherever they are (row blocks here,
-    the rows of several processes in :mod:`particlesampling.distributed`); called only for a
-    median rule with ``n >= 2``. Rules: the scalar median conventions, fixed bandwidths and
-    ``Scaled`` versions of those; any other rule raises a ValueError that names ``where``.
+    the rows of several processes in :mod:`particlesampling.distributed`); called only when the rule
+    asks for some (:meth:`~particlesampling.bandwidths.BandwidthRule.order_statistic_ranks`). Rules
+    must declare ``reads`` ``"nothing"`` (called with ``sq=None``) or ``"order_statistics"``; any
+    other raises a ValueError that names ``where`` (:func:`check_blocked_rule`).
     """
-    check_blocked_rule(rule, where)
-    if isinstance(rule, (Fixed, ArrayBandwidth)):  # no distances needed
+    if check_blocked_rule(rule, where) == "nothing":  # no distances needed
         return rule(x, None)
-    if isinstance(rule, Scaled):
-        return rule.factor * rule_value(xp, rule.rule, x, order_statistics, where=where)
-    n = x.shape[0]
+    ks = [int(k) for k in rule.order_statistic_ranks(x.shape[0])]
     dev = device_of(x)
-    if n == 1:
-        return xp.ones((), dtype=x.dtype, device=dev)
-    ks = median_ranks(rule.convention, n)
-    values = [xp.asarray(t, dtype=x.dtype, device=dev) for t in order_statistics(ks)]
-    return median_from_order_statistics(xp, rule.convention, values, n, mean_offdiagonal_sqdist(xp, x), x)
+    values = [xp.asarray(t, dtype=x.dtype, device=dev) for t in order_statistics(ks)] if ks else []
+    return rule.from_order_statistics(xp, values, x)
 
 
 # --------------------------------------------------------------------------------------------------

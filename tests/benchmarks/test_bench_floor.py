@@ -69,3 +69,15 @@ def test_floor_rows_on_the_gpu(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(out.read_text())["cuda"]["rows"]
     assert rows and all(r["default_ms"] > 0 and r["threads"] == "GPU" for r in rows)
+
+
+def test_bench_choices_compares_every_choice_it_lists(capsys):
+    import bench_choices
+
+    assert bench_choices.main(["--reps", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "ms |" in line]
+    assert len(rows) == 7
+    for line in rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        chosen, other = (float(c.split(": ")[1].split()[0]) for c in cells[1:3])
+        assert chosen > 0 and other > 0 and abs(float(cells[3]) - other / chosen) < 0.01 * other / chosen + 0.01

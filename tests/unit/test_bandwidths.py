@@ -499,3 +499,84 @@ def test_order_statistics_bracketing_path_matches_sort(dtype):
     for g, w in zip(got, want):
         assert g.dtype == dtype and g == w
     assert selection.midpoint_median(v) == np.median(v).astype(dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# what a rule reads of D2 (BandwidthRule.reads): packed on the CPU, blocked, or refused
+# --------------------------------------------------------------------------------------------------
+
+
+class _QuantileRule(BandwidthRule):
+    """A user's rule: h = the 30 % quantile of all n^2 entries of D2 (lower), from order statistics."""
+
+    reads = "order_statistics"
+
+    def order_statistic_ranks(self, n):
+        return [int(0.3 * (n * n - 1))]
+
+    def from_order_statistics(self, xp, values, particles):
+        return values[0]
+
+    def __call__(self, particles, sq, scores=None):
+        n = particles.shape[-2]
+        return selection.symmetric_order_statistics(sq, self.order_statistic_ranks(n))[0]
+
+
+class _SeesSq(BandwidthRule):
+    """Records the type of the sq it received; h = 1."""
+
+    def __init__(self, reads):
+        self.reads, self.seen = reads, []
+
+    def __call__(self, particles, sq, scores=None):
+        self.seen.append(type(sq).__name__)
+        return _backend.namespace(particles).ones((), dtype=particles.dtype)
+
+
+def test_declared_reads_of_the_built_in_rules():
+    assert Median().reads == "order_statistics" and Median("pyro").reads == "upper_triangle"
+    assert Fixed(1.0).reads == "nothing" and get_bandwidth(np.ones(())).reads == "nothing"
+    assert Scaled("an2020", 2.0).reads == "order_statistics" and Scaled(2.0, 2.0).reads == "nothing"
+    assert MaxKSD().reads == "matrix" and get_bandwidth(lambda x, sq, s: 1.0).reads == "matrix"
+
+
+def test_a_users_order_statistics_rule_is_served_tiled_and_untiled():
+    from particlesampling.tiled import tiled_stein_direction_with_info
+
+    x = np.random.default_rng(0).standard_normal((40, 3))
+    s = -x
+    d2 = ((x[:, None] - x[None]) ** 2).sum(-1)
+    expected = np.sort(d2.ravel())[int(0.3 * (40 * 40 - 1))]
+    for rule in (_QuantileRule(), Scaled(_QuantileRule(), 3.0)):
+        factor = 3.0 if isinstance(rule, Scaled) else 1.0
+        untiled = float(stein_direction_with_info(x, s, bandwidth=rule)[1].bandwidth)
+        tiled = float(tiled_stein_direction_with_info(x, s, bandwidth=rule, tile=7)[1].bandwidth)
+        np.testing.assert_allclose([untiled, tiled], factor * expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("reads, packed", [("matrix", False), ("upper_triangle", True), ("nothing", True)])
+def test_the_step_packs_d2_only_for_rules_that_declare_they_read_less_than_the_matrix(reads, packed):
+    x = np.random.default_rng(1).standard_normal((30, 2))
+    rule = _SeesSq(reads)
+    stein_direction(x, -x, bandwidth=rule)
+    assert rule.seen == ["UpperBlockRows" if packed else "ndarray"]
+
+
+def test_rules_that_read_more_than_order_statistics_are_refused_by_the_blocked_paths():
+    from particlesampling.tiled import tiled_stein_direction
+
+    x = np.random.default_rng(2).standard_normal((10, 2))
+    for rule in (_SeesSq("matrix"), _SeesSq("upper_triangle")):
+        with pytest.raises(ValueError, match=f"which reads '{rule.reads}'"):
+            tiled_stein_direction(x, -x, bandwidth=rule, tile=3)
+        assert rule.seen == []
+    with pytest.raises(TypeError, match="reads to be one of"):
+        stein_direction(x, -x, bandwidth=_SeesSq("all of it"))
+
+
+def test_a_rule_declaring_order_statistics_without_the_methods_says_so():
+    from particlesampling.tiled import tiled_stein_direction
+
+    x = np.random.default_rng(3).standard_normal((10, 2))
+    with pytest.raises(NotImplementedError, match="order_statistic_ranks"):
+        tiled_stein_direction(x, -x, bandwidth=_SeesSq("order_statistics"), tile=3)
