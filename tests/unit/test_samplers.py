@@ -340,7 +340,7 @@ def test_single_particle_svgd_is_gradient_ascent():
 
 
 def test_get_sampler_by_name():
-    assert set(SAMPLERS) == {"svgd", "spos", "sgld"}
+    assert {"svgd", "spos", "sgld", "annealed_svgd"} <= set(SAMPLERS)
     for name, cls in (("svgd", SVGD), ("SPOS", SPOS), ("Sgld", SGLD)):
         sm = get_sampler(name, _gauss_score, 0.1)
         assert isinstance(sm, ParticleSampler) and type(sm) is cls
