@@ -30,7 +30,7 @@ LAYERS = {
     "tiled": 5, "random_batch": 5, "circuits": 5, "function_space": 5,
     "stein": 6,
     "samplers": 7,
-    "runner": 8, "checkpoint": 8, "distributed": 8,
+    "runner": 8, "checkpoint": 8, "distributed": 8, "ensemble": 8,
     "plotting": 9,
     "cli": 10, "__main__": 11,
     "": 12,  # the package itself: the flat public API

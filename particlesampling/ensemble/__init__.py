@@ -1,0 +1,41 @@
+"""Any PyTorch model as particles: ensembles of ``nn.Module`` weights sampled with SVGD, SPOS, SGLD.
+
+torch-only; import it explicitly (``import particlesampling`` does not import torch)::
+
+    import torch
+    from particlesampling.ensemble import ParticleEnsemble, SVGD
+
+    net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+    ens = ParticleEnsemble(net, 10, n_data=len(X), likelihood="gaussian-learnt")
+    update = SVGD(ens)
+    opt = torch.optim.Adam(ens.parameters(), lr=1e-3)
+    for xb, yb in batches:
+        opt.zero_grad()
+        update.fill_grad(xb, yb)      # every particle's score in one backward, the core's Stein direction
+        opt.step()
+    mean = ens.predict(X_test).mean(0)
+
+:class:`ParticleEnsemble` stacks ``n`` initialisations (:mod:`._stack`), evaluates them in one
+batched forward and scores them in one backward; the likelihoods and priors are in :mod:`.models`;
+the updates (deep ensemble, SVGD, SPOS, SGLD) in :mod:`.updates`; predictive entropy and mutual information in :mod:`.predictive`.
+"""
+
+from ._stack import ParameterLayout, StackingError
+from .ensemble import ParticleEnsemble, Scores
+from .models import (
+    CategoricalLikelihood,
+    GaussianLikelihood,
+    GaussianPrior,
+    HierarchicalGaussianPrior,
+    Likelihood,
+    Prior,
+    get_likelihood,
+)
+from .predictive import expected_entropy, gaussian_predictive, mutual_information, predictive_entropy, predictive_mean
+from .updates import SGLD, SPOS, SVGD, CoreStepper, DeepEnsemble, EnsembleUpdate, UpdateInfo, get_update
+
+__all__ = ["ParticleEnsemble", "Scores", "StackingError", "ParameterLayout", "Likelihood", "GaussianLikelihood",
+           "CategoricalLikelihood", "get_likelihood", "Prior", "GaussianPrior", "HierarchicalGaussianPrior",
+           "EnsembleUpdate", "DeepEnsemble", "SVGD", "SPOS", "SGLD", "CoreStepper", "UpdateInfo", "get_update",
+           "predictive_mean", "predictive_entropy", "expected_entropy", "mutual_information",
+           "gaussian_predictive"]
