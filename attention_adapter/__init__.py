@@ -19,7 +19,7 @@ or, for heads that sample a stated posterior (core names: ``step_size``, ``repul
 
     heads = RepulsiveHeads(model, "spos", step_size=1.0, repulsion=1.0, beta=1.0,
                            posterior=Posterior(dataset_size=len(train_set), prior=1.0),
-                           heads=HeadSelection(particles="joint", layers=[-2, -1]))
+                           selection=HeadSelection(particles="joint", layers=[-2, -1]))
 
 The update rule of one group is the pure function :func:`head_update` (:mod:`attention_adapter.update`).
 With ``transformers.Trainer``: :class:`RepulsiveHeadsCallback` (:mod:`attention_adapter.hf_trainer`).

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .capture import HeadCapture
-from .particles import HeadParticles
+from .particles import HeadParticles, head_particles_of
 
 __all__ = [
     "pairwise_cosine",
@@ -183,14 +183,11 @@ def head_diversity(model: Any, forward: Optional[Callable[[], Any]] = None, *,
     -------
     dict module name -> LayerDiversity
     """
-    if isinstance(model, HeadParticles):
-        heads = model
-    elif hasattr(model, "heads") and isinstance(model.heads, HeadParticles):
-        heads = model.heads
-    elif isinstance(model, nn.Module):
+    heads = head_particles_of(model)
+    if heads is None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"expected an nn.Module, HeadParticles or RepulsiveHeads, received {type(model).__name__}")
         heads = HeadParticles(model, skip_frozen=False, **particle_options)
-    else:
-        raise TypeError(f"expected an nn.Module, HeadParticles or RepulsiveHeads, received {type(model).__name__}")
     cap = HeadCapture(heads.sites).run(forward) if forward is not None else None
     result: Dict[str, LayerDiversity] = {}
     for site in heads.sites:

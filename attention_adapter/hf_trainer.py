@@ -136,11 +136,11 @@ class RepulsiveHeadsCallback(TrainerCallback):
             )
         if model is not None:
             owned = {id(p) for p in model.parameters()}
-            foreign = [p for p in self.heads.heads.parameters() if id(p) not in owned]
+            foreign = [p for p in self.heads.head_particles.parameters() if id(p) not in owned]
             if foreign:
                 raise ValueError(
                     f"expected the heads of the Trainer's model, received a RepulsiveHeads built on another "
-                    f"model ({len(foreign)} of its {len(self.heads.heads.parameters())} head parameters are not "
+                    f"model ({len(foreign)} of its {len(self.heads.head_particles.parameters())} head parameters are not "
                     f"parameters of {type(model).__name__})"
                 )
         if self.heads.method == "spos" and self.heads.settings.lr is None and optimizer is not None:

@@ -353,3 +353,13 @@ class HeadParticles:
         for name, why in self.skipped.items():
             lines.append(f"  skipped {name}: {why}")
         return "\n".join(lines)
+
+
+def head_particles_of(obj: Any) -> Optional[HeadParticles]:
+    """The :class:`HeadParticles` of ``obj``: itself, or its ``head_particles`` attribute
+    (:class:`~attention_adapter.RepulsiveHeads`, :class:`~attention_adapter.HeadRepulsionPenalty`,
+    :class:`~attention_adapter.HeadRecorder`); ``None`` for anything else."""
+    if isinstance(obj, HeadParticles):
+        return obj
+    found = getattr(obj, "head_particles", None)
+    return found if isinstance(found, HeadParticles) else None

@@ -30,7 +30,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .particles import HeadSelection
+from ._compat import renamed_kwarg, warn_renamed
+from .particles import HeadParticles, HeadSelection
 from .update import kernel_matrix, resolve_kernel
 
 __all__ = ["HeadRepulsionPenalty", "head_kernel_similarity"]
@@ -62,28 +63,41 @@ class HeadRepulsionPenalty(nn.Module):
     kernel, bandwidth :
         Core kernel and bandwidth specs (defaults RBF and the core's default median rule), resolved
         as by :class:`attention_adapter.RepulsiveHeads`.
-    heads : HeadSelection, optional
+    selection : HeadSelection, optional
         Which modules and tensors are particles (default: Q, K, V of every module, separately).
+        ``heads=`` is its deprecated alias.
+
+    Attributes
+    ----------
+    head_particles : HeadParticles
+        The particle groups (``heads`` is its deprecated alias).
     """
 
     def __init__(self, model: nn.Module, *, weight: float = 1.0, kernel=None, bandwidth=None,
-                 heads: Optional[HeadSelection] = None):
+                 selection: Optional[HeadSelection] = None, heads: Optional[HeadSelection] = None):
         super().__init__()
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
             raise ValueError(f"expected weight as a finite number >= 0, received {weight!r}")
-        if heads is None:
-            heads = HeadSelection()
-        if not isinstance(heads, HeadSelection):
-            raise TypeError(f"expected heads as a HeadSelection, received {type(heads).__name__}")
+        selection = renamed_kwarg("HeadRepulsionPenalty", "heads", "selection", heads, selection)
+        if selection is None:
+            selection = HeadSelection()
+        if not isinstance(selection, HeadSelection):
+            raise TypeError(f"expected selection as a HeadSelection, received {type(selection).__name__}")
         self.weight = float(weight)
         self.kernel, self.bandwidth = resolve_kernel(kernel, bandwidth)
         # not registered as sub-modules: the penalty owns no parameters of its own
-        object.__setattr__(self, "heads", heads.build(model))
+        object.__setattr__(self, "head_particles", selection.build(model))
+
+    @property
+    def heads(self) -> HeadParticles:
+        """Deprecated alias of :attr:`head_particles`."""
+        warn_renamed("HeadRepulsionPenalty.heads", "HeadRepulsionPenalty.head_particles")
+        return self.head_particles
 
     def per_group(self) -> dict:
         """``{group name: mean off-diagonal kernel value}`` (differentiable 0-d tensors)."""
         return {g.name: head_kernel_similarity(g.gather("param"), self.kernel, self.bandwidth)
-                for g in self.heads.groups}
+                for g in self.head_particles.groups}
 
     def forward(self) -> torch.Tensor:
         terms = list(self.per_group().values())

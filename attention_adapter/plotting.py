@@ -25,8 +25,8 @@ from torch import nn
 from .capture import HeadCapture
 from .discovery import find_attention
 from .diversity import LayerDiversity, head_diversity, mean_offdiagonal
-from .particles import HeadParticles
-from .recorder import HeadRecorder, principal_coordinates
+from .particles import head_particles_of
+from .pca import principal_coordinates
 
 __all__ = ["plot_head_similarity", "plot_head_trajectories", "plot_attention_maps", "plot_diversity_history",
            "SIMILARITY_KINDS", "DIVERSITY_LABELS"]
@@ -83,10 +83,9 @@ def short_names(names: Sequence[str]) -> Dict[str, str]:
 
 
 def _sites_of(source: Any):
-    if isinstance(source, HeadParticles):
-        return source.sites
-    if isinstance(getattr(source, "heads", None), HeadParticles):
-        return source.heads.sites
+    particles = head_particles_of(source)
+    if particles is not None:
+        return particles.sites
     if isinstance(source, nn.Module):
         return find_attention(source)
     raise TypeError(f"expected an nn.Module, HeadParticles or RepulsiveHeads, received {type(source).__name__}")
@@ -102,7 +101,7 @@ def _diversity_rows(source: Any, forward: Optional[Callable[[], Any]], mask: Opt
         return [("", source)]
     if isinstance(source, Mapping) and source and all(_is_diversity(v) for v in source.values()):
         return [(str(k), v) for k, v in source.items()]
-    if isinstance(source, (nn.Module, HeadParticles)) or isinstance(getattr(source, "heads", None), HeadParticles):
+    if isinstance(source, nn.Module) or head_particles_of(source) is not None:
         return [("", head_diversity(source, forward, mask=mask))]
     raise TypeError("expected head_diversity(...)'s dict, a mapping label -> such dicts, or a model "
                     f"(nn.Module, HeadParticles, RepulsiveHeads), received {type(source).__name__}")
@@ -177,10 +176,15 @@ def plot_head_similarity(source: Any, forward: Optional[Callable[[], Any]] = Non
     return fig
 
 
-def _recorders(recorders: Any) -> Dict[str, HeadRecorder]:
-    if isinstance(recorders, HeadRecorder):
+def _is_recorder(obj: Any) -> bool:
+    # what plotting reads of a HeadRecorder (duck-typed: the recorder imports this module to draw itself)
+    return callable(getattr(obj, "snapshots", None)) and isinstance(getattr(obj, "steps", None), list)
+
+
+def _recorders(recorders: Any) -> Dict[str, Any]:
+    if _is_recorder(recorders):
         return {"": recorders}
-    if isinstance(recorders, Mapping) and recorders and all(isinstance(r, HeadRecorder) for r in recorders.values()):
+    if isinstance(recorders, Mapping) and recorders and all(_is_recorder(r) for r in recorders.values()):
         return {str(k): v for k, v in recorders.items()}
     raise TypeError(f"expected a HeadRecorder or a non-empty mapping label -> HeadRecorder, received "
                     f"{type(recorders).__name__}")

@@ -19,57 +19,17 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .particles import HeadParticles
+from ._compat import warn_renamed
+from .particles import HeadParticles, head_particles_of
+from .pca import principal_coordinates
 
 __all__ = ["HeadRecorder", "principal_coordinates"]
 
 
-def principal_coordinates(snapshots: Sequence[torch.Tensor], k: int = 2) -> Tuple[List[torch.Tensor], torch.Tensor]:
-    """Project stacks of head particles on the first ``k`` principal components of all of them.
-
-    One basis is fitted to every row of every stack (centred by their joint mean), so that runs
-    projected together can be compared in the same plane.
-
-    Parameters
-    ----------
-    snapshots : sequence of tensors, each of shape (T_r, M, P)
-        The same ``P`` for all (e.g. :meth:`HeadRecorder.snapshots` of several runs).
-    k : int
-        ``1 <= k <= min(sum_r T_r M, P)``.
-
-    Returns
-    -------
-    coords : list of tensors, each of shape (T_r, M, k), float32
-    explained : (k,) float32 tensor, fraction of the variance explained by each component
-    """
-    if not snapshots or any(not isinstance(s, torch.Tensor) or s.dim() != 3 for s in snapshots):
-        raise ValueError("expected a non-empty sequence of (T, M, P) tensors, received "
-                         f"{[tuple(getattr(s, 'shape', ())) for s in snapshots]}")
-    p = snapshots[0].shape[2]
-    if any(s.shape[2] != p for s in snapshots):
-        raise ValueError(f"expected snapshots with the same P, received shapes {[tuple(s.shape) for s in snapshots]}")
-    rows = sum(s.shape[0] * s.shape[1] for s in snapshots)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= min(rows, p):
-        raise ValueError(f"expected 1 <= k <= {min(rows, p)}, received {k!r}")
-    flat = torch.cat([s.reshape(-1, p) for s in snapshots]).double()
-    flat = flat - flat.mean(0, keepdim=True)
-    _, sv, vh = torch.linalg.svd(flat, full_matrices=False)
-    var = sv**2
-    explained = var[:k] / var.sum().clamp_min(1e-300)
-    projected = flat @ vh[:k].T
-    coords, start = [], 0
-    for s in snapshots:
-        n = s.shape[0] * s.shape[1]
-        coords.append(projected[start:start + n].reshape(s.shape[0], s.shape[1], k).float())
-        start += n
-    return coords, explained.float()
-
-
 def _heads_of(obj: Any) -> HeadParticles:
-    if isinstance(obj, HeadParticles):
-        return obj
-    if hasattr(obj, "heads") and isinstance(obj.heads, HeadParticles):
-        return obj.heads
+    found = head_particles_of(obj)
+    if found is not None:
+        return found
     if isinstance(obj, nn.Module):
         return HeadParticles(obj, skip_frozen=False)
     raise TypeError(f"expected RepulsiveHeads, HeadParticles or an nn.Module, received {type(obj).__name__}")
@@ -83,33 +43,53 @@ class HeadRecorder:
     heads : RepulsiveHeads, HeadParticles or nn.Module
     every : int
         With :meth:`attach`, record after every ``every``-th optimizer step (the first step included).
-    groups : sequence of str, optional
-        Group names to keep (default all).
+    groups : str or sequence of str, optional
+        Group names to keep (default all); at least one.
     max_snapshots : int, optional
         Keep only the most recent snapshots.
+
+    Attributes
+    ----------
+    head_particles : HeadParticles
+        Where the snapshots are read (``heads`` is its deprecated alias).
+    steps : list of int
+        The step label of each kept snapshot.
     """
 
     def __init__(self, heads: Any, *, every: int = 1, groups: Optional[Sequence[str]] = None,
                  max_snapshots: Optional[int] = None):
-        self.heads = _heads_of(heads)
+        self.head_particles = _heads_of(heads)
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"expected every as a positive int, received {every!r}")
         if max_snapshots is not None and (isinstance(max_snapshots, bool) or not isinstance(max_snapshots, int)
                                           or max_snapshots < 1):
             raise ValueError(f"expected max_snapshots as a positive int or None, received {max_snapshots!r}")
-        names = self.heads.names
+        names = self.head_particles.names
         if groups is None:
-            self._groups = list(self.heads.groups)
+            self._groups = list(self.head_particles.groups)
         else:
+            if isinstance(groups, str):
+                groups = [groups]
+            groups = list(groups)
+            if not groups:
+                raise ValueError(f"expected groups as None (all) or a non-empty sequence of names among {names}, "
+                                 "received an empty sequence")
             unknown = [g for g in groups if g not in names]
             if unknown:
                 raise ValueError(f"unknown group(s) {unknown}; expected names among {names}")
-            self._groups = [g for g in self.heads.groups if g.name in set(groups)]
+            self._groups = [g for g in self.head_particles.groups if g.name in set(groups)]
         self.every = every
         self.max_snapshots = max_snapshots
         self.steps: List[int] = []
         self._snaps: Dict[str, List[torch.Tensor]] = {g.name: [] for g in self._groups}
-        self._count = 0
+        self._count = 0  # optimizer steps seen by the attach() hook
+        self._recorded = 0  # snapshots recorded so far (the default step label)
+
+    @property
+    def heads(self) -> HeadParticles:
+        """Deprecated alias of :attr:`head_particles`."""
+        warn_renamed("HeadRecorder.heads", "HeadRecorder.head_particles")
+        return self.head_particles
 
     @property
     def group_names(self) -> List[str]:
@@ -120,8 +100,14 @@ class HeadRecorder:
 
     @torch.no_grad()
     def record(self, step: Optional[int] = None) -> None:
-        """Store the current particles of every kept group (``step`` defaults to a running count)."""
-        self.steps.append(self._count if step is None else int(step))
+        """Store the current particles of every kept group.
+
+        ``step`` labels the snapshot; it defaults to a running count, the number of snapshots this
+        recorder has recorded before (0, 1, 2, ... when called by hand; :meth:`attach` passes the
+        optimizer step instead).
+        """
+        self.steps.append(self._recorded if step is None else int(step))
+        self._recorded += 1
         for g in self._groups:
             self._snaps[g.name].append(g.gather("data").to("cpu", torch.float32, copy=True))
         if self.max_snapshots is not None and len(self.steps) > self.max_snapshots:

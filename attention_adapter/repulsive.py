@@ -23,8 +23,9 @@ from torch import nn
 
 import particlesampling as ps
 
+from ._compat import renamed_kwarg, warn_renamed
 from .noise import StepNoise
-from .particles import HeadSelection, ParticleGroup
+from .particles import HeadParticles, HeadSelection, ParticleGroup
 from .sharding import FullTensors, check_sharding, check_wrappers, grad_version
 from .update import UPDATE_RULES, An2020, Posterior, UpdateSettings, compute_dtype, head_update, head_update_batched
 
@@ -122,13 +123,13 @@ class RepulsiveHeads:
         ``An2020(alpha, epsilon, beta)``: the authors' fairseq formula in the paper's symbols
         (:class:`attention_adapter.An2020`). It fixes ``step_size``, ``repulsion``, ``beta``,
         ``posterior``, ``kernel``, ``bandwidth``, ``lr`` and the particle choice (Q, K, V separate);
-        passing them is an error (``heads=HeadSelection(layers=..., layouts=...)`` is allowed).
+        passing them is an error (``selection=HeadSelection(layers=..., layouts=...)`` is allowed).
 
     Keyword-only
     ------------
-    heads : HeadSelection, optional
+    selection : HeadSelection, optional
         Which modules and tensors are particles (default: Q, K, V of every attention module,
-        separately).
+        separately). ``heads=`` is its deprecated alias.
     posterior : Posterior, optional
         ``N`` and prior of the score ``S = -N G + grad log p(theta)`` (default ``N = 1``, flat).
     beta : float > 0, optional
@@ -151,33 +152,38 @@ class RepulsiveHeads:
     num_threads : int or None
         Intra-op CPU threads used inside :meth:`apply` when the heads are on the CPU (torch's setting
         is restored afterwards). Default 1: the transform is a few dozen small, memory-bound
-        operations per group, for which OpenMP synchronisation costs more than it saves, and
-        several times more on a busy machine. ``None`` keeps torch's setting.
+        operations per group, for which OpenMP synchronisation tends to cost more than it saves
+        (``benchmarks/bench_adapter_overhead.py --adapter-threads N`` measures it on a given
+        machine). ``None`` keeps torch's setting.
 
     Attributes
     ----------
     settings : UpdateSettings
         The validated, immutable settings passed to :func:`attention_adapter.head_update`.
     preset : An2020 or None
-    heads : HeadParticles
-        The particle groups (``heads.report()`` prints what was found).
+    selection : HeadSelection
+        The particle choice it was built with.
+    head_particles : HeadParticles
+        The particle groups ``selection.build(model)`` found (``report()`` prints them; ``heads``
+        is its deprecated alias).
     last_info : ApplyInfo or None
         Info of the most recent :meth:`apply`.
     """
 
     def __init__(self, model: nn.Module, method: str = "svgd", step_size: Optional[float] = None,
                  repulsion: Optional[float] = None, preset: Union[None, str, An2020] = None, *,
-                 heads: Optional[HeadSelection] = None, posterior: Optional[Posterior] = None,
+                 selection: Optional[HeadSelection] = None, posterior: Optional[Posterior] = None,
                  beta: Optional[float] = None, kernel=None, bandwidth=None, seed: int = 0,
                  lr: Optional[float] = None, on_nonfinite: str = "raise", check_finite: bool = True,
-                 num_threads: Optional[int] = 1):
+                 num_threads: Optional[int] = 1, heads: Optional[HeadSelection] = None):
         if method not in UPDATE_RULES:
             raise ValueError(f"expected method in {UPDATE_RULES}, received {method!r}")
         preset = _resolve_preset(preset)
-        if heads is None:
-            heads = HeadSelection()
-        if not isinstance(heads, HeadSelection):
-            raise TypeError(f"expected heads as a HeadSelection, received {type(heads).__name__}")
+        selection = renamed_kwarg("RepulsiveHeads", "heads", "selection", heads, selection)
+        if selection is None:
+            selection = HeadSelection()
+        if not isinstance(selection, HeadSelection):
+            raise TypeError(f"expected selection as a HeadSelection, received {type(selection).__name__}")
         if posterior is not None and not isinstance(posterior, Posterior):
             raise TypeError(f"expected posterior as a Posterior, received {type(posterior).__name__}")
         if on_nonfinite not in _ON_NONFINITE:
@@ -193,11 +199,11 @@ class RepulsiveHeads:
             given = dict(step_size=step_size, repulsion=repulsion, beta=beta, posterior=posterior, kernel=kernel,
                          bandwidth=bandwidth, lr=lr)
             clash = sorted(k for k, v in given.items() if v is not None)
-            clash += sorted(k for k, v in heads.particle_choice().items() if v != preset.particle_choice[k])
+            clash += sorted(k for k, v in selection.particle_choice().items() if v != preset.particle_choice[k])
             if clash:
                 raise ValueError(
                     f"preset {preset!r} fixes {', '.join(clash)}; received them explicitly. Set the paper's "
-                    "alpha, epsilon, beta in An2020(...), and only layers/layouts in heads=HeadSelection(...); "
+                    "alpha, epsilon, beta in An2020(...), and only layers/layouts in selection=HeadSelection(...); "
                     "use preset=None for a custom configuration."
                 )
             self.settings = preset.settings(method)
@@ -213,10 +219,10 @@ class RepulsiveHeads:
         self.on_nonfinite = on_nonfinite
         self.check_finite = check_finite
         self.num_threads = num_threads
-        self.selection = heads
+        self.selection = selection
         check_wrappers(model)  # FSDP1 is refused before discovery
-        self.heads = heads.build(model)
-        check_sharding(model, self.heads.groups)  # FSDP2: supported shard layouts only
+        self.head_particles = selection.build(model)
+        check_sharding(model, self.head_particles.groups)  # FSDP2: supported shard layouts only
         self._step = 0
         self._optimizer_ref = None
         self._param_group_of: Dict[int, int] = {}
@@ -228,10 +234,16 @@ class RepulsiveHeads:
         """``"svgd"`` or ``"spos"``."""
         return self.settings.method
 
+    @property
+    def heads(self) -> HeadParticles:
+        """Deprecated alias of :attr:`head_particles`."""
+        warn_renamed("RepulsiveHeads.heads", "RepulsiveHeads.head_particles")
+        return self.head_particles
+
     # ------------------------------------------------------------------------------------------
     @property
     def groups(self) -> Tuple[ParticleGroup, ...]:
-        return self.heads.groups
+        return self.head_particles.groups
 
     @property
     def step(self) -> int:
@@ -240,7 +252,7 @@ class RepulsiveHeads:
 
     def report(self) -> str:
         """Readable summary of the attention modules and particle groups (see ``HeadParticles.report``)."""
-        return self.heads.report()
+        return self.head_particles.report()
 
     def __repr__(self) -> str:
         st = self.settings
@@ -294,7 +306,7 @@ class RepulsiveHeads:
         RuntimeError
             Called twice on the same gradients.
         """
-        first = self.heads.groups[0].blocks[0].param
+        first = self.head_particles.groups[0].blocks[0].param
         if self.num_threads is None or first.device.type != "cpu":
             with torch.no_grad():
                 return self._apply()
@@ -307,63 +319,92 @@ class RepulsiveHeads:
             torch.set_num_threads(saved)
 
     def _apply(self) -> ApplyInfo:
+        # check, noise, update, then write back: every step that can raise runs before the first
+        # write, so an apply() that raises leaves the gradients, the step counter (hence the SPOS
+        # noise stream) and last_info exactly as they were
         step = self._step
-        present, missing = [], []
         full = FullTensors()  # sharded (FSDP2) parameters: full tensors, all-gathered once per step
-        for g in self.heads.groups:
+        present, missing = self._gradients(full)
+        self._check_not_reapplied()
+        bad = self._nonfinite(present, step)
+        if bad:  # on_nonfinite="skip": the step counts, nothing is written
+            return self._finish(step, ApplyInfo(step, {}, tuple(missing), tuple(g.name for g in bad)))
+        lrs = [self._spos_lr(g) for g, _ in present]
+        xis = self._noise(present, step)
+        new, infos = self._updates(present, xis, lrs, full)
+        for (g, _), rows in zip(present, new):
+            g.scatter_grad(rows, full)
+        full.commit()  # each rank's shard of the new full gradients (no-op without sharded parameters)
+        self._remember_grads(present)
+        return self._finish(step, ApplyInfo(step, infos, tuple(missing), ()))
+
+    def _finish(self, step: int, info: ApplyInfo) -> ApplyInfo:
+        self._step = step + 1
+        self.last_info = info
+        return info
+
+    def _gradients(self, full: FullTensors):
+        """``(present, missing)``: ``(group, (M, P) gradient)`` pairs, and the groups without one."""
+        present, missing = [], []
+        for g in self.head_particles.groups:
             grad = g.gather("grad", full)
             if grad is None:
                 missing.append(g.name)
             else:
                 present.append((g, grad))
-        self._check_not_reapplied()
-        self._step += 1
-        if self.check_finite and present:
-            # min and max propagate NaN and show +-inf: one cheap reduction per group (isfinite().all()
-            # is ~15x slower on CPU), then a single device-to-host sync for all groups
-            dev = present[0][1].device
-            extremes = torch.stack([torch.stack(torch.aminmax(grad)).to(dev) for _, grad in present])
-            flags = torch.isfinite(extremes).all(dim=1)
-            if not bool(flags.all()):
-                bad = [g for (g, _), ok in zip(present, flags.tolist()) if not ok]
-                if self.on_nonfinite == "raise":
-                    names = ", ".join(f"{g.name!r} ({type(g.site.module).__name__} at {g.site.name or '<root>'!r})"
-                                      for g in bad)
-                    raise NonFiniteGradientError(
-                        f"non-finite gradient in attention heads {names} at step {step}; pass on_nonfinite='skip' "
-                        "to leave such steps untouched (e.g. under GradScaler)"
-                    )
-                info = ApplyInfo(step, {}, tuple(missing), tuple(g.name for g in bad))
-                self.last_info = info
-                return info
-        noise = StepNoise(self.seed, step) if self.method == "spos" else None
-        # the noise is drawn group by group in the fixed group order (the documented stream), then
-        # groups of equal shape, dtype, device and learning rate are updated together
-        xis = [None if noise is None else noise.draw(grad, compute_dtype(grad.dtype)) for _, grad in present]
+        return present, missing
+
+    def _nonfinite(self, present, step: int) -> List[ParticleGroup]:
+        """Groups with a NaN/inf gradient (``on_nonfinite="skip"``); raises with ``"raise"``."""
+        if not (self.check_finite and present):
+            return []
+        # min and max propagate NaN and show +-inf: one reduction per group, then a single
+        # device-to-host sync for all groups (benchmarks/bench_adapter_overhead.py --profile
+        # measures what apply() spends here)
+        dev = present[0][1].device
+        extremes = torch.stack([torch.stack(torch.aminmax(grad)).to(dev) for _, grad in present])
+        flags = torch.isfinite(extremes).all(dim=1)
+        if bool(flags.all()):
+            return []
+        bad = [g for (g, _), ok in zip(present, flags.tolist()) if not ok]
+        if self.on_nonfinite == "raise":
+            names = ", ".join(f"{g.name!r} ({type(g.site.module).__name__} at {g.site.name or '<root>'!r})"
+                              for g in bad)
+            raise NonFiniteGradientError(
+                f"non-finite gradient in attention heads {names} at step {step}; pass on_nonfinite='skip' "
+                "to leave such steps untouched (e.g. under GradScaler)"
+            )
+        return bad
+
+    def _noise(self, present, step: int) -> List[Optional[torch.Tensor]]:
+        """SPOS: the standard normal draws of ``step``, group by group in the fixed group order (the
+        documented stream, :mod:`attention_adapter.noise`); SVGD: ``None`` per group."""
+        if self.method != "spos":
+            return [None] * len(present)
+        noise = StepNoise(self.seed, step)
+        return [noise.draw(grad, compute_dtype(grad.dtype)) for _, grad in present]
+
+    def _updates(self, present, xis, lrs, full: FullTensors):
+        """The new ``(M, P)`` gradient of every present group and its info, in group order; groups of
+        equal shape, dtype, device and learning rate are updated together (one batched call)."""
+        new: List[Optional[torch.Tensor]] = [None] * len(present)
         infos: Dict[str, ps.SteinInfo] = {}
-        lrs = [self._spos_lr(g) for g, _ in present]
         for members in _stacks(present, lrs):
             groups = [present[i][0] for i in members]
             lr = lrs[members[0]]
             if len(members) == 1:
                 i = members[0]
-                new, infos[groups[0].name] = head_update(groups[0].gather("data", full), present[i][1],
-                                                         self.settings, xis[i], lr=lr)
-                groups[0].scatter_grad(new, full)
+                new[i], infos[groups[0].name] = head_update(groups[0].gather("data", full), present[i][1],
+                                                            self.settings, xis[i], lr=lr)
                 continue
             x = torch.stack([g.gather("data", full) for g in groups])
             grads = torch.stack([present[i][1] for i in members])
-            xi = None if noise is None else torch.stack([xis[i] for i in members])
-            new, info = head_update_batched(x, grads, self.settings, xi, lr=lr)
-            for b, g in enumerate(groups):
+            xi = None if xis[members[0]] is None else torch.stack([xis[i] for i in members])
+            rows, info = head_update_batched(x, grads, self.settings, xi, lr=lr)
+            for b, (i, g) in enumerate(zip(members, groups)):
                 infos[g.name] = ps.SteinInfo(*(field[b] for field in info))
-                g.scatter_grad(new[b], full)
-        infos = {g.name: infos[g.name] for g, _ in present}  # in group order
-        full.commit()  # each rank's shard of the new full gradients (no-op without sharded parameters)
-        self._remember_grads(present)
-        info = ApplyInfo(step, infos, tuple(missing), ())
-        self.last_info = info
-        return info
+                new[i] = rows[b]
+        return new, {g.name: infos[g.name] for g, _ in present}
 
     # ------------------------------------------------------------------------------------------
     def attach(self, optimizer: torch.optim.Optimizer):
@@ -384,7 +425,7 @@ class RepulsiveHeads:
         for i, pg in enumerate(optimizer.param_groups):
             for p in pg["params"]:
                 where[id(p)] = i
-        heads = self.heads.parameters()
+        heads = self.head_particles.parameters()
         covered = [p for p in heads if id(p) in where]
         if not covered:
             raise ValueError(
@@ -402,7 +443,7 @@ class RepulsiveHeads:
     # ------------------------------------------------------------------------------------------
     def _config(self) -> Dict[str, Any]:
         return {"method": self.method, "preset": None if self.preset is None else self.preset.name,
-                "groups": list(self.heads.names)}
+                "groups": list(self.head_particles.names)}
 
     def state_dict(self) -> Dict[str, Any]:
         """``{"step", "seed", "method", "preset", "groups", "step_size", "repulsion", "beta"}``.

@@ -97,7 +97,7 @@ def _adapter_options(name):
         "an2020-svgd": dict(preset=An2020(alpha=0.01, epsilon=0.01)),
         "an2020-spos": dict(method="spos", preset=An2020(alpha=0.01, epsilon=0.01, beta=0.01)),
         "principled-svgd": dict(method="svgd", posterior=Posterior(dataset_size=10_000, prior=1.0)),
-        "joint-svgd": dict(method="svgd", heads=HeadSelection(particles="joint", include_output=True,
+        "joint-svgd": dict(method="svgd", selection=HeadSelection(particles="joint", include_output=True,
                                                              include_bias=True)),
     }[name]
 

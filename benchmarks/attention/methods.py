@@ -100,11 +100,11 @@ def activate(name: str, value: Optional[float], model: nn.Module, *, train_size:
         return Active()
     if name in ("svgd", "spos"):
         rh = RepulsiveHeads(model, name, preset=An2020(alpha=value, epsilon=1.0, beta=1.0),
-                            heads=model.head_selection(), seed=seed)
+                            selection=model.head_selection(), seed=seed)
         return Active(repulsive=rh)
     if name in ("svgd_posterior", "spos_posterior"):
         rule = name.split("_")[0]
-        rh = RepulsiveHeads(model, rule, step_size=1.0, repulsion=value, heads=selection, seed=seed,
+        rh = RepulsiveHeads(model, rule, step_size=1.0, repulsion=value, selection=selection, seed=seed,
                             posterior=Posterior(dataset_size=train_size, prior=1.0))
         if rule == "spos":
             # the SPOS noise scale reads the optimizer's learning rate; apply() is called by hand
@@ -112,7 +112,7 @@ def activate(name: str, value: Optional[float], model: nn.Module, *, train_size:
             rh.attach(optimizer).remove()
         return Active(repulsive=rh)
     if name == "penalty":
-        pen = HeadRepulsionPenalty(model, weight=value, heads=selection, bandwidth="an2020")
+        pen = HeadRepulsionPenalty(model, weight=value, selection=selection, bandwidth="an2020")
         return Active(extra_loss=lambda m, outputs: pen())
     if name == "disagreement":
         def disagreement(m, outputs):

@@ -235,14 +235,14 @@ def test_matched_penalty_weight_gives_the_svgd_repulsion_relative_to_the_own_gra
     the same force relative to each rule's coefficient of the head's own gradient (1/M and 1)."""
     model = _transformer(heads=4)
     alpha, m = 0.3, 4
-    rh = RepulsiveHeads(model, "svgd", preset=An2020(alpha=alpha, epsilon=1.0), heads=model.head_selection())
+    rh = RepulsiveHeads(model, "svgd", preset=An2020(alpha=alpha, epsilon=1.0), selection=model.head_selection())
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     rh.apply()
-    group = rh.heads.groups[0]
+    group = rh.head_particles.groups[0]
     svgd = group.gather("grad").clone()
     model.zero_grad(set_to_none=True)
-    pen = HeadRepulsionPenalty(model, weight=study_plan.matched_penalty_weight(alpha, m), heads=model.head_selection(),
+    pen = HeadRepulsionPenalty(model, weight=study_plan.matched_penalty_weight(alpha, m), selection=model.head_selection(),
                                bandwidth="an2020")
     pen().backward()
     penalty = group.gather("grad")

@@ -115,11 +115,11 @@ def _adapter(model, kind, adapter):
     method = adapter.split("-")[1]
     if adapter.startswith("an2020"):
         heads = RepulsiveHeads(model, method, preset=An2020(alpha=0.5, epsilon=0.1), seed=5,
-                               heads=HeadSelection(layouts=layouts))
+                               selection=HeadSelection(layouts=layouts))
         return heads, torch.optim.Adam(model.parameters(), lr=1e-2)
     extra = dict(beta=2.0) if method == "spos" else {}
     heads = RepulsiveHeads(model, method, step_size=0.5, posterior=Posterior(dataset_size=64, prior=1.0), seed=7,
-                           heads=HeadSelection(layouts=layouts, include_output=kind == "bert",
+                           selection=HeadSelection(layouts=layouts, include_output=kind == "bert",
                                                include_bias=kind == "bert"), **extra)
     return heads, torch.optim.SGD(model.parameters(), lr=1e-3)
 

@@ -128,7 +128,7 @@ def test_apply_equals_the_per_group_path(kind):
     elif kind == "an2020-spos":
         heads = RepulsiveHeads(model, "spos", preset=An2020(alpha=0.2, epsilon=0.1, beta=0.5), seed=3)
     else:
-        heads = RepulsiveHeads(model, heads=HeadSelection(particles="joint", include_output=True), seed=3)
+        heads = RepulsiveHeads(model, selection=HeadSelection(particles="joint", include_output=True), seed=3)
     shapes = [tuple(g.gather("data").shape) for g in heads.groups]
     assert len(set(shapes)) == 2 and len(shapes) > 2  # some groups stacked, two stacks
     for step in range(2):

@@ -162,3 +162,29 @@ def test_recorder_keeps_at_most_max_snapshots():
     for i in range(4):
         rec.record(step=10 * i)
     assert rec.steps == [20, 30] and rec.snapshots().shape[0] == 2
+
+
+def test_recorder_record_without_step_labels_snapshots_with_a_running_count():
+    """Regression: record() without ``step`` labelled every snapshot 0 (the count only advanced in
+    attach's hook)."""
+    model = nn.MultiheadAttention(8, 2)
+    rec = HeadRecorder(model, max_snapshots=3)
+    for i in range(4):
+        with torch.no_grad():
+            model.in_proj_weight.add_(1.0)  # a different state per snapshot
+        rec.record()
+    assert rec.steps == [1, 2, 3]
+    torch.testing.assert_close(rec.snapshots()[-1], model.in_proj_weight.detach()[:8].reshape(2, -1))
+    rec.record(step=100)
+    rec.record()
+    assert rec.steps == [3, 100, 5]  # the count is of snapshots recorded, an explicit label does not reset it
+
+
+def test_recorder_refuses_an_empty_group_list_and_accepts_one_name():
+    heads = HeadParticles(nn.MultiheadAttention(8, 2))
+    with pytest.raises(ValueError, match="expected groups as None .all. or a non-empty sequence of names among "
+                                         r"\[':q', ':k', ':v'\], received an empty sequence"):
+        HeadRecorder(heads, groups=[])
+    assert HeadRecorder(heads, groups=":k").group_names == [":k"]
+    with pytest.warns(DeprecationWarning, match="HeadRecorder.heads is deprecated"):
+        assert HeadRecorder(heads).heads is heads

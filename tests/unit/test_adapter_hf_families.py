@@ -136,8 +136,8 @@ def test_kinds_are_labelled_and_selectable():
     assert by_kind["cross"] == ["decoder.block.0.layer.1.EncDecAttention", "decoder.block.1.layer.1.EncDecAttention"]
     assert by_kind["decoder_self"] == ["decoder.block.0.layer.0.SelfAttention", "decoder.block.1.layer.0.SelfAttention"]
     assert by_kind["self"] == ["encoder.block.0.layer.0.SelfAttention", "encoder.block.1.layer.0.SelfAttention"]
-    heads = RepulsiveHeads(model, preset="an2020", heads=HeadSelection(kinds=("cross",), layers=[-1]))
-    assert heads.heads.names == [f"decoder.block.1.layer.1.EncDecAttention:{r}" for r in "qkv"]
+    heads = RepulsiveHeads(model, preset="an2020", selection=HeadSelection(kinds=("cross",), layers=[-1]))
+    assert heads.head_particles.names == [f"decoder.block.1.layer.1.EncDecAttention:{r}" for r in "qkv"]
     assert "EncDecAttention: T5Attention, cross" in heads.report()
     assert [s.name for s in select_layers(sites, kinds="decoder_self")] == by_kind["decoder_self"]
     with pytest.raises(ValueError, match="expected kinds as None or a non-empty subset"):

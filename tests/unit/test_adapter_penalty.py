@@ -42,7 +42,7 @@ def test_penalty_value_is_the_mean_offdiagonal_kernel_summed_over_groups():
 def test_penalty_gradient_is_the_svgd_repulsion_without_kernel_smoothing():
     """d/d theta_i of mean_{i!=j} k = -(2 / (M (M - 1))) R_i, with R the SVGD repulsion (h held fixed)."""
     model = _model()
-    pen = HeadRepulsionPenalty(model, heads=HeadSelection(roles=("q",)))
+    pen = HeadRepulsionPenalty(model, selection=HeadSelection(roles=("q",)))
     pen().backward()
     theta = model.in_proj_weight.detach()[:E].reshape(H, -1)
     _, k, h = _plain_similarity(theta)
@@ -87,8 +87,8 @@ def test_penalty_and_adapter_resolve_the_same_kernel(bandwidth):
 def test_penalty_errors_and_edge_cases():
     with pytest.raises(ValueError, match="weight"):
         HeadRepulsionPenalty(_model(), weight=-1)
-    with pytest.raises(TypeError, match="heads as a HeadSelection, received dict"):
-        HeadRepulsionPenalty(_model(), heads={"roles": ("q",)})
+    with pytest.raises(TypeError, match="selection as a HeadSelection, received dict"):
+        HeadRepulsionPenalty(_model(), selection={"roles": ("q",)})
     with pytest.raises(ValueError, match=r"\(M, P\)"):
         head_kernel_similarity(torch.zeros(3))
     assert float(head_kernel_similarity(torch.ones(1, 4))) == 0.0

@@ -181,7 +181,7 @@ def test_identity_kernel_without_repulsion_passes_gradients_through(particles):
     _backward(model, torch.float32)
     before = [p.grad.clone() for p in model.parameters()]
     heads = RepulsiveHeads(model, step_size=float(H), repulsion=0.0, bandwidth=1e-30,
-                           heads=HeadSelection(particles=particles, include_output=True, include_bias=True))
+                           selection=HeadSelection(particles=particles, include_output=True, include_bias=True))
     info = heads.apply()
     for p, g in zip(model.parameters(), before):
         torch.testing.assert_close(p.grad, g, rtol=1e-6, atol=0)
@@ -448,7 +448,7 @@ def test_argument_errors_say_what_was_expected():
     with pytest.raises(ValueError, match="fixes repulsion, step_size"):
         RepulsiveHeads(model, "svgd", 0.1, 0.01, An2020())
     with pytest.raises(ValueError, match="fixes particles"):
-        RepulsiveHeads(model, preset="an2020", heads=HeadSelection(particles="joint"))
+        RepulsiveHeads(model, preset="an2020", selection=HeadSelection(particles="joint"))
     with pytest.raises(ValueError, match="fixes posterior"):
         RepulsiveHeads(model, preset="an2020", posterior=Posterior(10))
     with pytest.raises(ValueError, match="beta is an SPOS option"):
@@ -467,8 +467,8 @@ def test_argument_errors_say_what_was_expected():
         RepulsiveHeads(model, posterior=Posterior(prior="gaussian"))
     with pytest.raises(TypeError, match="posterior as a Posterior, received dict"):
         RepulsiveHeads(model, posterior={"dataset_size": 10})
-    with pytest.raises(TypeError, match="heads as a HeadSelection, received tuple"):
-        RepulsiveHeads(model, heads=("q", "k"))
+    with pytest.raises(TypeError, match="selection as a HeadSelection, received tuple"):
+        RepulsiveHeads(model, selection=("q", "k"))
     with pytest.raises(ValueError, match=r"roles as a non-empty subset"):
         HeadSelection(roles=("x",))
     with pytest.raises(ValueError, match="seed"):
@@ -541,3 +541,66 @@ def test_spos_noise_scale_is_torch_lower_median(dtype, shape):
     assert got.shape == () and got.dtype == dtype
     assert torch.equal(got, torch.median(g.abs()))
     assert torch.equal(lower_median(g.T.abs()), torch.median(g.abs()))  # non-contiguous input
+
+
+def _spos_grads_after(heads, model):
+    """Backward on the fixed batch, then ``heads.apply()``; the gradients it leaves."""
+    _backward(model)
+    heads.apply()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def test_an_apply_that_raises_leaves_the_state_and_a_resumed_run_matches_an_uninterrupted_one():
+    """Regression: the step counter advanced before the checks, so after an error the SPOS noise of
+    every later step came from the wrong (seed, step) and a resumed run diverged."""
+    ref_model, model = _encoder(), _encoder()
+    ref = RepulsiveHeads(ref_model, "spos", lr=0.1, seed=5)
+    heads = RepulsiveHeads(model, "spos", lr=0.1, seed=5)
+    want = [_spos_grads_after(ref, ref_model) for _ in range(2)]
+    assert torch.equal(torch.cat([g.reshape(-1) for g in _spos_grads_after(heads, model)]),
+                       torch.cat([g.reshape(-1) for g in want[0]]))
+    info0 = heads.last_info
+    _backward(model)
+    model.layers[1].self_attn.in_proj_weight.grad[E + 2, 3] = float("nan")
+    before = [p.grad.clone() for p in model.parameters()]
+    with pytest.raises(NonFiniteGradientError):
+        heads.apply()
+    assert heads.step == 1 and heads.last_info is info0 and heads.state_dict()["step"] == 1
+    for p, g in zip(model.parameters(), before):
+        assert torch.equal(torch.nan_to_num(p.grad, nan=7.0), torch.nan_to_num(g, nan=7.0))
+    got = _spos_grads_after(heads, model)  # the run resumes with finite gradients
+    assert heads.step == 2 and heads.last_info.step == 1
+    for g, w in zip(got, want[1]):
+        assert torch.equal(g, w)
+
+
+def test_an_apply_without_a_learning_rate_raises_before_counting_the_step():
+    ref_model, model = _encoder(), _encoder()
+    ref = RepulsiveHeads(ref_model, "spos", lr=0.05, seed=2)
+    heads = RepulsiveHeads(model, "spos", seed=2)  # lr from an optimizer, none attached yet
+    _backward(model)
+    before = [p.grad.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="pass lr=... or attach"):
+        heads.apply()
+    assert heads.step == 0 and heads.last_info is None
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), before))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    heads.attach(opt).remove()  # binds the optimizer's learning rate, no hook
+    got = _spos_grads_after(heads, model)
+    want = _spos_grads_after(ref, ref_model)
+    assert heads.last_info.step == 0
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
+def test_renamed_selection_keyword_and_head_particles_attribute_keep_deprecated_aliases():
+    model = _encoder()
+    sel = HeadSelection(roles=("q",))
+    with pytest.warns(DeprecationWarning, match=r"RepulsiveHeads\(heads=...\) is deprecated.*use selection="):
+        old = RepulsiveHeads(model, heads=sel)
+    new = RepulsiveHeads(model, selection=sel)
+    assert old.head_particles.names == new.head_particles.names == [f"layers.{i}.self_attn:q" for i in range(2)]
+    with pytest.warns(DeprecationWarning, match=r"RepulsiveHeads.heads is deprecated.*use RepulsiveHeads.head_particles"):
+        assert new.heads is new.head_particles
+    with pytest.raises(TypeError, match="received both selection= and its deprecated alias heads="):
+        RepulsiveHeads(model, selection=sel, heads=sel)

@@ -77,8 +77,8 @@ def test_torch_compile_gives_the_plain_models_groups_and_gradients():
     compiled = torch.compile(inner, backend="eager")
     a = RepulsiveHeads(plain, preset=An2020(alpha=ALPHA, epsilon=EPSILON))
     b = RepulsiveHeads(compiled, preset=An2020(alpha=ALPHA, epsilon=EPSILON))
-    assert a.heads.names == b.heads.names and len(a.heads) == 3 * LAYERS
-    assert {id(p) for p in b.heads.parameters()} <= {id(p) for p in inner.parameters()}
+    assert a.head_particles.names == b.head_particles.names and len(a.head_particles) == 3 * LAYERS
+    assert {id(p) for p in b.head_particles.parameters()} <= {id(p) for p in inner.parameters()}
     plain(**_batch()).loss.backward()
     compiled(**_batch()).loss.backward()
     a.apply()
@@ -167,8 +167,8 @@ def test_lora_b_rows_are_head_aligned_particles():
     base = model.get_base_model()
     sa_cls = type(base.bert.encoder.layer[0].attention.self)
     heads = RepulsiveHeads(model, preset=An2020(alpha=ALPHA, epsilon=EPSILON),
-                           heads=HeadSelection(layouts={sa_cls: _lora_layout()}))
-    assert heads.heads.names == [f"bert.encoder.layer.{i}.attention.self:{r}" for i in range(LAYERS) for r in "qkv"]
+                           selection=HeadSelection(layouts={sa_cls: _lora_layout()}))
+    assert heads.head_particles.names == [f"bert.encoder.layer.{i}.attention.self:{r}" for i in range(LAYERS) for r in "qkv"]
     query = base.bert.encoder.layer[0].attention.self.query  # peft lora.Linear
     b = query.lora_B["default"].weight
     assert tuple(b.shape) == (HIDDEN, 4)
@@ -210,7 +210,7 @@ def test_lora_b_zero_init_makes_every_head_receive_the_same_gradient():
     model = _lora(["query", "key", "value"])
     base = model.get_base_model()
     heads = RepulsiveHeads(model, preset=An2020(alpha=ALPHA, epsilon=EPSILON),
-                           heads=HeadSelection(layouts={type(base.bert.encoder.layer[0].attention.self):
+                           selection=HeadSelection(layouts={type(base.bert.encoder.layer[0].attention.self):
                                                         _lora_layout()}))
     model(**_batch()).loss.backward()
     b = base.bert.encoder.layer[0].attention.self.query.lora_B["default"].weight
