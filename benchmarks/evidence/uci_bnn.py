@@ -53,7 +53,7 @@ import particlesampling as ps
 
 from .uci import load_split
 
-__all__ = ["BNNConfig", "SplitResult", "run_split", "evaluate", "tune_log_gamma", "dev_size", "config_fingerprint",
+__all__ = ["one_hidden_layer", "bnn_to_ensemble_layout", "ensemble_to_bnn_layout", "ENGINES", "BNNConfig", "SplitResult", "run_split", "evaluate", "tune_log_gamma", "dev_size", "config_fingerprint",
            "run_many", "load_records", "cache_path", "append_record", "standardize_fit"]
 
 
@@ -80,6 +80,16 @@ class BNNConfig:
     #: ``random.generator_noise``) instead of the counter-based hash (same law, i.i.d. N(0, 1); the
     #: hash on the host is a sizeable part of these small steps).
     fast_noise: bool = True
+    #: ``"ensemble"``: the model is a ``ParticleEnsemble`` of ``Linear -> ReLU -> Linear`` (the default);
+    #: ``"target"``: the hand-written ``particlesampling.targets.BayesianNeuralNetwork`` with the core
+    #: samplers. SVGD gives the same numbers on both (tests/benchmarks/test_uci_bnn.py); SPOS and SGLD
+    #: draw the same law of noise in another column order.
+    engine: str = "ensemble"
+    #: early stopping on the development rows' log likelihood: stop after ``patience`` evaluations
+    #: (every ``eval_every`` iterations) without improvement and keep the best particles; 0: run all
+    #: ``iters`` iterations (the fixed-length protocol of earlier records)
+    patience: int = 0
+    eval_every: int = 100
 
 
 @dataclass
@@ -102,6 +112,8 @@ class SplitResult:
     #: each particle's own RMSE, and of its own Gaussian log likelihood with its re-tuned γ
     particle_rmse: float = math.nan
     particle_loglik: float = math.nan
+    #: iteration whose particles were evaluated (early stopping: the best dev log likelihood)
+    best_iter: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -166,8 +178,107 @@ def _make_sampler(cfg: BNNConfig, score_fn, N: int, noise_seed: int):
     raise ValueError(f"unknown method {cfg.method!r}; expected 'svgd', 'spos' or 'sgld'")
 
 
+def one_hidden_layer(p: int, n_hidden: int, dtype=torch.float32) -> torch.nn.Module:
+    """The network of Liu & Wang (2016) as an ordinary module: ``Linear(p, H) -> ReLU -> Linear(H, 1)``."""
+    return torch.nn.Sequential(torch.nn.Linear(p, n_hidden), torch.nn.ReLU(), torch.nn.Linear(n_hidden, 1)).to(dtype)
+
+
+def bnn_to_ensemble_layout(theta, p: int, n_hidden: int):
+    """Particles of :class:`particlesampling.targets.BayesianNeuralNetwork` ``(M, D)`` in the column order of
+    a :class:`~particlesampling.ensemble.ParticleEnsemble` of :func:`one_hidden_layer`: ``W1`` transposed
+    (``nn.Linear`` stores ``(out, in)``), then ``b1, w2, b2, log gamma, log lambda`` unchanged."""
+    M = theta.shape[0]
+    w1 = theta[:, : p * n_hidden].reshape(M, p, n_hidden).transpose(1, 2).reshape(M, -1)
+    return torch.cat([w1, theta[:, p * n_hidden:]], dim=1)
+
+
+def ensemble_to_bnn_layout(x, p: int, n_hidden: int):
+    """Inverse of :func:`bnn_to_ensemble_layout`."""
+    M = x.shape[0]
+    w1 = x[:, : p * n_hidden].reshape(M, n_hidden, p).transpose(1, 2).reshape(M, -1)
+    return torch.cat([w1, x[:, p * n_hidden:]], dim=1)
+
+
+class _TargetEngine:
+    """Training on the hand-written target (``particlesampling.targets.BayesianNeuralNetwork``) with the
+    core samplers: the cross-check of :class:`_EnsembleEngine`."""
+
+    def __init__(self, cfg, model, theta0, batch, N, noise_seed):
+        self.model = model
+        self.sampler = _make_sampler(cfg, lambda th: model.score_minibatch(th, *batch()), N, noise_seed)
+        self.state = self.sampler.init(theta0, seed=noise_seed)
+
+    def step(self):
+        self.state, _ = self.sampler.step(self.state)
+
+    def particles(self):  # (M, D) in the target's layout
+        return self.state.particles
+
+    def set_particles(self, theta):
+        self.state = self.state._replace(particles=theta.clone())
+
+    def predict(self, theta, Xs):  # (M, n) network outputs, the closed-form forward
+        return self.model.predict(theta, Xs)
+
+
+class _EnsembleEngine:
+    """Training on a :class:`~particlesampling.ensemble.ParticleEnsemble` of :func:`one_hidden_layer` with
+    the learnt noise and weight precisions (Gamma(a0, b0) priors): the same posterior as the target."""
+
+    def __init__(self, cfg, model, theta0, batch, N, noise_seed):
+        from particlesampling.ensemble import (SGLD, SPOS, SVGD, CoreStepper, GaussianLikelihood,
+                                               HierarchicalGaussianPrior, ParticleEnsemble)
+
+        p, H, dtype = model.n_features, cfg.n_hidden, theta0.dtype
+        self.p, self.H, self.batch = p, H, batch
+        self.ens = ParticleEnsemble(lambda: one_hidden_layer(p, H, dtype), cfg.n_particles, n_data=N,
+                                    likelihood=GaussianLikelihood(None, a0=cfg.a0, b0=cfg.b0),
+                                    prior=HierarchicalGaussianPrior(cfg.a0, cfg.b0))
+        self.set_particles(theta0)
+        noise = ps.random.generator_noise(noise_seed) if cfg.fast_noise else None
+        rule = ps.adagrad_momentum(cfg.lr, cfg.alpha, cfg.fudge)
+        if cfg.method == "svgd":
+            update = SVGD(self.ens, bandwidth="liu_wang")
+        elif cfg.method == "spos":
+            update = SPOS(self.ens, beta=cfg.beta_per_n * N, bandwidth="liu_wang", noise=noise, seed=noise_seed)
+        elif cfg.method == "sgld":
+            update = SGLD(self.ens, temperature=1.0 / (cfg.beta_per_n * N), noise=noise, seed=noise_seed)
+            if cfg.sgld_rule == "constant":
+                update, rule = SGLD(self.ens, noise=noise, seed=noise_seed), ps.constant(cfg.sgld_lr / N)
+            elif cfg.sgld_rule != "adagrad":
+                raise ValueError(f"unknown sgld_rule {cfg.sgld_rule!r}; expected 'adagrad' or 'constant'")
+        else:
+            raise ValueError(f"unknown method {cfg.method!r}; expected 'svgd', 'spos' or 'sgld'")
+        self.stepper = CoreStepper(update, rule)
+
+    def step(self):
+        self.stepper.step(*self.batch())
+
+    def particles(self):
+        return ensemble_to_bnn_layout(self.ens.particles.detach(), self.p, self.H)
+
+    def set_particles(self, theta):
+        with torch.no_grad():
+            self.ens.particles.copy_(bnn_to_ensemble_layout(theta, self.p, self.H))
+
+    def predict(self, theta, Xs):  # (M, n) network outputs, the ensemble's batched forward
+        return self.ens.predict(Xs, particles=bnn_to_ensemble_layout(theta, self.p, self.H))[..., 0]
+
+
+ENGINES = {"ensemble": _EnsembleEngine, "target": _TargetEngine}
+
+
 def run_split(name: str, split: int, cfg: BNNConfig = BNNConfig(), root=None, data=None) -> SplitResult:
-    """Train on one split and evaluate; ``data`` may pass a preloaded :class:`.uci.UCISplit`."""
+    """Train on one split and evaluate; ``data`` may pass a preloaded :class:`.uci.UCISplit`.
+
+    With ``cfg.patience > 0`` the development rows' log likelihood (particle mixture, each particle's
+    γ re-tuned on them as in step 5) is evaluated every ``cfg.eval_every`` iterations; training stops
+    when it has not improved for ``cfg.patience`` evaluations or at ``cfg.iters``, and the particles of
+    the best evaluation are the result (early stopping). ``iters`` in the result is the number of
+    iterations taken; ``best_iter`` the iteration of the particles evaluated.
+    """
+    if cfg.engine not in ENGINES:
+        raise ValueError(f"unknown engine {cfg.engine!r}; expected one of {sorted(ENGINES)}")
     t0 = time.perf_counter()
     sp = data if data is not None else load_split(name, split, root)
     n_dev = dev_size(sp.X_train.shape[0])
@@ -189,26 +300,50 @@ def run_split(name: str, split: int, cfg: BNNConfig = BNNConfig(), root=None, da
     Xcyc, ycyc = X.repeat(reps, 1), y.repeat(reps)
     counter = [0]
 
-    def score_fn(theta):
+    def batch():
         start = (counter[0] * B) % N
         counter[0] += 1
-        return model.score_minibatch(theta, Xcyc[start : start + B], ycyc[start : start + B])
+        return Xcyc[start: start + B], ycyc[start: start + B]
 
-    sampler = _make_sampler(cfg, score_fn, N, noise_seed=cfg.seed + 1000 * split)
-    state = sampler.init(theta0, seed=cfg.seed + 1000 * split)
-    finite = True
-    with torch.no_grad():
-        for t in range(cfg.iters):
-            state, info = sampler.step(state)
-            if (t + 1) % 500 == 0 or t + 1 == cfg.iters:
-                if not bool(torch.isfinite(state.particles).all()):
-                    finite = False
+    engine = ENGINES[cfg.engine](cfg, model, theta0, batch, N, cfg.seed + 1000 * split)
+    Xd = torch.as_tensor((Xdev - mx) / sx, dtype=torch.float64)
+    Xt = torch.as_tensor((sp.X_test - mx) / sx, dtype=torch.float64)
+
+    def predict(theta, Xs):  # (M, n) in original units, float64
+        return engine.predict(theta.to(torch.float64), Xs).numpy() * sy + my
+
+    def dev_loglik(theta):
+        pred = predict(theta, Xd)
+        if not np.all(np.isfinite(pred)):
+            return -math.inf
+        lg = tune_log_gamma(pred, ydev, model.unpack(theta.to(torch.float64)).log_gamma.numpy())
+        return evaluate(pred, lg, ydev)[1]
+
+    finite, taken = True, 0
+    best_ll, best_theta, best_iter, since = -math.inf, None, 0, 0
+    for t in range(cfg.iters):
+        engine.step()
+        taken = t + 1
+        check = cfg.patience > 0 and taken % cfg.eval_every == 0
+        if check or taken % 500 == 0 or taken == cfg.iters:
+            if not bool(torch.isfinite(engine.particles()).all()):
+                finite = False
+                break
+        if check:
+            ll = dev_loglik(engine.particles())
+            if ll > best_ll:
+                best_ll, best_theta, best_iter, since = ll, engine.particles().clone(), taken, 0
+            else:
+                since += 1
+                if since >= cfg.patience:
                     break
-        theta = state.particles.to(torch.float64)
-        Xd = torch.as_tensor((Xdev - mx) / sx, dtype=torch.float64)
-        Xt = torch.as_tensor((sp.X_test - mx) / sx, dtype=torch.float64)
-        pred_dev = model.predict(theta, Xd).numpy() * sy + my
-        pred_test = model.predict(theta, Xt).numpy() * sy + my
+    if cfg.patience > 0 and best_theta is not None:
+        theta = best_theta.to(torch.float64)
+    else:
+        theta, best_iter = engine.particles().to(torch.float64), taken
+    with torch.no_grad():
+        pred_dev = predict(theta, Xd)
+        pred_test = predict(theta, Xt)
     log_gamma = model.unpack(theta).log_gamma.numpy()
     if finite and np.all(np.isfinite(pred_dev)):
         log_gamma = tune_log_gamma(pred_dev, ydev, log_gamma)
@@ -227,9 +362,9 @@ def run_split(name: str, split: int, cfg: BNNConfig = BNNConfig(), root=None, da
             cfgd["step"] = cfg.sgld_lr / N
         else:
             cfgd["temperature"] = 1.0 / (cfg.beta_per_n * N)
-    return SplitResult(name, int(split), cfg.method, rmse, ll, time.perf_counter() - t0, int(state.step),
+    return SplitResult(name, int(split), cfg.method, rmse, ll, time.perf_counter() - t0, taken,
                        N, n_dev, int(sp.X_test.shape[0]), finite, dev_rmse, dev_ll, cfgd,
-                       particle_rmse=particle_rmse, particle_loglik=particle_ll)
+                       particle_rmse=particle_rmse, particle_loglik=particle_ll, best_iter=best_iter)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,8 +378,9 @@ def _job(args):
 
 
 #: Config fields that do not change the law of a run's result (``fast_noise`` swaps one i.i.d. normal
-#: stream for another) and so do not distinguish cached runs.
-_NOT_IN_KEY = ("fast_noise",)
+#: stream for another; ``engine`` computes the same posterior's scores by hand or by autograd, the
+#: same numbers for SVGD) and so do not distinguish cached runs.
+_NOT_IN_KEY = ("fast_noise", "engine")
 
 
 #: Meaning of fields missing from records written before the field existed, where it differs from

@@ -63,7 +63,7 @@ def test_cyclic_in_order_minibatches(tmp_path, monkeypatch, write_dataset):
         return orig(self, theta, X, y)
 
     monkeypatch.setattr(BayesianNeuralNetwork, "score_minibatch", spy)
-    cfg = uci_bnn.BNNConfig(iters=3, n_particles=2, n_hidden=3, batch_size=50)
+    cfg = uci_bnn.BNNConfig(iters=3, n_particles=2, n_hidden=3, batch_size=50, engine="target")
     uci_bnn.run_split("toy", 0, cfg, root=tmp_path)
     assert len(seen) == 3  # one score evaluation per step
     y_all = torch.cat(seen)
@@ -129,3 +129,45 @@ def test_run_many_counts_a_run_written_twice_once(tmp_path, write_dataset):
     path = tmp_path / "cache" / "uci_runs_svgd.jsonl"
     path.write_text(path.read_text() * 2)  # as if two jobs sharing the cache had both finished it
     assert uci_bnn.run_many(["toy"], [0], ["svgd"], cfgs, tmp_path / "cache", run=False, **kw) == first
+
+
+@pytest.mark.parametrize("method", ["svgd", "spos"])
+def test_ensemble_engine_gives_the_handwritten_networks_numbers(tmp_path, method, write_dataset):
+    """The cross-check of the move onto ParticleEnsemble: on the same seeds, the ensemble of
+    Linear-ReLU-Linear (autograd scores) and the hand-written BNN target (closed-form scores) give the
+    same test RMSE and log likelihood, early stopping included (SVGD: to float64 rounding; SPOS: same
+    noise law in another column order, so only the same regime is asserted)."""
+    write_dataset(tmp_path, "toy", n=150, p=3, splits=1)
+    runs = {}
+    for engine in ("target", "ensemble"):
+        cfg = uci_bnn.BNNConfig(method=method, iters=120, n_particles=5, n_hidden=6, dtype="float64",
+                                patience=2, eval_every=20, engine=engine, fast_noise=False)
+        runs[engine] = uci_bnn.run_split("toy", 0, cfg, root=tmp_path)
+    a, b = runs["target"], runs["ensemble"]
+    assert a.finite and b.finite
+    if method == "svgd":
+        assert (a.iters, a.best_iter) == (b.iters, b.best_iter)
+        assert b.rmse == pytest.approx(a.rmse, rel=1e-9) and b.loglik == pytest.approx(a.loglik, rel=1e-9)
+        assert b.dev_loglik == pytest.approx(a.dev_loglik, rel=1e-9)
+    else:
+        assert b.rmse == pytest.approx(a.rmse, rel=0.5)
+
+
+def test_early_stopping_keeps_the_best_development_evaluation(tmp_path, write_dataset, monkeypatch):
+    """Stops after `patience` evaluations without improvement and tests the particles of the best one."""
+    write_dataset(tmp_path, "toy", n=150, p=3, splits=1)
+    lls = iter([-3.0, -2.0, -2.5, -2.1, -2.2, -1.0])  # best at the 2nd evaluation, then 3 without improvement
+    real = uci_bnn.evaluate
+    calls = []
+
+    def fake_evaluate(pred, log_gamma, y):
+        rmse, ll = real(pred, log_gamma, y)
+        if len(y) == 14 and len(calls) < 6:  # the development rows, during training
+            calls.append(1)
+            return rmse, next(lls)
+        return rmse, ll
+
+    monkeypatch.setattr(uci_bnn, "evaluate", fake_evaluate)
+    cfg = uci_bnn.BNNConfig(iters=1000, n_particles=3, n_hidden=4, patience=3, eval_every=10)
+    r = uci_bnn.run_split("toy", 0, cfg, root=tmp_path)
+    assert (r.iters, r.best_iter) == (50, 20)
