@@ -1,0 +1,208 @@
+"""Circuit space in the adapter: each layout's circuits against hand-cut weights, invariance, rows <-> terms.
+
+The references cut head ``h``'s blocks by hand from the documented tensor layouts (BERT's separate
+Linear layers with biases, nn.MultiheadAttention's packed in_proj_weight, GPT-2's Conv1D, Llama's
+grouped-query attention) and form the d_model x d_model circuits explicitly.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import particlesampling as ps
+from attention_adapter import HeadParticles, HeadSelection
+from attention_adapter.spaces import (
+    CircuitStructure,
+    check_space,
+    circuit_direction,
+    circuit_kernel_similarity,
+    circuit_particles,
+    circuit_similarity,
+)
+
+transformers = pytest.importorskip("transformers")
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+E, H = 16, 4
+D = E // H
+
+
+def _bert():
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=30, hidden_size=E, num_hidden_layers=1, num_attention_heads=H,
+                                  intermediate_size=32, attn_implementation="eager")
+    return transformers.BertModel(cfg).double()
+
+
+def _aug(w, b):
+    """``[W^T; b^T]`` for head rows ``w`` (d, in) and bias ``b`` (d,) (or ``W^T`` without a bias)."""
+    return w.T if b is None else torch.cat([w.T, b[None, :]], dim=0)
+
+
+def _bert_circuits(model, h):
+    att = model.encoder.layer[0].attention
+    s = slice(h * D, (h + 1) * D)
+    q = _aug(att.self.query.weight[s], att.self.query.bias[s])
+    k = _aug(att.self.key.weight[s], att.self.key.bias[s])
+    v = _aug(att.self.value.weight[s], att.self.value.bias[s])
+    o = att.output.dense.weight[:, s]  # (E, d)
+    return q @ k.T, o @ v.T
+
+
+def _products(structure, rows):
+    """Each term's explicit product ``A B^T`` (a plain term as it is)."""
+    return [t[0] @ t[1].transpose(1, 2) if isinstance(t, tuple) else t for t in structure.to_terms(rows)]
+
+
+def test_bert_circuits_equal_hand_cut_products_and_rows_round_trip():
+    model = _bert()
+    heads = circuit_particles(HeadSelection(particles="joint", include_bias=True).build(model))
+    (g,) = heads.groups
+    st = CircuitStructure(g)
+    rows = g.gather("data")
+    qk, ov = _products(st, rows)
+    for h in range(H):
+        ref_qk, ref_ov = _bert_circuits(model, h)
+        torch.testing.assert_close(qk[h], ref_qk)
+        torch.testing.assert_close(ov[h], ref_ov)
+    torch.testing.assert_close(st.to_rows(st.to_terms(rows)), rows, rtol=0, atol=0)
+
+
+def test_separate_gives_two_systems_and_roles_pick_circuits():
+    model = _bert()
+    names = [g.name.rsplit(":", 1)[1] for g in circuit_particles(HeadSelection().build(model)).groups]
+    assert names == ["qk-circuit", "ov-circuit"]
+    only_v = circuit_particles(HeadSelection(roles=("v",)).build(model))
+    assert [g.roles for g in only_v.groups] == [("v", "out")]
+
+
+def test_multihead_attention_packed_layout():
+    torch.manual_seed(1)
+    mha = nn.MultiheadAttention(E, H, batch_first=True).double()
+    heads = circuit_particles(HeadSelection(particles="joint", include_bias=True).build(nn.Sequential(mha)))
+    (g,) = heads.groups
+    qk, ov = _products(CircuitStructure(g), g.gather("data"))
+    w, b = mha.in_proj_weight, mha.in_proj_bias
+    for h in range(H):
+        s = lambda base: slice(base + h * D, base + (h + 1) * D)  # noqa: E731
+        ref_qk = _aug(w[s(0)], b[s(0)]) @ _aug(w[s(E)], b[s(E)]).T
+        ref_ov = mha.out_proj.weight[:, h * D:(h + 1) * D] @ _aug(w[s(2 * E)], b[s(2 * E)]).T
+        torch.testing.assert_close(qk[h], ref_qk)
+        torch.testing.assert_close(ov[h], ref_ov)
+
+
+def test_gpt2_conv1d_layout():
+    torch.manual_seed(2)
+    cfg = transformers.GPT2Config(vocab_size=30, n_embd=E, n_layer=1, n_head=H, n_positions=16,
+                                  attn_implementation="eager")
+    model = transformers.GPT2Model(cfg).double()
+    (g,) = circuit_particles(HeadSelection(particles="joint", include_bias=True).build(model)).groups
+    qk, ov = _products(CircuitStructure(g), g.gather("data"))
+    attn = model.h[0].attn
+    w, b = attn.c_attn.weight, attn.c_attn.bias  # (E, 3E): in x out
+    for h in range(H):
+        s = lambda base: slice(base + h * D, base + (h + 1) * D)  # noqa: E731
+        ref_qk = _aug(w[:, s(0)].T, b[s(0)]) @ _aug(w[:, s(E)].T, b[s(E)]).T
+        ref_ov = attn.c_proj.weight[h * D:(h + 1) * D, :].T @ _aug(w[:, s(2 * E)].T, b[s(2 * E)]).T
+        torch.testing.assert_close(qk[h], ref_qk)
+        torch.testing.assert_close(ov[h], ref_ov)
+
+
+def _llama():
+    torch.manual_seed(3)
+    cfg = transformers.LlamaConfig(vocab_size=30, hidden_size=E, intermediate_size=32, num_hidden_layers=1,
+                                   num_attention_heads=H, num_key_value_heads=2, attn_implementation="eager")
+    return transformers.LlamaModel(cfg).double()
+
+
+def test_grouped_query_particles_stack_the_query_group():
+    model = _llama()
+    (qk_g, ov_g) = circuit_particles(HeadSelection().build(model)).groups
+    assert qk_g.num_particles == 2 and ov_g.num_particles == 2
+    qk = _products(CircuitStructure(qk_g), qk_g.gather("data"))[0]  # (G, r E, E)
+    ov = _products(CircuitStructure(ov_g), ov_g.gather("data"))[0]
+    at = model.layers[0].self_attn
+    for g in range(2):
+        ks, vs = slice(g * D, (g + 1) * D), slice(g * D, (g + 1) * D)
+        want_qk = torch.cat([at.q_proj.weight[h * D:(h + 1) * D].T @ at.k_proj.weight[ks] for h in (2 * g, 2 * g + 1)])
+        want_ov = torch.cat([at.o_proj.weight[:, h * D:(h + 1) * D] @ at.v_proj.weight[vs] for h in (2 * g, 2 * g + 1)])
+        torch.testing.assert_close(qk[g], want_qk)
+        torch.testing.assert_close(ov[g], want_ov)
+
+
+def test_circuit_kernel_invariant_under_per_head_reparametrisation_in_a_model():
+    """R per key/value head on Q (R^T) and K (R^{-1}), S on V and W_o: the model's output and the circuit
+    kernel are unchanged; the weight kernel is not."""
+    model = _llama()
+    weights = HeadSelection().build(model)
+    circ = circuit_particles(weights)
+    k_circ = [circuit_kernel_similarity(CircuitStructure(g), g.gather("data")) for g in circ.groups]
+    k_w = [ps.RBF().value(ps.sqdist(x) / ps.get_bandwidth(None)(x, ps.sqdist(x))) for x in
+           (g.gather("data") for g in weights.groups)]
+    at = model.layers[0].self_attn
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for g in range(2):
+            r = torch.eye(D, dtype=torch.float64) + 0.3 * torch.randn(D, D, generator=gen, dtype=torch.float64)
+            s = torch.eye(D, dtype=torch.float64) + 0.3 * torch.randn(D, D, generator=gen, dtype=torch.float64)
+            kv = slice(g * D, (g + 1) * D)
+            at.k_proj.weight[kv] = torch.linalg.inv(r) @ at.k_proj.weight[kv]
+            at.v_proj.weight[kv] = s @ at.v_proj.weight[kv]
+            for h in (2 * g, 2 * g + 1):
+                qs = slice(h * D, (h + 1) * D)
+                at.q_proj.weight[qs] = r.T @ at.q_proj.weight[qs]
+                at.o_proj.weight[:, qs] = at.o_proj.weight[:, qs] @ torch.linalg.inv(s)
+    # (rotary embeddings sit between W_q and W_k: with them the attention is invariant only under the R
+    # that commute with the rotations; the circuit kernel is defined on the projections and is invariant
+    # under every R, which is what is checked here)
+    after_circ = [circuit_kernel_similarity(CircuitStructure(g), g.gather("data")) for g in circ.groups]
+    for a, b in zip(k_circ, after_circ):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    after_w = [ps.RBF().value(ps.sqdist(x) / ps.get_bandwidth(None)(x, ps.sqdist(x))) for x in
+               (g.gather("data") for g in weights.groups)]
+    assert max(float((a - b).abs().max()) for a, b in zip(k_w, after_w)) > 1e-3
+
+
+def test_output_unchanged_by_the_symmetry_in_bert():
+    """Sanity of the symmetry itself on a model without rotary embeddings: the output does not move."""
+    model = _bert().eval()
+    ids = torch.tensor([[1, 5, 7, 2, 9]])
+    before = model(ids).last_hidden_state
+    att = model.encoder.layer[0].attention
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for h in range(H):
+            s_ = slice(h * D, (h + 1) * D)
+            r = torch.eye(D, dtype=torch.float64) + 0.3 * torch.randn(D, D, generator=gen, dtype=torch.float64)
+            att.self.query.weight[s_] = r.T @ att.self.query.weight[s_]
+            att.self.query.bias[s_] = r.T @ att.self.query.bias[s_]
+            att.self.key.weight[s_] = torch.linalg.inv(r) @ att.self.key.weight[s_]
+            att.self.key.bias[s_] = torch.linalg.inv(r) @ att.self.key.bias[s_]
+    torch.testing.assert_close(model(ids).last_hidden_state, before, rtol=1e-9, atol=1e-9)
+
+
+def test_circuit_direction_and_similarity_shapes_and_values():
+    model = _bert()
+    heads = circuit_particles(HeadSelection(particles="joint", include_bias=True).build(model))
+    (g,) = heads.groups
+    st = CircuitStructure(g)
+    x = g.gather("data")
+    s = torch.randn_like(x)
+    phi, info = circuit_direction(st, x, s, bandwidth=1.0, repulsion=0.5)
+    assert phi.shape == x.shape and torch.isfinite(phi).all()
+    # against the core on the terms directly
+    ref, _ = ps.circuits.circuit_stein_direction(st.to_terms(x), st.to_terms(s), bandwidth=1.0, repulsion=0.5)
+    torch.testing.assert_close(phi, st.to_rows(ref))
+    sim = circuit_similarity(st, x)
+    qk, ov = _products(st, x)
+    flat = torch.cat([qk.reshape(H, -1), ov.reshape(H, -1)], dim=1)
+    u = flat / flat.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(sim, (u @ u.T).float(), rtol=1e-5, atol=1e-6)
+
+
+def test_check_space():
+    assert check_space("circuits") == "circuits"
+    with pytest.raises(ValueError, match="space"):
+        check_space("circuit")
