@@ -11,10 +11,18 @@ back. Groups of equal shape, dtype, device and learning rate (the Q, K and V gro
 of a uniform model) are stacked and updated in one call of
 :func:`attention_adapter.update.head_update_batched`, which gives each group the result of its own
 ``head_update`` call (to float rounding); the noise is still drawn group by group, in group order.
+
+``space`` chooses what a particle is (:mod:`attention_adapter.spaces`): the heads' weights (default),
+their QK/OV circuits (the kernel on circuit distances, :func:`attention_adapter.spaces.circuit_direction`),
+or their outputs on the batch (function space: the kernel and the repulsion computed on the heads'
+outputs during the forward pass and pulled back to their parameters, :mod:`attention_adapter.outputs`).
+Only the Stein direction ``phi`` changes; the scores, step size, SPOS drift and noise are the same.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import weakref
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
@@ -25,8 +33,10 @@ import particlesampling as ps
 
 from ._compat import renamed_kwarg, warn_renamed
 from .noise import StepNoise
+from .outputs import OutputParticles, rows_of
 from .particles import HeadParticles, HeadSelection, ParticleGroup
 from .sharding import FullTensors, check_sharding, check_wrappers, grad_version
+from .spaces import CircuitStructure, check_space, circuit_direction, circuit_particles
 from .update import UPDATE_RULES, An2020, Posterior, UpdateSettings, compute_dtype, head_update, head_update_batched
 
 __all__ = ["RepulsiveHeads", "ApplyInfo", "NonFiniteGradientError", "PRESETS"]
@@ -149,6 +159,17 @@ class RepulsiveHeads:
         then skips the optimizer step). The check costs one device-to-host sync per step.
     check_finite : bool
         Set False to drop the check (and its sync); non-finite values then propagate.
+    space : {"weights", "circuits", "outputs"}
+        What a head particle is (:mod:`attention_adapter.spaces`): its weight rows (default; An et
+        al. 2020), its QK and OV circuits (a kernel invariant under the reparametrisations that
+        leave the head's function unchanged), or its outputs on the current batch (function space,
+        Wang et al. 2019: ``phi = (K_f S) / M + repulsion J^T R_f / M`` with ``K_f``, ``R_f`` the
+        kernel and repulsion of the heads' outputs and ``J`` their Jacobian in the head's
+        parameters). ``"outputs"`` records the outputs with forward hooks: run the forward pass
+        with gradients enabled before each :meth:`apply`; :meth:`remove_hooks` takes the hooks off.
+    tokens : int >= 1
+        ``space="outputs"`` only: token positions per module and forward pass (a seeded
+        subsample) on which the heads' outputs are compared. Default 64.
     num_threads : int or None
         Intra-op CPU threads used inside :meth:`apply` when the heads are on the CPU (torch's setting
         is restored afterwards). Default 1: the transform is a few dozen small, memory-bound
@@ -175,9 +196,13 @@ class RepulsiveHeads:
                  selection: Optional[HeadSelection] = None, posterior: Optional[Posterior] = None,
                  beta: Optional[float] = None, kernel=None, bandwidth=None, seed: int = 0,
                  lr: Optional[float] = None, on_nonfinite: str = "raise", check_finite: bool = True,
-                 num_threads: Optional[int] = 1, heads: Optional[HeadSelection] = None):
+                 num_threads: Optional[int] = 1, heads: Optional[HeadSelection] = None, space: str = "weights",
+                 tokens: Optional[int] = None):
         if method not in UPDATE_RULES:
             raise ValueError(f"expected method in {UPDATE_RULES}, received {method!r}")
+        space = check_space(space)
+        if tokens is not None and space != "outputs":
+            raise ValueError(f"tokens is a space='outputs' option; received tokens={tokens!r} with space={space!r}")
         preset = _resolve_preset(preset)
         selection = renamed_kwarg("RepulsiveHeads", "heads", "selection", heads, selection)
         if selection is None:
@@ -220,9 +245,22 @@ class RepulsiveHeads:
         self.check_finite = check_finite
         self.num_threads = num_threads
         self.selection = selection
+        self.space = space
         check_wrappers(model)  # FSDP1 is refused before discovery
-        self.head_particles = selection.build(model)
+        self._structures: Dict[str, CircuitStructure] = {}
+        self._outputs: Optional[OutputParticles] = None
+        self._recorded: Dict[str, Any] = {}
+        if space == "weights":
+            self.head_particles = selection.build(model)
+        elif space == "circuits":
+            self.head_particles = circuit_particles(selection.build(model))
+            self._structures = {g.name: CircuitStructure(g) for g in self.head_particles.groups}
+        else:  # one system per module over all of its heads' blocks (their outputs share one kernel)
+            self.head_particles = dataclasses.replace(selection, particles="joint").build(model)
         check_sharding(model, self.head_particles.groups)  # FSDP2: supported shard layouts only
+        if space == "outputs":
+            self._outputs = OutputParticles(self.head_particles.groups, self._record_outputs,
+                                            tokens=64 if tokens is None else tokens, seed=seed)
         self._step = 0
         self._optimizer_ref = None
         self._param_group_of: Dict[int, int] = {}
@@ -256,7 +294,8 @@ class RepulsiveHeads:
 
     def __repr__(self) -> str:
         st = self.settings
-        return (f"RepulsiveHeads(method={st.method!r}, preset={self.preset!r}, groups={len(self.groups)}, "
+        return (f"RepulsiveHeads(method={st.method!r}, preset={self.preset!r}, space={self.space!r}, "
+                f"groups={len(self.groups)}, "
                 f"step_size={st.step_size}, repulsion={st.repulsion}, step={self._step})")
 
     # ------------------------------------------------------------------------------------------
@@ -329,9 +368,10 @@ class RepulsiveHeads:
         bad = self._nonfinite(present, step)
         if bad:  # on_nonfinite="skip": the step counts, nothing is written
             return self._finish(step, ApplyInfo(step, {}, tuple(missing), tuple(g.name for g in bad)))
+        directions = self._directions(present)
         lrs = [self._spos_lr(g) for g, _ in present]
         xis = self._noise(present, step)
-        new, infos = self._updates(present, xis, lrs, full)
+        new, infos = self._updates(present, xis, lrs, full, directions)
         for (g, _), rows in zip(present, new):
             g.scatter_grad(rows, full)
         full.commit()  # each rank's shard of the new full gradients (no-op without sharded parameters)
@@ -341,7 +381,77 @@ class RepulsiveHeads:
     def _finish(self, step: int, info: ApplyInfo) -> ApplyInfo:
         self._step = step + 1
         self.last_info = info
+        self._recorded = {}
+        if self._outputs is not None:
+            self._outputs.step = self._step
         return info
+
+    # -- spaces other than the weights ---------------------------------------------------------
+    def _record_outputs(self, group: ParticleGroup, outputs: torch.Tensor) -> None:
+        """Function space, called by the forward hooks: the core's Stein terms of the heads' outputs
+        ``F`` (``M x m``, kernel and repulsion, no data term) pulled back to the group's parameters
+        at once by one vector-Jacobian product, the graph kept for the loss's backward. Several
+        forward passes before one :meth:`apply` (gradient accumulation) are averaged."""
+        values = outputs.detach().to(compute_dtype(outputs.dtype))  # float32 for float16/bfloat16
+        if not bool(torch.isfinite(values).all()):
+            self._recorded[group.name] = None  # reported by apply() as a non-finite group
+            return
+        terms = ps.function_space.function_space_terms(values, None, self.settings.kernel, self.settings.bandwidth,
+                                                       1.0, check_finite=False)
+        params = group.params
+        pulled = ps.function_space.pull_back(outputs, params, terms.direction, retain_graph=True)
+        rows = rows_of(group, {id(p): g for p, g in zip(params, pulled)}).detach()
+        if group.name in self._recorded and self._recorded[group.name] is None:
+            return
+        gram, acc, info, count = self._recorded.get(group.name, (0.0, 0.0, terms.info, 0))
+        self._recorded[group.name] = (gram + terms.gram, acc + rows, terms.info, count + 1)
+
+    def remove_hooks(self) -> None:
+        """Take off the forward hooks of ``space="outputs"`` (no-op in the other spaces)."""
+        if self._outputs is not None:
+            self._outputs.remove()
+
+    def _directions(self, present) -> List[Optional[Any]]:
+        """Per present group, the ``direction`` for :func:`head_update` (None: weight space)."""
+        if self.space == "weights":
+            return [None] * len(present)
+        if self.space == "circuits":
+            return [functools.partial(circuit_direction, self._structures[g.name]) for g, _ in present]
+        missing = [g.name for g, _ in present if g.name not in self._recorded]
+        if missing:
+            raise RuntimeError(
+                f"space='outputs' has no head outputs of {missing} since the last apply(): run the model's forward "
+                "pass with gradients enabled (not under torch.no_grad()) before backward() and apply()")
+        bad = [g for g, _ in present if self._recorded[g.name] is None]
+        if bad:
+            names = ", ".join(repr(g.name) for g in bad)
+            raise NonFiniteGradientError(f"non-finite head outputs in attention heads {names} at step {self._step}")
+        entries = [self._recorded[g.name] for g, _ in present]
+        grams = torch.stack([e[0] / e[3] for e in entries])
+        rows = [e[1] / e[3] for e in entries]
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            # each rank saw its own batch: average the kernels and the pulled-back repulsions, so that
+            # every rank computes the same update (as DDP averages the gradients)
+            flat = torch.cat([grams.reshape(-1)] + [r.reshape(-1) for r in rows])
+            torch.distributed.all_reduce(flat)
+            flat /= torch.distributed.get_world_size()
+            grams = flat[:grams.numel()].reshape(grams.shape)
+            offset, synced = grams.numel(), []
+            for r in rows:
+                synced.append(flat[offset:offset + r.numel()].reshape(r.shape))
+                offset += r.numel()
+            rows = synced
+        out = []
+        for gram, pulled, entry in zip(grams, rows, entries):
+            info = entry[2]
+
+            def direction(x, s, kernel=None, bandwidth=None, repulsion=1.0, _k=gram, _p=pulled, _i=info):
+                return ps.function_space.hybrid_direction(_k.to(s.dtype), s, _p.to(s.dtype), repulsion,
+                                                          bandwidth=_i.bandwidth, mean_kernel=_i.mean_kernel)
+
+            out.append(direction)
+        return out
 
     def _gradients(self, full: FullTensors):
         """``(present, missing)``: ``(group, (M, P) gradient)`` pairs, and the groups without one."""
@@ -384,11 +494,17 @@ class RepulsiveHeads:
         noise = StepNoise(self.seed, step)
         return [noise.draw(grad, compute_dtype(grad.dtype)) for _, grad in present]
 
-    def _updates(self, present, xis, lrs, full: FullTensors):
-        """The new ``(M, P)`` gradient of every present group and its info, in group order; groups of
-        equal shape, dtype, device and learning rate are updated together (one batched call)."""
+    def _updates(self, present, xis, lrs, full: FullTensors, directions):
+        """The new ``(M, P)`` gradient of every present group and its info, in group order; in weight
+        space groups of equal shape, dtype, device and learning rate are updated together (one batched
+        call); in the other spaces each group with its own ``direction``."""
         new: List[Optional[torch.Tensor]] = [None] * len(present)
         infos: Dict[str, ps.SteinInfo] = {}
+        if self.space != "weights":
+            for i, (g, grad) in enumerate(present):
+                new[i], infos[g.name] = head_update(g.gather("data", full), grad, self.settings, xis[i], lr=lrs[i],
+                                                    direction=directions[i])
+            return new, infos
         for members in _stacks(present, lrs):
             groups = [present[i][0] for i in members]
             lr = lrs[members[0]]
@@ -443,7 +559,7 @@ class RepulsiveHeads:
     # ------------------------------------------------------------------------------------------
     def _config(self) -> Dict[str, Any]:
         return {"method": self.method, "preset": None if self.preset is None else self.preset.name,
-                "groups": list(self.head_particles.names)}
+                "groups": list(self.head_particles.names), "space": self.space}
 
     def state_dict(self) -> Dict[str, Any]:
         """``{"step", "seed", "method", "preset", "groups", "step_size", "repulsion", "beta"}``.
@@ -465,8 +581,8 @@ class RepulsiveHeads:
         if missing:
             raise ValueError(f"expected a RepulsiveHeads state dict with keys {missing}, received keys {sorted(state)}")
         mine = self._config()
-        for key in ("method", "preset", "groups"):
-            if state[key] != mine[key]:
+        for key in ("method", "preset", "groups", "space"):
+            if state.get(key, "weights" if key == "space" else None) != mine[key]:
                 raise ValueError(f"state dict {key} {state[key]!r} does not match this adapter's {mine[key]!r}")
         step, seed = state["step"], state["seed"]
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:

@@ -303,7 +303,8 @@ def _check_matrix(name: str, t: Any, shape=None, *, stacked: bool = False) -> No
 
 
 def head_update(particles: torch.Tensor, grads: torch.Tensor, settings: UpdateSettings,
-                noise: Optional[torch.Tensor] = None, *, lr: Optional[float] = None):
+                noise: Optional[torch.Tensor] = None, *, lr: Optional[float] = None,
+                direction: Optional[Callable] = None):
     """The gradient ``Ĝ`` that replaces ``G`` for one group of head particles (module docstring).
 
     Parameters
@@ -317,6 +318,11 @@ def head_update(particles: torch.Tensor, grads: torch.Tensor, settings: UpdateSe
         Standard normal draws ``xi``; required for ``method="spos"``, ignored for SVGD.
     lr : float > 0, optional
         The optimizer's learning rate for the SPOS noise; overrides ``settings.lr``.
+    direction : callable, optional
+        ``direction(X, S, kernel, bandwidth, repulsion) -> (phi, SteinInfo)``, the Stein direction
+        ``phi`` ``(M, P)`` in another space than the weights (:mod:`attention_adapter.spaces`: the
+        circuits' kernel, or the heads' outputs). Default: :func:`particlesampling.stein_direction_with_info`
+        on the rows. The rest of the rule (scores, step size, SPOS drift and noise) is the same.
 
     Returns
     -------
@@ -327,7 +333,7 @@ def head_update(particles: torch.Tensor, grads: torch.Tensor, settings: UpdateSe
 
     Pure: the result depends only on the arguments (the noise is drawn by the caller).
     """
-    return _update(particles, grads, settings, noise, lr, stacked=False)
+    return _update(particles, grads, settings, noise, lr, stacked=False, direction=direction)
 
 
 def head_update_batched(particles: torch.Tensor, grads: torch.Tensor, settings: UpdateSettings,
@@ -357,7 +363,7 @@ def head_update_batched(particles: torch.Tensor, grads: torch.Tensor, settings: 
     return _update(particles, grads, settings, noise, lr, stacked=True)
 
 
-def _update(particles, grads, settings, noise, lr, *, stacked: bool):
+def _update(particles, grads, settings, noise, lr, *, stacked: bool, direction=None):
     """The one implementation of :func:`head_update` (``stacked=False``) and :func:`head_update_batched`."""
     if not isinstance(settings, UpdateSettings):
         raise TypeError(f"expected settings as an UpdateSettings, received {type(settings).__name__}")
@@ -367,7 +373,10 @@ def _update(particles, grads, settings, noise, lr, *, stacked: bool):
     g = grads.to(cdt)
     x = particles.to(cdt)
     s = settings.posterior.score(x, g)
-    direction = ps.stein_direction_batched_with_info if stacked else ps.stein_direction_with_info
+    if direction is None:
+        direction = ps.stein_direction_batched_with_info if stacked else ps.stein_direction_with_info
+    elif stacked:
+        raise ValueError("expected direction=None for a stack of groups (B, M, P); call head_update per group")
     phi, info = direction(x, s, kernel=settings.kernel, bandwidth=settings.bandwidth, repulsion=settings.repulsion)
     e = settings.step_size
     if settings.method == "svgd":

@@ -51,7 +51,7 @@ from .kernels import get_kernel, offdiagonal_mean_from_sums
 from .stein_terms import SteinInfo, assemble_direction, check_repulsion
 
 __all__ = ["FunctionSpaceTerms", "FunctionSpaceStep", "function_space_terms", "pull_back",
-           "function_space_direction"]
+           "function_space_direction", "hybrid_direction"]
 
 
 class FunctionSpaceTerms(NamedTuple):
@@ -192,3 +192,38 @@ def function_space_direction(outputs, params: Sequence[Any], scores=None, *, ker
     terms = function_space_terms(outputs, scores, kernel, bandwidth, repulsion, check_finite=check_finite)
     grads = pull_back(outputs, params, terms.direction, retain_graph=retain_graph)
     return FunctionSpaceStep(grads, terms.gram, terms.direction, terms.info)
+
+
+def hybrid_direction(gram, param_scores, pulled_repulsion, repulsion: float, *, bandwidth, mean_kernel):
+    """The hybrid form ``phi = (K S_theta) / n + r J^T R_f / n`` and its :class:`SteinInfo` (module docstring).
+
+    Parameters
+    ----------
+    gram : array, shape (n, n)
+        ``K`` on the outputs (:attr:`FunctionSpaceTerms.gram`).
+    param_scores : array, shape (n, P)
+        Parameter-space scores ``S_theta``, row ``i`` = particle ``i`` (``-N G + grad log p(theta)``).
+    pulled_repulsion : array, shape (n, P)
+        ``J^T R_f / n`` in the same rows: the pull-back of the direction of
+        :func:`function_space_terms` computed without scores and with ``repulsion = 1``.
+    repulsion : float
+        ``r``.
+    bandwidth, mean_kernel :
+        From the :class:`SteinInfo` of those terms (reported as they are).
+
+    Returns
+    -------
+    phi : array, shape (n, P)
+    info : SteinInfo
+        ``driving_norm`` of ``K S_theta / n`` and ``repulsion_norm`` of ``r J^T R_f / n`` (RMS over
+        particles, in parameter space).
+    """
+    xp = namespace(gram, param_scores, pulled_repulsion)
+    repulsion = check_repulsion(repulsion)
+    n = param_scores.shape[0]
+    if tuple(gram.shape) != (n, n) or tuple(pulled_repulsion.shape) != tuple(param_scores.shape):
+        raise ValueError(f"expected gram (n, n) and pulled_repulsion shaped like param_scores (n, P) = "
+                         f"{tuple(param_scores.shape)}, received {tuple(gram.shape)} and {tuple(pulled_repulsion.shape)}")
+    gram = xp.astype(gram, param_scores.dtype)
+    return assemble_direction(xp, gram @ param_scores, xp.astype(pulled_repulsion, param_scores.dtype) * float(n),
+                              repulsion, bandwidth, mean_kernel)

@@ -206,3 +206,125 @@ def test_check_space():
     assert check_space("circuits") == "circuits"
     with pytest.raises(ValueError, match="space"):
         check_space("circuit")
+
+
+# ---------------------------------------------------------------------------------------------
+# RepulsiveHeads(space=...)
+# ---------------------------------------------------------------------------------------------
+from attention_adapter import An2020, RepulsiveHeads  # noqa: E402
+from attention_adapter.update import UpdateSettings, head_update  # noqa: E402
+
+
+def _step(model, heads, ids):
+    model.zero_grad()
+    model(ids).last_hidden_state.pow(2).mean().backward()
+    before = {id(p): p.grad.clone() for p in heads.head_particles.parameters()}
+    info = heads.apply()
+    return before, info
+
+
+def test_circuit_space_rewrites_gradients_with_the_circuit_direction():
+    model = _bert()
+    ids = torch.tensor([[1, 5, 7, 2, 9, 3]])
+    heads = RepulsiveHeads(model, "svgd", repulsion=0.5, space="circuits", selection=HeadSelection(include_bias=True))
+    g_qk = heads.groups[0]
+    assert g_qk.roles == ("q", "k", "q_bias", "k_bias")
+    model.zero_grad()
+    model(ids).last_hidden_state.pow(2).mean().backward()
+    x, grad = g_qk.gather("data"), g_qk.gather("grad").clone()
+    heads.apply()
+    st = CircuitStructure(g_qk)
+    phi, _ = ps.circuits.circuit_stein_direction(st.to_terms(x), st.to_terms(-grad), repulsion=0.5)
+    torch.testing.assert_close(g_qk.gather("grad"), -st.to_rows(phi))
+    # the output projection's bias, the layer norms etc. are untouched
+    assert heads.state_dict()["space"] == "circuits"
+
+
+def test_outputs_space_equals_brute_force_jacobians():
+    """Function space on a BERT layer: Ĝ = -e [K_f S / M + a J^T R_f / M] with J each head's explicit Jacobian."""
+    model = _bert().eval()  # no dropout: the reference recomputes the heads
+    ids = torch.tensor([[1, 5, 7, 2, 9, 3, 4]])
+    heads = RepulsiveHeads(model, "svgd", repulsion=0.7, step_size=0.5, space="outputs", tokens=5, seed=3)
+    (g,) = heads.groups
+    assert g.roles == ("q", "k", "v")
+    captured = {}
+    att = model.encoder.layer[0].attention
+    hook = att.output.dense.register_forward_pre_hook(lambda m, a: captured.update(o=a[0].detach()))
+    model.zero_grad()
+    model(ids).last_hidden_state.pow(2).mean().backward()
+    hook.remove()
+    x, grad = g.gather("data"), g.gather("grad").clone()
+    heads.apply()
+    # reference: the same 5 positions (the seeded draw of step 0, module 0), outputs recomputed per head
+    from attention_adapter.noise import step_seed
+    gen = torch.Generator().manual_seed(step_seed(step_seed(3, 0), 0))
+    idx = torch.randperm(7, generator=gen)[:5].sort().values
+    wo = att.output.dense.weight.detach()
+    f = torch.stack([captured["o"][0, idx, h * D:(h + 1) * D] @ wo[:, h * D:(h + 1) * D].T for h in range(H)])
+    f = f.reshape(H, -1)
+    d2 = torch.cdist(f, f) ** 2
+    hband = float(ps.get_bandwidth(None)(f, ps.sqdist(f)))
+    k = torch.exp(-d2 / hband)
+    rf = torch.stack([sum(-(2.0 / hband) * (f[j] - f[i]) * k[j, i] for j in range(H)) for i in range(H)])
+
+    def head_out(theta_rows, h):
+        # head h's outputs at idx as a function of its own q, k, v rows (explicit recomputation)
+        hidden = model.embeddings(ids).detach()
+        wq, wk, wv = (theta_rows[i * D * E:(i + 1) * D * E].reshape(D, E) for i in range(3))
+        sa = att.self
+        q = hidden[0] @ wq.T + sa.query.bias[h * D:(h + 1) * D].detach()
+        kk = hidden[0] @ wk.T + sa.key.bias[h * D:(h + 1) * D].detach()
+        v = hidden[0] @ wv.T + sa.value.bias[h * D:(h + 1) * D].detach()
+        a = torch.softmax(q @ kk.T / D ** 0.5, dim=-1)
+        return ((a @ v)[idx] @ wo[:, h * D:(h + 1) * D].T).reshape(-1)
+
+    for h in range(H):
+        torch.testing.assert_close(head_out(x[h], h), f[h], rtol=1e-9, atol=1e-10)
+    jr = torch.stack([torch.autograd.functional.jacobian(lambda t: head_out(t, h), x[h]).T @ rf[h] for h in range(H)])
+    want = -0.5 * (k @ (-grad) / H + 0.7 * jr / H)
+    torch.testing.assert_close(g.gather("grad"), want, rtol=1e-7, atol=1e-10)
+
+
+def test_outputs_space_needs_a_forward_with_gradients():
+    model = _bert()
+    ids = torch.tensor([[1, 5, 7]])
+    heads = RepulsiveHeads(model, "svgd", space="outputs")
+    out = model(ids).last_hidden_state.pow(2).mean()
+    out.backward()
+    heads.apply()
+    with torch.no_grad():
+        model(ids)
+    model.zero_grad()
+    loss = sum(p.pow(2).sum() for p in heads.head_particles.parameters())
+    loss.backward()
+    with pytest.raises(RuntimeError, match="forward"):
+        heads.apply()
+    heads.remove_hooks()
+
+
+@pytest.mark.parametrize("space", ["circuits", "outputs"])
+def test_an2020_preset_and_spos_run_in_every_space(space):
+    model = _bert()
+    ids = torch.tensor([[1, 5, 7, 2]])
+    for heads in (RepulsiveHeads(model, "spos", preset=An2020(alpha=0.1, epsilon=0.5), space=space),
+                  RepulsiveHeads(model, "spos", lr=0.1, space=space)):
+        before, info = _step(model, heads, ids)
+        after = {id(p): p.grad for p in heads.head_particles.parameters()}
+        assert all(torch.isfinite(v).all() for v in after.values())
+        assert any(not torch.equal(before[k], after[k]) for k in before)
+        assert set(info.groups) == set(heads.head_particles.names)
+        heads.remove_hooks()
+
+
+def test_space_argument_checks():
+    model = _bert()
+    with pytest.raises(ValueError, match="space"):
+        RepulsiveHeads(model, space="functions")
+    with pytest.raises(ValueError, match="tokens"):
+        RepulsiveHeads(model, space="circuits", tokens=8)
+    with pytest.raises(ValueError, match="tokens"):
+        RepulsiveHeads(model, space="outputs", tokens=0)
+    h = RepulsiveHeads(model, space="circuits")
+    state = h.state_dict()
+    with pytest.raises(ValueError, match="space"):
+        RepulsiveHeads(model).load_state_dict({**state, "groups": RepulsiveHeads(model).state_dict()["groups"]})

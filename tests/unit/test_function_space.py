@@ -125,3 +125,21 @@ def test_bad_input_raises():
         fs.function_space_direction(theta * 1.0, [theta], bandwidth="maxksd")
     with pytest.raises(ValueError, match=r"shape \(n, \.\.\.\)"):
         fs.function_space_terms(torch.zeros(3))
+
+
+def test_hybrid_direction_combines_parameter_scores_and_pulled_repulsion():
+    thetas, x = _particles(), _inputs()
+    outputs = torch.stack([_net(t, x) for t in thetas])
+    step = fs.function_space_direction(outputs, thetas, None, repulsion=1.0)
+    s_theta = torch.randn(N, thetas[0].numel(), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    pulled = torch.stack(step.grads)
+    phi, info = fs.hybrid_direction(step.gram, s_theta, pulled, 0.25, bandwidth=step.info.bandwidth,
+                                    mean_kernel=step.info.mean_kernel)
+    h = _median_h(thetas, x)
+    ref_rep = torch.stack(_reference(thetas, x, None, h, 1.0))  # J^T R_f / n
+    f = outputs.detach().reshape(N, -1)
+    k = torch.exp(-torch.cdist(f, f) ** 2 / h)
+    torch.testing.assert_close(phi, k @ s_theta / N + 0.25 * ref_rep, rtol=1e-10, atol=1e-12)
+    rms = lambda a: float(a.pow(2).sum(1).mean().sqrt())  # noqa: E731
+    assert float(info.repulsion_norm) == pytest.approx(rms(0.25 * ref_rep), rel=1e-9)
+    assert float(info.driving_norm) == pytest.approx(rms(k @ s_theta / N), rel=1e-9)
