@@ -20,6 +20,13 @@ there is no dataset size, prior or noise, and the heads converge to a stationary
 ``loss + Omega`` rather than to a set of particles representing ``p(theta | D)``. Being part of the
 loss it goes through autograd, so AMP loss scaling, gradient accumulation and DDP all-reduce
 apply to it automatically, at the cost of one extra ``O(M^2 P)`` forward/backward per group.
+
+``space`` (:mod:`attention_adapter.spaces`) chooses what ``theta_i`` is: the head's weight rows
+(default), its QK and OV circuits (``k`` on circuit distances, from ``d_head x d_head`` products), or
+its outputs on the current batch (``k(f_i, f_j)`` on the heads' output vectors on a seeded token
+subsample, recorded by forward hooks during the forward pass whose loss the penalty joins: call
+``penalty()`` after ``model(x)`` and before ``backward()``; a function-space regulariser in the
+spirit of Li et al. 2018's output disagreement, with the kernel of the SVGD runs).
 """
 
 from __future__ import annotations
@@ -30,8 +37,13 @@ from typing import Optional
 import torch
 from torch import nn
 
+import dataclasses
+from typing import Dict
+
 from ._compat import renamed_kwarg, warn_renamed
-from .particles import HeadParticles, HeadSelection
+from .outputs import OutputParticles
+from .particles import HeadParticles, HeadSelection, ParticleGroup
+from .spaces import CircuitStructure, check_space, circuit_kernel_similarity, circuit_particles
 from .update import kernel_matrix, resolve_kernel
 
 __all__ = ["HeadRepulsionPenalty", "head_kernel_similarity"]
@@ -66,6 +78,12 @@ class HeadRepulsionPenalty(nn.Module):
     selection : HeadSelection, optional
         Which modules and tensors are particles (default: Q, K, V of every module, separately).
         ``heads=`` is its deprecated alias.
+    space : {"weights", "circuits", "outputs"}
+        What a head particle is (module docstring); default ``"weights"``.
+    tokens : int >= 1
+        ``space="outputs"`` only: token positions per module and forward pass (default 64).
+    seed : int >= 0
+        ``space="outputs"`` only: base seed of the token subsample.
 
     Attributes
     ----------
@@ -74,7 +92,8 @@ class HeadRepulsionPenalty(nn.Module):
     """
 
     def __init__(self, model: nn.Module, *, weight: float = 1.0, kernel=None, bandwidth=None,
-                 selection: Optional[HeadSelection] = None, heads: Optional[HeadSelection] = None):
+                 selection: Optional[HeadSelection] = None, heads: Optional[HeadSelection] = None,
+                 space: str = "weights", tokens: Optional[int] = None, seed: int = 0):
         super().__init__()
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
             raise ValueError(f"expected weight as a finite number >= 0, received {weight!r}")
@@ -83,10 +102,34 @@ class HeadRepulsionPenalty(nn.Module):
             selection = HeadSelection()
         if not isinstance(selection, HeadSelection):
             raise TypeError(f"expected selection as a HeadSelection, received {type(selection).__name__}")
+        space = check_space(space)
+        if tokens is not None and space != "outputs":
+            raise ValueError(f"tokens is a space='outputs' option; received tokens={tokens!r} with space={space!r}")
         self.weight = float(weight)
+        self.space = space
         self.kernel, self.bandwidth = resolve_kernel(kernel, bandwidth)
         # not registered as sub-modules: the penalty owns no parameters of its own
-        object.__setattr__(self, "head_particles", selection.build(model))
+        if space == "weights":
+            particles = selection.build(model)
+        elif space == "circuits":
+            particles = circuit_particles(selection.build(model))
+        else:
+            particles = dataclasses.replace(selection, particles="joint").build(model)
+        object.__setattr__(self, "head_particles", particles)
+        self._structures = {g.name: CircuitStructure(g) for g in particles.groups} if space == "circuits" else {}
+        self._outputs: Dict[str, torch.Tensor] = {}
+        self._hooks = None
+        if space == "outputs":
+            self._hooks = OutputParticles(particles.groups, self._keep, tokens=64 if tokens is None else tokens,
+                                          seed=seed)
+
+    def _keep(self, group: ParticleGroup, outputs: torch.Tensor) -> None:
+        self._outputs[group.name] = outputs
+
+    def remove_hooks(self) -> None:
+        """Take off the forward hooks of ``space="outputs"`` (no-op in the other spaces)."""
+        if self._hooks is not None:
+            self._hooks.remove()
 
     @property
     def heads(self) -> HeadParticles:
@@ -96,8 +139,19 @@ class HeadRepulsionPenalty(nn.Module):
 
     def per_group(self) -> dict:
         """``{group name: mean off-diagonal kernel value}`` (differentiable 0-d tensors)."""
-        return {g.name: head_kernel_similarity(g.gather("param"), self.kernel, self.bandwidth)
-                for g in self.head_particles.groups}
+        groups = self.head_particles.groups
+        if self.space == "weights":
+            return {g.name: head_kernel_similarity(g.gather("param"), self.kernel, self.bandwidth) for g in groups}
+        if self.space == "circuits":
+            return {g.name: circuit_kernel_similarity(self._structures[g.name], g.gather("param"), self.kernel,
+                                                      self.bandwidth) for g in groups}
+        missing = [g.name for g in groups if g.name not in self._outputs]
+        if missing:
+            raise RuntimeError(f"space='outputs' has no head outputs of {missing}: call the penalty after the model's "
+                               "forward pass with gradients enabled, before backward()")
+        out = {g.name: head_kernel_similarity(self._outputs[g.name], self.kernel, self.bandwidth) for g in groups}
+        self._outputs = {}  # one penalty per forward pass
+        return out
 
     def forward(self) -> torch.Tensor:
         terms = list(self.per_group().values())

@@ -328,3 +328,43 @@ def test_space_argument_checks():
     state = h.state_dict()
     with pytest.raises(ValueError, match="space"):
         RepulsiveHeads(model).load_state_dict({**state, "groups": RepulsiveHeads(model).state_dict()["groups"]})
+
+
+# ---------------------------------------------------------------------------------------------
+# HeadRepulsionPenalty(space=...)
+# ---------------------------------------------------------------------------------------------
+from attention_adapter import HeadRepulsionPenalty  # noqa: E402
+
+
+def test_penalty_in_circuit_space_is_the_circuit_kernel_and_its_gradient_flows():
+    model = _bert()
+    pen = HeadRepulsionPenalty(model, weight=2.0, space="circuits", bandwidth=3.0)
+    value = pen()
+    ref = 0.0
+    for g in pen.head_particles.groups:
+        prods = _products(CircuitStructure(g), g.gather("data"))
+        flat = torch.cat([p.reshape(H, -1) for p in prods], dim=1)
+        k = torch.exp(-torch.cdist(flat, flat) ** 2 / 3.0)
+        ref += (k.sum() - k.diagonal().sum()) / (H * (H - 1))
+    torch.testing.assert_close(value, 2.0 * ref)
+    value.backward()
+    assert model.encoder.layer[0].attention.output.dense.weight.grad.abs().sum() > 0  # OV circuit reaches W_o
+
+
+def test_penalty_in_output_space_reads_the_forward_pass():
+    model = _bert().eval()
+    ids = torch.tensor([[1, 5, 7, 2, 9]])
+    pen = HeadRepulsionPenalty(model, weight=1.0, space="outputs", tokens=3, bandwidth=2.0)
+    with pytest.raises(RuntimeError, match="forward"):
+        pen()
+    model(ids)
+    (name,) = pen.per_group()
+    model(ids)
+    f = pen._outputs[name].detach()
+    value = pen()
+    k = torch.exp(-torch.cdist(f, f) ** 2 / 2.0)
+    torch.testing.assert_close(value, (k.sum() - k.diagonal().sum()) / (H * (H - 1)))
+    model(ids)
+    pen().backward()
+    assert model.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
+    pen.remove_hooks()
