@@ -270,6 +270,17 @@ class RadialKernel(Kernel):
         xc = centred(xp, x)
         return k, radial_repulsion(xp, k1, xc, xc, h)
 
+    def gram_and_slope(self, x, h, sq=None):
+        """``K = f(U)`` and ``K' = f'(U)`` (both ``(n, n)``) with ``U = D2 / h`` (scalar or ``(d,)`` ``h``).
+
+        For methods that weight the pairs of :func:`radial_repulsion` (Blob's second term, say):
+        ``radial_repulsion(xp, K', Xc, Xc, h)`` is the repulsion ``R`` of :meth:`gram_and_repulsion`.
+        """
+        xp = namespace(x)
+        h = xp.asarray(h, dtype=x.dtype, device=device_of(x))
+        scalar = is_scalar_bandwidth(h, x)
+        return self._value_and_slope(_scaled_sq(xp, x, bandwidth_for_broadcast(xp, h, x), sq, scalar))
+
     def _value_and_slope(self, u):
         f, f1, _ = self.profile(u)
         return f, f1

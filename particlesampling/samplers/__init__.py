@@ -14,15 +14,18 @@ tiled forms), the step-size rules (:mod:`particlesampling.step_sizes`) and the n
 
 from ._common import LangevinStepInfo, ParticleSampler, ParticleState, SteinStepInfo
 from .annealed_svgd import AnnealedSVGD, annealed_svgd
+from .blob import Blob, blob
+from .gfsf import GFSF, gfsf
 from .sgld import SGLD, sgld
 from .spos import SPOS, spos
 from .svgd import SVGD, svgd
 
-__all__ = ["svgd", "spos", "sgld", "annealed_svgd", "SVGD", "SPOS", "SGLD", "AnnealedSVGD", "ParticleSampler", "ParticleState", "SteinStepInfo",
+__all__ = ["svgd", "spos", "sgld", "annealed_svgd", "gfsf", "blob", "SVGD", "SPOS", "SGLD", "AnnealedSVGD", "GFSF", "Blob", "ParticleSampler", "ParticleState", "SteinStepInfo",
            "LangevinStepInfo", "SAMPLERS", "get_sampler"]
 
 #: sampler constructors by name (the CLI's ``--method``)
-SAMPLERS = {"svgd": svgd, "spos": spos, "sgld": sgld, "annealed_svgd": annealed_svgd}
+SAMPLERS = {"svgd": svgd, "spos": spos, "sgld": sgld, "annealed_svgd": annealed_svgd, "gfsf": gfsf,
+            "blob": blob}
 
 
 def get_sampler(name: str, score_fn, step_size=1e-2, **options) -> ParticleSampler:

@@ -20,7 +20,7 @@ from ..random_batch import random_batch_direction
 from ..stein import stein_direction_with_info
 from ..step_sizes import StepRule
 
-__all__ = ["ParticleState", "ParticleSampler", "SteinSampler", "SteinStepInfo", "LangevinStepInfo"]
+__all__ = ["ParticleState", "ParticleSampler", "SteinSampler", "FlowSampler", "SteinStepInfo", "LangevinStepInfo"]
 
 
 class ParticleState(NamedTuple):
@@ -206,3 +206,28 @@ class SteinSampler(ParticleSampler):
     def _stein_info(self, xp, s, x_new, delta, h, mean_k) -> SteinStepInfo:
         return SteinStepInfo(bandwidth=h, mean_kernel=mean_k, update_norm=rms_rows(xp, delta),
                              score_norm=rms_rows(xp, s), finite=finite_flag(xp, s, x_new))
+
+
+@dataclass(frozen=True)
+class FlowSampler(ParticleSampler):
+    """Settings and step shared by GFSF and Blob (:mod:`particlesampling.particle_flows`): a kernel,
+    a bandwidth, and ``x <- x + rule(v)`` with ``v`` the method's direction (:meth:`_direction`)."""
+
+    kernel: Any = None
+    bandwidth: Any = None
+
+    info_type: ClassVar[type] = SteinStepInfo
+
+    def _direction(self, particles, s):  # pragma: no cover - interface
+        """``(v, FlowInfo)``."""
+        raise NotImplementedError
+
+    def step(self, state: ParticleState):
+        """One update; returns ``(new_state, SteinStepInfo)``. ``score_fn`` is called once."""
+        xp = namespace(state.particles)
+        s = self.scores(state.particles)
+        v, info = self._direction(state.particles, s)
+        new, delta = self._move(state, v)
+        return new, SteinStepInfo(bandwidth=info.bandwidth, mean_kernel=info.mean_kernel,
+                                  update_norm=rms_rows(xp, delta), score_norm=rms_rows(xp, s),
+                                  finite=finite_flag(xp, s, new.particles))
