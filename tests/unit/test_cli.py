@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -155,23 +156,129 @@ def test_sample_subprocess_writes_outputs(tmp_path):
     _check_png(out / "particles.png")
 
 
-@pytest.mark.parametrize("args, message", [(["--particles", "0"], "--particles: expected >= 1, received 0"),
-                                           (["--steps", "-1"], "--steps: expected >= 0, received -1"),
-                                           (["--trace-every", "0"], "--trace-every: expected >= 1, received 0")])
-def test_sample_bad_sizes_exit(tmp_path, args, message, capsys):
-    with pytest.raises(SystemExit) as ei:
-        main(["sample", "--target", "gaussian", *args, "--out", str(tmp_path / "o"), "--no-plot"])
-    assert ei.value.code == 2
-    err = capsys.readouterr().err
-    assert message in err and len(err.splitlines()) == 1
-    assert not (tmp_path / "o").exists()
+BAD_SAMPLE = [
+    # (arguments, the option named, the value received as printed, what is valid)
+    (["--target", "nope"], "--target", "'nope'", "mixture2d"),
+    (["--method", "hmc"], "--method", "'hmc'", "svgd, spos, sgld"),
+    (["--particles", "0"], "--particles", "received 0", "expected >= 1"),
+    (["--particles", "many"], "--particles", "'many'", "an integer >= 1"),
+    (["--steps", "0"], "--steps", "received 0", "expected >= 1"),
+    (["--steps", "-3"], "--steps", "received -3", "expected >= 1"),
+    (["--steps", "1.5"], "--steps", "'1.5'", "an integer >= 1"),
+    (["--seed", "-1"], "--seed", "received -1", "expected >= 0"),
+    (["--backend", "jax"], "--backend", "'jax'", "numpy, torch"),
+    (["--device", "cuda"], "--device", "'cuda'", "--backend torch only"),
+    (["--backend", "torch", "--device", "cuda:99"], "--device", "'cuda:99'", "expected one of cpu"),
+    (["--backend", "torch", "--device", "bogus"], "--device", "'bogus'", "available here (cpu"),
+    (["--dtype", "float16"], "--dtype", "'float16'", "float32, float64"),
+    (["--kernel", "gauss"], "--kernel", "'gauss'", "rbf, imq, linear, rff"),
+    (["--bandwidth", "bogus"], "--bandwidth", "'bogus'", "liu_wang, an2020, blackjax, numpyro, pyro, maxksd"),
+    (["--bandwidth", "-1"], "--bandwidth", "'-1'", "or a positive number h"),
+    (["--bandwidth", "nan"], "--bandwidth", "'nan'", "or a positive number h"),
+    (["--step-size", "-1"], "--step-size", "'-1'", "a positive number"),
+    (["--step-size", "inf"], "--step-size", "'inf'", "a positive number"),
+    (["--step-rule", "sgd"], "--step-rule", "'sgd'", "constant, adagrad_momentum, adam"),
+    (["--method", "spos", "--beta", "0"], "--beta", "'0'", "a positive number"),
+    (["--batch-size", "0"], "--batch-size", "received 0", "expected >= 2"),
+    (["--batch-size", "50", "--particles", "10"], "--batch-size", "received 50", "2 <= B <= --particles (10)"),
+    (["--trace-every", "0"], "--trace-every", "received 0", "expected >= 1"),
+    (["--out", "FILE"], "--out", "FILE", "expected a directory"),
+    # options that do not apply to the chosen sampler or kernel
+    (["--method", "sgld", "--kernel", "imq"], "--kernel", "'imq'", "applies to svgd, spos"),
+    (["--method", "sgld", "--bandwidth", "an2020"], "--bandwidth", "'an2020'", "applies to svgd, spos"),
+    (["--method", "sgld", "--batch-size", "4"], "--batch-size", "received 4", "applies to svgd, spos"),
+    (["--method", "svgd", "--beta", "2"], "--beta", "2.0", "applies to spos"),
+    (["--kernel", "linear", "--bandwidth", "2"], "--bandwidth", "2.0", "the linear kernel has no bandwidth"),
+    # a combination the sampler itself refuses (annealed SVGD scales the scores the bandwidth would read)
+    (["--method", "annealed_svgd", "--bandwidth", "maxksd"], "--method", "'maxksd'", "expected a median"),
+]
 
 
-@pytest.mark.parametrize("args", [["sample", "--method", "hmc"], ["sample", "--backend", "jax"], ["frobnicate"], []])
-def test_parser_rejects_bad_choices(args, capsys):
+def _refusal(capsys, argv):
     with pytest.raises(SystemExit) as ei:
-        build_parser().parse_args(args)
-    assert ei.value.code == 2
+        main(argv)
+    return ei.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, option, received, valid", BAD_SAMPLE, ids=[" ".join(c[0]) for c in BAD_SAMPLE])
+def test_every_bad_sample_argument_is_one_line_naming_option_value_and_valid(tmp_path, capsys, args, option,
+                                                                             received, valid):
+    (tmp_path / "FILE").write_text("not a directory")
+    args = [str(tmp_path / "FILE") if a == "FILE" else a for a in args]
+    out = tmp_path / "o"
+    code, err = _refusal(capsys, ["sample", "--target", "gaussian", "--particles", "12", "--steps", "2", *args,
+                                  "--out", str(out)] if "--out" not in args else
+                         ["sample", "--target", "gaussian", "--particles", "12", "--steps", "2", *args])
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    line = err.splitlines()[0]
+    assert line.startswith(f"particlesampling sample: error: argument {option}"), line
+    assert received in line and valid in line, line
+    assert "usage:" not in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def _options(command: str) -> set:
+    """The value-taking options of a subcommand, read from the parser itself."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    return {s for a in sub._actions if a.nargs != 0 for s in a.option_strings}
+
+
+def test_the_bad_value_table_covers_every_sample_option():
+    assert _options("sample") == {case[1] for case in BAD_SAMPLE}
+
+
+def test_method_choices_are_the_sampler_registry(capsys):
+    from particlesampling.samplers import SAMPLERS
+
+    code, err = _refusal(capsys, ["sample", "--method", "nope"])
+    assert code == 2 and all(name in err for name in SAMPLERS)
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["sample"]
+    assert next(a for a in sub._actions if "--method" in a.option_strings).metavar == "{" + ",".join(SAMPLERS) + "}"
+
+
+@pytest.mark.parametrize("args", [["sample", "--bandwidth", "bogus"], ["sample", "--method", "hmc"],
+                                  ["sample", "--device", "cuda"], ["sample", "--step-size", "-1"], ["frobnicate"],
+                                  []])
+def test_parser_errors_are_one_line_without_usage(args, capsys):
+    code, err = _refusal(capsys, args)
+    assert code == 2 and len(err.splitlines()) == 1 and "usage:" not in err
+
+
+def test_bad_arguments_as_a_user_meets_them(tmp_path):
+    """The console script: one line, exit status 2, no traceback, no usage block, nothing written."""
+    for args in (["--bandwidth", "-1"], ["--batch-size", "0"], ["--step-size", "-1"], ["--method", "hmc"],
+                 ["--backend", "torch", "--device", "cuda:99"]):
+        proc = subprocess.run([sys.executable, "-m", "particlesampling", "sample", *args, "--out",
+                               str(tmp_path / "o")], capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert len(proc.stderr.splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert "usage:" not in proc.stderr and f"argument {args[-2]}" in proc.stderr
+        assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args, present, absent", [
+    (["--method", "sgld"], {}, {"kernel", "bandwidth", "beta", "batch_size"}),
+    (["--method", "svgd", "--kernel", "linear"], {"kernel": "linear"}, {"bandwidth", "beta", "batch_size"}),
+    (["--method", "spos"], {"kernel": "rbf", "bandwidth": "liu_wang", "beta": 1.0}, {"batch_size"}),
+    (["--method", "svgd", "--bandwidth", "2", "--batch-size", "4"], {"kernel": "rbf", "bandwidth": 2.0,
+                                                                      "batch_size": 4}, {"beta"}),
+    (["--method", "annealed_svgd", "--kernel", "imq"], {"kernel": "imq", "bandwidth": "liu_wang"},
+     {"beta", "batch_size"}),
+])
+def test_summary_records_only_the_settings_the_sampler_used(tmp_path, args, present, absent):
+    _, summary = _sample(tmp_path, "--target", "gaussian", "--particles", "8", "--steps", "2", "--no-plot", *args)
+    for key, value in present.items():
+        assert summary[key] == value, key
+    assert not absent & set(summary), absent & set(summary)
+
+
+def test_torch_backend_records_its_device(tmp_path):
+    pytest.importorskip("torch")
+    _, summary = _sample(tmp_path, "--target", "gaussian", "--particles", "6", "--steps", "1", "--no-plot",
+                         "--backend", "torch", "--device", "cpu")
+    assert summary["device"] == "cpu" and summary["backend"] == "torch"
 
 
 def test_unknown_target_is_a_one_line_usage_error(tmp_path):
@@ -197,11 +304,21 @@ def test_target_names_are_read_as_get_target_reads_them(tmp_path, spelling):
     assert json.loads((out / "summary.json").read_text())["target"] == spelling.strip().lower().replace("_", "-")
 
 
-def test_zero_steps_reports_no_per_step_time(tmp_path, capsys):
-    out = tmp_path / "o"
-    assert main(["sample", "--target", "gaussian", "--particles", "10", "--steps", "0", "--out", str(out),
-                 "--no-plot"]) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["steps"] == 0 and summary["seconds_per_step"] is None
-    assert summary["ksd"] == summary["ksd_initial"]
-    assert "seconds_per_step" not in capsys.readouterr().out
+def test_every_run_reports_its_time_per_step(tmp_path):
+    out, summary = _sample(tmp_path, "--target", "gaussian", "--particles", "10", "--steps", "3", "--no-plot")
+    assert summary["steps"] == 3 and summary["seconds_per_step"] == pytest.approx(summary["seconds"] / 3)
+
+
+def test_readme_command_lines_name_exactly_the_parser_options():
+    """The README's `sample` and `animate` command lines show every option the parser has, and no other."""
+    import re
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Command line"):text.index("\n## ", text.index("## Command line") + 1)]
+    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    for command in ("sample", "animate"):
+        shown = set(re.findall(r"--[a-z][a-z-]*", next(b for b in blocks if f"particlesampling {command}" in b)))
+        parser = build_parser()
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+        options = {s for a in sub._actions for s in a.option_strings if s.startswith("--") and s != "--help"}
+        assert shown == options, (command, shown ^ options)

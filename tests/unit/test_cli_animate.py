@@ -81,6 +81,12 @@ def _refused(args, tmp_path, capsys, message):
     (["--frames", "0"], "--frames: expected >= 1, received 0"),
     (["--fps", "0"], "--fps: expected >= 1, received 0"),
     (["--step-size", "-1"], "--step-size: expected a positive number"),
+    (["--particles", "x"], "--particles: expected an integer >= 1, received 'x'"),
+    (["--dpi", "5"], "--dpi: expected >= 10, received 5"),
+    (["--seed", "-1"], "--seed: expected >= 0, received -1"),
+    (["--beta", "0"], "--beta: expected a positive number, received '0'"),
+    (["--methods", "svgd,sgld", "--beta", "2"], "--beta: does not apply to svgd, sgld (it applies to spos)"),
+    (["--out", "a.png"], "--out: expected an output file ending in .gif or .mp4"),
 ])
 def test_animate_bad_arguments_are_one_line_errors(tmp_path, capsys, args, message):
     err = _refused(args, tmp_path, capsys, message)
@@ -123,3 +129,15 @@ def test_animate_progress_without_tqdm(tmp_path, capsys, monkeypatch):
                  "--out", str(tmp_path / "a.gif")]) == 0
     err = capsys.readouterr().err.splitlines()
     assert err[-1] == "rendering frames: 4/4" and "rendering frames: 1/4" in err
+
+
+def test_the_bad_value_table_covers_every_animate_option():
+    """Every value-taking option of ``animate`` has a bad-value case above (read from the parser)."""
+    import argparse
+
+    from particlesampling.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["animate"]
+    options = {s for a in sub._actions if a.nargs != 0 for s in a.option_strings}
+    cases = test_animate_bad_arguments_are_one_line_errors.pytestmark[0].args[1]
+    assert options == {message.split(":")[0] for _, message in cases if message.startswith("--")} | {"--target"}
