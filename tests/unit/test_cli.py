@@ -322,3 +322,19 @@ def test_readme_command_lines_name_exactly_the_parser_options():
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
         options = {s for a in sub._actions for s in a.option_strings if s.startswith("--") and s != "--help"}
         assert shown == options, (command, shown ^ options)
+
+
+@pytest.mark.parametrize("method", sorted(__import__("particlesampling").SAMPLERS))
+def test_every_registered_sampler_runs_from_the_cli(tmp_path, method):
+    """--method offers the registry: each sampler in it runs end to end, and the summary records the
+    options its constructor takes (kernel, bandwidth, beta) and no others."""
+    import inspect
+
+    from particlesampling.samplers import SAMPLERS
+
+    _, summary = _sample(tmp_path, "--target", "gaussian", "--method", method, "--particles", "8", "--steps", "3",
+                         "--no-plot")
+    takes = set(inspect.signature(SAMPLERS[method]).parameters)
+    assert summary["method"] == method and np.isfinite(summary["ksd"])
+    for option in ("kernel", "bandwidth", "beta"):
+        assert (option in summary) == (option in takes), option
