@@ -249,7 +249,7 @@ def test_encoder_only_repulsion_leaves_decoder_gradients_alone():
     src, tgt = torch.randint(4, 20, (2, 5)), torch.randint(4, 20, (2, 4))
     m(src, tgt).sum().backward()
     before = {n: p.grad.clone() for n, p in m.named_parameters()}
-    RepulsiveHeads(m, "svgd", preset=An2020(alpha=1.0), heads=m.head_selection(), seed=0).apply()
+    RepulsiveHeads(m, "svgd", preset=An2020(alpha=1.0), selection=m.head_selection(), seed=0).apply()
     changed = {n for n, p in m.named_parameters() if not torch.equal(p.grad, before[n])}
     assert "transformer.encoder.layers.0.self_attn.in_proj_weight" in changed
     assert not any(n.startswith("transformer.decoder") for n in changed)
