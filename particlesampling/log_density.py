@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from ._backend import is_jax_array, is_torch_array
 
-__all__ = ["score_from_log_prob", "resolve_score_fn"]
+__all__ = ["score_from_log_prob", "resolve_score_fn", "hessian_diagonal_from_log_prob"]
 
 
 def _torch_score(log_prob, particles):
@@ -106,3 +106,41 @@ def resolve_score_fn(score_fn, log_prob):
     if not callable(score_fn):
         raise TypeError(f"expected score_fn to be callable (particles -> scores), received {type(score_fn).__name__}")
     return score_fn
+
+
+def _torch_hessian_diagonal(log_prob, particles):
+    import torch
+
+    # reverse over reverse: torch.func.hessian (forward over reverse) goes through a deprecated torch.jit.script
+    hess = torch.func.jacrev(torch.func.grad(log_prob))
+    return torch.func.vmap(lambda x: torch.diagonal(hess(x)))(particles)
+
+
+def _jax_hessian_diagonal(log_prob, particles):
+    import jax
+
+    return jax.vmap(lambda x: jax.numpy.diagonal(jax.hessian(log_prob)(x)))(particles)
+
+
+def hessian_diagonal_from_log_prob(log_prob: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``fn(X) -> H`` with ``H[i, a] = d^2 log_prob / dx_a^2`` at ``X[i]``, by automatic differentiation.
+
+    The diagonal of the Hessian of the log-density, which the correction term of a diagonal
+    preconditioner needs (:mod:`particlesampling.samplers.pspos`). PyTorch: ``jacrev(grad)`` under
+    ``vmap``; JAX: ``jax.hessian`` under ``vmap`` (``O(d^2)`` per particle); NumPy: TypeError.
+    """
+    if not callable(log_prob):
+        raise TypeError(f"expected log_prob to be callable ((d,) particle -> 0-d log-density), "
+                        f"received {type(log_prob).__name__}")
+
+    def hessian_diagonal(particles):
+        if is_torch_array(particles):
+            return _torch_hessian_diagonal(log_prob, particles)
+        if is_jax_array(particles):
+            return _jax_hessian_diagonal(log_prob, particles)
+        raise TypeError(
+            f"a Hessian diagonal from log_prob needs automatic differentiation (PyTorch or JAX particles); received "
+            f"{type(particles).__module__}.{type(particles).__name__} particles: pass hessian_diagonal_fn instead"
+        )
+
+    return hessian_diagonal

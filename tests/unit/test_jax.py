@@ -184,6 +184,7 @@ SAMPLERS = {
     "spos": lambda: ps.spos(_score, 0.05, beta=2.0),
     "spos-batches": lambda: ps.spos(_score, 0.05, batch_size=5, bandwidth="an2020"),
     "sgld": lambda: ps.sgld(_score, 0.01, temperature=0.5),
+    "pspos": lambda: ps.pspos(_score, 0.02, beta=2.0, hessian_diagonal_fn=lambda x: 0.0 * x - 2.0),
     "annealed_svgd": lambda: ps.annealed_svgd(_score, 0.05, schedule=ps.CyclicalAnnealing(6, num_cycles=2, power=2.0)),
 }
 
