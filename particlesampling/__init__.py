@@ -51,6 +51,7 @@ from .stein import (
 )
 from .step_sizes import StepRule, adagrad_momentum, adam, constant, get_step_rule
 from .targets import Target, get_target, list_targets
+from .thinning import stein_thinning
 
 __version__ = "0.1.0"
 
@@ -114,6 +115,7 @@ __all__ = [
     "marginal_variance",
     "mode_fractions",
     "trace_diagnostics",
+    "stein_thinning",
     # array helpers
     "sqdist",
     "lower_median",

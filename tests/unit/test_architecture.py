@@ -27,7 +27,7 @@ LAYERS = {
     "stein_kernel": 2,
     "bandwidths": 3,
     "stein_terms": 4, "diagnostics": 4,
-    "tiled": 5, "random_batch": 5, "particle_flows": 5, "circuits": 5, "function_space": 5,
+    "tiled": 5, "random_batch": 5, "particle_flows": 5, "thinning": 5, "circuits": 5, "function_space": 5,
     "stein": 6,
     "samplers": 7,
     "runner": 8, "checkpoint": 8, "distributed": 8, "ensemble": 8,
