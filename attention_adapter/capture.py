@@ -13,10 +13,14 @@ How they are obtained:
   ``A_h V_h`` from the value projection. The ``nn.TransformerEncoderLayer`` inference fast path
   bypasses the attention module; :meth:`HeadCapture.run` therefore runs the forward with autograd
   enabled (the recorded tensors are detached).
-* Hugging Face modules: the maps are the 4-D ``(B, M, T, S)`` tensor the module returns (needs
-  ``attn_implementation="eager"``; SDPA returns none), and the head outputs are the input of the
-  output projection (``output.dense`` for BERT, ``c_proj`` for GPT-2), split into heads.
-* Other modules with an ``out`` block whose owner is an ``nn.Module`` that is called: as for HF.
+* Every other module: what its layout says (:class:`~attention_adapter.HeadLayout`). The maps are
+  output number ``attention_map`` of the module (Hugging Face's ``(attn_output, attn_weights)``:
+  1; T5's ``(attn_output, position_bias, attn_weights)``: 2), recorded when it is a
+  ``(B, M, T, S)`` tensor (eager attention; SDPA returns ``None``). The head outputs are, with
+  ``head_outputs="out_projection_input"``, the input of the module owning the ``out`` block
+  (``output.dense`` for BERT, ``c_proj`` for GPT-2, ``to_out.0`` for diffusers), or, with
+  ``"module_output"``, the module's first output (a module without an output projection), split
+  into heads; with ``None`` they are not recorded.
 """
 
 from __future__ import annotations
@@ -96,15 +100,16 @@ class HeadCapture:
         return hook
 
     def _output_hook(self, site: ResolvedLayout):
-        m = site.num_heads
+        m, index = site.num_heads, site.attention_map
+        own_output = site.head_outputs == "module_output"
 
         def hook(module, args, output):
             items = output if isinstance(output, (tuple, list)) else (output,)
-            for t in items:
+            if index is not None and index < len(items):
+                t = items[index]
                 if isinstance(t, torch.Tensor) and t.dim() == 4 and t.shape[1] == m:
                     self._maps.setdefault(site.name, []).append(t.detach())
-                    break
-            if "out" not in site.blocks and items and isinstance(items[0], torch.Tensor) and items[0].dim() == 3:
+            if own_output and items and isinstance(items[0], torch.Tensor) and items[0].dim() == 3:
                 ctx = items[0]
                 if ctx.shape[-1] % m == 0:
                     self._outs.setdefault(site.name, []).append(
@@ -126,7 +131,7 @@ class HeadCapture:
 
     def _out_module(self, site: ResolvedLayout) -> Optional[nn.Module]:
         blk = site.blocks.get("out")
-        if blk is None:
+        if blk is None or site.head_outputs != "out_projection_input":
             return None
         rel = blk.name[len(site.name) + 1:] if site.name else blk.name
         path = rel.rsplit(".", 1)[0] if "." in rel else ""

@@ -2,29 +2,16 @@
 
 Discovery walks ``model.named_modules()`` in order (each module object once, so a module used
 several times per step is counted once) and matches, first, the user's ``layouts``, then the
-built-in ones, then the structural rule:
-
-========================================  ======================================================
-module                                    matched by
-========================================  ======================================================
-``torch.nn.MultiheadAttention``           type (covers ``nn.Transformer*`` layers)
-Hugging Face ``GPT2Attention``-like       ``c_attn``/``c_proj`` (Conv1D, ``in x out``), ``num_heads``
-a wrapper with ``.output.dense``          ``.self`` or ``.attention`` resolvable as below, and
-                                          ``output.dense`` reading ``H d_v`` inputs (BERT family,
-                                          DeBERTa-v2, Swin): :func:`~attention_adapter.layouts.wrapper_layout`
-any module with Q/K/V projections         separate ``q_proj/k_proj/v_proj``, ``q/k/v``,
-                                          ``q_lin/...``, ``query/key/value``, ``query_proj/...``,
-                                          ``Wq/...``, or fused ``c_attn``, ``qkv``,
-                                          ``query_key_value``, ``Wqkv``, ``qkv_proj``; head counts
-                                          (incl. grouped-query ``G``) from the module's attributes
-                                          and config: :func:`~attention_adapter.layouts.structural_layout`
-========================================  ======================================================
+built-in routes of :mod:`attention_adapter.families` (one per model family:
+``nn.MultiheadAttention``, GPT-2's ``Conv1D`` attention, BERT-style wrappers with
+``.output.dense``, and any module with ``nn.Linear`` Q/K/V projections read from its structure and
+config).
 
 When a module matches, its sub-modules are not searched further (a BERT ``attention`` wrapper owns
-its ``.self``). A module that looks like attention (:func:`~attention_adapter.layouts.looks_like_attention`)
+its ``.self``). A module that looks like attention (:func:`~attention_adapter.families.looks_like_attention`)
 but cannot be resolved is an error naming the module and what was missing (``strict=True``), and is
 listed by :func:`describe_attention`. Each site is labelled ``"self"``, ``"cross"`` or
-``"decoder_self"`` (:func:`~attention_adapter.layouts.attention_kind`) and can be selected by kind
+``"decoder_self"`` (:func:`~attention_adapter.families.attention_kind`) and can be selected by kind
 (:func:`select_layers`). ``layouts`` maps a module class (or a predicate ``module -> bool``) to a
 :class:`~attention_adapter.layouts.HeadLayout` or to a factory ``module -> HeadLayout``.
 """
@@ -32,52 +19,25 @@ listed by :func:`describe_attention`. Each site is labelled ``"self"``, ``"cross
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from torch import nn
 
-from .layouts import (
-    ATTENTION_KINDS,
-    HeadLayout,
+from .families import (
+    BUILTIN_LAYOUTS,
     LayoutNotFound,
-    ResolvedLayout,
     attention_kind,
-    gpt2_attention_layout,
     looks_like_attention,
-    multihead_attention_layout,
-    resolve_layout,
     structural_layout,
     wrapper_layout,
 )
+from .layouts import ATTENTION_KINDS, HeadLayout, ResolvedLayout, resolve_layout
 
 __all__ = ["find_attention", "select_layers", "describe_attention", "unwrap_model", "BUILTIN_LAYOUTS",
            "unresolved_attention"]
 
 Matcher = Union[type, Callable[[nn.Module], bool]]
 LayoutSpec = Union[HeadLayout, Callable[[nn.Module], HeadLayout]]
-
-
-def _is_conv1d(m: Any) -> bool:
-    w = getattr(m, "weight", None)
-    return isinstance(m, nn.Module) and type(m).__name__ == "Conv1D" and isinstance(w, nn.Parameter) and w.dim() == 2
-
-
-def _is_gpt2(m: nn.Module) -> bool:
-    if not (_is_conv1d(getattr(m, "c_attn", None)) and _is_conv1d(getattr(m, "c_proj", None))):
-        return False
-    e = getattr(m, "embed_dim", None)
-    if not isinstance(e, int) or not isinstance(getattr(m, "num_heads", None), int):
-        return False
-    width = 2 * e if hasattr(m, "q_attn") else 3 * e
-    return tuple(m.c_attn.weight.shape) == (e, width)
-
-
-#: built-in (matcher, layout factory) pairs, tried in this order after the user's layouts (the
-#: structural rules, which also read the model's config, come after these)
-BUILTIN_LAYOUTS: Tuple[Tuple[Callable[[nn.Module], bool], Callable[[nn.Module], HeadLayout]], ...] = (
-    (lambda m: isinstance(m, nn.MultiheadAttention), multihead_attention_layout),
-    (_is_gpt2, gpt2_attention_layout),
-)
 
 
 def _user_matchers(layouts: Optional[Mapping[Matcher, LayoutSpec]]):
@@ -193,7 +153,7 @@ def find_attention(model: nn.Module, layouts: Optional[Mapping[Matcher, LayoutSp
         the built-in layouts.
     builtin : bool
         Whether to try the built-in layouts (``nn.MultiheadAttention``, GPT-2, wrappers and the
-        structural rule of :func:`~attention_adapter.layouts.structural_layout`).
+        structural rule of :func:`~attention_adapter.families.structural_layout`).
     required : bool
         If true (default), finding nothing is a ValueError.
     strict : bool
@@ -212,7 +172,7 @@ def find_attention(model: nn.Module, layouts: Optional[Mapping[Matcher, LayoutSp
         raise ValueError(
             f"expected every attention-like module to have a head layout; {len(unresolved)} could not be "
             f"resolved: {items}. Describe them with layouts={{MyAttention: HeadLayout(num_heads=..., q=..., "
-            "k=..., v=...)}}, or pass strict=False to leave them out"
+            "k=..., v=...)}, or pass strict=False to leave them out"
         )
     if required and not found:
         raise ValueError(
@@ -299,7 +259,7 @@ def describe_attention(model: nn.Module, layouts: Optional[Mapping[Matcher, Layo
                      + ", ".join(f"{n} {k}" for k, n in counts.items() if n) + ")")
     for i, s in enumerate(sites):
         lines.append(f"[{i}] {s.name or '<root>'}: {type(s.module).__name__}, {s.attention}, {s.heads_text()}, "
-                     f"{s.kind}")
+                     f"{s.description}")
         lines.append(s.describe())
     for n, why in unresolved.items():
         lines.append(f"not resolved: {n or '<root>'}: {why}")

@@ -214,7 +214,7 @@ def _groups_of_site(site: ResolvedLayout, particles: str, roles, include_output,
     present = [r for r in roles if r in blocks]
     if include_output and "out" not in blocks:
         raise ValueError(
-            f"include_output=True but attention module {site.name!r} ({site.kind}) declares no output projection"
+            f"include_output=True but attention module {site.name!r} ({site.description}) declares no output projection"
         )
     if particles == "separate":
         specs = [(r, [r] + ([_BIAS_OF[r]] if include_bias and _BIAS_OF[r] in blocks else [])) for r in present]
@@ -346,7 +346,7 @@ class HeadParticles:
                  f"include_output={self.include_output}, include_bias={self.include_bias})"]
         for site in self.sites:
             where = site.name or "<root>"
-            lines.append(f"  {where}: {type(site.module).__name__}, {site.attention}, {site.heads_text()}, {site.kind}")
+            lines.append(f"  {where}: {type(site.module).__name__}, {site.attention}, {site.heads_text()}, {site.description}")
             lines.append(site.describe())
         for g in self.groups:
             lines.append(f"  group {g.name}: {g.num_particles} x {g.dim} ({' || '.join(g.roles)})")

@@ -249,7 +249,7 @@ def check(arch: Arch, functional: bool = True) -> Dict[str, Any]:
             kinds.setdefault(s.attention, []).append(s)
         row["sites"] = {k: len(v) for k, v in kinds.items()}
         row["heads"] = sorted({(s.attention, s.num_heads, s.num_kv_heads) for s in sites})
-        row["layout"] = sorted({s.kind for s in sites})
+        row["layout"] = sorted({s.description for s in sites})
         # --- an2020 on random gradients, against hand-cut head slices
         params = dict(model.named_parameters())
         gen = torch.Generator().manual_seed(1)

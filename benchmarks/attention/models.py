@@ -108,7 +108,7 @@ class SelfAttentiveHops(nn.Module):
 
 
 #: the adapter's description of the hops: head h is row h of W_s2 (torch layout out x in)
-HOPS_LAYOUT = HeadLayout(num_heads="num_heads", q="ws2.weight", kind="Lin et al. (2017) attention hops",
+HOPS_LAYOUT = HeadLayout(num_heads="num_heads", q="ws2.weight", description="Lin et al. (2017) attention hops",
                          attention="self")
 
 

@@ -52,7 +52,7 @@ def test_at_least_fifteen_architectures_and_every_kind_and_layout():
         model, _ = compat.build(ARCHS[name])
         for s in find_attention(model):
             kinds.add(s.attention)
-            layouts.add(s.kind)
+            layouts.add(s.description)
             gqa.add(s.num_heads // s.num_kv_heads)
     assert kinds == {"self", "cross", "decoder_self"}
     for part in ("per-head interleaved [q_h, k_h, v_h]", "grouped [q x 2, k, v] per key/value head",
@@ -180,7 +180,7 @@ class _BadWidth(_NoHeads):
 def test_unresolved_attention_is_an_error_naming_module_and_reason():
     model = nn.ModuleDict({"a": _NoHeads(), "b": _ConvProj(), "c": _BadWidth(), "ok": nn.MultiheadAttention(8, 2)})
     with pytest.raises(ValueError, match=r"3 could not be resolved: 'a': _NoHeads: no number of heads.*"
-                                         r"'b': _ConvProj: expected nn.Linear or Conv1D projections, received "
+                                         r"'b': _ConvProj: expected nn.Linear projections, received "
                                          r"query \(Conv2d\).*'c': _BadWidth: 3 heads .* do not divide the 8 "
                                          r"outputs of q_proj"):
         HeadParticles(model)
