@@ -50,7 +50,7 @@ from ..stein import stein_direction_with_info
 from ..step_sizes import get_step_rule
 from .ensemble import ParticleEnsemble, Scores
 
-__all__ = ["UpdateInfo", "EnsembleUpdate", "DeepEnsemble", "SVGD", "SPOS", "SGLD", "CoreStepper", "get_update"]
+__all__ = ["UpdateInfo", "EnsembleUpdate", "DeepEnsemble", "SVGD", "SPOS", "SGLD", "CoreStepper"]
 
 
 class UpdateInfo(NamedTuple):
@@ -199,17 +199,6 @@ class SGLD(EnsembleUpdate):
 
     def drift_from_scores(self, particles, sc, inputs, targets):
         return sc.scores, None, None
-
-
-_UPDATES = {"ensemble": DeepEnsemble, "svgd": SVGD, "spos": SPOS, "sgld": SGLD}
-
-
-def get_update(name: str, ensemble: ParticleEnsemble, **options) -> EnsembleUpdate:
-    """An update by name: ``"ensemble"``, ``"svgd"``, ``"spos"``, ``"sgld"``; ``options`` go to its constructor."""
-    key = str(name).lower()
-    if key not in _UPDATES:
-        raise ValueError(f"unknown update {name!r}; expected one of {sorted(_UPDATES)}")
-    return _UPDATES[key](ensemble, **options)
 
 
 class CoreStepper:
