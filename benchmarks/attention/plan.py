@@ -18,19 +18,23 @@ Phases
     disagreement, drophead, lin_penalty (self-attentive only)}: 3 trials each, then 5 seeds.
 ``questions``
     The open questions on the small transformer and TREC (:data:`QUESTIONS`).
+``spos_grid``, ``spos_ablation``, ``spos_sets``, ``spos_heads``, ``spos_models``
+    The SPOS posterior mode with strong repulsion: grid extension, ablation, data sets, head counts and
+    dropout, other models (:mod:`.strong_repulsion`).
 """
 
 from __future__ import annotations
 
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from . import strong_repulsion
 from .methods import METHODS
 from .models import DEFAULT_HEADS
 from .train import RunConfig
 
 __all__ = ["PHASES", "QUESTIONS", "Plan", "FULL", "QUICK", "choose"]
 
-PHASES = ("core", "minilm", "alternatives", "questions")
+PHASES = ("core", "minilm", "alternatives", "questions") + strong_repulsion.PHASES
 CORE_METHODS = ("svgd", "spos")
 ALTERNATIVES = ("svgd_posterior", "spos_posterior", "penalty", "disagreement", "drophead", "lin_penalty")
 QUESTIONS = ("dropout", "late", "heads", "strength", "data", "penalty_matched")
@@ -43,11 +47,14 @@ class Plan:
                  datasets: Tuple[str, ...], question_dataset: str, eval_limit: int = 0,
                  head_counts=(1, 2, 4, 8, 16), strengths=(0.001, 0.01, 0.1, 1.0, 10.0),
                  fractions=(0.1, 0.3, 1.0), data_heads=(2, 8), track_every: int = 50,
-                 matched_alphas=(0.01, 0.1, 1.0)):
+                 matched_alphas=(0.01, 0.1, 1.0), spos_sets=("mr", "rt", "trec"),
+                 spos_grid=strong_repulsion.GRID, spos_heads=(2, 4, 8, 16), spos_dropouts=(0.1, 0.0)):
         self.steps, self.batch, self.seeds, self.tune_seed = steps, batch, seeds, tune_seed
         self.datasets, self.question_dataset, self.eval_limit = datasets, question_dataset, eval_limit
         self.head_counts, self.strengths, self.fractions = head_counts, strengths, fractions
         self.data_heads, self.track_every, self.matched_alphas = data_heads, track_every, matched_alphas
+        self.spos_sets, self.spos_grid = tuple(spos_sets), tuple(spos_grid)
+        self.spos_heads, self.spos_dropouts = tuple(spos_heads), tuple(spos_dropouts)
 
     def config(self, dataset: str, model: str, method: str, value: Optional[float], seed: int, *,
                purpose: str = "eval", **extra) -> RunConfig:
@@ -68,7 +75,7 @@ QUICK = Plan(steps={"transformer": 4, "self_attentive": 4, "minilm": 2},
              batch={"transformer": 8, "self_attentive": 8, "minilm": 4},
              seeds=(0, 1), tune_seed=100, datasets=("mr", "trec"), question_dataset="trec", eval_limit=24,
              head_counts=(1, 8), strengths=(0.01, 1.0), fractions=(0.3, 1.0), data_heads=(8,), track_every=2,
-             matched_alphas=(0.1,))
+             matched_alphas=(0.1,), spos_sets=("mr", "rt"), spos_grid=(1e4, 1e6), spos_heads=(2,), spos_dropouts=(0.0,))
 
 
 def choose(records: Dict[str, dict], trials: List[RunConfig]) -> Optional[float]:
@@ -163,6 +170,8 @@ def pending(plan: Plan, records: Dict[str, dict], phases: Iterable[str] = PHASES
         elif phase == "questions":
             for q in QUESTIONS:
                 out += question_runs(plan, records, q)
+        elif phase in strong_repulsion.PHASES:
+            out += strong_repulsion.phase_runs(plan, records, phase)
         else:
             raise ValueError(f"expected phases among {PHASES}, received {phase!r}")
     seen, todo = set(), []

@@ -11,6 +11,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from . import plan as study_plan
+from . import strong_repulsion
 from .data import load_dataset
 from .methods import METHODS
 from .models import DEFAULT_HEADS
@@ -526,6 +527,8 @@ def _plots(results: Dict, images: Path) -> Dict[str, str]:
                    logx=True)
     if q.get("dropout"):
         cells_plot("dropout", q["dropout"]["cells"], "dropout", "dropout")
+    if results.get("strong_repulsion"):
+        strong_repulsion.plot(results["strong_repulsion"], save)
     if q.get("data") and q["data"]["cells"]:
         fig, ax = plt.subplots(figsize=(5, 3.4))
         for h in sorted({c["heads"] for c in q["data"]["cells"]}):
@@ -543,7 +546,7 @@ def _plots(results: Dict, images: Path) -> Dict[str, str]:
 
 
 def _markdown(results: Dict, data_info: Dict, images: Dict[str, str], image_dir: str, quick: bool, n_records: int,
-              wall_hours: float) -> str:
+              wall_hours: float, plan=None) -> str:
     P = results["protocol"]
     L: List[str] = []
     a = L.append
@@ -571,6 +574,11 @@ def _markdown(results: Dict, data_info: Dict, images: Dict[str, str], image_dir:
         answer = [v for v in _question_verdicts(name, q[name]) if v.startswith("Answer: ")] if name in q else []
         if answer:
             a(f"- {title}{'' if title.endswith('?') else ':'} {answer[-1][len('Answer: '):]}")
+    sr = results.get("strong_repulsion")
+    if sr:
+        answer = [v for v in strong_repulsion.verdicts(sr) if v.startswith("Answer: ")]
+        if answer:
+            a(f"- The SPOS posterior mode with strong repulsion (last section): {answer[-1][len('Answer: '):]}")
     a("")
     a("## Protocol")
     a("")
@@ -708,6 +716,8 @@ def _markdown(results: Dict, data_info: Dict, images: Dict[str, str], image_dir:
             if img:
                 a(f"![{name}]({image_dir}/{img})")
                 a("")
+    if sr and plan is not None:
+        L += strong_repulsion.markdown(sr, plan, images, image_dir)
     return "\n".join(L) + "\n"
 
 
@@ -715,7 +725,7 @@ def write_report(records: Dict[str, dict], plan, paths: Dict[str, Path], quick: 
     results = build_results(records, plan)
     results["protocol"]["track_every"] = plan.track_every
     data_info = {}
-    for ds in plan.datasets:
+    for ds in dict.fromkeys(plan.datasets + plan.spos_sets):
         d = load_dataset(ds)
         data_info[ds] = {"sizes": d.sizes(), "classes": list(d.classes), "source": d.source}
     results["data"] = data_info
@@ -731,11 +741,12 @@ def write_report(records: Dict[str, dict], plan, paths: Dict[str, Path], quick: 
     results["records"] = len(records)
     results["wall_hours"] = wall
     results["pending"] = len(study_plan.pending(plan, records))
+    results["strong_repulsion"] = strong_repulsion.build(records, plan)
     paths["results"].parent.mkdir(parents=True, exist_ok=True)
     paths["results"].write_text(json.dumps(results, indent=1, sort_keys=True, allow_nan=True) + "\n")
     images = _plots(results, Path(paths["images"]))
     report_dir = Path(paths["report"]).parent
     rel = Path(paths["images"]).resolve().relative_to(report_dir.resolve()) if Path(paths["images"]).resolve().is_relative_to(report_dir.resolve()) else Path(paths["images"]).resolve()
-    text = _markdown(results, data_info, images, rel.as_posix(), quick, len(records), wall)
+    text = _markdown(results, data_info, images, rel.as_posix(), quick, len(records), wall, plan=plan)
     Path(paths["report"]).write_text(text)
     return results

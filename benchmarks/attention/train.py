@@ -109,6 +109,8 @@ def run(cfg: RunConfig, *, threads: int = 1) -> Dict:
     order = np.concatenate([rng.permutation(n_train) for _ in range(math.ceil(cfg.steps * cfg.batch / n_train) + 1)])
     step_seconds: List[float] = []
     losses: List[float] = []
+    grad_norms: List[float] = []  # total gradient norm before clipping (after the adapter)
+    stein_norms: List[Tuple[float, float]] = []  # the adapter's driving and repulsive norms, mean over groups
     for step in range(cfg.steps):
         on = step >= cfg.repulsion_from
         if cfg.track_every and step % cfg.track_every == 0:
@@ -125,8 +127,11 @@ def run(cfg: RunConfig, *, threads: int = 1) -> Dict:
         opt.zero_grad(set_to_none=True)
         total.backward()
         if method.repulsive is not None and on:
-            method.repulsive.apply()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+            info = method.repulsive.apply()
+            if info.groups:
+                stein_norms.append(tuple(float(torch.stack([getattr(i, f).float() for i in info.groups.values()]).mean())
+                                         for f in ("driving_norm", "repulsion_norm")))
+        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, 1.0)))
         opt.step()
         sched.step()
         step_seconds.append(time.perf_counter() - t0)
@@ -150,12 +155,16 @@ def run(cfg: RunConfig, *, threads: int = 1) -> Dict:
         "diversity_end": diversity_end,
         "train_loss_last50": float(np.mean(losses[-50:])),
         "seconds_per_step": float(np.median(step_seconds)),
+        "grad_norm_median": float(np.median(grad_norms)),
         "threads": threads,
     }
     if cfg.purpose == "eval":
         importance = head_importance(model, dev)
         record["importance"] = {k: v.tolist() for k, v in importance.items()}
         record["pruning"] = pruning_curve(model, importance, test)
+    if stein_norms:
+        record["stein_norms_median"] = {"driving": float(np.median([d for d, _ in stein_norms])),
+                                        "repulsion": float(np.median([r for _, r in stein_norms]))}
     if track:
         record["track"] = track
     record["wall_seconds"] = time.perf_counter() - t_start
