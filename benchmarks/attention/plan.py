@@ -48,13 +48,15 @@ class Plan:
                  head_counts=(1, 2, 4, 8, 16), strengths=(0.001, 0.01, 0.1, 1.0, 10.0),
                  fractions=(0.1, 0.3, 1.0), data_heads=(2, 8), track_every: int = 50,
                  matched_alphas=(0.01, 0.1, 1.0), spos_sets=("mr", "rt", "trec"),
-                 spos_grid=strong_repulsion.GRID, spos_heads=(2, 4, 8, 16), spos_dropouts=(0.1, 0.0)):
+                 spos_grid=strong_repulsion.GRID, spos_heads=(2, 4, 8, 16), spos_dropouts=(0.1, 0.0),
+                 spos_models=("self_attentive", "minilm")):
         self.steps, self.batch, self.seeds, self.tune_seed = steps, batch, seeds, tune_seed
         self.datasets, self.question_dataset, self.eval_limit = datasets, question_dataset, eval_limit
         self.head_counts, self.strengths, self.fractions = head_counts, strengths, fractions
         self.data_heads, self.track_every, self.matched_alphas = data_heads, track_every, matched_alphas
         self.spos_sets, self.spos_grid = tuple(spos_sets), tuple(spos_grid)
         self.spos_heads, self.spos_dropouts = tuple(spos_heads), tuple(spos_dropouts)
+        self.spos_models = tuple(spos_models)
 
     def config(self, dataset: str, model: str, method: str, value: Optional[float], seed: int, *,
                purpose: str = "eval", **extra) -> RunConfig:
@@ -75,7 +77,8 @@ QUICK = Plan(steps={"transformer": 4, "self_attentive": 4, "minilm": 2},
              batch={"transformer": 8, "self_attentive": 8, "minilm": 4},
              seeds=(0, 1), tune_seed=100, datasets=("mr", "trec"), question_dataset="trec", eval_limit=24,
              head_counts=(1, 8), strengths=(0.01, 1.0), fractions=(0.3, 1.0), data_heads=(8,), track_every=2,
-             matched_alphas=(0.1,), spos_sets=("mr", "rt"), spos_grid=(1e4, 1e6), spos_heads=(2,), spos_dropouts=(0.0,))
+             matched_alphas=(0.1,), spos_sets=("mr", "rt"), spos_grid=(1e4, 1e6), spos_heads=(2,), spos_dropouts=(0.0,),
+             spos_models=("self_attentive",))
 
 
 def choose(records: Dict[str, dict], trials: List[RunConfig]) -> Optional[float]:

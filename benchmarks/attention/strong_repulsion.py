@@ -18,7 +18,7 @@ first study's, see :data:`PHASES`), in priority order:
 ``spos_heads``
     MR, small transformer at :attr:`Plan.spos_heads` heads with dropout :attr:`Plan.spos_dropouts`:
     baseline and the full arm.
-``spos_models``
+``spos_models`` (the models of :attr:`Plan.spos_models`)
     Lin et al.'s self-attentive encoder on the three data sets (baseline and the full arm at ``a*``, as
     a user would carry the setting over); MiniLM on the three data sets at the smallest repulsion of
     :data:`GRID` that measurably moves its heads (:func:`minilm_strength`), baseline and the full arm.
@@ -132,8 +132,9 @@ def phase_runs(plan, records: Dict[str, dict], phase: str) -> List[RunConfig]:
     if a_star is None:
         return grid_trials(plan)
     tuned, others = plan.spos_sets[0], plan.spos_sets[1:]
-    if phase == "spos_ablation":
-        return arm_configs(plan, a_star, tuned)
+    if phase == "spos_ablation":  # the baseline is the first study's (recorded there for the full plan)
+        return [plan.config(tuned, "transformer", "baseline", None, s) for s in plan.seeds] + \
+            arm_configs(plan, a_star, tuned)
     if phase == "spos_sets":
         out: List[RunConfig] = []
         for ds in others:
@@ -150,13 +151,15 @@ def phase_runs(plan, records: Dict[str, dict], phase: str) -> List[RunConfig]:
         return out
     # spos_models
     out = []
-    for ds in plan.spos_sets:
-        out += _pair(plan, ds, "self_attentive", a_star)
-    strength = minilm_strength(plan, records)
-    out += minilm_trials(plan)
-    if strength is not None:
+    if "self_attentive" in plan.spos_models:
         for ds in plan.spos_sets:
-            out += _pair(plan, ds, "minilm", strength)
+            out += _pair(plan, ds, "self_attentive", a_star)
+    if "minilm" in plan.spos_models:
+        strength = minilm_strength(plan, records)
+        out += minilm_trials(plan)
+        if strength is not None:
+            for ds in plan.spos_sets:
+                out += _pair(plan, ds, "minilm", strength)
     return out
 
 
@@ -188,7 +191,7 @@ def _arm_summary(plan, runs: List[dict], base: List[dict], full: Optional[List[d
            "grad_norm": [r["grad_norm_median"] for r in runs if "grad_norm_median" in r]}
     if runs and base:
         out["vs_baseline"] = _compare(runs, base)
-    if runs and full and runs is not full:
+    if runs and full:
         out["vs_full"] = _compare(runs, full)
     out["seconds_per_step"] = _mean([r["seconds_per_step"] for r in runs])
     return out
@@ -252,7 +255,8 @@ def build(records: Dict[str, dict], plan) -> Dict:
         for label, method, v in ARMS:
             value = _value(v, a)
             runs = _runs(plan, records, ds, "transformer", method, value)
-            rows.append({"arm": label, "method": method, "value": value, **_arm_summary(plan, runs, base, full)})
+            rows.append({"arm": label, "method": method, "value": value,
+                         **_arm_summary(plan, runs, base, None if label == ARMS[0][0] else full)})
             if runs and base:
                 per_arm_sets.setdefault(label, {})[ds] = (runs, base)
         res["ablation"][ds] = {"baseline": _arm_summary(plan, base, [], None), "arms": rows}
@@ -263,8 +267,9 @@ def build(records: Dict[str, dict], plan) -> Dict:
     cells = [("transformer", ds, {}) for ds in plan.spos_sets]
     cells += [("transformer", first, {"heads": h, "dropout": p}) for p in plan.spos_dropouts for h in plan.spos_heads
               if (h, p) != (8, 0.1)]
-    cells += [("self_attentive", ds, {}) for ds in plan.spos_sets]
-    strength = minilm_strength(plan, records)
+    if "self_attentive" in plan.spos_models:
+        cells += [("self_attentive", ds, {}) for ds in plan.spos_sets]
+    strength = minilm_strength(plan, records) if "minilm" in plan.spos_models else None
     res["minilm_strength"] = strength
     res["minilm_trials"] = [{"value": t.value, "param_cos_change": _param_cos(records[t.key()]["diversity_end"])
                              - _param_cos(records[t.key()]["diversity_start"])}
@@ -407,10 +412,10 @@ def markdown(res: Dict, plan, images: Dict[str, str], image_dir: str) -> List[st
     ms = res.get("minilm_strength")
     trials = ", ".join(f"{t['value']:g}: {t['param_cos_change']:+.4f}" for t in res.get("minilm_trials", []))
     a(f"The small transformer and the self-attentive encoder at a = a* = {a_star:g} (the value tuned on "
-      f"{res['sets'][0]}, carried over as a user would). MiniLM at the smallest a of "
-      f"{[format(v, 'g') for v in plan.spos_grid]} whose tuning-seed run changes the mean head-parameter cosine "
-      f"by at least {MOVED:g} over training (changes: {trials or 'pending'}): "
-      + (f"a = {ms:g}." if ms is not None else "pending."))
+      f"{res['sets'][0]}, carried over as a user would)."
+      + (f" MiniLM at the smallest a of {[format(v, 'g') for v in plan.spos_grid]} whose tuning-seed run changes "
+         f"the mean head-parameter cosine by at least {MOVED:g} over training (changes: {trials or 'pending'}): "
+         + (f"a = {ms:g}." if ms is not None else "pending.") if "minilm" in plan.spos_models else ""))
     a("")
     a("| model | data | heads | dropout | a | seeds (baseline / SPOS) | baseline accuracy | SPOS accuracy | Δ accuracy | "
       "Δ NLL | Δ ECE | param cos end (baseline → SPOS) | time/step vs baseline |")
@@ -441,7 +446,7 @@ def markdown(res: Dict, plan, images: Dict[str, str], image_dir: str) -> List[st
     a("### Verdicts")
     a("")
     for line in verdicts(res):
-        a(f"- {line}")
+        a(f"- **For users:** {line[len('Answer: '):]}" if line.startswith("Answer: ") else f"- {line}")
     a("")
     return L
 
