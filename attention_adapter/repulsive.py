@@ -170,6 +170,13 @@ class RepulsiveHeads:
     tokens : int >= 1
         ``space="outputs"`` only: token positions per module and forward pass (a seeded
         subsample) on which the heads' outputs are compared. Default 64.
+    kernel_drive, langevin_drift, noise : bool
+        Switch one term of the update off, leaving the others exactly as they are (ablations; all
+        True by default): ``kernel_drive`` the kernel-smoothed drive ``(1/M) K S`` of ``phi``; for
+        SPOS ``langevin_drift`` the drift ``S / beta`` and ``noise`` the Gaussian term (the
+        repulsive term is switched off by ``repulsion=0``). ``method="spos", kernel_drive=False,
+        repulsion=0`` is Langevin dynamics of each head alone (SGLD heads). See
+        :mod:`attention_adapter.update`. Allowed with a preset.
     num_threads : int or None
         Intra-op CPU threads used inside :meth:`apply` when the heads are on the CPU (torch's setting
         is restored afterwards). Default 1: the transform is a few dozen small, memory-bound
@@ -197,7 +204,8 @@ class RepulsiveHeads:
                  beta: Optional[float] = None, kernel=None, bandwidth=None, seed: int = 0,
                  lr: Optional[float] = None, on_nonfinite: str = "raise", check_finite: bool = True,
                  num_threads: Optional[int] = 1, heads: Optional[HeadSelection] = None, space: str = "weights",
-                 tokens: Optional[int] = None):
+                 tokens: Optional[int] = None, kernel_drive: bool = True, langevin_drift: bool = True,
+                 noise: bool = True):
         if method not in UPDATE_RULES:
             raise ValueError(f"expected method in {UPDATE_RULES}, received {method!r}")
         space = check_space(space)
@@ -231,14 +239,16 @@ class RepulsiveHeads:
                     "alpha, epsilon, beta in An2020(...), and only layers/layouts in selection=HeadSelection(...); "
                     "use preset=None for a custom configuration."
                 )
-            self.settings = preset.settings(method)
+            self.settings = dataclasses.replace(preset.settings(method), kernel_drive=kernel_drive,
+                                                langevin_drift=langevin_drift, noise=noise)
         else:
             if beta is not None and method != "spos":
                 raise ValueError(f"beta is an SPOS option; received beta={beta!r} with method={method!r}")
             self.settings = UpdateSettings(
                 method=method, step_size=1.0 if step_size is None else step_size,
                 repulsion=1.0 if repulsion is None else repulsion, beta=1.0 if beta is None else beta,
-                posterior=posterior or Posterior(), kernel=kernel, bandwidth=bandwidth, lr=lr)
+                posterior=posterior or Posterior(), kernel=kernel, bandwidth=bandwidth, lr=lr,
+                kernel_drive=kernel_drive, langevin_drift=langevin_drift, noise=noise)
         self.preset = preset
         self.seed = seed
         self.on_nonfinite = on_nonfinite
@@ -294,9 +304,10 @@ class RepulsiveHeads:
 
     def __repr__(self) -> str:
         st = self.settings
+        off = "".join(f", {k}=False" for k in ("kernel_drive", "langevin_drift", "noise") if not getattr(st, k))
         return (f"RepulsiveHeads(method={st.method!r}, preset={self.preset!r}, space={self.space!r}, "
                 f"groups={len(self.groups)}, "
-                f"step_size={st.step_size}, repulsion={st.repulsion}, step={self._step})")
+                f"step_size={st.step_size}, repulsion={st.repulsion}{off}, step={self._step})")
 
     # ------------------------------------------------------------------------------------------
     def _check_not_reapplied(self) -> None:
@@ -318,7 +329,7 @@ class RepulsiveHeads:
 
     def _spos_lr(self, group: ParticleGroup) -> Optional[float]:
         """The learning rate for the SPOS noise: ``settings.lr``, else the attached optimizer's."""
-        if self.settings.method != "spos" or self.settings.lr is not None:
+        if self.settings.method != "spos" or not self.settings.noise or self.settings.lr is not None:
             return None
         opt = self._optimizer_ref() if self._optimizer_ref is not None else None
         idx = self._param_group_of.get(id(group.blocks[0].param))
@@ -489,7 +500,7 @@ class RepulsiveHeads:
     def _noise(self, present, step: int) -> List[Optional[torch.Tensor]]:
         """SPOS: the standard normal draws of ``step``, group by group in the fixed group order (the
         documented stream, :mod:`attention_adapter.noise`); SVGD: ``None`` per group."""
-        if self.method != "spos":
+        if self.method != "spos" or not self.settings.noise:
             return [None] * len(present)
         noise = StepNoise(self.seed, step)
         return [noise.draw(grad, compute_dtype(grad.dtype)) for _, grad in present]
@@ -562,16 +573,18 @@ class RepulsiveHeads:
                 "groups": list(self.head_particles.names), "space": self.space}
 
     def state_dict(self) -> Dict[str, Any]:
-        """``{"step", "seed", "method", "preset", "groups", "step_size", "repulsion", "beta"}``.
+        """``{"step", "seed", "method", "preset", "groups", "step_size", "repulsion", "beta", "terms"}``.
 
         ``step_size``, ``repulsion`` and ``beta`` are the settings' (core names; for :class:`An2020`
-        ``beta`` is the core's ``1 / beta_paper``), for the record only.
+        ``beta`` is the core's ``1 / beta_paper``), and ``terms`` the switches ``kernel_drive``,
+        ``langevin_drift``, ``noise``, for the record only.
 
         The SPOS noise is a function of ``(seed, step)``, so this is all the state there is.
         """
         st = self.settings
         return {"step": self._step, "seed": self.seed, "step_size": st.step_size, "repulsion": st.repulsion,
-                "beta": st.beta, **self._config()}
+                "beta": st.beta, "terms": {k: getattr(st, k) for k in ("kernel_drive", "langevin_drift", "noise")},
+                **self._config()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore the step counter and seed; the configuration must match (else ValueError)."""

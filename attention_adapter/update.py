@@ -54,6 +54,20 @@ An et al. (2020) preset (:class:`An2020`, the authors' fairseq trainer), in the 
 Outside :class:`An2020`, the names are the core's: ``step_size`` (not epsilon), ``repulsion`` (not
 alpha), and ``beta`` only as the core's SPOS ``beta``.
 
+The terms, one switch each (ablations)
+    Written out, the SPOS rule has four terms,
+
+    ``Ĝ = -e [S / beta  +  (1/M) K S  +  (a/M) R]  -  c sqrt(2 e / (beta lr)) xi``
+
+    (the Langevin drift, the kernel-smoothed drive, the repulsion and the noise),
+    and SVGD has the middle two. :class:`UpdateSettings` switches each off on its own, leaving the
+    others exactly as they were: ``repulsion=0`` (the repulsive term), ``kernel_drive=False`` (the
+    core's direction is evaluated with zero scores, so ``phi = (a/M) R``), and for SPOS
+    ``langevin_drift=False`` and ``noise=False``. With both drives and the repulsion off SPOS is
+    left with its noise alone; with ``kernel_drive=False, repulsion=0`` it is Langevin dynamics
+    (SGLD) of each head, the heads not interacting at all. The noise, when kept, is the same draw
+    ``xi`` whichever other terms are off.
+
 Groups of equal shape (the Q, K and V groups of every layer, say) are independent particle systems:
 :func:`head_update_batched` applies the same rule to a stack ``(B, M, P)`` of them in one pass of
 batched matrix products (:func:`particlesampling.stein_direction_batched`, each group with its own
@@ -209,6 +223,14 @@ class UpdateSettings:
         be given to :func:`head_update` at each call.
     noise_scale : {"unit", "median_abs_grad"}
         ``c`` of the SPOS noise: 1, or An et al.'s ``median |G|`` (lower median).
+    kernel_drive : bool
+        Keep the kernel-smoothed driving term ``(1/M) K S`` of ``phi`` (default). False drops it
+        alone: ``phi = (a/M) R``.
+    langevin_drift : bool
+        SPOS only: keep the Langevin drift ``S / beta`` (default). False drops it alone.
+    noise : bool
+        SPOS only: keep the noise term (default). False drops it alone (no ``noise`` and no ``lr``
+        are needed then).
     """
 
     method: str = "svgd"
@@ -220,10 +242,20 @@ class UpdateSettings:
     bandwidth: Any = None
     lr: Optional[float] = None
     noise_scale: str = "unit"
+    kernel_drive: bool = True
+    langevin_drift: bool = True
+    noise: bool = True
 
     def __post_init__(self):
         _choice("method", self.method, UPDATE_RULES)
         _choice("noise_scale", self.noise_scale, NOISE_SCALES)
+        for name in ("kernel_drive", "langevin_drift", "noise"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"expected {name} as a bool, received {getattr(self, name)!r}")
+        spos_off = [name for name in ("langevin_drift", "noise") if not getattr(self, name)]
+        if spos_off and self.method != "spos":
+            raise ValueError(f"{' and '.join(spos_off)} switch off terms of method='spos' only; received "
+                             f"{', '.join(f'{n}=False' for n in spos_off)} with method={self.method!r}")
         object.__setattr__(self, "step_size", _real("step_size", self.step_size))
         object.__setattr__(self, "repulsion", _real("repulsion", self.repulsion, allow_zero=True))
         object.__setattr__(self, "beta", _real("beta", self.beta))
@@ -315,7 +347,8 @@ def head_update(particles: torch.Tensor, grads: torch.Tensor, settings: UpdateSe
         ``G``, the gradient of the minibatch-mean loss, row ``i`` = head ``i``.
     settings : UpdateSettings
     noise : torch.Tensor, shape (M, P), optional
-        Standard normal draws ``xi``; required for ``method="spos"``, ignored for SVGD.
+        Standard normal draws ``xi``; required for ``method="spos"`` (unless ``settings.noise`` is
+        False), ignored otherwise.
     lr : float > 0, optional
         The optimizer's learning rate for the SPOS noise; overrides ``settings.lr``.
     direction : callable, optional
@@ -350,7 +383,7 @@ def head_update_batched(particles: torch.Tensor, grads: torch.Tensor, settings: 
     particles, grads : torch.Tensor, shape (B, M, P)
     settings : UpdateSettings
     noise : torch.Tensor, shape (B, M, P), optional
-        Required for ``method="spos"``.
+        Required for ``method="spos"`` (unless ``settings.noise`` is False).
     lr : float > 0, optional
         As for :func:`head_update`, shared by the ``B`` groups.
 
@@ -377,10 +410,15 @@ def _update(particles, grads, settings, noise, lr, *, stacked: bool, direction=N
         direction = ps.stein_direction_batched_with_info if stacked else ps.stein_direction_with_info
     elif stacked:
         raise ValueError("expected direction=None for a stack of groups (B, M, P); call head_update per group")
-    phi, info = direction(x, s, kernel=settings.kernel, bandwidth=settings.bandwidth, repulsion=settings.repulsion)
+    # kernel_drive=False: the direction with zero scores is the repulsive term alone, (a/M) R
+    phi, info = direction(x, s if settings.kernel_drive else torch.zeros_like(s), kernel=settings.kernel,
+                          bandwidth=settings.bandwidth, repulsion=settings.repulsion)
     e = settings.step_size
     if settings.method == "svgd":
         return phi * (-e), info
+    drift = s * (1.0 / settings.beta) + phi if settings.langevin_drift else phi
+    if not settings.noise:
+        return drift * (-e), info
     if noise is None:
         raise ValueError(f"expected noise {'(B, M, P)' if stacked else '(M, P)'} standard normal draws for "
                          "method='spos', received None")
@@ -397,4 +435,4 @@ def _update(particles, grads, settings, noise, lr, *, stacked: bool, direction=N
         xi = xi * ((c[:, None, None] if stacked else c) * scale)
     else:
         xi = xi * scale
-    return (s * (1.0 / settings.beta) + phi) * (-e) - xi, info
+    return drift * (-e) - xi, info

@@ -16,6 +16,14 @@ the same tuning effort: three trials, chosen on dev accuracy (:mod:`.plan`). The
     ``N(0, 1)`` prior, score ``S = -N G + grad log p``, ``Ĝ = -phi`` (``step_size = 1``); knob
     ``repulsion`` (1 = SVGD proper; ``a`` > 1 targets the tempered posterior ``p^(1/a)``, Liu & Wang's
     repulsion weight). The optimiser is still AdamW (as in every arm), which rescales the update.
+``spos_no_noise``, ``langevin_heads``, ``spos_repulsion_only``, ``spos_no_drive``
+    ``spos_posterior`` with terms of its update switched off through :class:`RepulsiveHeads`'s
+    options (``Ĝ = -[S + (1/M) K S + (a/M) R] - sqrt(2 / lr) xi`` here): without the noise
+    (``noise=False``); the Langevin drift and the noise only, heads not interacting
+    (``kernel_drive=False, repulsion=0``: SGLD heads, no knob); the drift and the repulsive term
+    (``kernel_drive=False, noise=False``); the repulsive term and the noise (``kernel_drive=False,
+    langevin_drift=False``). Knob ``repulsion`` (none for ``langevin_heads``); not tuned, the
+    strong-repulsion study (:mod:`.strong_repulsion`) runs them at ``spos_posterior``'s tuned value.
 ``penalty``
     The adapter's :class:`~attention_adapter.HeadRepulsionPenalty` (mean off-diagonal RBF kernel of
     the same head particles, with the paper preset's ``"an2020"`` bandwidth so that the kernel is the
@@ -67,11 +75,24 @@ METHODS: Dict[str, MethodSpec] = {m.name: m for m in (
     MethodSpec("spos", "alpha", (0.01, 0.1, 1.0)),
     MethodSpec("svgd_posterior", "repulsion", (1.0, 100.0, 10000.0)),
     MethodSpec("spos_posterior", "repulsion", (1.0, 100.0, 10000.0)),
+    MethodSpec("spos_no_noise", "repulsion", ()),
+    MethodSpec("langevin_heads", None, ()),
+    MethodSpec("spos_repulsion_only", "repulsion", ()),
+    MethodSpec("spos_no_drive", "repulsion", ()),
     MethodSpec("penalty", "weight", (0.1, 1.0, 10.0)),
     MethodSpec("disagreement", "lambda", (0.01, 0.1, 1.0)),
     MethodSpec("drophead", "p", (0.1, 0.2, 0.3)),
     MethodSpec("lin_penalty", "c", (0.01, 0.1, 1.0), models=("self_attentive",)),
 )}
+
+
+#: the ablation arms of ``spos_posterior``: the RepulsiveHeads options each sets
+SPOS_SWITCHES: Dict[str, Dict[str, object]] = {
+    "spos_no_noise": {"noise": False},
+    "langevin_heads": {"kernel_drive": False, "repulsion": 0.0},
+    "spos_repulsion_only": {"kernel_drive": False, "noise": False},
+    "spos_no_drive": {"kernel_drive": False, "langevin_drift": False},
+}
 
 
 class Active:
@@ -102,10 +123,12 @@ def activate(name: str, value: Optional[float], model: nn.Module, *, train_size:
         rh = RepulsiveHeads(model, name, preset=An2020(alpha=value, epsilon=1.0, beta=1.0),
                             selection=model.head_selection(), seed=seed)
         return Active(repulsive=rh)
-    if name in ("svgd_posterior", "spos_posterior"):
-        rule = name.split("_")[0]
-        rh = RepulsiveHeads(model, rule, step_size=1.0, repulsion=value, selection=selection, seed=seed,
-                            posterior=Posterior(dataset_size=train_size, prior=1.0))
+    if name in ("svgd_posterior", "spos_posterior") or name in SPOS_SWITCHES:
+        rule = "svgd" if name == "svgd_posterior" else "spos"
+        switches = dict(SPOS_SWITCHES.get(name, {}))
+        repulsion = switches.pop("repulsion", value)
+        rh = RepulsiveHeads(model, rule, step_size=1.0, repulsion=repulsion, selection=selection, seed=seed,
+                            posterior=Posterior(dataset_size=train_size, prior=1.0), **switches)
         if rule == "spos":
             # the SPOS noise scale reads the optimizer's learning rate; apply() is called by hand
             # before clipping, so the pre-step hook itself is removed at once

@@ -53,8 +53,12 @@ MOVED = 0.01
 #: in priority order; "full" first. Value ``"a*"`` is the tuned repulsion.
 ARMS: Tuple[Tuple[str, str, object], ...] = (
     ("full SPOS posterior", "spos_posterior", "a*"),
-    ("no repulsive term (noise + both drives)", "spos_posterior", 0.0),
+    ("no noise", "spos_no_noise", "a*"),
+    ("noise only (Langevin heads)", "langevin_heads", None),
+    ("no repulsive term", "spos_posterior", 0.0),
+    ("repulsion + plain gradients (no drive, no noise)", "spos_repulsion_only", "a*"),
     ("SVGD posterior (no noise, no Langevin drift)", "svgd_posterior", "a*"),
+    ("repulsion + noise (both drives off)", "spos_no_drive", "a*"),
 )
 
 

@@ -39,11 +39,40 @@ def test_ablation_arms_run_at_the_tuned_repulsion_with_the_reported_seeds():
     assert by_method[("spos_posterior", 1e5)] == set(PLAN.seeds)
     assert by_method[("spos_posterior", 0.0)] == set(PLAN.seeds)  # no repulsive term
     assert by_method[("svgd_posterior", 1e5)] == set(PLAN.seeds)
+    for method in ("spos_no_noise", "spos_repulsion_only", "spos_no_drive"):
+        assert by_method[(method, 1e5)] == set(PLAN.seeds)
+    assert by_method[("langevin_heads", None)] == set(PLAN.seeds)
+    assert [c.method for c in todo[:5]] == ["baseline"] * 5 and todo[5].method == "spos_posterior"
     # the other data sets: the full arm and its baseline come before the remaining arms
     sets = study_plan.pending(PLAN, records, ["spos_sets"])
     first_arm = [(c.dataset, c.method, c.value) for c in sets[:20]]
     assert set(first_arm) == {(ds, m, v) for ds in ("rt", "trec") for m, v in (("spos_posterior", 1e5),
                                                                                 ("baseline", None))}
+
+
+def test_grid_has_the_drive_negligible_limit_at_the_largest_value():
+    runs = study_plan.pending(PLAN, {}, ["spos_grid"])
+    assert [(c.method, c.value) for c in runs] == [("spos_posterior", 1e4), ("spos_posterior", 1e5),
+                                                   ("spos_posterior", 1e6), ("spos_no_drive", 1e6)]
+
+
+@pytest.mark.parametrize("name, terms, repulsion", [
+    ("spos_no_noise", {"kernel_drive": True, "langevin_drift": True, "noise": False}, 1e4),
+    ("langevin_heads", {"kernel_drive": False, "langevin_drift": True, "noise": True}, 0.0),
+    ("spos_repulsion_only", {"kernel_drive": False, "langevin_drift": True, "noise": False}, 1e4),
+    ("spos_no_drive", {"kernel_drive": False, "langevin_drift": False, "noise": True}, 1e4)])
+def test_ablation_methods_set_the_adapters_switches(name, terms, repulsion):
+    import torch
+
+    from benchmarks.attention.methods import activate
+    from benchmarks.attention.models import build_model
+
+    model = build_model("transformer", num_classes=2, vocab_size=30, heads=4, dropout=0.0, seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    rh = activate(name, None if name == "langevin_heads" else 1e4, model, train_size=100, seed=0,
+                  optimizer=opt).repulsive
+    assert rh.method == "spos" and rh.state_dict()["terms"] == terms
+    assert rh.settings.repulsion == repulsion and rh.settings.posterior.dataset_size == 100
 
 
 def test_minilm_strength_is_the_smallest_value_that_moves_the_heads():
@@ -88,7 +117,7 @@ def test_report_section_shows_pending_runs_and_verdicts():
     assert pooled["mean"] == pytest.approx((0.02 + 0.01 - 0.01) / 3 + 0.002 * 2 / 5)
     text = "\n".join(sr.markdown(res, PLAN, {}, "img"))
     assert "**a* = 10000**" in text
-    assert "| no repulsive term (noise + both drives) | drift, drive, noise | pending |" in text
+    assert "| no repulsive term | drift, drive, noise | pending |" in text
     trec_table = text.split("#### trec")[1].split("###")[0]
     assert "| full SPOS posterior | all four | 5 |" in trec_table and "(n=5) ▼" in trec_table
     answer = sr.verdicts(res)[-1]
