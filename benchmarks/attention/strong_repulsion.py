@@ -144,8 +144,9 @@ def phase_runs(plan, records: Dict[str, dict], phase: str) -> List[RunConfig]:
         for ds in others:
             out += arm_configs(plan, a_star, ds, arms=ARMS[:1]) + [plan.config(ds, "transformer", "baseline", None, s)
                                                                     for s in plan.seeds]
-        for ds in others:
-            out += arm_configs(plan, a_star, ds, arms=ARMS[1:])
+        for arm in ARMS[1:]:  # arm by arm, so that each arm's pooled estimate completes early
+            for ds in others:
+                out += arm_configs(plan, a_star, ds, arms=(arm,))
         return out
     if phase == "spos_heads":
         out = []
