@@ -20,7 +20,8 @@ from typing import Any, Callable
 
 from ._backend import is_jax_array, is_torch_array
 
-__all__ = ["score_from_log_prob", "resolve_score_fn", "hessian_diagonal_from_log_prob"]
+__all__ = ["score_from_log_prob", "resolve_score_fn", "hessian_diagonal_from_log_prob",
+           "hessian_from_log_prob"]
 
 
 def _torch_score(log_prob, particles):
@@ -108,18 +109,44 @@ def resolve_score_fn(score_fn, log_prob):
     return score_fn
 
 
-def _torch_hessian_diagonal(log_prob, particles):
+def _torch_hessians(log_prob, particles, diagonal: bool):
     import torch
 
     # reverse over reverse: torch.func.hessian (forward over reverse) goes through a deprecated torch.jit.script
     hess = torch.func.jacrev(torch.func.grad(log_prob))
-    return torch.func.vmap(lambda x: torch.diagonal(hess(x)))(particles)
+    return torch.func.vmap((lambda x: torch.diagonal(hess(x))) if diagonal else hess)(particles)
 
 
-def _jax_hessian_diagonal(log_prob, particles):
+def _jax_hessians(log_prob, particles, diagonal: bool):
     import jax
 
-    return jax.vmap(lambda x: jax.numpy.diagonal(jax.hessian(log_prob)(x)))(particles)
+    hess = jax.hessian(log_prob)
+    return jax.vmap((lambda x: jax.numpy.diagonal(hess(x))) if diagonal else hess)(particles)
+
+
+def _hessian_fn(log_prob, diagonal: bool, what: str, instead: str):
+    if not callable(log_prob):
+        raise TypeError(f"expected log_prob to be callable ((d,) particle -> 0-d log-density), "
+                        f"received {type(log_prob).__name__}")
+
+    def fn(particles):
+        if is_torch_array(particles):
+            return _torch_hessians(log_prob, particles, diagonal)
+        if is_jax_array(particles):
+            return _jax_hessians(log_prob, particles, diagonal)
+        raise TypeError(
+            f"{what} from log_prob needs automatic differentiation (PyTorch or JAX particles); received "
+            f"{type(particles).__module__}.{type(particles).__name__} particles: pass {instead} instead"
+        )
+
+    return fn
+
+
+def hessian_from_log_prob(log_prob: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``fn(X) -> H``, ``(n, d, d)``, the Hessian of ``log_prob`` at each particle, by automatic
+    differentiation (PyTorch ``jacrev(grad)`` under ``vmap``; JAX ``jax.hessian`` under ``vmap``;
+    NumPy: TypeError). For the averaged-Hessian preconditioner of :mod:`particlesampling.samplers.matrix_svgd`."""
+    return _hessian_fn(log_prob, False, "a Hessian", "hessian_fn")
 
 
 def hessian_diagonal_from_log_prob(log_prob: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -129,18 +156,4 @@ def hessian_diagonal_from_log_prob(log_prob: Callable[[Any], Any]) -> Callable[[
     preconditioner needs (:mod:`particlesampling.samplers.pspos`). PyTorch: ``jacrev(grad)`` under
     ``vmap``; JAX: ``jax.hessian`` under ``vmap`` (``O(d^2)`` per particle); NumPy: TypeError.
     """
-    if not callable(log_prob):
-        raise TypeError(f"expected log_prob to be callable ((d,) particle -> 0-d log-density), "
-                        f"received {type(log_prob).__name__}")
-
-    def hessian_diagonal(particles):
-        if is_torch_array(particles):
-            return _torch_hessian_diagonal(log_prob, particles)
-        if is_jax_array(particles):
-            return _jax_hessian_diagonal(log_prob, particles)
-        raise TypeError(
-            f"a Hessian diagonal from log_prob needs automatic differentiation (PyTorch or JAX particles); received "
-            f"{type(particles).__module__}.{type(particles).__name__} particles: pass hessian_diagonal_fn instead"
-        )
-
-    return hessian_diagonal
+    return _hessian_fn(log_prob, True, "a Hessian diagonal", "hessian_diagonal_fn")

@@ -1,6 +1,6 @@
 """Property-based tests (hypothesis) of the invariants every Stein-type direction shares.
 
-For SVGD, SPOS, annealed SVGD, GFSF, Blob and preconditioned SPOS (noise set to zero, so that a
+For SVGD, SPOS, annealed SVGD, GFSF, Blob, preconditioned SPOS and matrix-kernel SVGD (noise set to zero, so that a
 step is its drift): permuting the particles permutes the update; translating the particles and
 the target together (the scores unchanged) translates the result, with a stationary kernel; one
 particle reduces to the (preconditioned) score; NumPy, PyTorch, JAX and array_api_strict agree.
@@ -48,6 +48,7 @@ METHODS = {
     "blob": lambda x, s: blob_direction(x, s)[0],
     "pspos": _stepper(lambda f: ps.pspos(f, 1.0, beta=2.0, damping=0.5, hessian_diagonal_fn=_hess,
                                          noise=_zero_noise)),
+    "matrix_svgd": _stepper(lambda f: ps.matrix_svgd(f, 1.0, preconditioner="fisher")),
 }
 
 
@@ -60,6 +61,8 @@ def one_particle_update(name, s):
     if name == "pspos":  # V = s^2 at the first step: G = 1/(0.5 + |s|), Gamma = -s (-1) / (|s| (0.5 + |s|)^2)
         g = 1.0 / (0.5 + np.abs(s))
         return g * (s + s / 2.0) + (s / (np.abs(s) * (0.5 + np.abs(s)) ** 2)) / 2.0
+    if name == "matrix_svgd":  # Q = s s^T, its zero eigenvalues floored: Q^-1 s = s / |s|^2
+        return s / np.sum(s * s)
     return s
 
 
