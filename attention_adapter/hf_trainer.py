@@ -3,8 +3,9 @@
 Where the adapter runs in the Trainer's step (transformers 5.23, ``Trainer._inner_training_loop``)::
 
     for each micro-batch:  training_step -> loss.backward()        (accumulated, no_sync but the last)
-    after the last one:    clip_grad_norm_(max_grad_norm)           (if TrainingArguments.max_grad_norm > 0;
-                                                                     also unscales fp16 gradients)
+    after the last one:    clip_grad_norm_(max_grad_norm)           (if TrainingArguments.max_grad_norm > 0)
+                           _get_grad_norm: clip_grad_norm_(inf)     (the logged grad_norm; unscales fp16
+                                                                     gradients, also with max_grad_norm=0)
                            callbacks.on_pre_optimizer_step          <- RepulsiveHeadsCallback: heads.apply(),
                                                                        then its own clipping
                            optimizer.step()
@@ -12,7 +13,12 @@ Where the adapter runs in the Trainer's step (transformers 5.23, ``Trainer._inne
                            lr_scheduler.step(); model.zero_grad()
 
 ``on_pre_optimizer_step`` is the first callback event that sees the accumulated (and, under fp16,
-unscaled and DDP-averaged) gradients, and the last before the update. The Trainer's own gradient
+unscaled and DDP-averaged) gradients, and the last before the update. Under fp16 the unscaling is
+done by accelerate's ``clip_grad_norm_``, which the Trainer calls before this event for the
+gradient norm it logs (``Trainer._get_grad_norm``, a private method of transformers 5.23) even when
+it does not clip; ``tests/integration/test_adapter_trainer.py`` runs the callback with a real
+``GradScaler`` and fails if the transform ever receives scaled gradients, so a transformers version
+that moves the unscaling is caught. The Trainer's own gradient
 clipping runs *before* it, so with the Trainer's clipping the adapter would transform clipped
 gradients and the optimizer would receive unclipped transformed ones. The transform is not
 scale-equivariant (the driving term ``K G`` scales with ``G``, the repulsion does not), so clipping

@@ -198,6 +198,71 @@ def test_callback_rejects_bad_input(tmp_path):
         trainer.train()
 
 
+
+class _SeenByAdapter(transformers.TrainerCallback):
+    """Placed before the adapter's callback: the head gradients the transform is about to receive."""
+
+    def __init__(self, params):
+        self.params = params
+        self.grads = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.grads.append({k: p.grad.detach().clone() for k, p in self.params.items()})
+
+
+def _fp16_run(tmp_path, scale):
+    """Two optimizer steps of fp16 training with a real ``torch.amp.GradScaler`` (``scale=None``: none).
+
+    On a CPU, accelerate creates no grad scaler for fp16 (it does on CUDA and the other supported
+    devices); the test installs a CPU ``GradScaler`` where accelerate keeps it, before the Trainer
+    prepares the optimizer, so the loss is scaled in ``backward`` and the step goes through
+    ``scaler.step``, as on a GPU.
+    """
+    model = _model()
+    heads = RepulsiveHeads(model, preset=An2020(alpha=ALPHA, epsilon=EPSILON), on_nonfinite="skip")
+    seen = _SeenByAdapter(_head_weights(model))
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=8, num_train_epochs=1, max_grad_norm=0.0,
+        fp16=True, use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no", disable_tqdm=True,
+        seed=0, dataloader_num_workers=0)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=_Data(),
+                                   callbacks=[seen, RepulsiveHeadsCallback(heads)])
+    unscaled_before_adapter = []
+    if scale is not None:
+        scaler = torch.amp.GradScaler("cpu", init_scale=scale, growth_interval=1000)
+        trainer.accelerator.scaler = scaler
+        trainer.accelerator.native_amp = True
+        assert trainer.accelerator.mixed_precision == "fp16"
+        unscale = scaler.unscale_
+
+        def counting_unscale(optimizer):
+            unscaled_before_adapter.append(len(seen.grads))
+            return unscale(optimizer)
+
+        scaler.unscale_ = counting_unscale
+    trainer.train()
+    return heads, seen, unscaled_before_adapter, trainer
+
+
+def test_under_fp16_the_transform_sees_unscaled_gradients(tmp_path):
+    """Under fp16 the loss is multiplied by the scaler's factor (2^12 here) before backward; the
+    gradients must be unscaled before on_pre_optimizer_step (the Trainer does it while computing the
+    gradient norm it logs, even with max_grad_norm=0), or the transform would rewrite gradients 4096
+    times too large. Compared with the same run without a scaler, step by step."""
+    heads, seen, unscaled, trainer = _fp16_run(tmp_path / "scaled", 2.0 ** 12)
+    _, plain, _, _ = _fp16_run(tmp_path / "plain", None)
+    steps = N_EXAMPLES // 8
+    assert trainer.state.global_step == heads.step == len(seen.grads) == len(plain.grads) == steps
+    assert unscaled == list(range(steps))  # one unscale_ per step, each before the adapter saw the gradients
+    assert not heads.last_info.skipped
+    for step, (got, want) in enumerate(zip(seen.grads, plain.grads)):
+        for key in got:
+            ratio = float(got[key].norm() / want[key].norm())
+            assert ratio == pytest.approx(1.0, rel=1e-3), f"step {step} {key}: the transform saw gradients x{ratio:g}"
+            # elementwise up to fp16 rounding, which the scaling changes (that is what it is for)
+            torch.testing.assert_close(got[key], want[key], rtol=1e-2, atol=1e-2 * float(want[key].abs().max()))
+
+
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_pretrained_minilm_heads_and_one_apply(tmp_path, monkeypatch):
