@@ -23,7 +23,8 @@ without ``Gamma`` the chain targets ``p / G`` instead (pSGLD drops it, arguing i
 identity), so ``p`` stays the target. ``Gamma`` needs the Hessian diagonal: from
 ``hessian_diagonal_fn``, or by automatic differentiation of ``log_prob`` (PyTorch, JAX;
 :func:`particlesampling.log_density.hessian_diagonal_from_log_prob`); ``correction=False`` drops it
-(pSGLD's practice; then ``p`` is the target only as ``alpha -> 1``).
+(pSGLD's practice; then ``p`` is the target only as ``alpha -> 1``); by default it is added whenever
+a Hessian diagonal is available and dropped otherwise (``sampler.corrected`` says which).
 
 The preconditioner is this sampler's own: the step is the plain (constant or scheduled) step
 size, never an adaptive rule on top.
@@ -64,6 +65,12 @@ class PSPOS(SteinSampler):
     noise: Callable[[int, int, Any], Any] | None = None
 
     name: ClassVar[str] = "pspos"
+
+    @property
+    def corrected(self) -> bool:
+        """Whether the correction term ``Gamma`` is added (the chain then targets ``p`` exactly, up to
+        the step-size bias)."""
+        return self.hessian_diagonal_fn is not None
 
     def init(self, particles, seed: int = 0) -> ParticleState:
         state = super().init(particles, seed)
@@ -123,7 +130,7 @@ def _check_unit_interval(name, value):
 
 
 def pspos(score_fn=None, step_size=1e-2, *, beta: float = 1.0, decay: float = 0.99, damping: float = 1e-5,
-          correction: bool = True, hessian_diagonal_fn=None, kernel=None, bandwidth=None, repulsion: float = 1.0,
+          correction: bool | None = None, hessian_diagonal_fn=None, kernel=None, bandwidth=None, repulsion: float = 1.0,
           batch_size: int | None = None, memory_budget=AUTO, noise=None, log_prob=None) -> PSPOS:
     """Preconditioned SPOS; update in the module docstring.
 
@@ -138,8 +145,11 @@ def pspos(score_fn=None, step_size=1e-2, *, beta: float = 1.0, decay: float = 0.
         ``alpha``, RMSProp's decay of ``V`` (pSGLD's 0.99).
     damping : float > 0
         ``lambda`` (pSGLD's 1e-5).
-    correction : bool
-        Add ``Gamma`` (default): needs ``hessian_diagonal_fn`` or ``log_prob`` on PyTorch/JAX.
+    correction : bool or None
+        True: add ``Gamma`` (needs ``hessian_diagonal_fn``, or ``log_prob`` on PyTorch/JAX; ValueError
+        otherwise). False: drop it (pSGLD's approximation). None (default): add it when a Hessian
+        diagonal is available (``hessian_diagonal_fn`` or ``log_prob``), drop it otherwise (a plain
+        ``score_fn``); the sampler's ``corrected`` attribute says which.
     hessian_diagonal_fn : callable, (n, d) -> (n, d), optional
         The diagonal of the Hessian of ``log p`` at each particle.
 
@@ -151,8 +161,10 @@ def pspos(score_fn=None, step_size=1e-2, *, beta: float = 1.0, decay: float = 0.
     if rule.name != "constant":
         raise ValueError(f"expected a step size (float or schedule) for pspos, whose preconditioner is its own; "
                          f"received the adaptive rule {rule.name!r}")
-    if not isinstance(correction, bool):
-        raise TypeError(f"expected correction as a bool, received {correction!r}")
+    if correction is not None and not isinstance(correction, bool):
+        raise TypeError(f"expected correction as a bool or None, received {correction!r}")
+    if correction is None:
+        correction = hessian_diagonal_fn is not None or log_prob is not None
     if hessian_diagonal_fn is not None and not callable(hessian_diagonal_fn):
         raise TypeError(f"expected hessian_diagonal_fn to be callable, received {type(hessian_diagonal_fn).__name__}")
     if correction and hessian_diagonal_fn is None:

@@ -99,14 +99,15 @@ def test_correction_keeps_the_target_known_answer():
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="needs the Hessian diagonal"):
-        ps.pspos(_score, 0.01)
+        ps.pspos(_score, 0.01, correction=True)
+    assert not ps.pspos(_score, 0.01).corrected and ps.pspos(_score, 0.01, hessian_diagonal_fn=_hess).corrected
     with pytest.raises(ValueError, match="adaptive rule 'adam'"):
         ps.pspos(_score, ps.adam(0.01), correction=False)
     with pytest.raises(ValueError, match=r"decay in \[0, 1\)"):
         ps.pspos(_score, 0.01, decay=1.0, correction=False)
     with pytest.raises(ValueError, match="damping > 0"):
         ps.pspos(_score, 0.01, damping=0.0, correction=False)
-    with pytest.raises(TypeError, match="correction as a bool"):
+    with pytest.raises(TypeError, match="correction as a bool or None"):
         ps.pspos(_score, 0.01, correction="yes")
     s = ps.pspos(_score, 0.01, hessian_diagonal_fn=lambda x: x[:, :1])
     with pytest.raises(TypeError, match="hessian_diagonal_fn returned"):
