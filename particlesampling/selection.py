@@ -29,12 +29,14 @@ import math
 
 import numpy as np
 
-from ._backend import (SQDIST_BLOCK_ROWS, UpperBlockRows, host_view_capable, is_numpy_array, is_torch_array, namespace,
+from ._backend import (SQDIST_BLOCK_ROWS, UpperBlockRows, host_view_capable, is_jax_array, is_numpy_array, is_torch_array,
+                       namespace,
                        to_numpy)
 
 __all__ = ["order_statistics", "select_ranks", "symmetric_order_statistics", "lower_median", "upper_median",
            "midpoint_median", "bracket_select", "gathered_order_statistics", "blocked_order_statistics",
-           "bracket_sample_ranks", "expected_bracket_values", "bracket_sample_size", "BRACKET_SAMPLE", "BRACKET_MARGIN_SD"]
+           "bracket_sample_ranks", "expected_bracket_values", "bracket_sample_size", "BRACKET_SAMPLE", "BRACKET_MARGIN_SD",
+           "rank_in_histogram", "jax_radix_select", "JAX_RADIX_MIN"]
 
 #: largest size of the sample that brackets the wanted ranks (:func:`bracket_sample_size`)
 BRACKET_SAMPLE = 1 << 16
@@ -209,6 +211,9 @@ def order_statistics(v, ks, *, xp=None, batch_dims: int = 0):
 
             return [torch.as_tensor(t) for t in _numpy_select(v.numpy(), ks)]
         return [v.kthvalue(k + 1).values for k in ks]
+    if _jax_radix_capable(v):
+        out = jax_radix_select(v, tuple(ks))
+        return [out[i] for i in range(len(ks))]
     s = xp.sort(v)
     return [s[k] for k in ks]
 
@@ -301,6 +306,12 @@ def _batched_order_statistics(xp, v, ks):
         return [torch.from_numpy(np.ascontiguousarray(part[..., k])) for k in ks]
     if is_torch_array(v):
         return [v.kthvalue(k + 1, dim=-1).values for k in ks]
+    if _jax_radix_capable(v):
+        import jax
+
+        flat = xp.reshape(v, (-1, v.shape[-1]))
+        out = jax.vmap(lambda row: jax_radix_select(row, tuple(ks)))(flat)
+        return [xp.reshape(out[:, i], tuple(v.shape[:-1])) for i in range(len(ks))]
     s = xp.sort(v, axis=-1)
     return [s[..., k] for k in ks]
 
@@ -368,6 +379,28 @@ class _Counter:
         return float(arr.view(np.float32 if self.nbits == 32 else np.float64)[0])
 
 
+def rank_in_histogram(xp, counts, r):
+    """Bin ``j`` holding the value of rank ``r`` (0-based) among values whose histogram is ``counts``
+    (1-D, :data:`_BINS` bins in increasing order of value), and the number of values in the bins
+    below it: ``(j, below)``, ``below <= r < below + counts[j]``. The one home of that step of the
+    radix selection, for the host passes (NumPy) and the traced ones (JAX, ``r`` an array).
+
+    Two levels of ``sqrt(_BINS)`` bins (the totals of groups of bins, then the bins of one group):
+    two cumulative sums of 256 entries instead of one of 65,536, which XLA's CPU backend runs as
+    slowly as a pass over the data."""
+    width = 1 << (_DIGIT // 2)
+    groups = xp.sum(xp.reshape(counts, (width, width)), axis=1)
+    g, below_g = _searched(xp, xp.cumsum(groups), r)
+    c, below_c = _searched(xp, xp.cumsum(xp.take(xp.reshape(counts, (width, width)), g, axis=0)), r - below_g)
+    return g * width + c, below_g + below_c
+
+
+def _searched(xp, cum, r):
+    """``(j, cum[j - 1])`` (0 for ``j = 0``) with ``j`` the first index where ``cum[j] > r``."""
+    j = xp.searchsorted(cum, r, side="right")
+    return j, xp.where(j > 0, xp.take(cum, xp.maximum(j - 1, 0)), 0)
+
+
 def _radix_select(blocks_fn, ks, dtype_name: str, collect_limit: int = 1 << 20, combine=None):
     """Exact ``k``-th smallest values by radix selection (module docstring); Python floats.
 
@@ -414,9 +447,7 @@ def _radix_select(blocks_fn, ks, dtype_name: str, collect_limit: int = 1 << 20, 
                 continue
             counts = hist[(p, pb, False)]
             width = min(_DIGIT, nb - pb)
-            cum = np.cumsum(counts)
-            j = int(np.searchsorted(cum, r, side="right"))
-            below = int(cum[j - 1]) if j > 0 else 0
+            j, below = (int(t) for t in rank_in_histogram(np, counts, r))
             st[:] = [(p << width) | j, pb + width, r - below, int(counts[j]) <= collect_limit]
             if st[1] >= nb:  # every bit fixed: that is the value
                 result[k] = cnt.to_float(st[0])
@@ -482,3 +513,102 @@ def blocked_order_statistics(blocks_fn, ks, dtype_name: str, *, sample=None, tot
         if out is not None:
             return out
     return _radix_select(blocks_fn, ks, dtype_name)
+
+
+# --------------------------------------------------------------------------------------------------
+# selection under JAX: the radix passes with static shapes, on the device, inside jax.jit
+# --------------------------------------------------------------------------------------------------
+
+#: fewest entries for which JAX arrays take the radix selection (fewer: a sort, which costs less there)
+JAX_RADIX_MIN = 1 << 12
+
+
+def _jax_radix_capable(v) -> bool:
+    """Whether ``v`` (1-D, or ``(..., N)``) is a JAX float32/float64 array with enough entries per
+    selection for the radix passes (:func:`jax_radix_select`)."""
+    return is_jax_array(v) and str(v.dtype) in ("float32", "float64") and v.shape[-1] >= JAX_RADIX_MIN
+
+
+def _monotone_keys(jnp, lax, v):
+    """Unsigned integers whose order is the order of the floats ``v`` (sign bit flipped for
+    non-negative values, every bit flipped for negative ones; NaN after +inf, as a sort puts it)."""
+    nbits = 32 if str(v.dtype) == "float32" else 64
+    uint = jnp.uint32 if nbits == 32 else jnp.uint64
+    bits = lax.bitcast_convert_type(v, uint)
+    top = uint(1 << (nbits - 1))
+    return jnp.where(bits >= top, ~bits, bits | top), nbits, uint
+
+
+def _float_of_key(jnp, lax, key, nbits, uint, dtype):
+    top = uint(1 << (nbits - 1))
+    return lax.bitcast_convert_type(jnp.where(key >= top, key ^ top, ~key), dtype)
+
+
+def _jax_radix_values(v, ks: tuple):
+    """The order statistics ``ks`` of the 1-D JAX array ``v``: the radix selection of the module
+    docstring with every decision on the device (no host round trip, static shapes). Each pass is
+    one histogram (a scatter-add) of a 16-bit digit of the values whose higher digits match the
+    rank's prefix; ranks whose prefixes agree (the two ranks of a midpoint median, almost always)
+    share the histogram (a ``lax.cond`` on the prefixes, evaluated on the device). Float32: 2
+    passes, float64: 4; exact, whatever the values."""
+    import jax.numpy as jnp
+    from jax import lax
+
+    key, nbits, uint = _monotone_keys(jnp, lax, v)
+    mask = uint(_BINS - 1)
+    prefix = [uint(0)] * len(ks)
+    rank = [jnp.asarray(k, dtype=jnp.int64 if nbits == 64 else jnp.int32) for k in ks]
+
+    def histogram(shift, p, first):
+        digit = ((key >> shift) & mask).astype(jnp.int32)
+        if not first:  # the values outside the prefix's bin go to an extra bin, then dropped
+            digit = jnp.where((key >> (shift + _DIGIT)) == p, digit, _BINS)
+        return jnp.bincount(digit, length=_BINS + 1)[:_BINS]
+
+    for pass_ in range(nbits // _DIGIT):
+        shift = nbits - _DIGIT * (pass_ + 1)
+        counts = [histogram(shift, prefix[0], pass_ == 0)]
+        for i in range(1, len(ks)):
+            if pass_ == 0:
+                counts.append(counts[0])
+            else:
+                counts.append(lax.cond(prefix[i] == prefix[0], lambda c=counts[0]: c,
+                                       lambda p=prefix[i], sh=shift: histogram(sh, p, False)))
+        for i in range(len(ks)):
+            j, below = rank_in_histogram(jnp, counts[i], rank[i])
+            rank[i] = rank[i] - below.astype(rank[i].dtype)
+            prefix[i] = (prefix[i] << _DIGIT) | j.astype(uint)
+    return jnp.stack([_float_of_key(jnp, lax, p, nbits, uint, v.dtype) for p in prefix])
+
+
+@functools.lru_cache(maxsize=1)
+def _jax_select_fn():
+    """:func:`_jax_radix_values` with a derivative (built once, when JAX is first used)."""
+    import jax
+    import jax.numpy as jnp
+
+    @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+    def select(v, ks):
+        return _jax_radix_values(v, ks)
+
+    @select.defjvp
+    def _select_jvp(ks, primals, tangents):
+        (v,), (t,) = primals, tangents
+        out = select(v, ks)
+        # the derivative of an order statistic: that of the entries equal to it (shared equally
+        # among ties, as for jnp.min), the derivative a sort gives almost everywhere
+        hits = v[None, :] == out[:, None]
+        return out, jnp.sum(jnp.where(hits, t[None, :], 0), axis=1) / jnp.sum(hits, axis=1).astype(t.dtype)
+
+    return jax.jit(select, static_argnums=1)
+
+
+def jax_radix_select(v, ks: tuple):
+    """Exact order statistics ``ks`` (0-based, a tuple) of all entries of a JAX float32/float64
+    array, as a ``(len(ks),)`` array: the radix passes of :func:`_jax_radix_values`, jitted with
+    static ranks, differentiable (an order statistic's derivative is that of the entry it selects),
+    and usable under ``jax.jit``, ``jax.vmap`` and ``jax.grad``. A full sort, which XLA's CPU
+    backend runs slowly on ``10^6`` entries, is never made."""
+    import jax.numpy as jnp
+
+    return _jax_select_fn()(jnp.reshape(v, (-1,)), tuple(int(k) for k in ks))

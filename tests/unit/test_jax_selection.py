@@ -1,0 +1,113 @@
+"""The exact median under JAX without a sort: the radix selection on the device (``jax_radix_select``),
+under ``jax.jit``, ``jax.vmap`` over a batch of particle systems and ``jax.grad`` through the direction.
+
+Every expected value comes from ``numpy.sort`` or from a dense reference written here with ``jnp.sort``
+(an independent formula: all pairwise differences, the median by sorting, the direction summed
+term by term). Float64 is enabled per test with ``jax.enable_x64``, never globally.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import particlesampling as ps
+from particlesampling.selection import JAX_RADIX_MIN, jax_radix_select, order_statistics
+
+N = 80  # N^2 = 6400 >= JAX_RADIX_MIN: the radix selection serves the median
+assert N * N >= JAX_RADIX_MIN
+
+
+SIZE = 4500  # one size and one set of ranks: one compilation per dtype
+KS = (0, 1, 17, SIZE // 2 - 1, SIZE // 2, SIZE - 2, SIZE - 1)
+
+
+def _arrays(rng):
+    yield rng.standard_normal(SIZE)  # negatives and positives
+    yield np.r_[rng.standard_normal(SIZE - 5), np.inf, -np.inf, -0.0, 0.0, 0.0]  # infinities, both zeros
+    yield rng.integers(0, 3, SIZE).astype(float)  # heavy ties
+    yield rng.random(SIZE) * 1e-38  # float32 subnormals
+    yield np.exp(rng.standard_normal(SIZE) * 20)  # many orders of magnitude (within float32)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_radix_selection_equals_the_sort(dtype):
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(dtype == "float64"):
+        for values in _arrays(rng):
+            v = values.astype(dtype)
+            got = np.asarray(jax_radix_select(jnp.asarray(v), KS))
+            assert got.dtype == np.dtype(dtype)
+            np.testing.assert_array_equal(got, np.sort(v)[list(KS)])
+
+
+def test_ranks_in_different_bins_take_their_own_passes():
+    # two ranks whose values differ in the top 16 bits: the shared histogram cannot serve both
+    v = np.r_[np.full(3000, 1.0), np.full(3000, 1e10)].astype(np.float32)
+    np.random.default_rng(1).shuffle(v)
+    np.testing.assert_array_equal(np.asarray(jax_radix_select(jnp.asarray(v), (2999, 3000))), [1.0, 1e10])
+
+
+def test_order_statistics_of_jax_arrays_one_and_batched():
+    v = np.random.default_rng(2).random((3, 4, 5000)).astype(np.float32)
+    got = order_statistics(jnp.asarray(v), [2499, 2500], batch_dims=2)
+    ref = np.sort(v, axis=-1)
+    for g, k in zip(got, (2499, 2500)):
+        assert g.shape == (3, 4)
+        np.testing.assert_array_equal(np.asarray(g), ref[..., k])
+    flat = order_statistics(jnp.asarray(v[0, 0]), [7, 4000])
+    np.testing.assert_array_equal([float(t) for t in flat], ref[0, 0, [7, 4000]])
+
+
+def _systems(b=3, n=N, d=4, seed=0):
+    x = np.random.default_rng(seed).standard_normal((b, n, d)) * np.arange(1, b + 1)[:, None, None]
+    return x, -x
+
+
+def test_default_step_under_jit_matches_numpy():
+    x, s = _systems(1)
+    with jax.enable_x64(True):
+        phi, info = jax.jit(ps.stein_direction_with_info)(jnp.asarray(x[0]), jnp.asarray(s[0]))
+        ref, ref_info = ps.stein_direction_with_info(x[0], s[0])
+        np.testing.assert_allclose(float(info.bandwidth), float(ref_info.bandwidth), rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(phi), ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_vmap_over_a_batch_of_particle_systems():
+    x, s = _systems(3)
+    with jax.enable_x64(True):
+        phi = jax.jit(jax.vmap(ps.stein_direction))(jnp.asarray(x), jnp.asarray(s))
+        batched = ps.stein_direction_batched(jnp.asarray(x), jnp.asarray(s))
+        for b in range(3):
+            ref = ps.stein_direction(x[b], s[b])
+            np.testing.assert_allclose(np.asarray(phi[b]), ref, rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(np.asarray(batched[b]), ref, rtol=1e-10, atol=1e-12)
+
+
+def _dense_direction(x):
+    """SVGD direction for the standard normal (scores -x) with the Liu-Wang median (midpoint median
+    of all n^2 entries over log(n + 1)), written out term by term with a full sort."""
+    n = x.shape[0]
+    diff = x[:, None, :] - x[None, :, :]
+    d2 = jnp.sum(diff * diff, axis=-1)
+    srt = jnp.sort(d2.reshape(-1))
+    h = 0.5 * (srt[n * n // 2 - 1] + srt[n * n // 2]) / np.log(n + 1)
+    k = jnp.exp(-d2 / h)
+    scores = -x
+    repulsion = jnp.sum(k[:, :, None] * diff, axis=1) * (2.0 / h)  # sum_j grad_{x_j} k(x_j, x_i)
+    return (k @ scores + repulsion) / n
+
+
+@pytest.mark.slow
+def test_grad_through_the_direction_matches_the_dense_reference():
+    x, _ = _systems(1, n=N, d=3, seed=5)
+    w = np.random.default_rng(6).standard_normal((N, 3))
+    with jax.enable_x64(True):
+        xj, wj = jnp.asarray(x[0]), jnp.asarray(w)
+        ours = jax.jit(jax.value_and_grad(lambda z: jnp.sum(ps.stein_direction(z, -z) * wj)))(xj)
+        ref = jax.value_and_grad(lambda z: jnp.sum(_dense_direction(z) * wj))(xj)
+        np.testing.assert_allclose(float(ours[0]), float(ref[0]), rtol=1e-10)
+        np.testing.assert_allclose(np.asarray(ours[1]), np.asarray(ref[1]), rtol=1e-7, atol=1e-9)
