@@ -76,6 +76,7 @@ bandwidth and noise scale), with the results of ``B`` calls of :func:`head_updat
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Tuple
@@ -408,6 +409,8 @@ def _update(particles, grads, settings, noise, lr, *, stacked: bool, direction=N
     s = settings.posterior.score(x, g)
     if direction is None:
         direction = ps.stein_direction_batched_with_info if stacked else ps.stein_direction_with_info
+        # RepulsiveHeads checks the gradients upstream (check_finite, on_nonfinite): the core's check is not repeated
+        direction = functools.partial(direction, check_finite=False)
     elif stacked:
         raise ValueError("expected direction=None for a stack of groups (B, M, P); call head_update per group")
     # kernel_drive=False: the direction with zero scores is the repulsive term alone, (a/M) R

@@ -12,6 +12,7 @@ from typing import Any
 import array_api_compat
 
 __all__ = [
+    "NonFiniteError",
     "namespace",
     "device_of",
     "check_particles",
@@ -41,6 +42,23 @@ __all__ = [
     "is_traced",
     "batch_shape",
 ]
+
+
+class NonFiniteError(FloatingPointError):
+    """Particles or scores that are NaN or infinite.
+
+    Raised where they enter: by the Stein direction's input check (``rows``: the offending row
+    indices, ``(system, row)`` pairs for a stack; ``particle``: the first of them) and by the run
+    loop (:func:`particlesampling.run_sampler`: ``step``, ``particle`` and ``state``, the last
+    finite state). Fields that do not apply are None (``rows`` empty)."""
+
+    def __init__(self, message: str, step: int | None = None, particle: int | None = None, state: Any = None,
+                 rows: tuple = ()):
+        super().__init__(message)
+        self.step = step
+        self.particle = particle
+        self.state = state
+        self.rows = tuple(rows)
 
 
 def namespace(*arrays: Any):

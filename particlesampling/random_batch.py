@@ -27,7 +27,7 @@ import numpy as np
 
 from ._backend import device_of, namespace
 from .random import permutation
-from .stein_terms import stein_terms
+from .stein_terms import check_finite_inputs, stein_terms
 
 __all__ = ["random_batch_direction", "batch_layout"]
 
@@ -47,7 +47,7 @@ def batch_layout(n: int, batch_size: int):
 
 
 def random_batch_direction(particles, scores, batch_size: int, *, seed: int, step: int, kernel=None,
-                           bandwidth=None, repulsion: float = 1.0):
+                           bandwidth=None, repulsion: float = 1.0, check_finite: bool = True):
     """Random-batch Stein direction (module docstring).
 
     Parameters
@@ -57,7 +57,7 @@ def random_batch_direction(particles, scores, batch_size: int, *, seed: int, ste
         ``b``; the batches hold between ``b`` and ``2b - 1`` particles.
     seed, step : int
         Select the permutation of this step.
-    kernel, bandwidth, repulsion :
+    kernel, bandwidth, repulsion, check_finite :
         As for :func:`particlesampling.stein_direction`.
 
     Returns
@@ -68,6 +68,10 @@ def random_batch_direction(particles, scores, batch_size: int, *, seed: int, ste
     mean_kernel : 0-d array, the mean over batches of the mean off-diagonal kernel value
     """
     xp = namespace(particles, scores)
+    if not isinstance(check_finite, bool):
+        raise TypeError(f"expected check_finite as a bool, received {check_finite!r}")
+    if check_finite:
+        check_finite_inputs(xp, particles, scores, where="the random-batch Stein direction")
     n, d = particles.shape
     perm = permutation(seed, step, n)
     dev = device_of(particles)

@@ -17,21 +17,11 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ._backend import to_numpy
+from ._backend import NonFiniteError, to_numpy
 from .samplers import ParticleState
 from .samplers._common import first_nonfinite_particle
 
 __all__ = ["run_sampler", "Trace", "NonFiniteError"]
-
-
-class NonFiniteError(FloatingPointError):
-    """A score or particle became NaN or infinite; ``state`` is the last finite state."""
-
-    def __init__(self, message: str, step: int, particle: int, state: ParticleState):
-        super().__init__(message)
-        self.step = step
-        self.particle = particle
-        self.state = state
 
 
 @dataclass

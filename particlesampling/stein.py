@@ -18,7 +18,8 @@ system with its own bandwidth: the same result as ``B`` calls of :func:`stein_di
 
 from __future__ import annotations
 
-from .stein_terms import SteinInfo, assemble_direction, check_repulsion, check_stein_inputs, stein_terms
+from .stein_terms import SteinInfo, assemble_direction, check_finite_inputs, check_repulsion, check_stein_inputs, \
+    stein_terms
 from .memory_budget import AUTO, budget_bytes
 from .tiled import tiled_stein_direction_with_info, tiling_chosen
 
@@ -27,7 +28,7 @@ __all__ = ["stein_direction", "stein_direction_with_info", "stein_direction_batc
 
 
 def stein_direction_with_info(particles, scores, kernel=None, bandwidth=None, repulsion: float = 1.0,
-                              *, sq=None, memory_budget=AUTO):
+                              *, sq=None, memory_budget=AUTO, check_finite: bool = True):
     """Stein direction and :class:`SteinInfo`; see :func:`stein_direction` for the arguments.
 
     ``sq`` may pass a precomputed ``sqdist(particles)`` to share it with other computations of the
@@ -35,15 +36,24 @@ def stein_direction_with_info(particles, scores, kernel=None, bandwidth=None, re
     """
     xp = check_stein_inputs(particles, scores, repulsion)
     repulsion = check_repulsion(repulsion)
+    if _check_flag(check_finite):
+        check_finite_inputs(xp, particles, scores)
     if sq is None and tiling_chosen(particles, kernel, bandwidth, memory_budget):
         return tiled_stein_direction_with_info(particles, scores, kernel, bandwidth, repulsion,
-                                               memory_budget=budget_bytes(particles, memory_budget))
+                                               memory_budget=budget_bytes(particles, memory_budget),
+                                               check_finite=False)
     t = stein_terms(particles, scores, kernel, bandwidth, sq=sq)
     return assemble_direction(xp, t.driving, t.repulsion, repulsion, t.bandwidth, t.mean_kernel)
 
 
+def _check_flag(check_finite) -> bool:
+    if not isinstance(check_finite, bool):
+        raise TypeError(f"expected check_finite as a bool, received {check_finite!r}")
+    return check_finite
+
+
 def stein_direction(particles, scores, kernel=None, bandwidth=None, repulsion: float = 1.0, *,
-                    memory_budget=AUTO):
+                    memory_budget=AUTO, check_finite: bool = True):
     """The SVGD direction ``phi = (K S + repulsion * R) / n`` (Liu & Wang 2016, eq. 8).
 
     Parameters
@@ -68,26 +78,38 @@ def stein_direction(particles, scores, kernel=None, bandwidth=None, repulsion: f
         float rounding, ``O(n * tile)`` memory, radial kernels and scalar median / fixed
         bandwidths; under ``"auto"`` a call those cannot serve stays untiled, under a number it
         raises). ``None``: no budget, always untiled.
+    check_finite : bool
+        If true (the default), NaN or infinite particles or scores raise
+        :class:`~particlesampling.NonFiniteError` naming the offending rows
+        (:func:`~particlesampling.stein_terms.check_finite_inputs`: one sum over each input and one
+        device synchronisation; its cost is in the floor table of ``docs/benchmarks.md``). Pass
+        False when the inputs are checked upstream (the samplers do: their run loop checks every
+        step); non-finite inputs then propagate (NaN). Under ``jax.jit`` there are no values to
+        check and the check is skipped.
 
     Returns
     -------
     phi : array, shape (n, d), same namespace, dtype and device as ``particles``.
     """
     return stein_direction_with_info(particles, scores, kernel, bandwidth, repulsion,
-                                     memory_budget=memory_budget)[0]
+                                     memory_budget=memory_budget, check_finite=check_finite)[0]
 
 
-def stein_direction_batched_with_info(particles, scores, kernel=None, bandwidth=None, repulsion: float = 1.0):
+def stein_direction_batched_with_info(particles, scores, kernel=None, bandwidth=None, repulsion: float = 1.0, *,
+                                      check_finite: bool = True):
     """Stein directions of a stack of systems and their :class:`SteinInfo`; see
     :func:`stein_direction_batched`. Each info field has a leading ``(B,)`` axis: ``bandwidth``
     ``(B,)`` (``(B, d)`` per dimension), ``mean_kernel``, ``driving_norm``, ``repulsion_norm`` ``(B,)``."""
     xp = check_stein_inputs(particles, scores, repulsion, batched=True)
     repulsion = check_repulsion(repulsion)
+    if _check_flag(check_finite):
+        check_finite_inputs(xp, particles, scores, where="the batched Stein direction")
     t = stein_terms(particles, scores, kernel, bandwidth)
     return assemble_direction(xp, t.driving, t.repulsion, repulsion, t.bandwidth, t.mean_kernel)
 
 
-def stein_direction_batched(particles, scores, kernel=None, bandwidth=None, repulsion: float = 1.0):
+def stein_direction_batched(particles, scores, kernel=None, bandwidth=None, repulsion: float = 1.0, *,
+                            check_finite: bool = True):
     """The SVGD direction of ``B`` independent particle systems at once (Liu & Wang 2016, eq. 8).
 
     For every system ``b``: ``phi[b] = (K_b S_b + repulsion * R_b) / n``, ``K_b`` the Gram matrix of
@@ -106,9 +128,12 @@ def stein_direction_batched(particles, scores, kernel=None, bandwidth=None, repu
         As for :func:`stein_direction`, shared by the systems. Every built-in kernel and bandwidth
         rule is evaluated batched; a kernel or rule defined elsewhere (a plain callable bandwidth,
         say) is applied system by system, with the same results.
+    check_finite : bool
+        As for :func:`stein_direction`; offending rows are named ``(system, row)``.
 
     Returns
     -------
     phi : array, shape (B, n, d), same namespace, dtype and device as ``particles``.
     """
-    return stein_direction_batched_with_info(particles, scores, kernel, bandwidth, repulsion)[0]
+    return stein_direction_batched_with_info(particles, scores, kernel, bandwidth, repulsion,
+                                             check_finite=check_finite)[0]

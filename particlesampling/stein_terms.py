@@ -18,7 +18,10 @@ import numbers
 from typing import Any, NamedTuple
 
 from ._backend import (
+    NonFiniteError,
     batch_shape,
+    is_traced,
+    to_numpy,
     centred,
     check_same_shape,
     device_of,
@@ -41,7 +44,7 @@ from .kernels import (
     rbf_terms_from_product,
 )
 
-__all__ = ["SteinInfo", "SteinTerms", "check_stein_inputs", "check_repulsion", "stein_terms", "assemble_direction",
+__all__ = ["SteinInfo", "SteinTerms", "check_stein_inputs", "check_finite_inputs", "check_repulsion", "stein_terms", "assemble_direction",
            "squared_norm_total"]
 
 
@@ -81,6 +84,45 @@ def check_stein_inputs(particles, scores, repulsion, *, batched: bool = False):
     check_same_shape(particles, scores, "particles", "scores")
     check_repulsion(repulsion)
     return xp
+
+
+def check_finite_inputs(xp, particles, scores, *, where: str = "the Stein direction") -> None:
+    """Raise :class:`~particlesampling.NonFiniteError` naming the offending rows when ``particles``
+    or ``scores`` (``(n, d)``, or a stack ``(B, n, d)``: rows named ``(system, row)``) hold NaN or an
+    infinity; ``where`` names the caller.
+
+    Cost: one sum over each array and one device synchronisation (a finite total proves every entry
+    finite; only a non-finite one, or an overflowing sum, looks at the rows). The directions take
+    ``check_finite=False`` to skip it for inputs checked upstream (the samplers, whose run loop
+    checks every step). Arrays traced by ``jax.jit`` have no values: the check is skipped there and
+    non-finite inputs give NaN (``jax.experimental.checkify`` checks inside a jitted function).
+    """
+    if is_traced(particles) or is_traced(scores):
+        return
+    import numpy as np
+
+    with np.errstate(over="ignore", invalid="ignore"):  # inf - inf, or a finite sum that overflows
+        if bool(xp.isfinite(xp.sum(particles) + xp.sum(scores))):
+            return
+
+    bad = {}
+    for name, a in (("particles", particles), ("scores", scores)):
+        rows = np.argwhere(~np.all(np.isfinite(to_numpy(a)), axis=-1))
+        if rows.shape[0]:
+            bad[name] = [tuple(int(t) for t in r) if r.shape[0] > 1 else int(r[0]) for r in rows]
+    if not bad:  # finite entries whose sum overflowed
+        return
+    rows = sorted(set(r for found in bad.values() for r in found))
+
+    def listed(found):
+        return ", ".join(str(r) for r in found[:10]) + (f" and {len(found) - 10} more" if len(found) > 10 else "")
+
+    what = " and ".join(f"{name} at row{'s' if len(found) > 1 else ''} {listed(found)}"
+                        for name, found in bad.items())
+    raise NonFiniteError(f"{where}: non-finite {what} (NaN or infinite; rows of the input, "
+                         f"{'(system, row) for a stack' if particles.ndim == 3 else '0-based'}); pass "
+                         "check_finite=False to skip this check when the inputs are checked upstream",
+                         particle=rows[0] if not isinstance(rows[0], tuple) else rows[0][1], rows=rows)
 
 
 def check_repulsion(repulsion) -> float:

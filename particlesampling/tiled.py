@@ -63,7 +63,7 @@ from .memory_budget import AUTO, budget_bytes
 from .selection import BRACKET_SAMPLE, blocked_order_statistics, bracket_sample_size
 from .stein_kernel import check_statistic, cross_term, radial_kernel, reduce_statistic, stein_kernel_block, \
     stein_kernel_diagonal
-from .stein_terms import assemble_direction, check_repulsion, check_stein_inputs
+from .stein_terms import assemble_direction, check_finite_inputs, check_repulsion, check_stein_inputs
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -275,15 +275,20 @@ def rule_value(xp, rule, x, order_statistics, *, where: str):
 
 def tiled_stein_direction_with_info(particles, scores, kernel=None, bandwidth=None, repulsion: float = 1.0,
                                     *, tile: int | None = None,
-                                    memory_budget: int | float = DEFAULT_MEMORY_BUDGET):
+                                    memory_budget: int | float = DEFAULT_MEMORY_BUDGET, check_finite: bool = True):
     """:func:`~particlesampling.stein_direction_with_info` in ``O(n * tile)`` memory.
 
     Same arguments and results (to float rounding) as the untiled function, plus ``tile`` (rows per
     block) or ``memory_budget`` (bytes for the block temporaries; used when ``tile`` is None).
-    Radial kernels only (``RBF``, ``IMQ``); bandwidths as in the module docstring.
+    Radial kernels only (``RBF``, ``IMQ``); bandwidths as in the module docstring. ``check_finite``:
+    as for :func:`~particlesampling.stein_direction`.
     """
     xp = check_stein_inputs(particles, scores, repulsion)
     repulsion = check_repulsion(repulsion)
+    if not isinstance(check_finite, bool):
+        raise TypeError(f"expected check_finite as a bool, received {check_finite!r}")
+    if check_finite:
+        check_finite_inputs(xp, particles, scores, where="the tiled Stein direction")
     n, d = particles.shape
     kern = get_kernel(kernel)
     if not getattr(kern, "is_radial", False):
@@ -345,11 +350,12 @@ def block_stein_terms(xp, kern, d2, h, xc_rows, xc, scores, *, rhs=None, overwri
 
 
 def tiled_stein_direction(particles, scores, kernel=None, bandwidth=None, repulsion: float = 1.0, *,
-                          tile: int | None = None, memory_budget: int | float = DEFAULT_MEMORY_BUDGET):
+                          tile: int | None = None, memory_budget: int | float = DEFAULT_MEMORY_BUDGET,
+                          check_finite: bool = True):
     """The SVGD direction ``(K S + repulsion R) / n`` in ``O(n * tile)`` memory; see
     :func:`tiled_stein_direction_with_info`."""
     return tiled_stein_direction_with_info(particles, scores, kernel, bandwidth, repulsion, tile=tile,
-                                           memory_budget=memory_budget)[0]
+                                           memory_budget=memory_budget, check_finite=check_finite)[0]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ from ..bandwidths import get_bandwidth
 from ..kernels import get_kernel, offdiagonal_mean_from_sums
 from ..selection import (BRACKET_SAMPLE, _sample_positions, blocked_order_statistics, bracket_sample_size,
                          expected_bracket_values, gathered_order_statistics)
-from ..stein_terms import assemble_direction, check_repulsion, squared_norm_total
+from ..stein_terms import assemble_direction, check_finite_inputs, check_repulsion, squared_norm_total
 from ..tiled import block_stein_terms, centre, check_blocked_rule, rule_value, scaled_for_distances
 from ._comm import RankExchange, ShardLayout, all_gather_rows, all_reduce_sum, counts_combiner, shard_layout
 
@@ -164,7 +164,7 @@ def check_shard(particles, scores, repulsion):
 
 
 def sharded_stein_direction_with_info(particles, scores, kernel=None, bandwidth=None, repulsion: float = 1.0, *,
-                                      group: Any = None, layout: ShardLayout | None = None):
+                                      group: Any = None, layout: ShardLayout | None = None, check_finite: bool = True):
     """This rank's rows of the Stein direction and the :class:`~particlesampling.SteinInfo` of all ``n``.
 
     Parameters
@@ -181,6 +181,10 @@ def sharded_stein_direction_with_info(particles, scores, kernel=None, bandwidth=
         The ranks sharing the particle system (default: the default group).
     layout : ShardLayout, optional
         The row counts of every rank, if already known (:func:`shard_layout`); saves one all-gather.
+    check_finite : bool
+        As for :func:`particlesampling.stein_direction`: checked on the gathered rows, so every
+        rank raises the same :class:`~particlesampling.NonFiniteError`, naming rows of the whole
+        system (this rank's row ``i`` is row ``layout.offset + i``).
 
     Returns
     -------
@@ -196,6 +200,8 @@ def sharded_stein_direction_with_info(particles, scores, kernel=None, bandwidth=
     """
     xp = check_shard(particles, scores, repulsion)
     repulsion = check_repulsion(repulsion)
+    if not isinstance(check_finite, bool):
+        raise TypeError(f"expected check_finite as a bool, received {check_finite!r}")
     kern = get_kernel(kernel)
     if not getattr(kern, "is_radial", False):
         raise ValueError(f"the sharded direction supports radial kernels (RBF, IMQ), received {type(kern).__name__}")
@@ -211,6 +217,8 @@ def sharded_stein_direction_with_info(particles, scores, kernel=None, bandwidth=
         raise ValueError("expected at least one particle over all ranks, received none")
     both = all_gather_rows(xp.concat([particles, scores], axis=1), layout, group)
     x_all, s_all = both[:, :d], both[:, d:]
+    if check_finite:  # on the gathered rows: every rank sees the same rows and raises alike
+        check_finite_inputs(xp, x_all, s_all, where="the sharded Stein direction")
     a, b = layout.offset, layout.offset + particles.shape[0]
     xc, xx = centre(xp, x_all)
     d2_of_xc = []
@@ -236,8 +244,8 @@ def sharded_stein_direction_with_info(particles, scores, kernel=None, bandwidth=
 
 
 def sharded_stein_direction(particles, scores, kernel=None, bandwidth=None, repulsion: float = 1.0, *,
-                            group: Any = None, layout: ShardLayout | None = None):
+                            group: Any = None, layout: ShardLayout | None = None, check_finite: bool = True):
     """This rank's rows ``(n_r, d)`` of the Stein direction of particles spread over the ranks; see
     :func:`sharded_stein_direction_with_info`."""
     return sharded_stein_direction_with_info(particles, scores, kernel, bandwidth, repulsion, group=group,
-                                             layout=layout)[0]
+                                             layout=layout, check_finite=check_finite)[0]

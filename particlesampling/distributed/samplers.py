@@ -43,8 +43,9 @@ class _Sharded:
     group: Any
 
     def _direction(self, state, s):
+        # the run loop checks every step's particles and scores (the step's finite flag)
         phi, info = sharded_stein_direction_with_info(state.particles, s, self.kernel, self.bandwidth,
-                                                      self.repulsion, group=self.group)
+                                                      self.repulsion, group=self.group, check_finite=False)
         return phi, info.bandwidth, info.mean_kernel
 
     def _draw_noise(self, state):

@@ -197,11 +197,13 @@ class SteinSampler(ParticleSampler):
         """``(phi, bandwidth, mean_kernel)`` at the state's particles with scores ``s``."""
         x = state.particles
         if self.batch_size is None or self.batch_size >= x.shape[0]:
+            # the run loop checks every step's particles and scores (the step's finite flag)
             phi, info = stein_direction_with_info(x, s, self.kernel, self.bandwidth, self.repulsion,
-                                                  memory_budget=self.memory_budget)
+                                                  memory_budget=self.memory_budget, check_finite=False)
             return phi, info.bandwidth, info.mean_kernel
         return random_batch_direction(x, s, self.batch_size, seed=state.seed, step=state.step,
-                                      kernel=self.kernel, bandwidth=self.bandwidth, repulsion=self.repulsion)
+                                      kernel=self.kernel, bandwidth=self.bandwidth, repulsion=self.repulsion,
+                                      check_finite=False)
 
     def _stein_info(self, xp, s, x_new, delta, h, mean_k) -> SteinStepInfo:
         return SteinStepInfo(bandwidth=h, mean_kernel=mean_k, update_norm=rms_rows(xp, delta),

@@ -204,3 +204,14 @@ def test_one_rank_nccl_on_cuda_equals_the_direction():
             torch.testing.assert_close(info.bandwidth, ref_info.bandwidth, **tol)
     finally:
         dist.destroy_process_group()
+
+
+def test_non_finite_rows_raise_on_every_rank_naming_rows_of_the_whole_system(one_rank_group):
+    x = _x()
+    s = -x
+    s[4, 1] = float("nan")
+    with pytest.raises(ps.NonFiniteError, match=r"sharded Stein direction: non-finite scores at row 4\b") as ei:
+        ps.distributed.sharded_stein_direction(x, s)
+    assert ei.value.rows == (4,)
+    phi = ps.distributed.sharded_stein_direction(x, s, check_finite=False)
+    assert bool(torch.isnan(phi).any())  # not checked: the NaN propagates
