@@ -1,0 +1,144 @@
+#!/usr/bin/env python
+"""Speed of one ParticleEnsemble SVGD step against a Python loop over n separate models.
+
+    nice -n 10 python benchmarks/bench_ensemble_speed.py          # writes benchmarks/results/ensemble_speed.{json,md}
+    python benchmarks/bench_ensemble_speed.py --reps 3 --out /tmp # a quick look
+
+One SVGD step's gradient work on a minibatch of 64 digits-sized inputs (8x8), categorical
+likelihood, Gaussian prior, for an MLP (64-64-10) and a small CNN (conv 8 -> conv 16 -> linear 10),
+n = 10 and 50 particles:
+
+* ``batched``: ``SVGD(ensemble).fill_grad(x, y)``: one vmapped forward of the n stacked models, one
+  backward for every score, the core's Stein direction, written to ``.grad``;
+* ``loop``: the same step written the way one would without the ensemble: for each of n separate
+  ``nn.Module`` copies a forward and a backward of its own log posterior, the n gradients
+  flattened and stacked, the same core Stein direction, and the result written back into each
+  model's ``.grad``;
+* ``stein``: the core's ``stein_direction`` alone on the same ``(n, D)`` particles and scores, and its
+  share of the batched step.
+
+Times are medians over ``--reps`` repetitions after warm-up, on one thread, measured side by side in
+one process; the machine is shared, so read the ratios, not the absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def models():
+    import torch
+    from torch import nn
+
+    def mlp():
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+
+    def cnn():
+        return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                             nn.Flatten(), nn.Linear(16 * 64, 10))
+
+    return {"mlp": mlp, "cnn": cnn}, torch
+
+
+def _median_time(fn, reps: int) -> float:
+    for _ in range(2):
+        fn()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def measure(name: str, factory, n: int, reps: int, batch: int = 64, N: int = 1000) -> dict:
+    import torch
+
+    import particlesampling as ps
+    from particlesampling.ensemble import SVGD, GaussianPrior, ParticleEnsemble
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(batch, 1, 8, 8, generator=g), torch.randint(0, 10, (batch,), generator=g)
+    ens = ParticleEnsemble(factory, n, n_data=N, likelihood="categorical", prior=GaussianPrior(1.0))
+    update = SVGD(ens)
+    t_batched = _median_time(lambda: update.fill_grad(x, y), reps)
+    sc = ens.scores(x, y).scores
+    theta = ens.particles.detach()
+    t_stein = _median_time(lambda: ps.stein_direction(theta, sc), reps)
+
+    nets = []
+    for i in range(n):
+        torch.manual_seed(i)
+        nets.append(factory())
+
+    def loop_step():
+        grads = []
+        for m in nets:
+            m.zero_grad()
+            logits = m(x)
+            w = torch.cat([p.reshape(-1) for p in m.parameters()])
+            lp = -(N / batch) * torch.nn.functional.cross_entropy(logits, y, reduction="sum") - 0.5 * (w * w).sum()
+            lp.backward()
+            grads.append(torch.cat([p.grad.reshape(-1) for p in m.parameters()]))
+        s = torch.stack(grads)
+        flat = torch.stack([torch.cat([p.detach().reshape(-1) for p in m.parameters()]) for m in nets])
+        phi = ps.stein_direction(flat, s)
+        for m, row in zip(nets, phi):
+            o = 0
+            for p in m.parameters():
+                p.grad = -row[o: o + p.numel()].reshape(p.shape)
+                o += p.numel()
+
+    t_loop = _median_time(loop_step, reps)
+    return {"model": name, "n": n, "params_per_model": ens.num_weights, "batched_ms": 1e3 * t_batched,
+            "loop_ms": 1e3 * t_loop, "speedup": t_loop / t_batched, "stein_ms": 1e3 * t_stein,
+            "stein_share": t_stein / t_batched}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--ns", default="10,50")
+    ap.add_argument("--out", default=str(ROOT))
+    a = ap.parse_args(argv)
+    builders, torch = models()
+    torch.set_num_threads(1)
+    rows = []
+    for name, factory in builders.items():
+        for n in [int(v) for v in a.ns.split(",")]:
+            r = measure(name, factory, n, a.reps)
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+    command = "python benchmarks/bench_ensemble_speed.py " + " ".join(shlex.quote(v) for v in (argv or sys.argv[1:]))
+    res = {"command": command.strip(), "torch": torch.__version__, "machine": platform.machine(),
+           "threads": 1, "note": "2-core machine shared with other jobs; medians of side-by-side runs",
+           "rows": rows}
+    out = Path(a.out) / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ensemble_speed.json").write_text(json.dumps(res, indent=1) + "\n")
+    L = ["# ParticleEnsemble: one batched SVGD step against a loop over n models", "",
+         f"Generated by `{res['command']}` (torch {res['torch']}, one thread, a shared 2-core machine: read "
+         "the ratios). What is timed is in the script's docstring.", "",
+         "| model | n | weights per model | batched step (ms) | loop of n models (ms) | loop / batched | "
+         "Stein direction (ms) | its share of the batched step |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        L.append(f"| {r['model']} | {r['n']} | {r['params_per_model']} | {r['batched_ms']:.1f} | {r['loop_ms']:.1f} | "
+                 f"{r['speedup']:.1f}x | {r['stein_ms']:.2f} | {100 * r['stein_share']:.0f} % |")
+    (out / "ensemble_speed.md").write_text("\n".join(L) + "\n")
+    print("\n".join(L))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
