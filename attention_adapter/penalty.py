@@ -37,13 +37,12 @@ from typing import Optional
 import torch
 from torch import nn
 
-import dataclasses
 from typing import Dict
 
 from ._compat import renamed_kwarg, warn_renamed
 from .outputs import OutputParticles
 from .particles import HeadParticles, HeadSelection, ParticleGroup
-from .spaces import CircuitStructure, check_space, circuit_kernel_similarity, circuit_particles
+from .spaces import check_space, circuit_kernel_similarity, circuit_particles, circuit_structure, output_particles
 from .update import kernel_matrix, resolve_kernel
 
 __all__ = ["HeadRepulsionPenalty", "head_kernel_similarity"]
@@ -114,9 +113,10 @@ class HeadRepulsionPenalty(nn.Module):
         elif space == "circuits":
             particles = circuit_particles(selection.build(model))
         else:
-            particles = dataclasses.replace(selection, particles="joint").build(model)
+            particles = output_particles(selection.build(model))
         object.__setattr__(self, "head_particles", particles)
-        self._structures = {g.name: CircuitStructure(g) for g in particles.groups} if space == "circuits" else {}
+        self._structures = ({g.name: circuit_structure(g, selection.include_bias) for g in particles.groups}
+                            if space == "circuits" else {})
         self._outputs: Dict[str, torch.Tensor] = {}
         self._hooks = None
         if space == "outputs":

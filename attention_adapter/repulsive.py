@@ -21,7 +21,6 @@ Only the Stein direction ``phi`` changes; the scores, step size, SPOS drift and 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import weakref
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
@@ -36,7 +35,14 @@ from .noise import StepNoise
 from .outputs import OutputParticles, rows_of
 from .particles import HeadParticles, HeadSelection, ParticleGroup
 from .sharding import FullTensors, check_sharding, check_wrappers, grad_version
-from .spaces import CircuitStructure, check_space, circuit_direction, circuit_particles
+from .spaces import (
+    CircuitStructure,
+    check_space,
+    circuit_direction,
+    circuit_particles,
+    circuit_structure,
+    output_particles,
+)
 from .update import UPDATE_RULES, An2020, Posterior, UpdateSettings, compute_dtype, head_update, head_update_batched
 
 __all__ = ["RepulsiveHeads", "ApplyInfo", "NonFiniteGradientError", "PRESETS"]
@@ -264,9 +270,10 @@ class RepulsiveHeads:
             self.head_particles = selection.build(model)
         elif space == "circuits":
             self.head_particles = circuit_particles(selection.build(model))
-            self._structures = {g.name: CircuitStructure(g) for g in self.head_particles.groups}
+            self._structures = {g.name: circuit_structure(g, selection.include_bias)
+                                for g in self.head_particles.groups}
         else:  # one system per module over all of its heads' blocks (their outputs share one kernel)
-            self.head_particles = dataclasses.replace(selection, particles="joint").build(model)
+            self.head_particles = output_particles(selection.build(model))
         check_sharding(model, self.head_particles.groups)  # FSDP2: supported shard layouts only
         if space == "outputs":
             self._outputs = OutputParticles(self.head_particles.groups, self._record_outputs,
@@ -438,21 +445,21 @@ class RepulsiveHeads:
             names = ", ".join(repr(g.name) for g in bad)
             raise NonFiniteGradientError(f"non-finite head outputs in attention heads {names} at step {self._step}")
         entries = [self._recorded[g.name] for g, _ in present]
-        grams = torch.stack([e[0] / e[3] for e in entries])
+        grams = [e[0] / e[3] for e in entries]
         rows = [e[1] / e[3] for e in entries]
         if torch.distributed.is_available() and torch.distributed.is_initialized() \
                 and torch.distributed.get_world_size() > 1:
             # each rank saw its own batch: average the kernels and the pulled-back repulsions, so that
             # every rank computes the same update (as DDP averages the gradients)
-            flat = torch.cat([grams.reshape(-1)] + [r.reshape(-1) for r in rows])
+            parts = grams + rows
+            flat = torch.cat([a.reshape(-1).to(rows[0].dtype) for a in parts])
             torch.distributed.all_reduce(flat)
             flat /= torch.distributed.get_world_size()
-            grams = flat[:grams.numel()].reshape(grams.shape)
-            offset, synced = grams.numel(), []
-            for r in rows:
-                synced.append(flat[offset:offset + r.numel()].reshape(r.shape))
-                offset += r.numel()
-            rows = synced
+            synced, offset = [], 0
+            for a in parts:
+                synced.append(flat[offset:offset + a.numel()].reshape(a.shape).to(a.dtype))
+                offset += a.numel()
+            grams, rows = synced[:len(grams)], synced[len(grams):]
         out = []
         for gram, pulled, entry in zip(grams, rows, entries):
             info = entry[2]

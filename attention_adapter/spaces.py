@@ -67,8 +67,8 @@ import particlesampling as ps
 from .layouts import ResolvedLayout
 from .particles import HeadParticles, ParticleGroup
 
-__all__ = ["SPACES", "check_space", "CircuitStructure", "circuit_particles", "circuit_kernel_similarity",
-           "circuit_similarity", "circuit_direction"]
+__all__ = ["SPACES", "check_space", "CircuitStructure", "circuit_structure", "circuit_particles",
+           "output_particles", "circuit_kernel_similarity", "circuit_similarity", "circuit_direction"]
 
 #: the spaces a head particle can live in
 SPACES = ("weights", "circuits", "outputs")
@@ -88,25 +88,31 @@ class _Term:
 
     a: Tuple[str, ...]  #: roles of factor A (weight role, then its bias if any); the plain block's roles
     b: Tuple[str, ...] = ()  #: roles of factor B; empty for a plain term
+    b_shared: bool = False  #: B is one key/value head shared by every particle (multi-query): a constant
 
     @property
     def is_product(self) -> bool:
         return bool(self.b)
 
 
-def _terms_of_roles(roles: Sequence[str]) -> List[_Term]:
-    """The circuit terms of a group made of ``roles`` (module table)."""
-    have = set(roles)
-    with_bias = lambda r: (r,) + ((_BIAS[r],) if _BIAS.get(r) in have else ())  # noqa: E731
+def _with_bias(role: str, have) -> Tuple[str, ...]:
+    return (role,) + ((_BIAS[role],) if _BIAS.get(role) in have else ())
+
+
+def _terms_of_roles(roles: Sequence[str], shared: Sequence[str] = ()) -> List[_Term]:
+    """The circuit terms of a group made of ``roles``, with the multi-query ``shared`` roles (module table)."""
+    have, common = set(roles), set(shared)
     terms = []
-    if "q" in have and "k" in have:
-        terms.append(_Term(with_bias("q"), with_bias("k")))
+    if "q" in have and ("k" in have or "k" in common):
+        terms.append(_Term(_with_bias("q", have), _with_bias("k", have | common), b_shared="k" in common))
     else:
-        terms += [_Term(with_bias(r)) for r in ("q", "k") if r in have]
-    if "v" in have and "out" in have:
-        terms.append(_Term(("out",), with_bias("v")))
+        terms += [_Term(_with_bias(r, have)) for r in ("q", "k") if r in have]
+    if "out" in have and ("v" in have or "v" in common):
+        terms.append(_Term(("out",), _with_bias("v", have | common), b_shared="v" in common))
     elif "v" in have:
-        terms.append(_Term(with_bias("v")))
+        terms.append(_Term(_with_bias("v", have)))
+    elif "out" in have:
+        terms.append(_Term(("out",)))
     return terms
 
 
@@ -118,10 +124,15 @@ class CircuitStructure:
     those of :mod:`particlesampling.circuits`: per product term a pair ``(A (M, a, d_head),
     B (M, b, d_head))``, per plain term an ``(M, width)`` array. Both maps are linear
     rearrangements (differentiable, exact inverses of each other).
+
+    Multi-query attention (one key/value head for all ``M`` query heads): the particles are the
+    query heads (with their output columns), and the shared key (value) factor enters every
+    particle's circuit as the same constant ``B`` (read from the parameter, not a particle).
     """
 
-    def __init__(self, group: ParticleGroup):
+    def __init__(self, group: ParticleGroup, shared: Optional[Dict[str, "object"]] = None):
         self.group = group
+        self.shared = dict(shared or {})  # role -> ResolvedBlock of a key/value head common to all particles
         m = group.num_particles
         self.segments: Dict[str, Tuple[int, int, int, int]] = {}  # role -> (offset, heads per particle, d_head, rest)
         offset = 0
@@ -131,9 +142,9 @@ class CircuitStructure:
             self.segments[role] = (offset, c, b.head_size, rest)
             offset += c * b.numel_per_head
         self.dim = offset
-        self.terms = _terms_of_roles(group.roles)
+        self.terms = _terms_of_roles(group.roles, tuple(self.shared))
         for t in self.terms:
-            if t.is_product and self.segments[t.b[0]][1] != 1:
+            if t.is_product and not t.b_shared and self.segments[t.b[0]][1] != 1:
                 raise ValueError(f"group {group.name!r}: expected one key/value head per particle for the circuit "
                                  f"of {t.a[0]} and {t.b[0]}, received {self.segments[t.b[0]][1]}")
 
@@ -141,29 +152,48 @@ class CircuitStructure:
         off, c, hs, rest = self.segments[role]
         return rows[:, off:off + c * hs * rest].reshape(rows.shape[0], c, hs, rest)
 
-    def _factor(self, rows, roles):
-        """``(M, c (rest + bias), d_head)``: each head's ``[W^T; b^T]`` stacked over its ``c`` heads."""
-        parts = [self._seg(rows, r).transpose(-1, -2) for r in roles]  # (M, c, rest, hs), bias (M, c, 1, hs)
-        f = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)
-        return f.reshape(rows.shape[0], -1, f.shape[-1])
+    def _shared_seg(self, m, role, source, like):
+        b = self.shared[role]
+        if source == "zeros":
+            block = torch.zeros((1, b.numel_per_head), dtype=like.dtype, device=like.device)
+        else:
+            block = b.gather(b.param if source == "param" else b.param.detach()).to(like.dtype)
+        block = block.reshape(1, 1, b.head_size, -1)
+        return block.expand(m, 1, b.head_size, block.shape[-1])
 
-    def to_terms(self, rows: torch.Tensor) -> list:
-        """The terms of ``rows`` ``(M, P)`` (a list, as :mod:`particlesampling.circuits` takes)."""
+    def _factor(self, rows, roles, shared_source=None):
+        """``(M, c (rest + bias), d_head)``: each head's ``[W^T; b^T]`` stacked over its ``c`` heads."""
+        m = rows.shape[0]
+        segs = [self._seg(rows, r) if r in self.segments else self._shared_seg(m, r, shared_source, rows)
+                for r in roles]
+        parts = [s.transpose(-1, -2) for s in segs]  # (M, c, rest, hs), bias (M, c, 1, hs)
+        f = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)
+        return f.reshape(m, -1, f.shape[-1])
+
+    def to_terms(self, rows: torch.Tensor, shared: str = "data") -> list:
+        """The terms of ``rows`` ``(M, P)`` (a list, as :mod:`particlesampling.circuits` takes).
+
+        ``shared`` says what a multi-query key/value factor is: ``"data"`` (the parameter's values),
+        ``"param"`` (the parameter, differentiable) or ``"zeros"`` (for scores: it is no particle's).
+        """
         out = []
         for t in self.terms:
             if t.is_product:
-                out.append((self._factor(rows, t.a), self._factor(rows, t.b)))
+                out.append((self._factor(rows, t.a), self._factor(rows, t.b, shared)))
             else:
                 out.append(torch.cat([self._seg(rows, r).reshape(rows.shape[0], -1) for r in t.a], dim=1))
         return out
 
     def to_rows(self, terms) -> torch.Tensor:
-        """The inverse of :meth:`to_terms`: ``(M, P)`` rows from terms (directions, say)."""
+        """The inverse of :meth:`to_terms`: ``(M, P)`` rows from terms (directions, say); the shared
+        factors' parts are dropped."""
         m = (terms[0][0] if isinstance(terms[0], (tuple, list)) else terms[0]).shape[0]
         pieces: Dict[str, torch.Tensor] = {}
         for t, value in zip(self.terms, terms):
             if t.is_product:
-                for roles, f in ((t.a, value[0]), (t.b, value[1])):
+                for roles, f, shared in ((t.a, value[0], False), (t.b, value[1], t.b_shared)):
+                    if shared:
+                        continue
                     _, c, hs, _ = self.segments[roles[0]]
                     f = f.reshape(m, c, -1, hs)
                     start = 0
@@ -180,9 +210,17 @@ class CircuitStructure:
         return torch.cat([pieces[r] for r in self.group.roles], dim=1)
 
 
+def _is_multi_query(site: ResolvedLayout) -> bool:
+    return site.num_kv_heads == 1 and site.num_heads > 1
+
+
+_KV = ("k", "v", "k_bias", "v_bias")
+
+
 def _circuit_groups_of_site(site: ResolvedLayout, particles: str, roles, include_bias: bool) -> List[ParticleGroup]:
     blocks = site.blocks
     present = [r for r in roles if r in blocks]
+    mqa = _is_multi_query(site)
     members: List[Tuple[str, List[str]]] = []
     qk = [r for r in ("q", "k") if r in present]
     if qk:
@@ -192,10 +230,34 @@ def _circuit_groups_of_site(site: ResolvedLayout, particles: str, roles, include
         ov = ["v"] + (["out"] if "out" in blocks else [])
         members.append(("ov-circuit" if "out" in blocks else "v-circuit",
                         ov + (["v_bias"] if include_bias and "v_bias" in blocks else [])))
+    if mqa:  # the query heads are the particles; the one key/value head is a constant factor
+        members = [(label, [r for r in rs if r not in _KV]) for label, rs in members]
+        members = [(label, rs) for label, rs in members if rs]
     if particles == "joint" and len(members) > 1:
         members = [("circuits", [r for _, rs in members for r in rs])]
     return [ParticleGroup(f"{site.name}:{label}", site, tuple(rs), tuple(blocks[r] for r in rs))
             for label, rs in members]
+
+
+def shared_blocks(group: ParticleGroup, include_bias: bool = False) -> Dict[str, object]:
+    """The multi-query key/value blocks the circuits of ``group`` read as constants (empty otherwise)."""
+    site = group.site
+    if not _is_multi_query(site):
+        return {}
+    want = set(group.roles)
+    out = {}
+    for particle_role, role in (("q", "k"), ("out", "v")):
+        if particle_role in want and role in site.blocks:
+            out[role] = site.blocks[role]
+            if include_bias and _BIAS[role] in site.blocks:
+                out[_BIAS[role]] = site.blocks[_BIAS[role]]
+    return out
+
+
+def circuit_structure(group: ParticleGroup, include_bias: bool = False) -> CircuitStructure:
+    """The :class:`CircuitStructure` of a circuit group (with its multi-query shared factors; their
+    biases with ``include_bias``)."""
+    return CircuitStructure(group, shared_blocks(group, include_bias))
 
 
 def circuit_particles(heads: HeadParticles, *, skip_frozen: bool = True) -> HeadParticles:
@@ -215,10 +277,50 @@ def circuit_particles(heads: HeadParticles, *, skip_frozen: bool = True) -> Head
             elif g.num_particles < 2:
                 out.skipped[g.name] = f"a single particle ({site.heads_text()}): nothing to repel"
             else:
-                CircuitStructure(g)  # validates the term structure
+                circuit_structure(g, heads.include_bias)  # validates the term structure
                 groups.append(g)
     if not groups:
         raise ValueError(f"expected at least one trainable group of attention heads in circuit space, found none "
+                         f"(skipped: {out.skipped or 'none'})")
+    out.groups = tuple(groups)
+    return out
+
+
+def _output_groups_of_site(site: ResolvedLayout, roles, include_output: bool, include_bias: bool):
+    blocks = site.blocks
+    members = [r for r in roles if r in blocks]
+    if include_output and "out" in blocks:
+        members.append("out")
+    if include_bias:
+        members += [_BIAS[r] for r in roles if r in blocks and _BIAS[r] in blocks]
+    if _is_multi_query(site):  # particles are the query heads; the shared key/value head keeps its gradient
+        members = [r for r in members if r not in _KV]
+    if not members:
+        return []
+    label = "".join(r for r in members if r in ("q", "k", "v")) + ("+out" if "out" in members else "") + \
+        ("+bias" if any(r.endswith("_bias") for r in members) else "")
+    return [ParticleGroup(f"{site.name}:{label}-outputs", site, tuple(members), tuple(blocks[r] for r in members))]
+
+
+def output_particles(heads: HeadParticles, *, skip_frozen: bool = True) -> HeadParticles:
+    """The function-space version of ``heads``: one system per attention module over its heads' blocks in
+    ``roles`` (and output columns with ``include_output``, biases with ``include_bias``). Under grouped-query
+    attention a particle is a key/value head with its query heads; under multi-query attention the particles
+    are the query heads and the one key/value head is no particle."""
+    out = copy.copy(heads)
+    out.skipped = dict(heads.skipped)
+    groups = []
+    for site in heads.sites:
+        for g in _output_groups_of_site(site, heads.roles, heads.include_output, heads.include_bias):
+            frozen = [b.name for b in g.blocks if not b.param.requires_grad]
+            if frozen and skip_frozen:
+                out.skipped[g.name] = "frozen: " + ", ".join(frozen)
+            elif g.num_particles < 2:
+                out.skipped[g.name] = f"a single particle ({site.heads_text()}): nothing to repel"
+            else:
+                groups.append(g)
+    if not groups:
+        raise ValueError(f"expected at least one trainable group of attention heads in function space, found none "
                          f"(skipped: {out.skipped or 'none'})")
     out.groups = tuple(groups)
     return out
@@ -233,7 +335,7 @@ def circuit_direction(structure: CircuitStructure, particles: torch.Tensor, scor
     the kernel on circuit distances and the closed-form repulsion, and the result is mapped back to
     rows.
     """
-    phi, info = ps.circuits.circuit_stein_direction(structure.to_terms(particles), structure.to_terms(scores),
+    phi, info = ps.circuits.circuit_stein_direction(structure.to_terms(particles), structure.to_terms(scores, "zeros"),
                                                     kernel=kernel, bandwidth=bandwidth, repulsion=repulsion)
     return structure.to_rows(phi), info
 
@@ -251,7 +353,7 @@ def circuit_kernel_similarity(structure: CircuitStructure, rows: torch.Tensor, k
     kern = ps.get_kernel(kernel)
     if not getattr(kern, "is_radial", False):
         raise TypeError(f"expected a radial kernel on circuit distances, received {type(kern).__name__}")
-    gram = ps.circuits.circuit_inner(structure.to_terms(rows))
+    gram = ps.circuits.circuit_inner(structure.to_terms(rows, "param" if rows.requires_grad else "data"))
     with torch.no_grad():
         h = ps.circuits.circuit_bandwidth(bandwidth, ps.circuits.circuit_inner(structure.to_terms(rows.detach())))
     k = kern.value(gram.sqdist / h)

@@ -15,7 +15,11 @@ attention, Ainslie et al. 2023) and three checks are run:
 3. the order of the projections (for fused QKV tensors in particular): perturbing the hand-cut
    query block of head ``h`` of the first attention module changes only head ``h``'s attention map
    in the model's own forward pass, and perturbing key head ``g`` changes only the maps of the
-   query heads ``g r .. g r + r - 1`` that use it (``r = H / G``).
+   query heads ``g r .. g r + r - 1`` that use it (``r = H / G``);
+4. the other particle spaces (``RepulsiveHeads(space="circuits")`` and ``space="outputs"``,
+   :mod:`attention_adapter.spaces`): discovery, one forward pass with gradients, a loss's backward and
+   one ``apply()``; every particle group's gradient must change, stay finite, and every gradient
+   outside the groups' head blocks must stay as the backward left it.
 
 Usage::
 
@@ -288,10 +292,56 @@ def check(arch: Arch, functional: bool = True) -> Dict[str, Any]:
                 raise AssertionError(f"{n}: gradient changed outside the Q/K/V head blocks")
         row["an2020"] = f"ok ({checked} heads, rel. err {worst:.0e})"
         row["order"] = _order_check(arch, model, cfg, sites) if functional else "not run"
+        row["spaces"] = " / ".join(space_check(arch, s) for s in ("circuits", "outputs"))
     except Exception as err:  # reported in the table, not dropped
         row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
         row["trace"] = traceback.format_exc()
     return row
+
+
+def _first_float(out) -> torch.Tensor:
+    """The first floating tensor of a model output (last hidden state, logits, ...)."""
+    items = out.values() if hasattr(out, "values") else out
+    for v in items:
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            return v
+        if isinstance(v, (tuple, list)):
+            for w in v:
+                if isinstance(w, torch.Tensor) and w.is_floating_point():
+                    return w
+    raise AssertionError("no floating-point output to build a loss from")
+
+
+def space_check(arch: Arch, space: str) -> str:
+    """Check 4: discovery, forward, backward and one ``apply()`` with ``RepulsiveHeads(space=space)``."""
+    if arch.inputs is None:
+        return f"{space}: not run (no simple input)"
+    try:
+        model, cfg = build(arch)
+        model.train()
+        heads = RepulsiveHeads(model, "svgd", repulsion=1.0, space=space)
+        _first_float(model(**arch.inputs(cfg))).pow(2).mean().backward()
+        params = dict(model.named_parameters())
+        before = {n: p.grad.clone() for n, p in params.items() if p.grad is not None}
+        heads.apply()
+        inside = {n: torch.zeros(p.shape, dtype=torch.bool) for n, p in params.items()}
+        name_of = {id(p): n for n, p in params.items()}
+        for g in heads.groups:
+            for b in g.blocks:
+                mask = torch.zeros(b.param.shape, dtype=torch.bool)
+                b.scatter(mask, torch.ones(b.num_heads, b.numel_per_head, dtype=torch.bool))
+                inside[name_of[id(b.param)]] |= mask
+            new = g.gather("grad")
+            old = torch.cat([b.gather(before[name_of[id(b.param)]]).reshape(g.num_particles, -1) for b in g.blocks], 1)
+            if not torch.isfinite(new).all() or torch.equal(new, old):
+                raise AssertionError(f"group {g.name}: gradient not rewritten (or not finite)")
+        for n, g0 in before.items():
+            if not torch.equal(params[n].grad[~inside[n]], g0[~inside[n]]):
+                raise AssertionError(f"{n}: gradient changed outside the groups' head blocks")
+        heads.remove_hooks()
+        return f"{space}: ok ({len(heads.groups)} groups)"
+    except Exception as err:  # reported in the table
+        return f"{space}: **fails** ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
 
 
 def _head_dim(arch, m, h, g):
@@ -339,12 +389,13 @@ def _order_check(arch: Arch, model, cfg, sites) -> str:
 def _fmt(row: Dict[str, Any]) -> str:
     name = row["name"]
     if "error" in row and "sites" not in row:
-        return f"| {name} | {row.get('class', '-')} | - | - | - | **fails**: {row['error']} | - |"
+        return f"| {name} | {row.get('class', '-')} | - | - | - | **fails**: {row['error']} | - | - |"
     sites = ", ".join(f"{n} {k}" for k, n in row["sites"].items())
     heads = "; ".join(f"{k}: {q}/{kv}" for k, q, kv in row["heads"])
     layout = "; ".join(row["layout"])
     an = row.get("an2020", f"**fails**: {row.get('error')}") if "error" not in row else f"**fails**: {row['error']}"
-    return f"| {name} | {row['class']} | {sites} | {heads} | {layout} | {an} | {row.get('order', '-')} |"
+    return (f"| {name} | {row['class']} | {sites} | {heads} | {layout} | {an} | {row.get('order', '-')} | "
+            f"{row.get('spaces', '-')} |")
 
 
 def table(rows) -> str:
@@ -355,14 +406,17 @@ def table(rows) -> str:
         f"2 layers, 4 heads), `attn_implementation=\"eager\"`. Generated by `scripts/make_adapter_compat_table.py`.",
         "",
         "| architecture | model | attention modules found | query/key-value heads per kind | layout read | "
-        "`an2020` gradient, head by head | Q/K order in the forward pass |",
-        "|---|---|---|---|---|---|---|",
+        "`an2020` gradient, head by head | Q/K order in the forward pass | `space=` circuits / outputs: one step |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     lines += [_fmt(r) for r in rows]
     lines += ["", "Heads per kind: query/key-value heads of each attention module. The `an2020` column counts "
               "the heads whose gradient was checked against the formula; the single key/value head of "
               "multi-query models is not a particle system (nothing to repel) and its gradient is checked "
-              "unchanged, like everything outside the Q/K/V head blocks (output projections, biases)."]
+              "unchanged, like everything outside the Q/K/V head blocks (output projections, biases). The last "
+              "column runs `RepulsiveHeads(model, \"svgd\", space=...)` for the circuit and the function space "
+              "(one forward, backward and `apply()`): every group's gradient rewritten and finite, nothing outside "
+              "the groups' head blocks changed; the number of particle groups found is given."]
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ from torch import nn
 import particlesampling as ps
 from attention_adapter import HeadParticles, HeadSelection
 from attention_adapter.spaces import (
+    circuit_structure,
     CircuitStructure,
     check_space,
     circuit_direction,
@@ -368,3 +369,25 @@ def test_penalty_in_output_space_reads_the_forward_pass():
     pen().backward()
     assert model.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
     pen.remove_hooks()
+
+
+def test_multi_query_particles_are_the_query_heads_with_the_shared_key_as_a_constant():
+    torch.manual_seed(6)
+    cfg = transformers.LlamaConfig(vocab_size=30, hidden_size=E, intermediate_size=32, num_hidden_layers=1,
+                                   num_attention_heads=H, num_key_value_heads=1, attn_implementation="eager")
+    model = transformers.LlamaModel(cfg).double()
+    heads = RepulsiveHeads(model, "svgd", space="circuits")
+    qk, ov = heads.groups
+    assert qk.roles == ("q",) and ov.roles == ("out",) and qk.num_particles == H
+    at = model.layers[0].self_attn
+    st = circuit_structure(qk)
+    prods = _products(st, qk.gather("data"))[0]
+    for h in range(H):
+        torch.testing.assert_close(prods[h], at.q_proj.weight[h * D:(h + 1) * D].T @ at.k_proj.weight)
+    model(torch.tensor([[1, 4, 6, 8]])).last_hidden_state.pow(2).mean().backward()
+    k_grad = at.k_proj.weight.grad.clone()
+    heads.apply()
+    assert torch.equal(at.k_proj.weight.grad, k_grad)  # the shared key head is no particle
+    out_heads = RepulsiveHeads(model, "svgd", space="outputs")
+    assert [g.roles for g in out_heads.groups] == [("q",)] and out_heads.groups[0].num_particles == H
+    out_heads.remove_hooks()
