@@ -1,5 +1,10 @@
 """DistributedDataParallel: 2 gloo processes on CPU end with identical parameters, equal to a
-single-process run on the same global batch (SVGD and SPOS: every rank draws the same noise)."""
+single-process run on the same global batch (SVGD and SPOS: every rank draws the same noise).
+
+The other particle spaces: in circuit space likewise; in function space each rank compares the heads'
+outputs on its own half of the batch, the adapter averages the kernels and pulled-back repulsions
+over the ranks, and the replicas stay identical (a single process sees the whole batch at once, so
+its kernel differs: no equality with it is expected)."""
 
 import os
 import socket
@@ -34,8 +39,8 @@ def _global_batch(step):
     return x, torch.randn(GLOBAL_BATCH, 5, 16, generator=gen, dtype=torch.float64)
 
 
-def _train(model, method, rank=0, world=1):
-    heads = RepulsiveHeads(model, method, preset=An2020(alpha=0.5, epsilon=0.1), seed=5)
+def _train(model, method, rank=0, world=1, space="weights"):
+    heads = RepulsiveHeads(model, method, preset=An2020(alpha=0.5, epsilon=0.1), seed=5, space=space)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     heads.attach(opt)
     per = GLOBAL_BATCH // world
@@ -48,14 +53,14 @@ def _train(model, method, rank=0, world=1):
     return heads
 
 
-def _worker(rank, port, out_dir, method):
+def _worker(rank, port, out_dir, method, space="weights"):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         model = nn.parallel.DistributedDataParallel(_model())
-        _train(model, method, rank, WORLD)
+        _train(model, method, rank, WORLD, space)
         torch.save({k: v.detach().clone() for k, v in model.module.state_dict().items()},
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -76,3 +81,39 @@ def test_ddp_two_ranks_match_single_process(method):
         assert torch.equal(states[0][k], states[1][k]), k  # replicas identical, noise included
         torch.testing.assert_close(states[0][k], ref[k], rtol=1e-9, atol=1e-11)
     assert not torch.equal(ref["layers.0.self_attn.in_proj_weight"], start["layers.0.self_attn.in_proj_weight"])
+
+
+def _worker_spaces(rank, port, out_dir, configs):
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        for method, space in configs:  # one process group for all configurations (start-up is the cost)
+            model = nn.parallel.DistributedDataParallel(_model())
+            heads = _train(model, method, rank, WORLD, space)
+            heads.remove_hooks()
+            torch.save({k: v.detach().clone() for k, v in model.module.state_dict().items()},
+                       os.path.join(out_dir, f"{space}-rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_other_spaces_keep_replicas_identical():
+    configs = [("svgd", "circuits"), ("spos", "outputs")]
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_worker_spaces, args=(_free_port(), tmp, configs), nprocs=WORLD, join=True)
+        states = {space: [torch.load(os.path.join(tmp, f"{space}-rank{r}.pt")) for r in range(WORLD)]
+                  for _, space in configs}
+    start = _model().state_dict()
+    for method, space in configs:
+        for k in states[space][0]:
+            assert torch.equal(states[space][0][k], states[space][1][k]), (space, k)
+        assert not torch.equal(states[space][0]["layers.0.self_attn.in_proj_weight"],
+                               start["layers.0.self_attn.in_proj_weight"])
+    # circuit space reads weights and averaged gradients only: the single-process result
+    ref_model = _model()
+    _train(ref_model, "svgd", space="circuits")
+    for k, v in ref_model.state_dict().items():
+        torch.testing.assert_close(states["circuits"][0][k], v, rtol=1e-9, atol=1e-11)
