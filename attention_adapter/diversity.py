@@ -4,6 +4,9 @@ Pure functions on tensors (each says its shapes), and :func:`head_diversity`, wh
 every attention module of a model:
 
 * :func:`pairwise_cosine` of head *parameters* (the particles, ``M x P``);
+* the cosine similarity of head *circuits* (QK and OV, :func:`attention_adapter.spaces.circuit_similarity`,
+  from ``d_head x d_head`` products), insensitive to the reparametrisations that leave a head's
+  function unchanged;
 * :func:`head_output_similarity`: cosine similarity of head *outputs* on a batch;
 * :func:`attention_map_distance`: Jensen–Shannon divergence between heads' attention maps
   (as in Clark et al. 2019, "What does BERT look at?"), averaged over batch and query positions;
@@ -23,6 +26,7 @@ from torch import nn
 
 from .capture import HeadCapture
 from .particles import HeadParticles, head_particles_of
+from .spaces import circuit_particles, circuit_similarity, circuit_structure
 
 __all__ = [
     "pairwise_cosine",
@@ -150,10 +154,14 @@ class LayerDiversity(NamedTuple):
     output_cosine: Optional[torch.Tensor]
     map_distance: Optional[torch.Tensor]
     lin_redundancy: Optional[torch.Tensor]
+    circuit_cosine: Optional[Dict[str, torch.Tensor]] = None
 
     def summary(self) -> Dict[str, float]:
-        """Mean off-diagonal values as floats (``param_cos_<label>``, ``output_cos``, ``map_js``, ``lin``)."""
+        """Mean off-diagonal values as floats (``param_cos_<label>``, ``circuit_cos_<label>``, ``output_cos``,
+        ``map_js``, ``lin``)."""
         out = {f"param_cos_{k}": float(mean_offdiagonal(v)) for k, v in self.parameter_cosine.items()}
+        for k, v in (self.circuit_cosine or {}).items():
+            out[f"circuit_cos_{k}"] = float(mean_offdiagonal(v))
         if self.output_cosine is not None:
             out["output_cos"] = float(mean_offdiagonal(self.output_cosine))
         if self.map_distance is not None:
@@ -189,9 +197,15 @@ def head_diversity(model: Any, forward: Optional[Callable[[], Any]] = None, *,
             raise TypeError(f"expected an nn.Module, HeadParticles or RepulsiveHeads, received {type(model).__name__}")
         heads = HeadParticles(model, skip_frozen=False, **particle_options)
     cap = HeadCapture(heads.sites).run(forward) if forward is not None else None
+    try:  # the same heads compared by their circuits (attention_adapter.spaces)
+        circuits = circuit_particles(heads, skip_frozen=False).groups
+    except ValueError:  # no circuit system (e.g. a single query head with its shared key/value head)
+        circuits = ()
     result: Dict[str, LayerDiversity] = {}
     for site in heads.sites:
         pc = {g.name.rsplit(":", 1)[1]: pairwise_cosine(g.gather("data")) for g in heads.groups if g.site is site}
+        cc = {g.name.rsplit(":", 1)[1]: circuit_similarity(circuit_structure(g, heads.include_bias), g.gather("data"))
+              for g in circuits if g.site is site} or None
         oc = md = lr = None
         if cap is not None:
             if site.name in cap.outputs:
@@ -199,5 +213,5 @@ def head_diversity(model: Any, forward: Optional[Callable[[], Any]] = None, *,
             if site.name in cap.maps:
                 md = attention_map_distance(cap.maps[site.name], mask)
                 lr = lin_redundancy(cap.maps[site.name], mask)
-        result[site.name] = LayerDiversity(pc, oc, md, lr)
+        result[site.name] = LayerDiversity(pc, oc, md, lr, cc)
     return result

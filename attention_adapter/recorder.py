@@ -20,8 +20,10 @@ import torch
 from torch import nn
 
 from ._compat import warn_renamed
+from .diversity import mean_offdiagonal, pairwise_cosine
 from .particles import HeadParticles, head_particles_of
 from .pca import principal_coordinates
+from .spaces import circuit_similarity, circuit_structure
 
 __all__ = ["HeadRecorder", "principal_coordinates"]
 
@@ -140,6 +142,28 @@ class HeadRecorder:
         if not self._snaps[name]:
             raise ValueError("no snapshot recorded yet; call record() or attach(optimizer) first")
         return torch.stack(self._snaps[name])
+
+    def similarity(self, group: Optional[str] = None, space: str = "weights") -> torch.Tensor:
+        """``(T, M, M)``: the heads' cosine similarity in each snapshot of ``group``, in ``space``.
+
+        ``"weights"``: of the recorded particle rows; ``"circuits"``: of the heads' QK/OV circuits
+        made from those rows (:func:`attention_adapter.spaces.circuit_similarity`; a multi-query
+        key/value head, which is no particle, is read as it is now). Similarity of the heads'
+        *outputs* needs data: :func:`attention_adapter.head_diversity` with ``forward=``.
+        """
+        snaps = self.snapshots(group)
+        if space == "weights":
+            return torch.stack([pairwise_cosine(s) for s in snaps])
+        if space == "circuits":
+            g = next(g for g in self._groups if g.name == self._name(group))
+            st = circuit_structure(g, self.head_particles.include_bias)
+            return torch.stack([circuit_similarity(st, s.to(g.blocks[0].param.device, torch.float64)) for s in snaps])
+        raise ValueError(f"expected space 'weights' or 'circuits' for recorded snapshots, received {space!r} (the "
+                         "outputs' similarity needs a forward pass: head_diversity(model, forward=...))")
+
+    def mean_similarity(self, group: Optional[str] = None, space: str = "weights") -> torch.Tensor:
+        """``(T,)``: mean off-diagonal entry of :meth:`similarity` per snapshot."""
+        return torch.stack([mean_offdiagonal(s) for s in self.similarity(group, space)])
 
     def pca(self, group: Optional[str] = None, k: int = 2) -> Tuple[torch.Tensor, torch.Tensor]:
         """Project all snapshots of ``group`` on their first ``k`` principal components (fit jointly).

@@ -109,7 +109,8 @@ def test_head_diversity_on_hugging_face_models():
     assert list(div) == ["encoder.layer.0.attention", "encoder.layer.1.attention"]
     for d in div.values():
         assert d.output_cosine.shape == (4, 4) and d.map_distance.shape == (4, 4)
-        assert set(d.summary()) == {"param_cos_q", "param_cos_k", "param_cos_v", "output_cos", "map_js", "lin"}
+        assert set(d.summary()) == {"param_cos_q", "param_cos_k", "param_cos_v", "circuit_cos_qk-circuit",
+                                    "circuit_cos_ov-circuit", "output_cos", "map_js", "lin"}
     # without a forward pass only the parameter similarities
     only = head_diversity(RepulsiveHeads(model))["encoder.layer.0.attention"]
     assert only.output_cosine is None and only.map_distance is None and only.lin_redundancy is None

@@ -391,3 +391,60 @@ def test_multi_query_particles_are_the_query_heads_with_the_shared_key_as_a_cons
     out_heads = RepulsiveHeads(model, "svgd", space="outputs")
     assert [g.roles for g in out_heads.groups] == [("q",)] and out_heads.groups[0].num_particles == H
     out_heads.remove_hooks()
+
+
+# ---------------------------------------------------------------------------------------------
+# diversity and recorder in each space
+# ---------------------------------------------------------------------------------------------
+from attention_adapter import HeadRecorder, head_diversity  # noqa: E402
+
+
+def _reparametrise_bert(model, seed=7):
+    att = model.encoder.layer[0].attention
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for h in range(H):
+            s_ = slice(h * D, (h + 1) * D)
+            r = torch.eye(D, dtype=torch.float64) + 0.3 * torch.randn(D, D, generator=gen, dtype=torch.float64)
+            s = torch.eye(D, dtype=torch.float64) + 0.3 * torch.randn(D, D, generator=gen, dtype=torch.float64)
+            att.self.query.weight[s_] = r.T @ att.self.query.weight[s_]
+            att.self.key.weight[s_] = torch.linalg.inv(r) @ att.self.key.weight[s_]
+            att.self.value.weight[s_] = s @ att.self.value.weight[s_]
+            att.self.value.bias[s_] = s @ att.self.value.bias[s_]
+            att.output.dense.weight[:, s_] = att.output.dense.weight[:, s_] @ torch.linalg.inv(s)
+
+
+def test_head_diversity_reports_circuit_similarity_invariant_under_the_symmetry():
+    model = _bert().eval()
+    ids = torch.tensor([[1, 5, 7, 2, 9]])
+    before = head_diversity(model, lambda: model(ids))
+    (site,) = before
+    div = before[site]
+    assert set(div.circuit_cosine) == {"qk-circuit", "ov-circuit"}
+    g = circuit_particles(HeadSelection().build(model)).groups[0]
+    torch.testing.assert_close(div.circuit_cosine["qk-circuit"], circuit_similarity(circuit_structure(g), g.gather("data")))
+    assert "circuit_cos_qk-circuit" in div.summary()
+    out_before = model(ids).last_hidden_state
+    _reparametrise_bert(model)
+    torch.testing.assert_close(model(ids).last_hidden_state, out_before, rtol=1e-8, atol=1e-8)
+    after = head_diversity(model, lambda: model(ids))[site]
+    for label in ("qk-circuit", "ov-circuit"):
+        torch.testing.assert_close(after.circuit_cosine[label], div.circuit_cosine[label], rtol=1e-5, atol=1e-6)
+    assert float((after.parameter_cosine["q"] - div.parameter_cosine["q"]).abs().max()) > 1e-2
+
+
+def test_recorder_similarity_in_weights_and_circuits():
+    model = _bert()
+    heads = RepulsiveHeads(model, "svgd", space="circuits")
+    rec = HeadRecorder(heads)
+    rec.record()
+    _reparametrise_bert(model)
+    rec.record()
+    name = heads.groups[1].name  # the OV circuit
+    sims = rec.similarity(name, "circuits")
+    assert sims.shape == (2, H, H)
+    torch.testing.assert_close(sims[0], sims[1], rtol=1e-4, atol=1e-5)  # float32 snapshots
+    assert rec.mean_similarity(name, "weights").shape == (2,)
+    assert float((rec.similarity(name, "weights")[0] - rec.similarity(name, "weights")[1]).abs().max()) > 1e-2
+    with pytest.raises(ValueError, match="forward pass"):
+        rec.similarity(name, "outputs")
