@@ -21,6 +21,7 @@ Only the Stein direction ``phi`` changes; the scores, step size, SPOS drift and 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import weakref
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
