@@ -15,11 +15,8 @@ with its plots in ``docs/img/attention/``. See :mod:`benchmarks.attention` for t
 from __future__ import annotations
 
 import argparse
-import multiprocessing
-import os
+import functools
 import sys
-import time
-import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.attention import plan as study_plan  # noqa: E402
-from benchmarks.attention.records import append_record, claim, load_records, release  # noqa: E402
+from benchmarks.attention.records import load_records, run_pending  # noqa: E402
 
 FULL_PATHS = dict(records=ROOT / "benchmarks/results/attention_runs.jsonl",
                   results=ROOT / "benchmarks/results/attention.json",
@@ -39,37 +36,20 @@ def quick_paths(out: Path):
                 report=out / "attention_study.md", images=out / "images")
 
 
-def work(records_path: Path, plan, phases, threads: int, max_runs: int, deadline: float, worker: int) -> int:
-    """Run pending configurations until none is left (or the limits); returns how many ran."""
+def _todo(records, *, plan, phases):
+    return study_plan.pending(plan, records, phases)
+
+
+def _run_one(cfg, threads: int):
     from benchmarks.attention.train import run
 
-    done = 0
-    while (max_runs <= 0 or done < max_runs) and time.time() < deadline:
-        records = load_records(records_path)
-        todo = study_plan.pending(plan, records, phases)
-        cfg = next((c for c in todo if claim(records_path, c.key())), None)
-        if cfg is None:
-            break
-        try:
-            t0 = time.time()
-            rec = run(cfg, threads=threads)
-            append_record(records_path, rec)
-            done += 1
-            print(f"[worker {worker}, pid {os.getpid()}] {len(todo) - 1} left | {cfg.dataset} {cfg.model} {cfg.method} "
-                  f"value={cfg.value} seed={cfg.seed} heads={cfg.heads} dropout={cfg.dropout} "
-                  f"fraction={cfg.train_fraction} from={cfg.repulsion_from} ({cfg.purpose}): "
-                  f"test acc {rec['test']['accuracy']:.4f}, {time.time() - t0:.0f} s", flush=True)
-        finally:
-            release(records_path, cfg.key())
-    return done
+    return run(cfg, threads=threads)
 
 
-def _worker_main(args_tuple):
-    try:
-        return work(*args_tuple)
-    except Exception:
-        traceback.print_exc()
-        raise
+def _describe(cfg, rec) -> str:
+    return (f"{cfg.dataset} {cfg.model} {cfg.method} value={cfg.value} seed={cfg.seed} heads={cfg.heads} "
+            f"dropout={cfg.dropout} fraction={cfg.train_fraction} from={cfg.repulsion_from} ({cfg.purpose}): "
+            f"test acc {rec['test']['accuracy']:.4f}")
 
 
 def main(argv=None) -> int:
@@ -92,15 +72,10 @@ def main(argv=None) -> int:
         p.error("argument --workers/--threads: expected positive integers")
     plan = study_plan.QUICK if args.quick else study_plan.FULL
     paths = quick_paths(args.out) if args.quick else FULL_PATHS
-    deadline = time.time() + args.hours * 3600 if args.hours > 0 else float("inf")
     if not args.report_only:
-        jobs = [(paths["records"], plan, phases, args.threads, args.max_runs, deadline, w) for w in range(args.workers)]
-        if args.workers == 1:
-            n = work(*jobs[0])
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(args.workers) as pool:
-                n = sum(pool.map(_worker_main, jobs))
+        todo = functools.partial(_todo, plan=plan, phases=phases)
+        n = run_pending(paths["records"], todo, _run_one, _describe, workers=args.workers, threads=args.threads,
+                        max_runs=args.max_runs, hours=args.hours)
         left = len(study_plan.pending(plan, load_records(paths["records"]), phases))
         print(f"ran {n} runs; {left} pending in phases {','.join(phases)}")
     from benchmarks.attention.report import write_report

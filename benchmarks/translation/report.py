@@ -73,6 +73,8 @@ def write_report(records: Dict[str, dict], plan: Plan, paths: Dict[str, Path], s
         + (" (more follow once the tuning runs finish)." if any(choose(recs, plan.trials(source, target, a)) is None
                                                                 for a, g in ARMS.items() if g) else "."))
     add("")
+    add("**Conclusion so far**: " + _conclusion(recs, plan))
+    add("")
     if not recs:
         add("No run is recorded yet.")
         _write(paths["report"], lines)
@@ -235,6 +237,29 @@ def write_report(records: Dict[str, dict], plan: Plan, paths: Dict[str, Path], s
     add("")
     _write(paths["report"], lines)
     return "\n".join(lines)
+
+
+def _conclusion(recs: Dict[str, dict], plan: Plan) -> str:
+    """One sentence from the records: the verdicts of the arms with all seeds, else that runs are in progress."""
+    ev = _groups(recs, "eval")
+    base = ev.get(("baseline", None, KINDS), [])
+    done = []
+    if len(base) == len(plan.seeds):
+        b = _by_seed(base, lambda r: r["test"]["bleu"])
+        for key, runs in sorted(ev.items(), key=lambda kv: (kv[0][2] != KINDS, kv[0][0])):
+            if key[0] == "baseline" or len(runs) < len(plan.seeds):
+                continue
+            res = paired(_by_seed(runs, lambda r: r["test"]["bleu"]), b)
+            done.append(f"{_arm_label(runs[0]['config'])}: {res['verdict']} "
+                        f"(test BLEU {res['mean']:+.2f} +/- {res['se']:.2f})")
+    if not done:
+        return "runs in progress; no arm has all its paired seeds yet, so nothing is called."
+    return "; ".join(done) + ("." if not pending(plan, recs, *_pair(recs)) else "; other runs in progress.")
+
+
+def _pair(recs: Dict[str, dict]) -> Tuple[str, str]:
+    c = next(iter(recs.values()))["config"]
+    return c["source"], c["target"]
 
 
 def _books(books) -> str:

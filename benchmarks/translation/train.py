@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks.attention.head_gates import HeadGates
+
 from .data import BOS, EOS, PAD, ParallelCorpus, load_corpus
 from .methods import ARMS, activate
 from .metrics import corpus_scores, diversity_by_kind
@@ -178,8 +180,6 @@ def run(cfg: RunConfig, *, threads: int = 1, db=None, corpus: Optional[ParallelC
     gen = torch.Generator().manual_seed(10_000 + cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     diversity_start = diversity_by_kind(model, *probe)
-
-    from benchmarks.attention.head_gates import HeadGates
 
     batches: List[np.ndarray] = []
     step_seconds: List[float] = []

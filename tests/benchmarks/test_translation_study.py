@@ -323,3 +323,35 @@ def test_quick_study_runs_resumes_and_reports(bible, tmp_path):
     page = (out / "translation_study.md").read_text()
     assert "Sample test translations" in page and "tok:13a" in page and "pending" in page
     assert tplan.pending(tplan.QUICK, {}, "e", "f")[0].method == "baseline"
+
+
+@pytest.mark.slow
+def test_two_workers_share_the_records_without_repeating_a_run(bible, tmp_path):
+    import benchmarks.run_translation_study as runner
+
+    out = tmp_path / "quick2"
+    assert runner.main(["e", "f", "--quick", "--out", str(out), "--db", str(bible), "--workers", "2",
+                        "--max-runs", "1"]) == 0
+    keys = [json.loads(x)["key"] for x in (out / "translation_e_f_runs.jsonl").read_text().splitlines()]
+    assert len(keys) == 2 and len(set(keys)) == 2
+
+
+def test_conclusion_calls_only_arms_with_all_seeds():
+    from benchmarks.translation.report import _conclusion
+
+    plan = tplan.Plan(steps=1, seeds=(0, 1, 2))
+
+    def rec(method, value, seed, bleu):
+        cfg = plan.config("e", "f", method, value, seed)
+        c = json.loads(cfg.key())
+        return cfg.key(), {"config": c, "key": cfg.key(), "test": {"bleu": bleu}}
+
+    recs = dict(rec("baseline", None, s, 10.0 + s) for s in (0, 1, 2))
+    assert _conclusion(recs, plan).startswith("runs in progress")
+    recs.update(dict(rec("svgd", 0.1, s, 11.0 + s + 0.01 * s) for s in (0, 1)))
+    assert _conclusion(recs, plan).startswith("runs in progress")  # two of three seeds
+    recs.update(dict([rec("svgd", 0.1, 2, 13.02)]))
+    text = _conclusion(recs, plan)
+    assert text.startswith("svgd: better (test BLEU +1.01") and "in progress" in text
+    recs.update(dict(rec("drophead", 0.2, s, 10.0 + s + (-1) ** s) for s in (0, 1, 2)))
+    assert "drophead: no detectable difference" in _conclusion(recs, plan)
