@@ -25,10 +25,17 @@ def test_quick_run_measures_every_section_and_keeps_the_others(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     res = json.loads(out.read_text())
     assert res["jax"] == {"status": "from an earlier run"}  # a section not run is kept
+    assert {row["backend"] for row in res["floor"]} == set(bench_floor.BACKENDS)  # every backend has rows
     for row in res["floor"]:
-        assert row["floor_ms"] > 0 and row["default_ms"] > 0
+        assert row["floor_ms"] > 0 and row["default_ms"] > 0 and row["median_ms"] > 0
         assert abs(row["default_over_floor"] - row["default_ms"] / row["floor_ms"]) < 1e-9
-        assert abs(row["fixed_over_gemm_only"] - row["fixed_ms"] / row["gemm_only_ms"]) < 1e-9
+        assert abs(row["median_over_floor"] - row["median_ms"] / row["floor_ms"]) < 1e-9
+        if row["backend"].startswith("torch"):
+            assert abs(row["fixed_over_gemm_only"] - row["fixed_ms"] / row["gemm_only_ms"]) < 1e-9
+        if row["backend"].startswith("jax"):
+            assert "unchecked_ms" not in row  # no finiteness check under jax.jit
+        else:
+            assert abs(row["unchecked_over_floor"] - row["unchecked_ms"] / row["floor_ms"]) < 1e-9
     for row in res["profile"]:  # every part measured, each a fraction of the whole call
         assert min(row["gemm_only_ms"], row["d2_upper_ms"], row["median_ms"]) > 0
         assert row["d2_and_product_ms"] > row["d2_upper_ms"]  # D2 and then the product take longer than D2
@@ -51,13 +58,19 @@ def test_quick_run_measures_every_section_and_keeps_the_others(tmp_path):
 
 
 def test_report_marks_targets_met_and_not_met():
-    row = dict(n=1000, d=100, threads=1, floor_ms=10.0, default_ms=16.0, fixed_ms=11.0, exp_pass_ms=1.0,
-               default_over_floor=1.6, fixed_over_floor=1.1)
-    text = bench_floor.markdown({"floor": [row]})
-    assert "1.60 (not met: ≤ 1.5)" in text and "1.10 (met: ≤ 1.2)" in text
-    row.update(gemm_only_ms=8.0, default_over_gemm_only=2.0, fixed_over_gemm_only=1.375)
-    text = bench_floor.markdown({"floor": [row]})
-    assert "| 8.00 |" in text and "2.00 (not met: ≤ 1.5)" in text and "1.38 (not met: ≤ 1.2)" in text
+    torch_row = dict(backend="torch float32", n=1000, d=100, threads=2, floor_ms=10.0, default_ms=14.0, fixed_ms=11.0,
+                     unchecked_ms=13.5, median_ms=2.5, gemm_only_ms=8.0, exp_pass_ms=1.0, default_over_floor=1.4,
+                     fixed_over_floor=1.1, unchecked_over_floor=1.35, median_over_floor=0.25)
+    jax_row = dict(backend="jax float32 jit", n=1000, d=100, threads=1, floor_ms=10.0, default_ms=14.0, fixed_ms=11.0,
+                   median_ms=2.0, default_over_floor=1.4, fixed_over_floor=1.1, median_over_floor=0.2)
+    text = bench_floor.markdown({"floor": [torch_row, jax_row]})
+    assert "| torch float32 | 1000 | 100 | 2 | 10.00 | 14.00 | 1.40 (not met: ≤ 1.3) | 1.10 | 1.35 | 2.50 | 0.25 | " \
+           "8.00 | 1.75 |" in text
+    assert "| jax float32 jit | 1000 | 100 | 1 | 10.00 | 14.00 | 1.40 (met: ≤ 1.5) | 1.10 | – (no check under jit) |" in text
+    # the miss is explained from its own row: the median's share beside the median alone
+    assert "- torch float32, n = 1000, 2 thread(s): default 14.00 ms = fixed 11.00 ms (1.10× floor) + 3.00 ms; " \
+           "the median alone takes 2.50 ms (0.25× floor)." in text
+    assert "- jax float32 jit" not in text
 
 
 @pytest.mark.gpu
