@@ -41,7 +41,7 @@ from .memory_budget import default_memory_budget
 from .runner import NonFiniteError, Trace, run_sampler
 from .selection import lower_median, midpoint_median
 from .annealing import CyclicalAnnealing, LinearAnnealing
-from .samplers import SAMPLERS, ParticleState, annealed_svgd, blob, get_sampler, gfsf, matrix_svgd, pspos, sgld, spos, svgd
+from .samplers import SAMPLERS, ParticleState, annealed_svgd, blob, get_sampler, gfsf, matrix_svgd, projected_svgd, pspos, sgld, spos, svgd
 from .stein import (
     SteinInfo,
     stein_direction,
@@ -65,6 +65,7 @@ __all__ = [
     "blob",
     "pspos",
     "matrix_svgd",
+    "projected_svgd",
     "CyclicalAnnealing",
     "LinearAnnealing",
     "get_sampler",

@@ -17,18 +17,19 @@ from .annealed_svgd import AnnealedSVGD, annealed_svgd
 from .blob import Blob, blob
 from .gfsf import GFSF, gfsf
 from .matrix_svgd import MatrixSVGD, matrix_svgd
+from .projected_svgd import ProjectedSVGD, projected_svgd
 from .pspos import PSPOS, pspos
 from .sgld import SGLD, sgld
 from .spos import SPOS, spos
 from .svgd import SVGD, svgd
 
-__all__ = ["svgd", "spos", "sgld", "annealed_svgd", "gfsf", "blob", "pspos", "matrix_svgd", "SVGD", "SPOS", "SGLD", "AnnealedSVGD", "GFSF", "Blob", "PSPOS", "MatrixSVGD", "ParticleSampler", "ParticleState", "SteinStepInfo",
+__all__ = ["svgd", "spos", "sgld", "annealed_svgd", "gfsf", "blob", "pspos", "matrix_svgd", "projected_svgd", "SVGD", "SPOS", "SGLD", "AnnealedSVGD", "GFSF", "Blob", "PSPOS", "MatrixSVGD", "ProjectedSVGD", "ParticleSampler", "ParticleState", "SteinStepInfo",
            "LangevinStepInfo", "SAMPLERS", "get_sampler"]
 
 #: sampler constructors by name (the CLI's ``--method``)
 SAMPLERS = {"svgd": svgd, "spos": spos, "sgld": sgld, "annealed_svgd": annealed_svgd, "gfsf": gfsf,
             "blob": blob, "pspos": pspos,
-            "matrix_svgd": matrix_svgd}
+            "matrix_svgd": matrix_svgd, "projected_svgd": projected_svgd}
 
 
 def get_sampler(name: str, score_fn, step_size=1e-2, **options) -> ParticleSampler:
