@@ -10,18 +10,21 @@ row says otherwise; the number of threads is set per row (``torch.set_num_thread
 Sections (each writes its part of ``benchmarks/results/floor.json``; a run of some sections keeps
 the others from the previous file):
 
-* ``floor``: at n = 1000 and 4000, d = 100 and d = 2, with 1 and 2 threads: the three GEMMs of a
-  step (``X X^T``, then an ``n x n`` matrix times ``X`` and times ``S``), the default call
-  ``stein_direction(x, s)`` (exact median bandwidth) and the call with a fixed bandwidth (the
-  default call's own ``h``). At d = 2 the GEMMs are nearly free and elementwise work bounds the step,
-  so the row also gives one ``exp`` pass over the ``n x n`` matrix, and ``n^2`` exponentials at
-  that rate (the least any exact RBF step must evaluate is half of them: ``K`` is symmetric).
+* ``floor``: for each backend of :data:`BACKENDS` (torch float32 and float64, NumPy float32, JAX
+  float32 under ``jax.jit``), at n = 1000 and 4000, d = 100 (and torch float32 at d = 2), with 1 and
+  2 threads (one fresh process per thread count): the backend's own three GEMMs of a step
+  (``X X^T``, then an ``n x n`` matrix times ``X`` and times ``S``), the default call
+  ``stein_direction(x, s)`` (exact median bandwidth), the call with a fixed bandwidth (the default
+  call's own ``h``), the default call without the finiteness check (its cost) and the median rule
+  alone on the call's ``D2``. At d = 2 the GEMMs are nearly free and elementwise work bounds the
+  step, so the row also gives one ``exp`` pass over the ``n x n`` matrix.
 * ``profile``: where the time of one default call at n = 1000, d = 100 goes, with 1 and 2 threads,
   each part timed alone (interleaved): ``D2``'s packed upper block triangle, the exact median on it,
   the blocked ``K [X | 1 | S]`` product (with its ``exp``), and the whole call; the rest of the call
   is the difference (centring, product columns, terms, direction and norms, checks).
-* ``cuda``: the ``floor`` rows on the GPU (torch on CUDA, synchronised around every timed call),
-  when ``torch.cuda.is_available()``; otherwise the section records that there was no GPU.
+* ``cuda``: the ``floor`` rows on the GPU (torch on CUDA, synchronised around every timed call; JAX
+  jitted on its GPU when JAX's default backend is one), when ``torch.cuda.is_available()``;
+  otherwise the section records that there was no GPU.
 * ``memory``: n = 20,000, d = 100, one default call in a fresh process: peak resident-memory growth,
   time, and the same three GEMMs done in row blocks (the tiled step's own floor) in that process.
 * ``large``: n = 100,000, d = 100, in a fresh process: one exact default step (tiled under the
@@ -178,7 +181,7 @@ def floor_rows(cfg, threads, device: str = "cpu") -> list:
 
         sync = torch.cuda.synchronize
     for backend in cfg["backends"]:
-        if device != "cpu" and not backend.startswith("torch"):
+        if device != "cpu" and not (backend.startswith("torch") or (backend.startswith("jax") and _jax_on_gpu())):
             continue
         for n, d in cfg["floor"]:
             if d <= 2 and backend != "torch float32":  # the d = 2 rows: elementwise-bound, torch float32 only
@@ -200,6 +203,16 @@ def floor_rows(cfg, threads, device: str = "cpu") -> list:
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
+
+
+def _jax_on_gpu() -> bool:
+    """Whether JAX is installed and its default device is a GPU (the CUDA rows then include JAX's)."""
+    try:
+        import jax
+
+        return jax.default_backend() == "gpu"
+    except (ImportError, RuntimeError):
+        return False
 
 
 def _thread_env(threads: int) -> dict:
