@@ -77,7 +77,8 @@ def build_copies(module_or_factory, n: int, seed: int) -> list:
             raise StackingError(f"cannot stack parameter {name!r}: it is uninitialised (a lazy module); run "
                                 f"one forward pass on an example input before building the ensemble")
     copies = []
-    with torch.random.fork_rng(devices=[]):
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
         for i in range(n):
             torch.manual_seed(seed + i)
             if is_module:

@@ -332,3 +332,33 @@ def test_function_space_svgd_matches_explicit_jacobians(driving):
         drive = sum(K[i, j] * s[j] for j in range(n)) / n if driving == "kernel" else s[i]
         ref[i] = drive + pulled
     torch.testing.assert_close(d, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_a_forward_that_vmap_cannot_batch_raises_a_clear_error():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 1)
+
+        def forward(self, x):
+            out = self.lin(x)
+            return out if out.sum().item() > 0 else -out  # data-dependent Python control flow
+
+    ens = ParticleEnsemble(Branchy, 2, n_data=3)
+    with pytest.raises(RuntimeError, match="Branchy failed under torch.func.vmap"):
+        ens(torch.randn(3, 2))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_ensemble_matches_cpu():
+    factory = lambda: nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 2)).to(DT)  # noqa: E731
+    cpu = ParticleEnsemble(factory, 4, n_data=20, likelihood="categorical")
+    gpu = copy.deepcopy(cpu).to("cuda")
+    x, y = torch.randn(6, 3, dtype=DT), torch.randint(0, 2, (6,))
+    torch.testing.assert_close(gpu.scores(x.cuda(), y.cuda()).scores.cpu(), cpu.scores(x, y).scores)
+    for ens, dev in ((cpu, "cpu"), (gpu, "cuda")):
+        stepper = CoreStepper(SPOS(ens, seed=1), 1e-3)
+        stepper.step(x.to(dev), y.to(dev))
+    torch.testing.assert_close(gpu.particles.detach().cpu(), cpu.particles.detach())
+    for name, b in cpu.stacked_buffers().items():
+        torch.testing.assert_close(gpu.stacked_buffers()[name].cpu(), b)
