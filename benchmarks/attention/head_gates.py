@@ -61,7 +61,8 @@ class HeadGates:
                 g = self.gates[name].to(x.dtype).reshape(1, 1, m)
                 gate = g if gate is None else gate * g
             if self.drop_prob > 0 and module.training:
-                keep = (torch.rand(x.shape[0], 1, m, generator=self.generator) >= self.drop_prob).to(x.dtype)
+                # drawn on the CPU (the generator's device), then moved to the activations' device
+                keep = (torch.rand(x.shape[0], 1, m, generator=self.generator) >= self.drop_prob).to(x.device, x.dtype)
                 keep = keep * (m / keep.sum(-1, keepdim=True).clamp_min(1.0))
                 gate = keep if gate is None else gate * keep
             if gate is not None:

@@ -272,8 +272,8 @@ def greedy_decode(model: Seq2SeqTransformer, src: torch.Tensor, max_len: Optiona
     b = src.shape[0]
     n = max_len if max_len is not None else max_output_length(src.shape[1])
     state = DecoderState(model, memory, pad)
-    ys = torch.full((b, 1), BOS, dtype=torch.long)
-    done = torch.zeros(b, dtype=torch.bool)
+    ys = torch.full((b, 1), BOS, dtype=torch.long, device=src.device)
+    done = torch.zeros(b, dtype=torch.bool, device=src.device)
     for _ in range(n):
         nxt = _forbid_specials(next_token_logits(state, ys[:, -1])).argmax(-1)
         nxt = torch.where(done, torch.full_like(nxt, PAD), nxt)
@@ -301,8 +301,9 @@ def beam_search(model: Seq2SeqTransformer, src: torch.Tensor, beam: int = 4, len
     n = max_len if max_len is not None else max_output_length(src.shape[1])
     memory, pad = model.encode(src)
     state = DecoderState(model, memory.repeat_interleave(beam, 0), pad.repeat_interleave(beam, 0))
-    ys = torch.full((b * beam, 1), BOS, dtype=torch.long)
-    scores = torch.zeros(b, beam)
+    dev = src.device
+    ys = torch.full((b * beam, 1), BOS, dtype=torch.long, device=dev)
+    scores = torch.zeros(b, beam, device=dev)
     scores[:, 1:] = float("-inf")  # all beams start identical: keep one
     finished: List[List[Tuple[float, List[int]]]] = [[] for _ in range(b)]
     closed = [False] * b
@@ -338,10 +339,10 @@ def beam_search(model: Seq2SeqTransformer, src: torch.Tensor, beam: int = 4, len
                 closed[i] = True
         if all(closed):
             break
-        rows = (torch.arange(b)[:, None] * beam + new_origin).reshape(-1)
-        ys = torch.cat([ys[rows], new_tok.reshape(-1, 1)], 1)
+        rows = (torch.arange(b)[:, None] * beam + new_origin).reshape(-1).to(dev)
+        ys = torch.cat([ys[rows], new_tok.reshape(-1, 1).to(dev)], 1)
         state.reorder(rows)
-        scores = new_scores
+        scores = new_scores.to(dev)
     out = []
     for i in range(b):
         hyps = list(finished[i])

@@ -20,7 +20,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from .methods import ARMS
 from .train import RunConfig
 
-__all__ = ["PHASES", "Plan", "FULL", "QUICK", "choose", "pending", "ABLATION_KINDS"]
+__all__ = ["PHASES", "Plan", "FULL", "GPU", "QUICK", "choose", "pending", "ABLATION_KINDS"]
 
 PHASES = ("tune", "eval", "ablation")
 ABLATION_KINDS = ("self",)
@@ -45,6 +45,11 @@ class Plan:
 #: the CPU setting: 3 + 3 layers, width 256, 4 heads, 8,000 subwords, 1,000 steps of at most 3,000 tokens
 #: (about 1.65 epochs of the WEB -> LSG training split; about 1.3 s of CPU per step on one thread)
 FULL = Plan(steps=1000)
+#: the larger setting where a GPU is available (its own records file and table): An et al.'s Transformer-small
+#: shape (6 + 6 layers, width 512, 4 heads, feed-forward 1,024, dropout 0.3), batches of 8,000 tokens, 8,000
+#: steps (about 38 epochs), fairseq's IWSLT schedule (peak 5e-4 after 4,000 warm-up steps)
+GPU = Plan(steps=8000, d_model=512, heads=4, layers=6, ffn=1024, dropout=0.3, batch_tokens=8000, peak_lr=5e-4,
+           warmup=4000)
 #: tiny sizes for the tests and ``--quick``
 QUICK = Plan(steps=3, seeds=(0, 1), d_model=16, heads=4, layers=1, ffn=32, vocab_size=120, batch_tokens=400,
              warmup=2, eval_limit=6, max_train_tokens=48)

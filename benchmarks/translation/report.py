@@ -56,7 +56,8 @@ def _by_seed(runs: Sequence[dict], get) -> Dict[int, float]:
 
 
 def write_report(records: Dict[str, dict], plan: Plan, paths: Dict[str, Path], source: str, target: str, *,
-                 quick: bool = False, command: str = "") -> str:
+                 quick: bool = False, command: str = "", gpu: Optional[Tuple[Dict[str, dict], Plan]] = None) -> str:
+    """Write ``paths["report"]`` from the CPU records and, if given, ``gpu = (records, plan)`` of the GPU setting."""
     recs = {k: r for k, r in records.items()
             if r["config"]["source"] == source and r["config"]["target"] == target}
     lines: List[str] = []
@@ -118,10 +119,77 @@ def write_report(records: Dict[str, dict], plan: Plan, paths: Dict[str, Path], s
         f"kinds unless stated; one thread per run on a shared, loaded machine.")
     add("")
 
+    _results(add, recs, plan, source, target, "##")
+    tune, ev = _groups(recs, "tune"), _groups(recs, "eval")
+
+    add("## Head diversity per attention kind (dev probe batch, start -> end of training)")
+    add("")
+    add("Mean off-diagonal head-output cosine (lower: more diverse outputs) and attention-map Jensen-Shannon "
+        "divergence (higher: more diverse maps), averaged over the modules of each kind and over the runs shown "
+        "(reported seeds where there are any, else the tuning runs).")
+    add("")
+    add("| arm | knob | runs | " + " | ".join(f"{KIND_NAMES[k]} cos | {KIND_NAMES[k]} JS" for k in KINDS) + " |")
+    add("|---|---:|---:|" + "---:|---:|" * len(KINDS))
+    for key in sorted(set(tune) | set(ev), key=lambda k: (k[0] != "baseline", k[2] != KINDS, k[0], k[1] or 0)):
+        runs = ev.get(key) or tune.get(key)
+        if not runs:
+            continue
+        cells = []
+        for k in KINDS:
+            for metric in ("output_cos", "map_js"):
+                a = np.mean([r["diversity_start"][k][metric] for r in runs])
+                b = np.mean([r["diversity_end"][k][metric] for r in runs])
+                cells.append(f"{a:.3f} -> {b:.3f}")
+        value = "-" if key[1] is None else f"{key[1]:g}"
+        add(f"| {_arm_label(runs[0]['config'])} | {value} | {len(runs)} | " + " | ".join(cells) + " |")
+    add("")
+
+    gpu_recs = {k: r for k, r in (gpu[0] if gpu else {}).items()
+                if r["config"]["source"] == source and r["config"]["target"] == target}
+    add("## Not covered yet")
+    add("")
+    add("The head-space variants of the adapter (`RepulsiveHeads(space=\"circuits\" | \"outputs\")`) are not an arm "
+        "of this study" + ("; no run of the larger GPU setting is recorded." if not gpu_recs else "."))
+    add("")
+    add("## Wall time")
+    add("")
+    add("Median seconds per training step and whole-run minutes (training plus evaluation), one thread per run, "
+        "on a shared machine whose load changed during the study: compare within a row's runs, not across days.")
+    add("")
+    add("| arm | knob | purpose | runs | s / step | ratio to baseline (same purpose) | minutes per run |")
+    add("|---|---:|---|---:|---:|---:|---:|")
+    for purpose, groups in (("tune", tune), ("eval", ev)):
+        bl = groups.get(("baseline", None, KINDS))
+        b_step = float(np.mean([r["seconds_per_step"] for r in bl])) if bl else None
+        for key in sorted(groups, key=lambda k: (k[0] != "baseline", k[2] != KINDS, k[0], k[1] or 0)):
+            runs = groups[key]
+            st = float(np.mean([r["seconds_per_step"] for r in runs]))
+            value = "-" if key[1] is None else f"{key[1]:g}"
+            add(f"| {_arm_label(runs[0]['config'])} | {value} | {purpose} | {len(runs)} | {st:.3f} | "
+                f"{_fmt(st / b_step if b_step else None)} | {np.mean([r['wall_seconds'] for r in runs]) / 60:.1f} |")
+    add("")
+    if gpu_recs:
+        g = next(iter(gpu_recs.values()))
+        gc = g["config"]
+        add(f"## Larger setting on a GPU (`{Path(paths['gpu_records']).name}`)")
+        add("")
+        add(f"Same data, protocol and arms on `{g.get('device', 'cuda')}`: {gc['layers']} + {gc['layers']} layers, "
+            f"width {gc['d_model']}, {gc['heads']} heads, feed-forward {gc['ffn']}, dropout {gc['dropout']} "
+            f"({g['parameters']:,} parameters), {gc['steps']} steps of at most {gc['batch_tokens']} tokens, peak rate "
+            f"{gc['peak_lr']} after {gc['warmup']} warm-up steps; {len(gpu_recs)} runs recorded. Conclusion so far: "
+            + _conclusion(gpu_recs, gpu[1]))
+        add("")
+        _results(add, gpu_recs, gpu[1], source, target, "###")
+    _write(paths["report"], lines)
+    return "\n".join(lines)
+
+
+def _results(add, recs: Dict[str, dict], plan: Plan, source: str, target: str, h: str) -> None:
+    """The baseline, tuning and paired-difference sections (headings at level ``h``)."""
     tune, ev = _groups(recs, "tune"), _groups(recs, "eval")
     base_eval = ev.get(("baseline", None, KINDS), [])
     base_tune = tune.get(("baseline", None, KINDS), [])
-    add("## The baseline")
+    add(f"{h} The baseline")
     add("")
     shown = base_eval or base_tune
     if not shown:
@@ -153,7 +221,7 @@ def write_report(records: Dict[str, dict], plan: Plan, paths: Dict[str, Path], s
             add(f"  - greedy: {s['greedy']}")
         add("")
 
-    add("## Tuning (seed %d, dev BLEU with beam search)" % plan.tune_seed)
+    add(f"{h} Tuning (seed {plan.tune_seed}, dev BLEU with beam search)")
     add("")
     add("| arm | knob values: dev BLEU / dev chrF | chosen |")
     add("|---|---|---|")
@@ -171,7 +239,7 @@ def write_report(records: Dict[str, dict], plan: Plan, paths: Dict[str, Path], s
         add(f"| baseline | dev BLEU {base_tune[0]['dev']['bleu']:.2f} / chrF {base_tune[0]['dev']['chrf']:.2f} | - |")
     add("")
 
-    add("## Paired differences against the baseline (test, seeds %s)" % ", ".join(map(str, plan.seeds)))
+    add(f"{h} Paired differences against the baseline (test, seeds {', '.join(map(str, plan.seeds))})")
     add("")
     add("Difference = arm minus baseline on the same seed (same initialisation and batch order); mean and standard "
         "error over the seeds; a verdict only beyond 2 standard errors with all seeds recorded.")
@@ -196,47 +264,6 @@ def write_report(records: Dict[str, dict], plan: Plan, paths: Dict[str, Path], s
             + f" | {bleu['n']} | {verdict(bleu, len(plan.seeds))} |")
     add("")
 
-    add("## Head diversity per attention kind (dev probe batch, start -> end of training)")
-    add("")
-    add("Mean off-diagonal head-output cosine (lower: more diverse outputs) and attention-map Jensen-Shannon "
-        "divergence (higher: more diverse maps), averaged over the modules of each kind and over the runs shown "
-        "(reported seeds where there are any, else the tuning runs).")
-    add("")
-    add("| arm | knob | runs | " + " | ".join(f"{KIND_NAMES[k]} cos | {KIND_NAMES[k]} JS" for k in KINDS) + " |")
-    add("|---|---:|---:|" + "---:|---:|" * len(KINDS))
-    for key in sorted(set(tune) | set(ev), key=lambda k: (k[0] != "baseline", k[2] != KINDS, k[0], k[1] or 0)):
-        runs = ev.get(key) or tune.get(key)
-        if not runs:
-            continue
-        cells = []
-        for k in KINDS:
-            for metric in ("output_cos", "map_js"):
-                a = np.mean([r["diversity_start"][k][metric] for r in runs])
-                b = np.mean([r["diversity_end"][k][metric] for r in runs])
-                cells.append(f"{a:.3f} -> {b:.3f}")
-        value = "-" if key[1] is None else f"{key[1]:g}"
-        add(f"| {_arm_label(runs[0]['config'])} | {value} | {len(runs)} | " + " | ".join(cells) + " |")
-    add("")
-
-    add("## Wall time")
-    add("")
-    add("Median seconds per training step and whole-run minutes (training plus evaluation), one thread per run, "
-        "on a shared machine whose load changed during the study: compare within a row's runs, not across days.")
-    add("")
-    add("| arm | knob | purpose | runs | s / step | ratio to baseline (same purpose) | minutes per run |")
-    add("|---|---:|---|---:|---:|---:|---:|")
-    for purpose, groups in (("tune", tune), ("eval", ev)):
-        bl = groups.get(("baseline", None, KINDS))
-        b_step = float(np.mean([r["seconds_per_step"] for r in bl])) if bl else None
-        for key in sorted(groups, key=lambda k: (k[0] != "baseline", k[2] != KINDS, k[0], k[1] or 0)):
-            runs = groups[key]
-            st = float(np.mean([r["seconds_per_step"] for r in runs]))
-            value = "-" if key[1] is None else f"{key[1]:g}"
-            add(f"| {_arm_label(runs[0]['config'])} | {value} | {purpose} | {len(runs)} | {st:.3f} | "
-                f"{_fmt(st / b_step if b_step else None)} | {np.mean([r['wall_seconds'] for r in runs]) / 60:.1f} |")
-    add("")
-    _write(paths["report"], lines)
-    return "\n".join(lines)
 
 
 def _conclusion(recs: Dict[str, dict], plan: Plan) -> str:

@@ -121,11 +121,12 @@ def _eval_order(src: Sequence[Sequence[int]]) -> List[np.ndarray]:
     return [order[i:i + EVAL_SENTENCES] for i in range(0, len(order), EVAL_SENTENCES)]
 
 
-def translate(model, src: Sequence[Sequence[int]], corpus: ParallelCorpus, *, beam: int, length_penalty: float) -> List[str]:
+def translate(model, src: Sequence[Sequence[int]], corpus: ParallelCorpus, *, beam: int, length_penalty: float,
+              device: str = "cpu") -> List[str]:
     """Detokenised translations in the order of ``src`` (beam 1: greedy)."""
     out: List[Optional[str]] = [None] * len(src)
     for idx in _eval_order(src):
-        x = pad_batch([src[i] for i in idx])
+        x = pad_batch([src[i] for i in idx]).to(device)
         ids = greedy_decode(model, x) if beam == 1 else beam_search(model, x, beam, length_penalty)
         for i, h in zip(idx, ids):
             out[i] = corpus.decode(h)
@@ -133,13 +134,13 @@ def translate(model, src: Sequence[Sequence[int]], corpus: ParallelCorpus, *, be
 
 
 @torch.no_grad()
-def token_nll(model, src, tgt) -> float:
+def token_nll(model, src, tgt, device: str = "cpu") -> float:
     """Mean negative log-likelihood per target token (``</s>`` included), nats, teacher-forced."""
     model.eval()
     total, count = 0.0, 0
     for idx in _eval_order(src):
-        x = pad_batch([src[i] for i in idx])
-        y = pad_batch([tgt[i] for i in idx], bos=True)
+        x = pad_batch([src[i] for i in idx]).to(device)
+        y = pad_batch([tgt[i] for i in idx], bos=True).to(device)
         logits = model(x, y[:, :-1])
         total += float(F.cross_entropy(logits.flatten(0, 1).double(), y[:, 1:].flatten(), ignore_index=PAD,
                                        reduction="sum"))
@@ -154,8 +155,8 @@ def build(cfg: RunConfig, vocab_size: int) -> Seq2SeqTransformer:
 
 
 def run(cfg: RunConfig, *, threads: int = 1, db=None, corpus: Optional[ParallelCorpus] = None,
-        log_every: int = 0) -> Dict:
-    """Train and evaluate one configuration; returns the record (``log_every`` > 0: print the loss)."""
+        log_every: int = 0, device: str = "cpu") -> Dict:
+    """Train and evaluate one configuration on ``device``; returns the record (``log_every`` > 0: print the loss)."""
     if cfg.method not in ARMS:
         raise ValueError(f"expected a method in {tuple(ARMS)}, received {cfg.method!r}")
     torch.set_num_threads(threads)
@@ -168,10 +169,11 @@ def run(cfg: RunConfig, *, threads: int = 1, db=None, corpus: Optional[ParallelC
     dev_src, dev_tgt = (x[:lim] for x in corpus.ids["dev"])
     test_src, test_tgt = (x[:lim] for x in corpus.ids["test"])
     probe_idx = _eval_order(corpus.ids["dev"][0][:PROBE_SENTENCES])[0]
-    probe = (pad_batch([corpus.ids["dev"][0][i] for i in probe_idx]),
-             pad_batch([corpus.ids["dev"][1][i] for i in probe_idx], bos=True)[:, :-1])
+    probe = (pad_batch([corpus.ids["dev"][0][i] for i in probe_idx]).to(device),
+             pad_batch([corpus.ids["dev"][1][i] for i in probe_idx], bos=True)[:, :-1].to(device))
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
 
-    model = build(cfg, corpus.vocab_size)
+    model = build(cfg, corpus.vocab_size).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.peak_lr, betas=(0.9, 0.98), eps=1e-9)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: inverse_sqrt(s + 1, cfg.warmup))
@@ -190,8 +192,9 @@ def run(cfg: RunConfig, *, threads: int = 1, db=None, corpus: Optional[ParallelC
             batches = token_batches(src, tgt, cfg.batch_tokens, rng)
             epochs += 1
         idx = batches.pop()
-        x = pad_batch([src[i] for i in idx])
-        y = pad_batch([tgt[i] for i in idx], bos=True)
+        x = pad_batch([src[i] for i in idx]).to(device)
+        y = pad_batch([tgt[i] for i in idx], bos=True).to(device)
+        sync()
         t0 = time.perf_counter()
         model.train()
         with HeadGates(model.gate_sites(), drop_prob=method.drop_prob, keep_outputs=method.keep_outputs,
@@ -207,6 +210,7 @@ def run(cfg: RunConfig, *, threads: int = 1, db=None, corpus: Optional[ParallelC
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
+        sync()
         step_seconds.append(time.perf_counter() - t0)
         lv = float(loss.detach())
         if not math.isfinite(lv):
@@ -220,9 +224,9 @@ def run(cfg: RunConfig, *, threads: int = 1, db=None, corpus: Optional[ParallelC
     t_eval = time.perf_counter()
     diversity_end = diversity_by_kind(model, *probe)
     refs = {"dev": corpus.references("dev")[:lim], "test": corpus.references("test")[:lim]}
-    hyps = {"dev": translate(model, dev_src, corpus, beam=cfg.beam, length_penalty=cfg.length_penalty),
-            "test": translate(model, test_src, corpus, beam=cfg.beam, length_penalty=cfg.length_penalty)}
-    greedy = translate(model, test_src, corpus, beam=1, length_penalty=cfg.length_penalty)
+    hyps = {split: translate(model, s, corpus, beam=cfg.beam, length_penalty=cfg.length_penalty, device=device)
+            for split, s in (("dev", dev_src), ("test", test_src))}
+    greedy = translate(model, test_src, corpus, beam=1, length_penalty=cfg.length_penalty, device=device)
     record = {
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(asdict(cfg).items())},
         "key": cfg.key(),
@@ -233,7 +237,7 @@ def run(cfg: RunConfig, *, threads: int = 1, db=None, corpus: Optional[ParallelC
         "dev": corpus_scores(hyps["dev"], refs["dev"]),
         "test": corpus_scores(hyps["test"], refs["test"]),
         "test_greedy": corpus_scores(greedy, refs["test"]),
-        "test_nll": token_nll(model, test_src, test_tgt),
+        "test_nll": token_nll(model, test_src, test_tgt, device),
         "diversity_start": diversity_start,
         "diversity_end": diversity_end,
         "train_loss_last50": float(np.mean(losses[-50:])),
@@ -242,6 +246,7 @@ def run(cfg: RunConfig, *, threads: int = 1, db=None, corpus: Optional[ParallelC
         "train_seconds": train_seconds,
         "eval_seconds": time.perf_counter() - t_eval,
         "threads": threads,
+        "device": str(device),
         "samples": [{"source": corpus.sources("test")[i], "reference": refs["test"][i], "beam": hyps["test"][i],
                      "greedy": greedy[i]} for i in _sample_indices(len(refs["test"]))],
     }

@@ -12,6 +12,7 @@ import torch
 from benchmarks.attention.head_gates import HeadGates
 from benchmarks.translation import data as tdata
 from benchmarks.translation import plan as tplan
+from benchmarks.translation.methods import ARMS
 from benchmarks.translation.metrics import corpus_scores, diversity_by_kind
 from benchmarks.translation.model import (KINDS, DecoderState, HeadwiseAttention, Seq2SeqTransformer, beam_search,
                                           greedy_decode, next_token_logits)
@@ -323,6 +324,25 @@ def test_quick_study_runs_resumes_and_reports(bible, tmp_path):
     page = (out / "translation_study.md").read_text()
     assert "Sample test translations" in page and "tok:13a" in page and "pending" in page
     assert tplan.pending(tplan.QUICK, {}, "e", "f")[0].method == "baseline"
+    assert "Larger setting on a GPU" not in page
+    # records of the GPU setting get their own section
+    (out / "translation_e_f_gpu_runs.jsonl").write_text(path.read_text())
+    assert runner.main(["e", "f", "--quick", "--out", str(out), "--report-only"]) == 0
+    page = (out / "translation_study.md").read_text()
+    gpu_part = page[page.index("## Larger setting on a GPU"):]
+    assert "### The baseline" in gpu_part and "### Paired differences" in gpu_part and "3 runs recorded" in gpu_part
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_quick_study_on_the_gpu(bible, tmp_path):
+    import benchmarks.run_translation_study as runner
+
+    out = tmp_path / "gpu"
+    assert runner.main(["e", "f", "--quick", "--out", str(out), "--db", str(bible), "--device", "cuda",
+                        "--max-runs", "2"]) == 0
+    recs = [json.loads(x) for x in (out / "translation_e_f_gpu_runs.jsonl").read_text().splitlines()]
+    assert len(recs) == 2 and all(r["device"] == "cuda" for r in recs)
+    assert not (out / "translation_e_f_runs.jsonl").exists()
 
 
 @pytest.mark.slow
@@ -355,3 +375,15 @@ def test_conclusion_calls_only_arms_with_all_seeds():
     assert text.startswith("svgd: better (test BLEU +1.01") and "in progress" in text
     recs.update(dict(rec("drophead", 0.2, s, 10.0 + s + (-1) ** s) for s in (0, 1, 2)))
     assert "drophead: no detectable difference" in _conclusion(recs, plan)
+
+
+@pytest.mark.parametrize("arm", [a for a in ARMS if a != "baseline"] + ["svgd_encoder"])
+def test_every_arm_trains_and_records(arm, bible):
+    from benchmarks.translation.train import run
+
+    method, kinds = ("svgd", ("self",)) if arm == "svgd_encoder" else (arm, KINDS)
+    value = ARMS[method][1]
+    cfg = tplan.QUICK.config("e", "f", method, value, 0, kinds=kinds)
+    rec = run(cfg, db=bible)
+    assert rec["config"]["method"] == method and rec["config"]["kinds"] == list(kinds)
+    assert math.isfinite(rec["test_nll"]) and math.isfinite(rec["train_loss_last50"])
