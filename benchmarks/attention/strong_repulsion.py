@@ -49,8 +49,8 @@ LIMIT = "spos_no_drive"
 #: over training (the seed-100 trial; the baseline's change on MR is 0.000 in the first study)
 MOVED = 0.01
 
-#: the ablation arms: (label, method, whether the method takes the tuned repulsion; else its fixed value)
-#: in priority order; "full" first. Value ``"a*"`` is the tuned repulsion.
+#: the ablation arms, "full" first, then in priority order: (label, method, repulsion), the repulsion
+#: ``"a*"`` standing for the tuned value (``None``: the method has no knob)
 ARMS: Tuple[Tuple[str, str, object], ...] = (
     ("full SPOS posterior", "spos_posterior", "a*"),
     ("no noise", "spos_no_noise", "a*"),
@@ -72,12 +72,8 @@ def grid_trials(plan) -> List[RunConfig]:
             for v in plan.spos_grid]
 
 
-def limit_trial(plan) -> Optional[RunConfig]:
-    """The drive-negligible limit's trial (None while the adapter lacks the switch it needs)."""
-    from .methods import METHODS
-
-    if LIMIT not in METHODS:
-        return None
+def limit_trial(plan) -> RunConfig:
+    """The drive-negligible limit's trial: both driving terms off at the grid's largest repulsion."""
     return plan.config(plan.spos_sets[0], "transformer", LIMIT, plan.spos_grid[-1], plan.tune_seed,
                        purpose="tune")
 
@@ -131,8 +127,7 @@ def phase_runs(plan, records: Dict[str, dict], phase: str) -> List[RunConfig]:
         raise ValueError(f"expected a phase in {PHASES}, received {phase!r}")
     a_star = tuned_repulsion(plan, records)
     if phase == "spos_grid":
-        lim = limit_trial(plan)
-        return grid_trials(plan) + ([lim] if lim is not None else [])
+        return grid_trials(plan) + [limit_trial(plan)]
     if a_star is None:
         return grid_trials(plan)
     tuned, others = plan.spos_sets[0], plan.spos_sets[1:]
@@ -186,7 +181,7 @@ def _layer(div, key) -> float:
     return _layer_mean(div, key)
 
 
-def _arm_summary(plan, runs: List[dict], base: List[dict], full: Optional[List[dict]]) -> Dict:
+def _arm_summary(runs: List[dict], base: List[dict], full: Optional[List[dict]]) -> Dict:
     from .report import _compare, _mean
 
     out = {"seeds": sorted(r["config"]["seed"] for r in runs), "test_accuracy": [r["test"]["accuracy"] for r in runs],
@@ -233,7 +228,7 @@ def build(records: Dict[str, dict], plan) -> Dict:
     first = plan.spos_sets[0]
     old = plan.trials(first, "transformer", "spos_posterior") if "spos_posterior" in METHODS else []
     seen = set()
-    for t in old + grid_trials(plan) + ([limit_trial(plan)] if limit_trial(plan) else []):
+    for t in old + grid_trials(plan) + [limit_trial(plan)]:
         if t.key() in seen:
             continue
         seen.add(t.key())
@@ -261,10 +256,10 @@ def build(records: Dict[str, dict], plan) -> Dict:
             value = _value(v, a)
             runs = _runs(plan, records, ds, "transformer", method, value)
             rows.append({"arm": label, "method": method, "value": value,
-                         **_arm_summary(plan, runs, base, None if label == ARMS[0][0] else full)})
+                         **_arm_summary(runs, base, None if label == ARMS[0][0] else full)})
             if runs and base:
                 per_arm_sets.setdefault(label, {})[ds] = (runs, base)
-        res["ablation"][ds] = {"baseline": _arm_summary(plan, base, [], None), "arms": rows}
+        res["ablation"][ds] = {"baseline": _arm_summary(base, [], None), "arms": rows}
     for label, sets in per_arm_sets.items():
         if len(sets) == len(plan.spos_sets):
             res["pooled"][f"transformer: {label}"] = _pooled(sets)
@@ -289,8 +284,8 @@ def build(records: Dict[str, dict], plan) -> Dict:
         from .models import DEFAULT_HEADS
 
         row = {"model": model, "dataset": ds, "heads": extra.get("heads", DEFAULT_HEADS[model]),
-               "dropout": extra.get("dropout", 0.1), "value": value, "baseline": _arm_summary(plan, base, [], None),
-               "full": _arm_summary(plan, full, base, None)}
+               "dropout": extra.get("dropout", 0.1), "value": value, "baseline": _arm_summary(base, [], None),
+               "full": _arm_summary(full, base, None)}
         res["coverage"].append(row)
         if not extra and full and base:
             by_model.setdefault(model, {})[ds] = (full, base)
