@@ -39,6 +39,8 @@ from typing import Optional
 
 import torch
 
+from particlesampling import validation
+
 from .repulsive import ApplyInfo, RepulsiveHeads
 
 try:  # transformers is optional for the rest of attention_adapter, required here
@@ -101,13 +103,9 @@ class RepulsiveHeadsCallback(TrainerCallback):
                  allow_trainer_clipping: bool = False):
         if not isinstance(heads, RepulsiveHeads):
             raise TypeError(f"expected heads as a RepulsiveHeads, received {type(heads).__name__}")
-        if max_grad_norm is not None:
-            if isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, (int, float)) \
-                    or not max_grad_norm > 0:
-                raise ValueError(f"expected max_grad_norm as a positive number or None, received {max_grad_norm!r}")
-            max_grad_norm = float(max_grad_norm)
-        if not isinstance(allow_trainer_clipping, bool):
-            raise TypeError(f"expected allow_trainer_clipping as a bool, received {allow_trainer_clipping!r}")
+        max_grad_norm = validation.check_real("max_grad_norm", max_grad_norm, minimum=0, inclusive=False,
+                                              optional=True)
+        validation.check_bool("allow_trainer_clipping", allow_trainer_clipping)
         self.heads = heads
         self.max_grad_norm = max_grad_norm
         self.allow_trainer_clipping = allow_trainer_clipping

@@ -42,6 +42,8 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from particlesampling import validation
+
 from ._compat import warn_renamed
 from .sharding import ShardingError, describe, is_sharded, unshard
 
@@ -114,21 +116,10 @@ class TensorBlock:
     def __post_init__(self):
         if not isinstance(self.tensor, str) or not self.tensor:
             raise TypeError(f"expected TensorBlock.tensor as a non-empty parameter name, received {self.tensor!r}")
-        for name in ("axis", "start"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"expected TensorBlock.{name} as an int, received {v!r}")
-        if self.start < 0:
-            raise ValueError(f"expected TensorBlock.start >= 0, received {self.start}")
-        if self.size is not None and (isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1):
-            raise ValueError(f"expected TensorBlock.size as a positive int or None, received {self.size!r}")
-        if self.units is not None and (isinstance(self.units, bool) or not isinstance(self.units, int)
-                                       or self.units < 1):
-            raise ValueError(f"expected TensorBlock.units as a positive int or None, received {self.units!r}")
-        for name, low in (("period", 1), ("slot", 0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"expected TensorBlock.{name} as an int >= {low}, received {v!r}")
+        for name, low, optional in (("axis", None, False), ("start", 0, False), ("size", 1, True),
+                                    ("units", 1, True), ("period", 1, False), ("slot", 0, False)):
+            object.__setattr__(self, name, validation.check_int(f"TensorBlock.{name}", getattr(self, name),
+                                                                minimum=low, optional=optional))
         if self.units is None and (self.period != 1 or self.slot != 0):
             raise ValueError(f"expected TensorBlock.period/slot only with units (an interleaved layout); received "
                              f"period={self.period}, slot={self.slot} with units=None")
@@ -224,9 +215,8 @@ class HeadLayout:
             object.__setattr__(self, "kind", None)
         if not isinstance(self.description, str):
             raise TypeError(f"expected description as a str, received {self.description!r}")
-        am = self.attention_map
-        if am is not None and (isinstance(am, bool) or not isinstance(am, int) or am < 0):
-            raise ValueError(f"expected attention_map as a non-negative int or None, received {am!r}")
+        object.__setattr__(self, "attention_map", validation.check_int("attention_map", self.attention_map,
+                                                                       minimum=0, optional=True))
         for role in ROLES:
             object.__setattr__(self, role, _as_block(role, getattr(self, role)))
         if all(getattr(self, r) is None for r in ("q", "k", "v")):
@@ -400,9 +390,7 @@ def _num_heads_of(module: nn.Module, spec, where: str) -> int:
         value = spec(module)
     else:
         value = spec
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{where}: expected a positive integer number of heads, received {value!r}")
-    return value
+    return validation.check_int(f"{where}: the number of heads", value, minimum=1)
 
 
 def _get_param(module: nn.Module, dotted: str, where: str) -> nn.Parameter:

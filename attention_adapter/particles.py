@@ -33,6 +33,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from particlesampling import validation
+
 from .discovery import find_attention, select_layers
 from .layouts import ResolvedBlock, ResolvedLayout
 from .sharding import FullTensors
@@ -146,8 +148,7 @@ class ParticleGroup:
 
 
 def _check_choice(particles, roles, include_output, include_bias) -> Tuple[str, ...]:
-    if particles not in PARTICLE_CHOICES:
-        raise ValueError(f"expected particles in {PARTICLE_CHOICES}, received {particles!r}")
+    validation.check_choice("particles", particles, PARTICLE_CHOICES)
     if isinstance(roles, str):
         roles = (roles,)
     roles = tuple(roles)
@@ -156,9 +157,8 @@ def _check_choice(particles, roles, include_output, include_bias) -> Tuple[str, 
         raise ValueError(f"expected roles as a non-empty subset of ('q', 'k', 'v'), received {roles!r}")
     if len(set(roles)) != len(roles):
         raise ValueError(f"expected distinct roles, received {roles!r}")
-    for flag, name in ((include_output, "include_output"), (include_bias, "include_bias")):
-        if not isinstance(flag, bool):
-            raise TypeError(f"expected {name} as a bool, received {flag!r}")
+    validation.check_bool("include_output", include_output)
+    validation.check_bool("include_bias", include_bias)
     return roles
 
 

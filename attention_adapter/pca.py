@@ -10,6 +10,8 @@ from typing import List, Sequence, Tuple
 
 import torch
 
+from particlesampling import validation
+
 __all__ = ["principal_coordinates"]
 
 
@@ -38,7 +40,8 @@ def principal_coordinates(snapshots: Sequence[torch.Tensor], k: int = 2) -> Tupl
     if any(s.shape[2] != p for s in snapshots):
         raise ValueError(f"expected snapshots with the same P, received shapes {[tuple(s.shape) for s in snapshots]}")
     rows = sum(s.shape[0] * s.shape[1] for s in snapshots)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= min(rows, p):
+    k = validation.check_int("k", k, minimum=1)
+    if k > min(rows, p):
         raise ValueError(f"expected 1 <= k <= {min(rows, p)}, received {k!r}")
     flat = torch.cat([s.reshape(-1, p) for s in snapshots]).double()
     flat = flat - flat.mean(0, keepdim=True)

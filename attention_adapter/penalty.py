@@ -31,13 +31,13 @@ spirit of Li et al. 2018's output disagreement, with the kernel of the SVGD runs
 
 from __future__ import annotations
 
-import math
-from typing import Optional
+import dataclasses
+from typing import Dict, Optional
 
 import torch
 from torch import nn
 
-from typing import Dict
+from particlesampling import validation
 
 from ._compat import renamed_kwarg, warn_renamed
 from .outputs import OutputParticles
@@ -94,8 +94,7 @@ class HeadRepulsionPenalty(nn.Module):
                  selection: Optional[HeadSelection] = None, heads: Optional[HeadSelection] = None,
                  space: str = "weights", tokens: Optional[int] = None, seed: int = 0):
         super().__init__()
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-            raise ValueError(f"expected weight as a finite number >= 0, received {weight!r}")
+        weight = validation.check_real("weight", weight, minimum=0)
         selection = renamed_kwarg("HeadRepulsionPenalty", "heads", "selection", heads, selection)
         if selection is None:
             selection = HeadSelection()

@@ -22,6 +22,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from particlesampling import validation
+
 from .capture import HeadCapture
 from .discovery import find_attention
 from .diversity import LayerDiversity, head_diversity, mean_offdiagonal
@@ -318,8 +320,7 @@ def plot_attention_maps(source: Any, forward: Optional[Callable[[], Any]] = None
     chosen = list(range(att.shape[0])) if heads is None else [int(h) for h in heads]
     if not chosen or not all(0 <= h < att.shape[0] for h in chosen):
         raise ValueError(f"expected heads as indices in [0, {att.shape[0]}), received {heads!r}")
-    if isinstance(cols, bool) or not isinstance(cols, int) or cols < 1:
-        raise ValueError(f"expected cols as a positive int, received {cols!r}")
+    cols = validation.check_int("cols", cols, minimum=1)
     ncols = min(cols, len(chosen))
     nrows = -(-len(chosen) // ncols)
     side = 2.1 if tokens is None or len(tokens) <= 12 else 2.6

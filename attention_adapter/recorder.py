@@ -19,6 +19,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from particlesampling import validation
+
 from ._compat import warn_renamed
 from .diversity import mean_offdiagonal, pairwise_cosine
 from .particles import HeadParticles, head_particles_of
@@ -61,11 +63,8 @@ class HeadRecorder:
     def __init__(self, heads: Any, *, every: int = 1, groups: Optional[Sequence[str]] = None,
                  max_snapshots: Optional[int] = None):
         self.head_particles = _heads_of(heads)
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"expected every as a positive int, received {every!r}")
-        if max_snapshots is not None and (isinstance(max_snapshots, bool) or not isinstance(max_snapshots, int)
-                                          or max_snapshots < 1):
-            raise ValueError(f"expected max_snapshots as a positive int or None, received {max_snapshots!r}")
+        every = validation.check_int("every", every, minimum=1)
+        max_snapshots = validation.check_int("max_snapshots", max_snapshots, minimum=1, optional=True)
         names = self.head_particles.names
         if groups is None:
             self._groups = list(self.head_particles.groups)

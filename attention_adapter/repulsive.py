@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 import particlesampling as ps
+from particlesampling import validation
 
 from ._compat import renamed_kwarg, warn_renamed
 from .noise import StepNoise
@@ -226,15 +227,10 @@ class RepulsiveHeads:
             raise TypeError(f"expected selection as a HeadSelection, received {type(selection).__name__}")
         if posterior is not None and not isinstance(posterior, Posterior):
             raise TypeError(f"expected posterior as a Posterior, received {type(posterior).__name__}")
-        if on_nonfinite not in _ON_NONFINITE:
-            raise ValueError(f"expected on_nonfinite in {_ON_NONFINITE}, received {on_nonfinite!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"expected seed as a non-negative int, received {seed!r}")
-        if not isinstance(check_finite, bool):
-            raise TypeError(f"expected check_finite as a bool, received {check_finite!r}")
-        if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
-                                        or num_threads < 1):
-            raise ValueError(f"expected num_threads as a positive int or None, received {num_threads!r}")
+        validation.check_choice("on_nonfinite", on_nonfinite, _ON_NONFINITE)
+        seed = validation.check_int("seed", seed, minimum=0)
+        validation.check_bool("check_finite", check_finite)
+        num_threads = validation.check_int("num_threads", num_threads, minimum=1, optional=True)
         if preset is not None:
             given = dict(step_size=step_size, repulsion=repulsion, beta=beta, posterior=posterior, kernel=kernel,
                          bandwidth=bandwidth, lr=lr)
@@ -605,11 +601,8 @@ class RepulsiveHeads:
         for key in ("method", "preset", "groups", "space"):
             if state.get(key, "weights" if key == "space" else None) != mine[key]:
                 raise ValueError(f"state dict {key} {state[key]!r} does not match this adapter's {mine[key]!r}")
-        step, seed = state["step"], state["seed"]
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"expected a non-negative int step, received {step!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"expected a non-negative int seed, received {seed!r}")
+        step = validation.check_int("state['step']", state["step"], minimum=0)
+        seed = validation.check_int("state['seed']", state["seed"], minimum=0)
         self._step = step
         self.seed = seed
         self._last_grads = []

@@ -84,6 +84,7 @@ from typing import Any, Callable, Optional, Tuple
 import torch
 
 import particlesampling as ps
+from particlesampling import validation
 
 __all__ = [
     "UPDATE_RULES",
@@ -106,18 +107,8 @@ _HALF = (torch.float16, torch.bfloat16)
 
 
 def _real(name: str, value: Any, *, allow_zero: bool = False) -> float:
-    """``value`` as a finite float ``> 0`` (``>= 0`` with ``allow_zero``), else TypeError/ValueError."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"expected {name} as a finite real number, received {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"expected {name} {'>= 0' if allow_zero else '> 0'}, received {value!r}")
-    return float(value)
-
-
-def _choice(name: str, value: Any, options: Tuple[str, ...]) -> str:
-    if value not in options:
-        raise ValueError(f"expected {name} in {options}, received {value!r}")
-    return value
+    """``value`` as a finite float ``> 0`` (``>= 0`` with ``allow_zero``)."""
+    return validation.check_real(name, value, minimum=0, inclusive=allow_zero)
 
 
 def resolve_kernel(kernel: Any = None, bandwidth: Any = None):
@@ -248,8 +239,8 @@ class UpdateSettings:
     noise: bool = True
 
     def __post_init__(self):
-        _choice("method", self.method, UPDATE_RULES)
-        _choice("noise_scale", self.noise_scale, NOISE_SCALES)
+        validation.check_choice("method", self.method, UPDATE_RULES)
+        validation.check_choice("noise_scale", self.noise_scale, NOISE_SCALES)
         for name in ("kernel_drive", "langevin_drift", "noise"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"expected {name} as a bool, received {getattr(self, name)!r}")
@@ -311,7 +302,7 @@ class An2020:
 
     def settings(self, method: str) -> UpdateSettings:
         """The :class:`UpdateSettings` of this preset: the paper's symbols in the core's names."""
-        _choice("method", method, UPDATE_RULES)
+        validation.check_choice("method", method, UPDATE_RULES)
         if method == "svgd" and self.beta != 1.0:
             raise ValueError(f"An2020 beta weights the SPOS Langevin term; received beta={self.beta!r} with "
                              "method='svgd'")

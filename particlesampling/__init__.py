@@ -20,7 +20,7 @@ Pictures and animations: :mod:`particlesampling.plotting` (``ps.plotting.plot_pa
 matplotlib imported on first use). ``docs/architecture.md`` maps the modules.
 """
 
-from . import circuits, diagnostics, distributed, function_space, plotting, random, step_sizes, targets
+from . import circuits, diagnostics, distributed, function_space, plotting, random, step_sizes, targets, validation
 from ._backend import sqdist, to_numpy
 from .bandwidths import MEDIAN_CONVENTIONS, BandwidthRule, Fixed, MaxKSD, Median, Scaled, get_bandwidth
 from .checkpoint import load_state, save_state
@@ -132,4 +132,5 @@ __all__ = [
     "random",
     "step_sizes",
     "targets",
+    "validation",
 ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._backend import device_of, namespace
+from . import validation
 
 __all__ = ["normal_noise", "generator_noise", "uniform_bits", "permutation"]
 
@@ -35,9 +36,7 @@ def _mix(z: np.ndarray) -> np.ndarray:
 
 
 def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"expected a non-negative integer seed, received {seed!r}")
-    return int(seed) % (2**64)
+    return validation.check_int("seed", seed, minimum=0) % (2**64)
 
 
 def uniform_bits(seed: int, step: int, n: int, m: int, *, offset: int = 0) -> np.ndarray:

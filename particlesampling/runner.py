@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from . import validation
 from ._backend import NonFiniteError, to_numpy
 from .samplers import ParticleState
 from .samplers._common import first_nonfinite_particle
@@ -119,10 +120,8 @@ def run_sampler(sampler, state: ParticleState, steps: int, *, trace_every: int =
     """
     import time
 
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"expected steps as a non-negative integer, received {steps!r}")
-    if isinstance(trace_every, bool) or not isinstance(trace_every, int) or trace_every < 1:
-        raise ValueError(f"expected trace_every as a positive integer, received {trace_every!r}")
+    steps = validation.check_int("steps", steps, minimum=0)
+    trace_every = validation.check_int("trace_every", trace_every, minimum=1)
     metrics = dict(metrics or {})
     trace = Trace()
     t0 = time.perf_counter()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._backend import check_particles, device_of, sqdist
+from .. import validation
 
 __all__ = ["mean_error", "cov_error", "marginal_variance", "mode_fractions", "sample_cov"]
 
@@ -32,8 +33,7 @@ def _reference(xp, value, like, name: str, shape: tuple):
 
 
 def _check_ddof(ddof: Any, n: int) -> int:
-    if isinstance(ddof, bool) or not isinstance(ddof, int) or ddof < 0:
-        raise TypeError(f"expected ddof as an integer >= 0, received {ddof!r}")
+    ddof = validation.check_int("ddof", ddof, minimum=0)
     if n - ddof < 1:
         raise ValueError(f"expected more than ddof = {ddof} particles, received n = {n}")
     return ddof
@@ -164,8 +164,7 @@ def mode_fractions(particles, modes: Any, num_modes: int | None = None):
         num_modes = centers.shape[0]
         shift = xp.mean(particles, axis=0)  # the Gram trick is accurate for centred inputs
         labels = xp.argmin(sqdist(particles - shift, centers - shift, xp=xp), axis=1)
-    if isinstance(num_modes, bool) or not isinstance(num_modes, int) or num_modes < 1:
-        raise ValueError(f"expected num_modes as an integer >= 1, received {num_modes!r}")
+    num_modes = validation.check_int("num_modes", num_modes, minimum=1)
     ks = xp.arange(num_modes, dtype=labels.dtype, device=dev)
     hits = xp.astype(labels[:, None] == ks[None, :], particles.dtype)
     return xp.sum(hits, axis=0) / float(n)

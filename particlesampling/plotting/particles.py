@@ -12,6 +12,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from .. import validation
 from ._figure import as_dims, as_particles, new_axes, pyplot, view_box
 
 __all__ = ["ParticlePanel", "plot_particles", "plot_pairwise", "plot_marginals", "save_particles_figure"]
@@ -66,8 +67,7 @@ class ParticlePanel:
 
     def __init__(self, ax: Any, target: Any, dims: Sequence[int], box: np.ndarray, n: int, *, grid: int = 200,
                  ylim: Optional[float] = None):
-        if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 10:
-            raise ValueError(f"expected grid as an int >= 10, received {grid!r}")
+        grid = validation.check_int("grid", grid, minimum=10)
         self.ax = ax
         self.dims = tuple(dims)
         self.box = np.asarray(box, dtype=np.float64)
@@ -237,8 +237,7 @@ def plot_pairwise(particles: Any, *, target: Any = None, dims: Any = None, max_d
     x = as_particles(particles)
     d = x.shape[1]
     _check_target(target, d)
-    if isinstance(max_dims, bool) or not isinstance(max_dims, (int, np.integer)) or max_dims < 1:
-        raise ValueError(f"expected max_dims as a positive int, received {max_dims!r}")
+    max_dims = validation.check_int("max_dims", max_dims, minimum=1)
     if dims is None:
         dims = tuple(range(min(d, int(max_dims))))
     dims = tuple(int(k) for k in dims)
@@ -307,8 +306,7 @@ def plot_marginals(particles: Any, *, target: Any = None, title: Optional[str] =
     matplotlib.figure.Figure
     """
     x = as_particles(particles)
-    if isinstance(max_dims, bool) or not isinstance(max_dims, (int, np.integer)) or max_dims < 1:
-        raise ValueError(f"expected max_dims as a positive int, received {max_dims!r}")
+    max_dims = validation.check_int("max_dims", max_dims, minimum=1)
     plt = pyplot()
     d = min(x.shape[1], int(max_dims))
     cols = min(d, 4)

@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .. import validation
 from ._figure import as_dims, new_axes, snapshots_of, view_box
 from .particles import ParticlePanel
 
@@ -38,8 +39,7 @@ def plot_trajectories(trace: Any, target: Any = None, *, ax: Any = None, dims: A
     """
     snaps = snapshots_of(trace)
     t, n, d = snaps.shape
-    if isinstance(max_particles, bool) or not isinstance(max_particles, (int, np.integer)) or max_particles < 1:
-        raise ValueError(f"expected max_particles as a positive int, received {max_particles!r}")
+    max_particles = validation.check_int("max_particles", max_particles, minimum=1)
     dims = as_dims(dims if dims is not None else tuple(range(min(d, 2))), d)
     chosen = np.unique(np.linspace(0, n - 1, min(n, int(max_particles))).round().astype(int))
     steps = np.asarray(trace.steps, dtype=np.float64)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import validation
 from .base import Target
 
 __all__ = ["Banana"]
@@ -50,8 +51,7 @@ class Banana(Target):
     normalised = True
 
     def __init__(self, dim: int = 2, b: float = 0.03, sigma1: float = 10.0) -> None:
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 2:
-            raise ValueError(f"dim: expected an int >= 2, got {dim!r}")
+        dim = validation.check_int("dim", dim, minimum=2)
         b = float(b)
         sigma1 = float(sigma1)
         if not np.isfinite(b) or b < 0:

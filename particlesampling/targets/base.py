@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .._backend import device_of, namespace, namespace_of_module, to_numpy
+from .. import validation
 
 __all__ = ["Target", "MixtureMixin"]
 
@@ -286,19 +287,11 @@ class MixtureMixin:
 
 
 def _check_count(n: Any, name: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise TypeError(f"{name}: expected a positive int, got {type(n).__name__} {n!r}")
-    if n < 1:
-        raise ValueError(f"{name}: expected a positive int, got {n}")
-    return int(n)
+    return validation.check_int(name, n, minimum=1)
 
 
 def _check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed: expected a non-negative int, got {type(seed).__name__} {seed!r}")
-    if seed < 0:
-        raise ValueError(f"seed: expected a non-negative int, got {seed}")
-    return int(seed)
+    return validation.check_int("seed", seed, minimum=0)
 
 
 def _convert(arr: np.ndarray, ns: Any, dtype: Any, device: Any) -> Any:

@@ -115,9 +115,7 @@ def _ops(xp: Any, theta: Any):
 
 
 def _positive_int(name: str, v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name}: expected a positive int, got {v!r}")
-    return int(v)
+    return _check_count(v, name)
 
 
 def _host_array(name: str, a: Any) -> np.ndarray:

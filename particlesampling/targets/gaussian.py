@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import validation
 from .base import Target
 
 __all__ = ["Gaussian", "StandardNormal", "check_mean_cov"]
@@ -125,9 +126,8 @@ class StandardNormal(Gaussian):
     description = "standard normal N(0, I_d) (dim=2 by default; variance-collapse studies)"
 
     def __init__(self, dim: int = 2) -> None:
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-            raise ValueError(f"dim: expected a positive int, got {dim!r}")
-        super().__init__(np.zeros(int(dim)), np.eye(int(dim)))
+        dim = validation.check_int("dim", dim, minimum=1)
+        super().__init__(np.zeros(dim), np.eye(dim))
 
     def _log_prob(self, xp: Any, x: Any) -> Any:
         return self._const(xp, x, "lognorm", self._log_norm) - 0.5 * xp.sum(x * x, axis=1)

@@ -187,7 +187,7 @@ def test_callback_rejects_bad_input(tmp_path):
     heads = RepulsiveHeads(model, preset="an2020")
     with pytest.raises(TypeError, match="expected heads as a RepulsiveHeads, received Module"):
         RepulsiveHeadsCallback(torch.nn.Module())
-    with pytest.raises(ValueError, match="expected max_grad_norm as a positive number or None, received -1"):
+    with pytest.raises(ValueError, match="expected max_grad_norm > 0 or None, received -1"):
         RepulsiveHeadsCallback(heads, max_grad_norm=-1)
     other = RepulsiveHeadsCallback(RepulsiveHeads(_model(), preset="an2020"))
     args = transformers.TrainingArguments(output_dir=str(tmp_path), max_grad_norm=0.0, report_to=[], use_cpu=True,

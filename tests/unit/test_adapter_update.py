@@ -436,7 +436,7 @@ def test_state_dict_resumes_the_noise_stream():
         RepulsiveHeads(b).load_state_dict(state)
     with pytest.raises(ValueError, match="keys"):
         hb.load_state_dict({"step": 1})
-    with pytest.raises(ValueError, match="non-negative int step"):
+    with pytest.raises(ValueError, match=r"expected state\[.step.\] as a non-negative int, received -1"):
         hb.load_state_dict({**state, "step": -1})
 
 

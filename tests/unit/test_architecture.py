@@ -21,7 +21,7 @@ CORE = REPO / "particlesampling"
 
 #: layer of each module group (a sub-package counts as one group); imports go strictly downwards
 LAYERS = {
-    "_backend": 0,
+    "_backend": 0, "validation": 0,
     "selection": 1, "random": 1, "kernels": 1, "step_sizes": 1, "targets": 1, "memory_budget": 1,
     "log_density": 1, "annealing": 1,
     "stein_kernel": 2,

@@ -240,7 +240,7 @@ def test_bad_data_and_settings():
         BayesianNeuralNetwork(X, np.array([0, 0, np.nan, 0, 0]))
     with pytest.raises(TypeError, match="X: expected a numeric array"):
         BayesianNeuralNetwork([["a", "b"]], [0.0])
-    with pytest.raises(ValueError, match="n_hidden: expected a positive int, got 0"):
+    with pytest.raises(ValueError, match="expected n_hidden as a positive int, received 0"):
         BayesianNeuralNetwork(X, np.zeros(5), n_hidden=0)
     with pytest.raises(ValueError, match="a0, b0: expected finite Gamma shape and rate > 0.*b0=-0.1"):
         BayesianNeuralNetwork(X, np.zeros(5), b0=-0.1)

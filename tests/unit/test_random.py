@@ -166,5 +166,5 @@ def test_generator_noise_rejects_other_arrays():
 
     with pytest.raises(TypeError, match="supports torch tensors and NumPy arrays; received list"):
         generator_noise(0)(0, 0, [[0.0]])
-    with pytest.raises(ValueError, match="non-negative integer seed"):
+    with pytest.raises(ValueError, match="expected seed as a non-negative int, received -1"):
         generator_noise(-1)
