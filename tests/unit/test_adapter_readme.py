@@ -16,7 +16,8 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 def _section_code():
     text = README.read_text(encoding="utf-8")
     start = text.index("## Repulsive attention heads in five lines")
-    end = text.index("\n## ", start + 1)
+    # the section ends at the next heading of level 2 or 3 (a sub-section may follow it)
+    end = re.compile(r"\n#{2,3} ").search(text, start + 1).start()
     blocks = re.findall(r"```python\n(.*?)```", text[start:end], flags=re.S)
     assert len(blocks) == 1, f"expected one python block in the README section, found {len(blocks)}"
     return blocks[0]
