@@ -114,6 +114,8 @@ class OutputParticles:
         self.tokens = tokens
         self.seed = seed
         self.step = 0
+        #: set False to pause recording (the hooks stay in place)
+        self.enabled = True
         self._handles: List = []
         self._busy = False
         for index, g in enumerate(self.groups):
@@ -167,9 +169,8 @@ class OutputParticles:
 
         return mod.register_forward_hook(out_hook)
 
-    @staticmethod
-    def _active(g: ParticleGroup) -> bool:
-        return torch.is_grad_enabled() and any(p.requires_grad for p in g.params)
+    def _active(self, g: ParticleGroup) -> bool:
+        return self.enabled and torch.is_grad_enabled() and any(p.requires_grad for p in g.params)
 
     def _record(self, index: int, g: ParticleGroup, heads: torch.Tensor) -> None:
         """``heads`` ``(..., M, d)``: subsample the positions, apply ``W_o^h``, hand ``F`` over."""

@@ -1,5 +1,6 @@
 """Training-step overhead of the repulsive-attention adapter on the MiniLM configuration (and, with
-``--model llama-gqa``, on a Llama decoder of the same size with grouped-query attention).
+``--model llama-gqa``, on a Llama decoder of the same size with grouped-query attention; with
+``--model small-transformer``, on the attention study's 2-layer, 8-head, width-128 BERT).
 
 Model: BERT with the all-MiniLM-L6-v2 configuration (6 layers, 12 heads, hidden 384, intermediate
 1536, vocabulary 30522), random initialisation (nothing downloaded), mean-pooled regression head,
@@ -18,6 +19,14 @@ Usage::
     python benchmarks/bench_adapter_overhead.py                       # CPU, 16 x 128, 9 pairs
     python benchmarks/bench_adapter_overhead.py --device cuda --batch 64
     python benchmarks/bench_adapter_overhead.py --profile             # where apply() spends its time
+    python benchmarks/bench_adapter_overhead.py --spaces --tag spaces_minilm     # weights / circuits / outputs
+    python benchmarks/bench_adapter_overhead.py --spaces --model small-transformer --tag spaces_small
+
+``--spaces`` runs the paper preset (SVGD) in the three particle spaces of ``RepulsiveHeads(space=...)``
+side by side, each against its own interleaved plain steps. In function space (``"outputs"``) part of
+the work happens in the forward pass (the heads' outputs are compared and pulled back there), so the
+step ratio, not ``apply()`` alone, is its overhead; its forward hooks are paused during the plain
+steps.
 
 Writes ``benchmarks/results/adapter_overhead[ _<tag>].{json,md}``.
 """
@@ -80,8 +89,25 @@ class GQADecoderRegressor(nn.Module):
         return self.head(pooled).squeeze(-1)
 
 
-MODELS = {"minilm": MiniLMRegressor, "llama-gqa": GQADecoderRegressor}
+class SmallTransformerRegressor(MiniLMRegressor):
+    """The attention study's small transformer (benchmarks/attention/models.py): BERT, 2 layers, 8 heads,
+    hidden 128, intermediate 512, random initialisation; vocabulary 30522 here, mean-pooled regression head."""
+
+    def __init__(self, attn_implementation: str):
+        nn.Module.__init__(self)
+        from transformers import BertConfig, BertModel
+
+        cfg = BertConfig(vocab_size=30522, hidden_size=128, num_hidden_layers=2, num_attention_heads=8,
+                         intermediate_size=512, max_position_embeddings=512,
+                         attn_implementation=attn_implementation)
+        self.bert = BertModel(cfg, add_pooling_layer=False)
+        self.head = nn.Linear(128, 1)
+
+
+MODELS = {"minilm": MiniLMRegressor, "llama-gqa": GQADecoderRegressor, "small-transformer": SmallTransformerRegressor}
 MODEL_DESCRIPTIONS = {
+    "small-transformer": "BERT, the attention study's small transformer (2 layers, 8 heads, hidden 128, "
+                         "intermediate 512), random init",
     "minilm": "BERT MiniLM-L6 config (6 layers, 12 heads, hidden 384, intermediate 1536), random init",
     "llama-gqa": "Llama decoder (6 layers, 12 query / 4 key-value heads, hidden 384, intermediate 1536), random init",
 }
@@ -99,7 +125,13 @@ def _adapter_options(name):
         "principled-svgd": dict(method="svgd", posterior=Posterior(dataset_size=10_000, prior=1.0)),
         "joint-svgd": dict(method="svgd", selection=HeadSelection(particles="joint", include_output=True,
                                                              include_bias=True)),
+        "circuits-svgd": dict(preset=An2020(alpha=0.01, epsilon=0.01), space="circuits"),
+        "outputs-svgd": dict(preset=An2020(alpha=0.01, epsilon=0.01), space="outputs"),
     }[name]
+
+
+#: ``--spaces``: the paper preset in each particle space
+SPACE_ADAPTERS = ["an2020-svgd", "circuits-svgd", "outputs-svgd"]
 
 
 def run(args):
@@ -121,6 +153,8 @@ def run(args):
         return time.perf_counter(), time.process_time()
 
     def step(with_adapter):
+        if heads._outputs is not None:  # function space: record the outputs only in the adapter's steps
+            heads._outputs.enabled = with_adapter
         w0, c0 = clocks()
         opt.zero_grad(set_to_none=True)
         loss = ((model(ids, mask) - target) ** 2).mean()
@@ -166,6 +200,7 @@ def run(args):
     return {
         "model": MODEL_DESCRIPTIONS[args.model],
         "adapter": args.adapter,
+        "space": heads.space,
         "adapter_options": {k: v if isinstance(v, (str, int, float)) else repr(v)
                             for k, v in _adapter_options(args.adapter).items()},
         "particle_groups": len(groups),
@@ -198,26 +233,37 @@ def run(args):
     }
 
 
-def markdown(results):
-    rows = ["| adapter | device | threads (apply) | batch | clock | step without (ms) | step with (ms) | ratio "
-            "| apply() (ms) | apply / step |", "|---|---|---|---|---|---|---|---|---|---|"]
+def _table(results):
+    rows = ["| adapter | space | groups | device | threads (apply) | batch | clock | step without (ms) | step with (ms) "
+            "| ratio | apply() (ms) | apply / step |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         for clock, pre in (("wall", ""), ("cpu", "cpu_")):
             rows.append(
-                f"| {r['adapter']} | {r['device']} | {r['threads']} ({r['adapter_threads'] or 'same'}) "
+                f"| {r['adapter']} | {r.get('space', 'weights')} | {r['particle_groups']} x {r['group_shape'][0]} "
+                f"x {r['group_shape'][1]} | {r['device']} | {r['threads']} ({r['adapter_threads'] or 'same'}) "
                 f"| {r['batch']} x {r['seq']} | {clock} "
                 f"| {r[pre + 'median_step_without_s'] * 1e3:.1f} | {r[pre + 'median_step_with_s'] * 1e3:.1f} "
                 f"| {r[pre + 'ratio_with_over_without']:.3f} | {r[pre + 'median_apply_s'] * 1e3:.2f} "
                 f"| {100 * r[pre + 'apply_fraction_of_step']:.2f}% |"
             )
-    r0 = results[0]
-    loads = ", ".join(f"{r['load_average_at_end'][0]:.1f}" for r in results if r.get("load_average_at_end"))
-    head = (f"Adapter overhead, {r0['model']}; {r0['particle_groups']} particle groups of "
-            f"{r0['group_shape'][0]} x {r0['group_shape'][1]}; medians of {r0['pairs']} interleaved pairs of "
-            f"training steps (AdamW, clipping); torch {r0['torch']}, {r0['cpu_count']} CPUs; 1-minute load "
-            f"average at the end of each run: {loads}. 'threads (apply)': torch intra-op threads for the "
-            f"step (and for apply()); 'cpu' rows are process CPU time.")
-    return head + "\n\n" + "\n".join(rows) + "\n"
+    return rows
+
+
+def markdown(results):
+    """One table per model (in the order first seen); each row a run, interleaved with its own plain steps."""
+    by_model = {}
+    for r in results:
+        by_model.setdefault(r["model"], []).append(r)
+    parts = []
+    for model, rs in by_model.items():
+        r0 = rs[0]
+        loads = ", ".join(f"{r['load_average_at_end'][0]:.1f}" for r in rs if r.get("load_average_at_end"))
+        head = (f"Adapter overhead, {model}; 'groups': particle groups x heads x parameters per particle; "
+                f"medians of {r0['pairs']} interleaved pairs of training steps (AdamW, clipping); torch {r0['torch']}, "
+                f"{r0['cpu_count']} CPUs; 1-minute load average at the end of each run: {loads}. 'threads (apply)': "
+                f"torch intra-op threads for the step (and for apply()); 'cpu' rows are process CPU time.")
+        parts.append(head + "\n\n" + "\n".join(_table(rs)) + "\n")
+    return "\n".join(parts)
 
 
 def main(argv=None):
@@ -234,13 +280,17 @@ def main(argv=None):
                    help="RepulsiveHeads(num_threads=...) for apply() (0: keep torch's setting)")
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     p.add_argument("--adapter", nargs="+", default=["an2020-svgd", "an2020-spos"],
-                   choices=["an2020-svgd", "an2020-spos", "principled-svgd", "joint-svgd"])
+                   choices=["an2020-svgd", "an2020-spos", "principled-svgd", "joint-svgd", "circuits-svgd",
+                            "outputs-svgd"])
+    p.add_argument("--spaces", action="store_true", help=f"run {SPACE_ADAPTERS} (one run, side by side)")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--tag", default="", help="suffix of the output files")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--combine", nargs="+", metavar="JSON",
                    help="no run: merge the results of earlier runs (their .json files) into one table")
     args = p.parse_args(argv)
+    if args.spaces:
+        args.adapter = SPACE_ADAPTERS
     results = []
     if args.combine:
         for f in args.combine:
