@@ -2,7 +2,8 @@
 
 :class:`OutputParticles` puts forward hooks on the attention modules of one function-space particle
 system per module (:mod:`attention_adapter.spaces`). At every forward pass with gradients enabled
-it records, for each module, the matrix ``F`` (``M x m``) whose row ``h`` is head ``h``'s output
+(in training mode: ``model.eval()`` or ``torch.no_grad()`` records nothing) it records, for each module,
+the matrix ``F`` (``M x m``) whose row ``h`` is head ``h``'s output
 vectors on ``tokens`` token positions drawn without replacement from the batch (seeded by
 ``(seed, step, module index)`` through :func:`attention_adapter.noise.step_seed`, so a run is
 reproducible and every data-parallel rank draws the same positions of its own batch):
@@ -98,7 +99,7 @@ class OutputParticles:
     groups : sequence of ParticleGroup
         One group per attention module (joint blocks of its heads).
     consume : callable
-        ``consume(group, F)`` at each forward pass with gradients enabled.
+        ``consume(group, F)`` at each forward pass in training mode with gradients enabled.
     tokens : int >= 1
         Token positions per module and forward pass (all of them when the batch has fewer).
     seed : int >= 0
@@ -170,7 +171,9 @@ class OutputParticles:
         return mod.register_forward_hook(out_hook)
 
     def _active(self, g: ParticleGroup) -> bool:
-        return self.enabled and torch.is_grad_enabled() and any(p.requires_grad for p in g.params)
+        # training forward passes only: evaluation (model.eval(), torch.no_grad()) records nothing
+        return (self.enabled and g.site.module.training and torch.is_grad_enabled()
+                and any(p.requires_grad for p in g.params))
 
     def _record(self, index: int, g: ParticleGroup, heads: torch.Tensor) -> None:
         """``heads`` ``(..., M, d)``: subsample the positions, apply ``W_o^h``, hand ``F`` over."""

@@ -24,6 +24,13 @@ the same tuning effort: three trials, chosen on dev accuracy (:mod:`.plan`). The
     (``kernel_drive=False, noise=False``); the repulsive term and the noise (``kernel_drive=False,
     langevin_drift=False``). Knob ``repulsion`` (none for ``langevin_heads``); not tuned, the
     strong-repulsion study (:mod:`.strong_repulsion`) runs them at ``spos_posterior``'s tuned value.
+``svgd_circuits``, ``spos_circuits``, ``svgd_outputs``, ``spos_outputs``
+    ``svgd`` and ``spos`` (the paper preset, knob ``alpha``) with the head particles in another space
+    (``RepulsiveHeads(space=...)``, :mod:`attention_adapter.spaces`): their QK and OV circuits, or their
+    outputs on the batch (function space, 64 token positions per module and step).
+``penalty_outputs``
+    ``penalty`` in function space: the mean off-diagonal kernel of the heads' outputs on the batch,
+    ``HeadRepulsionPenalty(space="outputs")``; knob ``weight``.
 ``penalty``
     The adapter's :class:`~attention_adapter.HeadRepulsionPenalty` (mean off-diagonal RBF kernel of
     the same head particles, with the paper preset's ``"an2020"`` bandwidth so that the kernel is the
@@ -83,6 +90,11 @@ METHODS: Dict[str, MethodSpec] = {m.name: m for m in (
     MethodSpec("disagreement", "lambda", (0.01, 0.1, 1.0)),
     MethodSpec("drophead", "p", (0.1, 0.2, 0.3)),
     MethodSpec("lin_penalty", "c", (0.01, 0.1, 1.0), models=("self_attentive",)),
+    MethodSpec("svgd_circuits", "alpha", (0.01, 0.1, 1.0)),
+    MethodSpec("spos_circuits", "alpha", (0.01, 0.1, 1.0)),
+    MethodSpec("svgd_outputs", "alpha", (0.01, 0.1, 1.0)),
+    MethodSpec("spos_outputs", "alpha", (0.01, 0.1, 1.0)),
+    MethodSpec("penalty_outputs", "weight", (0.1, 1.0, 10.0)),
 )}
 
 
@@ -92,6 +104,13 @@ SPOS_SWITCHES: Dict[str, Dict[str, object]] = {
     "langevin_heads": {"kernel_drive": False, "repulsion": 0.0},
     "spos_repulsion_only": {"kernel_drive": False, "noise": False},
     "spos_no_drive": {"kernel_drive": False, "langevin_drift": False},
+}
+
+
+#: the paper preset in the other particle spaces: method -> (update rule, space)
+SPACE_ARMS: Dict[str, Tuple[str, str]] = {
+    "svgd_circuits": ("svgd", "circuits"), "spos_circuits": ("spos", "circuits"),
+    "svgd_outputs": ("svgd", "outputs"), "spos_outputs": ("spos", "outputs"),
 }
 
 
@@ -119,10 +138,15 @@ def activate(name: str, value: Optional[float], model: nn.Module, *, train_size:
     selection = model.head_selection()
     if name == "baseline":
         return Active()
-    if name in ("svgd", "spos"):
-        rh = RepulsiveHeads(model, name, preset=An2020(alpha=value, epsilon=1.0, beta=1.0),
-                            selection=model.head_selection(), seed=seed)
+    if name in ("svgd", "spos") or name in SPACE_ARMS:
+        rule, space = SPACE_ARMS.get(name, (name, "weights"))
+        rh = RepulsiveHeads(model, rule, preset=An2020(alpha=value, epsilon=1.0, beta=1.0),
+                            selection=model.head_selection(), seed=seed, space=space)
         return Active(repulsive=rh)
+    if name == "penalty_outputs":
+        pen = HeadRepulsionPenalty(model, weight=value, selection=selection, bandwidth="an2020", space="outputs",
+                                   seed=seed)
+        return Active(extra_loss=lambda m, outputs: pen())
     if name in ("svgd_posterior", "spos_posterior") or name in SPOS_SWITCHES:
         rule = "svgd" if name == "svgd_posterior" else "spos"
         switches = dict(SPOS_SWITCHES.get(name, {}))

@@ -31,9 +31,10 @@ D = E // H
 
 
 def _bert():
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # no dropout: the references recompute the heads in training mode
     cfg = transformers.BertConfig(vocab_size=30, hidden_size=E, num_hidden_layers=1, num_attention_heads=H,
-                                  intermediate_size=32, attn_implementation="eager")
+                                  intermediate_size=32, attn_implementation="eager", hidden_dropout_prob=0.0,
+                                  attention_probs_dropout_prob=0.0)
     return transformers.BertModel(cfg).double()
 
 
@@ -243,7 +244,7 @@ def test_circuit_space_rewrites_gradients_with_the_circuit_direction():
 
 def test_outputs_space_equals_brute_force_jacobians():
     """Function space on a BERT layer: Ĝ = -e [K_f S / M + a J^T R_f / M] with J each head's explicit Jacobian."""
-    model = _bert().eval()  # no dropout: the reference recomputes the heads
+    model = _bert()
     ids = torch.tensor([[1, 5, 7, 2, 9, 3, 4]])
     heads = RepulsiveHeads(model, "svgd", repulsion=0.7, step_size=0.5, space="outputs", tokens=5, seed=3)
     (g,) = heads.groups
@@ -295,6 +296,9 @@ def test_outputs_space_needs_a_forward_with_gradients():
     heads.apply()
     with torch.no_grad():
         model(ids)
+    model.eval()
+    model(ids)  # evaluation records nothing either
+    model.train()
     model.zero_grad()
     loss = sum(p.pow(2).sum() for p in heads.head_particles.parameters())
     loss.backward()
@@ -353,7 +357,7 @@ def test_penalty_in_circuit_space_is_the_circuit_kernel_and_its_gradient_flows()
 
 
 def test_penalty_in_output_space_reads_the_forward_pass():
-    model = _bert().eval()
+    model = _bert()
     ids = torch.tensor([[1, 5, 7, 2, 9]])
     pen = HeadRepulsionPenalty(model, weight=1.0, space="outputs", tokens=3, bandwidth=2.0)
     with pytest.raises(RuntimeError, match="forward"):

@@ -1,0 +1,275 @@
+"""Particle spaces head to head: the heads as particles in their weights, their circuits or their outputs.
+
+The first study compared repulsion with the head particles in weight space (An et al. 2020). A head's
+weights do not identify its function (``W_q R, W_k R^{-T}`` and ``W_v S, S^{-1} W_o`` compute the same
+attention for any invertible ``R``, ``S``), so part of a weight-space repulsion moves nothing the head
+does. This part of the study runs the same update with the particles in the two other spaces of
+``RepulsiveHeads(space=...)`` (:mod:`attention_adapter.spaces`): the heads' QK and OV circuits (a
+kernel invariant under those moves) and the heads' outputs on the batch (function space, Wang et al.
+2019); and the penalty in function space. Exactly the first study's protocol: one knob with three
+candidate values chosen on dev accuracy with the tuning seed, then the reported seeds; NLL/ECE,
+diversity (parameter, circuit and output cosines), pruning curves.
+
+Phases (names distinct from the other parts of the study):
+
+``spaces_core``
+    :attr:`Plan.space_datasets` x :attr:`Plan.space_models` (the two models trained from scratch) x
+    :attr:`Plan.space_methods` (``svgd``/``spos`` in circuit and function space, knob ``alpha``;
+    ``penalty_outputs``, knob ``weight``): 3 trials, then the seeds. The baselines and the weight-space
+    arms are the first study's runs (the same configurations).
+``spaces_strong``
+    MiniLM: ``svgd_outputs`` strong enough to move the pretrained heads. The trials (first data set,
+    tuning seed) run ``alpha`` in :attr:`Plan.space_strong_grid`; the chosen value is the smallest
+    whose trial changes the mean head-output cosine by at least :data:`MOVED` over training (the largest
+    if none does), then the seeds on every data set.
+``spaces_minilm``
+    MiniLM at the paper's ``alpha = 0.01`` (as the first study's MiniLM phase, no tuning) with the
+    methods of :attr:`Plan.space_minilm_methods`.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from .train import RunConfig
+
+__all__ = ["PHASES", "METHODS_BY_SPACE", "MOVED", "phase_runs", "strong_trials", "strong_alpha", "build",
+           "markdown", "verdicts"]
+
+PHASES = ("spaces_core", "spaces_strong", "spaces_minilm")
+#: the arms compared head to head: (rule, space) -> method of :mod:`.methods`
+METHODS_BY_SPACE = {
+    ("svgd", "weights"): "svgd", ("svgd", "circuits"): "svgd_circuits", ("svgd", "outputs"): "svgd_outputs",
+    ("spos", "weights"): "spos", ("spos", "circuits"): "spos_circuits", ("spos", "outputs"): "spos_outputs",
+    ("penalty", "weights"): "penalty", ("penalty", "outputs"): "penalty_outputs",
+}
+#: the MiniLM strong arm "moves the heads" if the mean head-output cosine changes by at least this much
+MOVED = 0.01
+STRONG = "svgd_outputs"
+MINILM_ALPHA = 0.01
+
+
+def strong_trials(plan) -> List[RunConfig]:
+    return [plan.config(plan.space_datasets[0], "minilm", STRONG, v, plan.tune_seed, purpose="tune")
+            for v in plan.space_strong_grid]
+
+
+def _output_cos(div) -> float:
+    vals = [d["output_cos"] for d in div.values() if "output_cos" in d]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def _circuit_cos(div) -> float:
+    vals = [float(np.mean(v)) for d in div.values()
+            if (v := [x for k, x in d.items() if k.startswith("circuit_cos_")])]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def _param_cos(div) -> float:
+    vals = [float(np.mean(v)) for d in div.values() if (v := [x for k, x in d.items() if k.startswith("param_cos_")])]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def strong_alpha(plan, records: Dict[str, dict]) -> Optional[float]:
+    """The smallest trial value whose run moves the mean head-output cosine by >= :data:`MOVED` (the largest
+    if none does); None until every trial is recorded."""
+    trials = strong_trials(plan)
+    got = [records.get(t.key()) for t in trials]
+    if any(g is None for g in got):
+        return None
+    for t, g in zip(trials, got):
+        if abs(_output_cos(g["diversity_end"]) - _output_cos(g["diversity_start"])) >= MOVED:
+            return t.value
+    return trials[-1].value
+
+
+def phase_runs(plan, records: Dict[str, dict], phase: str) -> List[RunConfig]:
+    """The runs of one phase, in priority order (seeds only once their tuning is complete)."""
+    from .plan import _method_runs
+
+    if phase not in PHASES:
+        raise ValueError(f"expected a phase in {PHASES}, received {phase!r}")
+    if phase == "spaces_core":
+        return _method_runs(plan, records, plan.space_datasets, plan.space_models, plan.space_methods)
+    if phase == "spaces_minilm":
+        return [plan.config(ds, "minilm", m, MINILM_ALPHA, s) for ds in plan.space_datasets
+                for m in plan.space_minilm_methods for s in plan.seeds]
+    alpha = strong_alpha(plan, records)
+    out = strong_trials(plan)
+    if alpha is not None:
+        out += [plan.config(ds, "minilm", STRONG, alpha, s) for ds in plan.space_datasets for s in plan.seeds]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# results
+# --------------------------------------------------------------------------------------------------
+
+def _value(plan, records, dataset, model, method) -> Optional[float]:
+    from .methods import METHODS
+    from .plan import choose
+
+    if METHODS[method].knob is None:
+        return None
+    if model == "minilm":
+        return MINILM_ALPHA if method != "penalty" else None
+    return choose(records, plan.trials(dataset, model, method))
+
+
+def _runs(plan, records, dataset, model, method, value) -> List[dict]:
+    out = []
+    for s in plan.seeds:
+        r = records.get(plan.config(dataset, model, method, value, s).key())
+        if r is not None:
+            out.append(r)
+    return out
+
+
+def _arm(plan, records, dataset, model, label, method, value, base, weights_runs) -> Dict:
+    from .report import _by_seed, paired
+
+    runs = _runs(plan, records, dataset, model, method, value) if (value is not None or method == "baseline") else []
+    entry = {"label": label, "method": method, "value": value, "seeds": [r["config"]["seed"] for r in runs],
+             "expected": len(plan.seeds)}
+    if runs:
+        entry["test_accuracy"] = [r["test"]["accuracy"] for r in runs]
+        entry["test_nll"] = [r["test"]["nll"] for r in runs]
+        entry["test_ece"] = [r["test"]["ece"] for r in runs]
+        for name, fn in (("param_cos", _param_cos), ("circuit_cos", _circuit_cos), ("output_cos", _output_cos)):
+            entry[f"{name}_start"] = [fn(r["diversity_start"]) for r in runs]
+            entry[f"{name}_end"] = [fn(r["diversity_end"]) for r in runs]
+        entry["seconds_per_step"] = [r["seconds_per_step"] for r in runs]
+        if method != "baseline" and base:
+            entry["vs_baseline"] = {m: paired(_by_seed(runs, "test", m), _by_seed(base, "test", m), b)
+                                    for m, b in (("accuracy", +1), ("nll", -1), ("ece", -1))}
+        if weights_runs is not None and weights_runs and method not in ("baseline",) and weights_runs is not runs:
+            entry["vs_weights"] = paired(_by_seed(runs, "test", "accuracy"), _by_seed(weights_runs, "test", "accuracy"))
+    return entry
+
+
+def build(records: Dict[str, dict], plan) -> Dict:
+    """Per (data set, model): every arm's seeds, metrics, diversity in the three spaces, and the paired
+    comparisons with the baseline and with the same rule in weight space (2 SE rule)."""
+    from .methods import METHODS
+
+    cells = []
+    models = list(plan.space_models) + ["minilm"]
+    for dataset in plan.space_datasets:
+        for model in models:
+            base = _runs(plan, records, dataset, model, "baseline", None)
+            arms = [_arm(plan, records, dataset, model, "baseline", "baseline", None, base, None)]
+            for rule in ("svgd", "spos", "penalty"):
+                weights_method = METHODS_BY_SPACE[(rule, "weights")]
+                if model == "minilm" and rule == "penalty":
+                    continue
+                wv = _value(plan, records, dataset, model, weights_method)
+                wruns = _runs(plan, records, dataset, model, weights_method, wv) if wv is not None else []
+                for space in ("weights", "circuits", "outputs"):
+                    method = METHODS_BY_SPACE.get((rule, space))
+                    if method is None or model not in METHODS[method].models:
+                        continue
+                    if model == "minilm" and method not in ("svgd", "spos") + tuple(plan.space_minilm_methods):
+                        continue
+                    if model != "minilm" and space != "weights" and method not in plan.space_methods:
+                        continue
+                    value = wv if space == "weights" else _value(plan, records, dataset, model, method)
+                    arms.append(_arm(plan, records, dataset, model, f"{rule} / {space}", method, value, base,
+                                     None if space == "weights" else wruns))
+            if model == "minilm":
+                alpha = strong_alpha(plan, records)
+                arms.append(_arm(plan, records, dataset, model, "svgd / outputs, strong", STRONG, alpha, base, None))
+            cells.append({"dataset": dataset, "model": model, "arms": arms})
+    trials = [{"value": t.value, "recorded": t.key() in records,
+               "output_cos_change": (_output_cos(records[t.key()]["diversity_end"])
+                                     - _output_cos(records[t.key()]["diversity_start"])) if t.key() in records else None}
+              for t in strong_trials(plan)]
+    return {"cells": cells, "strong": {"trials": trials, "chosen": strong_alpha(plan, records), "moved": MOVED}}
+
+
+def _called(c, verdict) -> bool:
+    return bool(c) and c.get("n", 0) >= 2 and c.get("verdict") == verdict
+
+
+def verdicts(res: Dict) -> List[str]:
+    """One line per comparison called beyond 2 SE, then the answer they add up to (``Answer: ...``)."""
+    from .report import _diff
+
+    out, better_base, worse_base, better_w, worse_w, compared = [], 0, 0, 0, 0, 0
+    for cell in res["cells"]:
+        where = f"{cell['dataset']} / {cell['model']}"
+        for arm in cell["arms"]:
+            vb = (arm.get("vs_baseline") or {}).get("accuracy")
+            vw = arm.get("vs_weights")
+            if arm["label"].endswith("weights") or arm["method"] == "baseline":
+                continue
+            if vb and vb["n"] >= 2:
+                compared += 1
+            for c, ref in ((vb, "the baseline"), (vw, "the same rule in weight space")):
+                if _called(c, "better") or _called(c, "worse"):
+                    out.append(f"{where}: {arm['label']} is {c['verdict']} than {ref} in test accuracy ({_diff(c)})")
+            better_base += _called(vb, "better")
+            worse_base += _called(vb, "worse")
+            better_w += _called(vw, "better")
+            worse_w += _called(vw, "worse")
+    if not compared:
+        out.append("Answer: pending: no arm in circuit or function space has two seeds recorded yet.")
+    elif better_base == 0 and better_w == 0:
+        out.append(f"Answer: no space gives a reliable gain: of {compared} arm(s) in circuit or function space "
+                   f"compared so far, none is better than the baseline or than weight space beyond 2 SE "
+                   f"({worse_base} worse than the baseline, {worse_w} worse than weight space).")
+    else:
+        out.append(f"Answer: of {compared} arm(s) in circuit or function space compared so far, {better_base} beat the "
+                   f"baseline and {better_w} beat the same rule in weight space beyond 2 SE ({worse_base} and {worse_w} "
+                   "were worse); see the lines above for where.")
+    return out
+
+
+def markdown(res: Dict, plan) -> List[str]:
+    """The report section (a list of lines); arms without their seeds recorded say "pending"."""
+    from .report import _diff, _pm
+
+    L = ["", "## Particle spaces head to head: weights, circuits, outputs", "",
+         "The same update with the head particles in their weights (the first study's arms), their QK/OV circuits "
+         "(a kernel invariant under the reparametrisations that leave a head's function unchanged) or their outputs "
+         "on the batch (function space), and the penalty in weight and function space "
+         "(`RepulsiveHeads(space=...)`, `HeadRepulsionPenalty(space=...)`; `docs/attention_adapter.md`). Same protocol: "
+         f"knob tuned on dev with seed {plan.tune_seed}, seeds {', '.join(map(str, plan.seeds))} reported; paired "
+         "differences in test accuracy (points) against the baseline and against the same rule in weight space, "
+         "called only beyond 2 SE (▲ better, ▼ worse). Diversity: mean off-diagonal cosine between the heads' "
+         "parameters, circuits and outputs at the end of training (64 dev sentences); the first study's runs were "
+         "recorded before the circuit cosine existed (–). Rows whose seeds are not all recorded say \"pending\".", ""]
+    for cell in res["cells"]:
+        L.append(f"### {cell['dataset']} / {cell['model']}")
+        L.append("")
+        L.append("| arm | value | test accuracy | NLL | ECE | vs baseline | vs weight space | param cos | circuit cos "
+                 "| output cos |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|")
+        for arm in cell["arms"]:
+            n, want = len(arm["seeds"]), arm["expected"]
+            value = "–" if arm["value"] is None else format(arm["value"], "g")
+            if arm["method"] != "baseline" and arm["value"] is None:
+                value = "pending (tuning)"
+            if n < want:
+                L.append(f"| {arm['label']} | {value} | pending ({n}/{want} seeds) | | | | | | | |")
+                continue
+            vb = (arm.get("vs_baseline") or {}).get("accuracy")
+            L.append(f"| {arm['label']} | {value} | {_pm(arm['test_accuracy'])} | {_pm(arm['test_nll'], 3)} "
+                     f"| {_pm(arm['test_ece'], 3)} | {_diff(vb) if vb else '–'} "
+                     f"| {_diff(arm['vs_weights']) if arm.get('vs_weights') else '–'} "
+                     f"| {_pm(arm['param_cos_end'], 3)} | {_pm(arm['circuit_cos_end'], 3)} "
+                     f"| {_pm(arm['output_cos_end'], 3)} |")
+        L.append("")
+    st = res["strong"]
+    L.append(f"MiniLM strong arm (`svgd_outputs`): trials on `{plan.space_datasets[0]}` with seed {plan.tune_seed}, "
+             f"change of the mean head-output cosine over training per alpha: "
+             + ", ".join(f"{t['value']:g}: " + ("pending" if t["output_cos_change"] is None
+                                                 else f"{t['output_cos_change']:+.3f}") for t in st["trials"])
+             + f"; chosen (smallest moving it by at least {st['moved']}): "
+             + ("pending" if st["chosen"] is None else f"{st['chosen']:g}") + ".")
+    L.append("")
+    for v in verdicts(res):
+        L.append(f"- {v}")
+    L.append("")
+    return L
