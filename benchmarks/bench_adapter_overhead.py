@@ -252,13 +252,14 @@ def _table(results):
 def markdown(results):
     """One table per model (in the order first seen); each row a run, interleaved with its own plain steps."""
     by_model = {}
-    for r in results:
-        by_model.setdefault(r["model"], []).append(r)
+    for r in results:  # one table per model and run (a --combine input file is one run)
+        by_model.setdefault((r["model"], r.get("run", "")), []).append(r)
     parts = []
-    for model, rs in by_model.items():
+    for (model, run_name), rs in by_model.items():
         r0 = rs[0]
         loads = ", ".join(f"{r['load_average_at_end'][0]:.1f}" for r in rs if r.get("load_average_at_end"))
-        head = (f"Adapter overhead, {model}; 'groups': particle groups x heads x parameters per particle; "
+        head = (f"Adapter overhead, {model}{f' (run {run_name})' if run_name else ''}; 'groups': particle groups x "
+                f"heads x parameters per particle; "
                 f"medians of {r0['pairs']} interleaved pairs of training steps (AdamW, clipping); torch {r0['torch']}, "
                 f"{r0['cpu_count']} CPUs; 1-minute load average at the end of each run: {loads}. 'threads (apply)': "
                 f"torch intra-op threads for the step (and for apply()); 'cpu' rows are process CPU time.")
@@ -294,7 +295,7 @@ def main(argv=None):
     results = []
     if args.combine:
         for f in args.combine:
-            results.extend(json.loads(Path(f).read_text()))
+            results.extend({**r, "run": r.get("run") or Path(f).stem} for r in json.loads(Path(f).read_text()))
     else:
         for name in args.adapter:
             one = argparse.Namespace(**{**vars(args), "adapter": name})

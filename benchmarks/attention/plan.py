@@ -21,20 +21,23 @@ Phases
 ``spos_grid``, ``spos_ablation``, ``spos_sets``, ``spos_heads``, ``spos_models``
     The SPOS posterior mode with strong repulsion: grid extension, ablation, data sets, head counts and
     dropout, other models (:mod:`.strong_repulsion`).
+``spaces_core``, ``spaces_strong``, ``spaces_minilm``
+    The head particles in their circuits and their outputs (function space), against the baseline and
+    the weight-space arms of ``core`` / ``minilm`` / ``alternatives`` (:mod:`.spaces_study`).
 """
 
 from __future__ import annotations
 
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from . import strong_repulsion
+from . import spaces_study, strong_repulsion
 from .methods import METHODS
 from .models import DEFAULT_HEADS
 from .train import RunConfig
 
 __all__ = ["PHASES", "QUESTIONS", "Plan", "FULL", "QUICK", "choose"]
 
-PHASES = ("core", "minilm", "alternatives", "questions") + strong_repulsion.PHASES
+PHASES = ("core", "minilm", "alternatives", "questions") + strong_repulsion.PHASES + spaces_study.PHASES
 CORE_METHODS = ("svgd", "spos")
 ALTERNATIVES = ("svgd_posterior", "spos_posterior", "penalty", "disagreement", "drophead", "lin_penalty")
 QUESTIONS = ("dropout", "late", "heads", "strength", "data", "penalty_matched")
@@ -49,7 +52,11 @@ class Plan:
                  fractions=(0.1, 0.3, 1.0), data_heads=(2, 8), track_every: int = 50,
                  matched_alphas=(0.01, 0.1, 1.0), spos_sets=("mr", "rt", "trec"),
                  spos_grid=strong_repulsion.GRID, spos_heads=(2, 4, 8, 16), spos_dropouts=(0.1, 0.0),
-                 spos_models=("self_attentive", "minilm")):
+                 spos_models=("self_attentive", "minilm"), space_datasets=("mr", "trec"),
+                 space_models=("transformer", "self_attentive"),
+                 space_methods=("svgd_circuits", "svgd_outputs", "spos_circuits", "spos_outputs", "penalty_outputs"),
+                 space_minilm_methods=("svgd_circuits", "svgd_outputs", "spos_circuits", "spos_outputs"),
+                 space_strong_grid=(1.0, 10.0, 100.0)):
         self.steps, self.batch, self.seeds, self.tune_seed = steps, batch, seeds, tune_seed
         self.datasets, self.question_dataset, self.eval_limit = datasets, question_dataset, eval_limit
         self.head_counts, self.strengths, self.fractions = head_counts, strengths, fractions
@@ -57,6 +64,9 @@ class Plan:
         self.spos_sets, self.spos_grid = tuple(spos_sets), tuple(spos_grid)
         self.spos_heads, self.spos_dropouts = tuple(spos_heads), tuple(spos_dropouts)
         self.spos_models = tuple(spos_models)
+        self.space_datasets, self.space_models = tuple(space_datasets), tuple(space_models)
+        self.space_methods, self.space_minilm_methods = tuple(space_methods), tuple(space_minilm_methods)
+        self.space_strong_grid = tuple(space_strong_grid)
 
     def config(self, dataset: str, model: str, method: str, value: Optional[float], seed: int, *,
                purpose: str = "eval", **extra) -> RunConfig:
@@ -78,7 +88,8 @@ QUICK = Plan(steps={"transformer": 4, "self_attentive": 4, "minilm": 2},
              seeds=(0, 1), tune_seed=100, datasets=("mr", "trec"), question_dataset="trec", eval_limit=24,
              head_counts=(1, 8), strengths=(0.01, 1.0), fractions=(0.3, 1.0), data_heads=(8,), track_every=2,
              matched_alphas=(0.1,), spos_sets=("mr", "rt"), spos_grid=(1e4, 1e6), spos_heads=(2,), spos_dropouts=(0.0,),
-             spos_models=("self_attentive",))
+             spos_models=("self_attentive",), space_datasets=("mr",), space_models=("transformer",),
+             space_methods=("svgd_circuits", "svgd_outputs"), space_minilm_methods=(), space_strong_grid=())
 
 
 def choose(records: Dict[str, dict], trials: List[RunConfig]) -> Optional[float]:
@@ -175,6 +186,8 @@ def pending(plan: Plan, records: Dict[str, dict], phases: Iterable[str] = PHASES
                 out += question_runs(plan, records, q)
         elif phase in strong_repulsion.PHASES:
             out += strong_repulsion.phase_runs(plan, records, phase)
+        elif phase in spaces_study.PHASES:
+            out += spaces_study.phase_runs(plan, records, phase)
         else:
             raise ValueError(f"expected phases among {PHASES}, received {phase!r}")
     seen, todo = set(), []

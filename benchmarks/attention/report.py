@@ -11,7 +11,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from . import plan as study_plan
-from . import strong_repulsion
+from . import spaces_study, strong_repulsion
 from .data import load_dataset
 from .methods import METHODS
 from .models import DEFAULT_HEADS
@@ -579,6 +579,10 @@ def _markdown(results: Dict, data_info: Dict, images: Dict[str, str], image_dir:
         answer = [v for v in strong_repulsion.verdicts(sr) if v.startswith("Answer: ")]
         if answer:
             a(f"- The SPOS posterior mode with strong repulsion (last section): {answer[-1][len('Answer: '):]}")
+    if results.get("spaces"):
+        answer = [v for v in spaces_study.verdicts(results["spaces"]) if v.startswith("Answer: ")]
+        a(f"- Repulsion in circuit or function space instead of weight space (section \"Particle spaces head to "
+          f"head\"): {answer[-1][len('Answer: '):]}")
     a("")
     a("## Protocol")
     a("")
@@ -718,6 +722,8 @@ def _markdown(results: Dict, data_info: Dict, images: Dict[str, str], image_dir:
                 a("")
     if sr and plan is not None:
         L += strong_repulsion.markdown(sr, plan, images, image_dir)
+    if results.get("spaces") and plan is not None:
+        L += spaces_study.markdown(results["spaces"], plan)
     return "\n".join(L) + "\n"
 
 
@@ -742,6 +748,7 @@ def write_report(records: Dict[str, dict], plan, paths: Dict[str, Path], quick: 
     results["wall_hours"] = wall
     results["pending"] = len(study_plan.pending(plan, records))
     results["strong_repulsion"] = strong_repulsion.build(records, plan)
+    results["spaces"] = spaces_study.build(records, plan)
     paths["results"].parent.mkdir(parents=True, exist_ok=True)
     paths["results"].write_text(json.dumps(results, indent=1, sort_keys=True, allow_nan=True) + "\n")
     images = _plots(results, Path(paths["images"]))

@@ -77,7 +77,7 @@ def strong_alpha(plan, records: Dict[str, dict]) -> Optional[float]:
     if none does); None until every trial is recorded."""
     trials = strong_trials(plan)
     got = [records.get(t.key()) for t in trials]
-    if any(g is None for g in got):
+    if not trials or any(g is None for g in got):
         return None
     for t, g in zip(trials, got):
         if abs(_output_cos(g["diversity_end"]) - _output_cos(g["diversity_start"])) >= MOVED:
@@ -155,7 +155,8 @@ def build(records: Dict[str, dict], plan) -> Dict:
     from .methods import METHODS
 
     cells = []
-    models = list(plan.space_models) + ["minilm"]
+    with_minilm = bool(plan.space_minilm_methods or plan.space_strong_grid)  # the quick plan has no MiniLM arm
+    models = list(plan.space_models) + (["minilm"] if with_minilm else [])
     for dataset in plan.space_datasets:
         for model in models:
             base = _runs(plan, records, dataset, model, "baseline", None)
@@ -177,7 +178,7 @@ def build(records: Dict[str, dict], plan) -> Dict:
                     value = wv if space == "weights" else _value(plan, records, dataset, model, method)
                     arms.append(_arm(plan, records, dataset, model, f"{rule} / {space}", method, value, base,
                                      None if space == "weights" else wruns))
-            if model == "minilm":
+            if model == "minilm" and plan.space_strong_grid:
                 alpha = strong_alpha(plan, records)
                 arms.append(_arm(plan, records, dataset, model, "svgd / outputs, strong", STRONG, alpha, base, None))
             cells.append({"dataset": dataset, "model": model, "arms": arms})
@@ -214,7 +215,8 @@ def verdicts(res: Dict) -> List[str]:
             better_w += _called(vw, "better")
             worse_w += _called(vw, "worse")
     if not compared:
-        out.append("Answer: pending: no arm in circuit or function space has two seeds recorded yet.")
+        out.append("Answer: pending: no arm in circuit or function space has been compared with its baseline over two "
+                   "seeds yet.")
     elif better_base == 0 and better_w == 0:
         out.append(f"Answer: no space gives a reliable gain: of {compared} arm(s) in circuit or function space "
                    f"compared so far, none is better than the baseline or than weight space beyond 2 SE "
@@ -237,31 +239,36 @@ def markdown(res: Dict, plan) -> List[str]:
          "(`RepulsiveHeads(space=...)`, `HeadRepulsionPenalty(space=...)`; `docs/attention_adapter.md`). Same protocol: "
          f"knob tuned on dev with seed {plan.tune_seed}, seeds {', '.join(map(str, plan.seeds))} reported; paired "
          "differences in test accuracy (points) against the baseline and against the same rule in weight space, "
-         "called only beyond 2 SE (▲ better, ▼ worse). Diversity: mean off-diagonal cosine between the heads' "
+         "called only beyond 2 SE (▲ better, ▼ worse); other cells are mean ± SD over seeds. Diversity: mean off-diagonal cosine between the heads' "
          "parameters, circuits and outputs at the end of training (64 dev sentences); the first study's runs were "
-         "recorded before the circuit cosine existed (–). Rows whose seeds are not all recorded say \"pending\".", ""]
+         "recorded before the circuit cosine existed (–); 'output cos change' is end minus start. Rows whose seeds are not all "
+         "recorded say \"pending\".", ""]
     for cell in res["cells"]:
         L.append(f"### {cell['dataset']} / {cell['model']}")
         L.append("")
         L.append("| arm | value | test accuracy | NLL | ECE | vs baseline | vs weight space | param cos | circuit cos "
-                 "| output cos |")
-        L.append("|---|---|---|---|---|---|---|---|---|---|")
+                 "| output cos | output cos change |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for arm in cell["arms"]:
             n, want = len(arm["seeds"]), arm["expected"]
             value = "–" if arm["value"] is None else format(arm["value"], "g")
             if arm["method"] != "baseline" and arm["value"] is None:
                 value = "pending (tuning)"
             if n < want:
-                L.append(f"| {arm['label']} | {value} | pending ({n}/{want} seeds) | | | | | | | |")
+                L.append(f"| {arm['label']} | {value} | pending ({n}/{want} seeds) | | | | | | | | |")
                 continue
             vb = (arm.get("vs_baseline") or {}).get("accuracy")
             L.append(f"| {arm['label']} | {value} | {_pm(arm['test_accuracy'])} | {_pm(arm['test_nll'], 3)} "
                      f"| {_pm(arm['test_ece'], 3)} | {_diff(vb) if vb else '–'} "
                      f"| {_diff(arm['vs_weights']) if arm.get('vs_weights') else '–'} "
                      f"| {_pm(arm['param_cos_end'], 3)} | {_pm(arm['circuit_cos_end'], 3)} "
-                     f"| {_pm(arm['output_cos_end'], 3)} |")
+                     f"| {_pm(arm['output_cos_end'], 3)} "
+                     f"| {_pm([e - s for s, e in zip(arm['output_cos_start'], arm['output_cos_end'])], 3)} |")
         L.append("")
     st = res["strong"]
+    if not st["trials"]:
+        L += [f"- {v}" for v in verdicts(res)] + [""]
+        return L
     L.append(f"MiniLM strong arm (`svgd_outputs`): trials on `{plan.space_datasets[0]}` with seed {plan.tune_seed}, "
              f"change of the mean head-output cosine over training per alpha: "
              + ", ".join(f"{t['value']:g}: " + ("pending" if t["output_cos_change"] is None
