@@ -60,7 +60,7 @@ def page(result: dict) -> str:
         "of the best evaluation are tested. No setting was tuned on these data sets.",
         "",
         "| data set | method | splits | iterations run (median, range) | best iteration (median) | test RMSE | "
-        "verdict | test log-lik | verdict | s/split |",
+        "verdict | test log-lik | verdict | s/split (median) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for ds in [d for d in report.PUBLISHED if d in s]:
@@ -75,17 +75,46 @@ def page(result: dict) -> str:
                 f"| {report.DISPLAY[ds]} | {m.upper()} (ensemble) | {e['n_splits']} | {int(np.median(it))} "
                 f"({min(it)}-{max(it)}) | {int(np.median(best))} | {report._fmt(e['rmse_mean'], e['rmse_se'])} | "
                 f"{report.verdict('rmse', e['rmse_mean'], ds)} | {report._fmt(e['loglik_mean'], e['loglik_se'])} | "
-                f"{report.verdict('loglik', e['loglik_mean'], ds)} | {e['seconds_mean']:.0f} |")
+                f"{report.verdict('loglik', e['loglik_mean'], ds)} | {np.median([r['seconds'] for r in runs]):.0f} |")
     lines += ["", "Verdict: `within` the published mean ± 2 published standard errors, else `better` or `worse`. "
-              "Standard errors over the splits run.", ""]
+              "Standard errors over the splits run. Seconds are wall time on a shared, loaded 2-core machine (one "
+              "run was paused while another benchmark ran, hence the median).", ""]
     missing = {ds: result["splits_requested"] - s.get(ds, {}).get(m, {}).get("n_splits", 0)
                for ds in result["datasets"] for m in result["methods"]}
     if any(v > 0 for v in missing.values()):
         lines += ["Not finished in the session that generated this page (splits missing per data set): "
                   + ", ".join(f"{report.DISPLAY.get(d, d)} {v}" for d, v in missing.items() if v > 0)
                   + ". Rerunning the command resumes from the cache and runs only those.", ""]
+    fixed = result.get("fixed_length")
+    if fixed:
+        lines += [f"Against the fixed-length protocol ({fixed['iters']} iterations, the hand-written network; runs in "
+                  "`benchmarks/results/uci_bnn.json`, `docs/evidence.md`) on the same splits, paired (early "
+                  "stopping minus fixed length; mean ± standard error over splits):", "",
+                  "| data set | splits | RMSE difference | log-lik difference |", "|---|---|---|---|"]
+        for ds, e in fixed["paired"].items():
+            lines.append(f"| {report.DISPLAY.get(ds, ds)} | {e['n']} | {report._fmt(*e['rmse'], signed=True)} | "
+                         f"{report._fmt(*e['loglik'], signed=True)} |")
+        lines.append("")
     lines += ["![UCI on ParticleEnsemble](img/uci_ensemble.png)", ""]
     return "\n".join(lines)
+
+
+def paired_with_fixed_length(recs: list[dict], path: Path) -> dict | None:
+    """Paired differences (these runs minus the fixed-length SVGD runs stored in ``path``) per data set."""
+    if not path.is_file():
+        return None
+    old = json.loads(path.read_text())
+    ref = {(r["dataset"], r["split"]): r for r in old.get("runs", []) if r["method"] == "svgd" and r["finite"]}
+    out = {}
+    for ds in sorted({r["dataset"] for r in recs}):
+        pairs = [(r, ref[(ds, r["split"])]) for r in recs
+                 if r["dataset"] == ds and r["method"] == "svgd" and (ds, r["split"]) in ref]
+        if pairs:
+            out[ds] = {"n": len(pairs), "splits": [a["split"] for a, _ in pairs]}
+            for k in ("rmse", "loglik"):
+                d = np.array([a[k] - b[k] for a, b in pairs])
+                out[ds][k] = [float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")]
+    return {"iters": old.get("iters"), "paired": out} if out else None
 
 
 def main(argv=None) -> int:
@@ -116,6 +145,7 @@ def main(argv=None) -> int:
     result = {"command": command.strip(), "datasets": datasets, "methods": methods, "splits_requested": K,
               "config": asdict(configs[methods[0]]), "published": report.PUBLISHED,
               "summary": report.aggregate_uci(recs), "runs": recs}
+    result["fixed_length"] = paired_with_fixed_length(recs, ROOT / "benchmarks" / "results" / "uci_bnn.json")
     out = Path(a.out)
     (out / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)
     (out / "docs" / "img").mkdir(parents=True, exist_ok=True)
