@@ -193,4 +193,4 @@ class HierarchicalGaussianPrior(Prior):
                 + (self.a0 - 1) * ll - self.b0 * lam + ll)
 
     def init_params(self, weights):
-        return -torch.log((weights * weights).mean(1, keepdim=True))
+        return -torch.log((weights * weights).mean(1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny))

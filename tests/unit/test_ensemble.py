@@ -362,3 +362,15 @@ def test_cuda_ensemble_matches_cpu():
     torch.testing.assert_close(gpu.particles.detach().cpu(), cpu.particles.detach())
     for name, b in cpu.stacked_buffers().items():
         torch.testing.assert_close(gpu.stacked_buffers()[name].cpu(), b)
+
+
+def test_gaussian_predictive_moments_and_hierarchical_prior_init():
+    from particlesampling.ensemble import gaussian_predictive
+
+    mu = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
+    mean, alea, epi = gaussian_predictive(mu, torch.tensor([1.0, 3.0]))
+    torch.testing.assert_close(mean, torch.tensor([1.0, 2.0]))
+    torch.testing.assert_close(alea, torch.tensor([2.0, 2.0]))
+    torch.testing.assert_close(epi, torch.tensor([1.0, 1.0]))  # population variance of (0, 2) and (1, 3)
+    init = HierarchicalGaussianPrior().init_params(torch.zeros(2, 5))
+    assert bool(torch.isfinite(init).all())
