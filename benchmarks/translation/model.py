@@ -10,9 +10,10 @@ projection is *called as a module* on the concatenated head outputs, so a forwar
 them as ``nn.MultiheadAttention`` and tells the three kinds apart (encoder ``"self"``, decoder
 ``"decoder_self"``, ``"cross"``).
 
-Decoding: :func:`greedy_decode` and :func:`beam_search` (``<pad>`` and ``<s>`` never generated; beam ``k``, finished hypotheses ranked by
-``log p / length ** length_penalty``, fairseq's convention with its default 1.0), both incremental:
-:func:`next_token_logits` keeps each decoder layer's keys and values (:class:`DecoderState`).
+Decoding: :func:`greedy_decode` and :func:`beam_search` (``<pad>`` and ``<s>`` never generated; beam ``k``,
+finished hypotheses ranked by ``log p / length ** length_penalty``, fairseq's convention with its default
+1.0), both incremental: :func:`next_token_logits` keeps each decoder layer's keys and values
+(:class:`DecoderState`).
 """
 
 from __future__ import annotations
@@ -349,7 +350,8 @@ def beam_search(model: Seq2SeqTransformer, src: torch.Tensor, beam: int = 4, len
         if not hyps:  # nothing finished within max_len: the live beams as they stand
             for k in range(beam):
                 if scores[i, k] > float("-inf"):
-                    hyps.append((float(scores[i, k]) / (ys.shape[1] - 1) ** length_penalty, ys[i * beam + k, 1:].tolist()))
+                    norm = (ys.shape[1] - 1) ** length_penalty
+                    hyps.append((float(scores[i, k]) / norm, ys[i * beam + k, 1:].tolist()))
         best = max(hyps, key=lambda h: h[0])[1]
         out.append(_strip(best))
     return out

@@ -232,7 +232,8 @@ def _results(add, recs: Dict[str, dict], plan: Plan, source: str, target: str, h
         cells = []
         for t in trials:
             rec = recs.get(t.key())
-            cells.append(f"{t.value:g}: " + (f"{rec['dev']['bleu']:.2f} / {rec['dev']['chrf']:.2f}" if rec else "pending"))
+            score = f"{rec['dev']['bleu']:.2f} / {rec['dev']['chrf']:.2f}" if rec else "pending"
+            cells.append(f"{t.value:g}: {score}")
         chosen = choose(recs, trials)
         add(f"| {arm} | {'; '.join(cells)} | {'pending' if chosen is None else f'{chosen:g}'} |")
     if base_tune:
