@@ -1,0 +1,33 @@
+"""benchmarks/compare_methods.py: a quick run writes a page with a row per method in every table, whose
+numbers are the JSON's, and a rerun of some methods replaces only their rows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import compare_methods as cm
+
+
+@pytest.mark.slow
+def test_quick_run_and_partial_rerun(tmp_path):
+    res = cm.main(["--quick", "--out", str(tmp_path)])
+    page = (tmp_path / "methods.md").read_text()
+    stored = json.loads((tmp_path / "methods.json").read_text())
+    for m in cm.METHODS:
+        # the list of methods, the two mixture tables, the variance-collapse and BLR tables
+        assert page.count(f"| `{m}` |") == 5, m
+    assert "python benchmarks/compare_methods.py --quick" in page
+    svgd = next(r for r in stored["mixtures"] if r["target"] == "mixture2d" and r["method"] == "svgd")
+    assert f"| {svgd['tv']:.3f} |" in page
+    assert len(stored["logistic"]["rows"]) == len(cm.METHODS) + 1  # and the exact-draw yardstick row
+    before = {(r["d"], r["method"]): r for r in res["variance_collapse"]}
+    again = cm.main(["--quick", "--out", str(tmp_path), "--methods", "gfsf"])
+    after = {(r["d"], r["method"]): r for r in again["variance_collapse"]}
+    assert after.keys() == before.keys()
+    assert after[(5, "svgd")] == before[(5, "svgd")]  # kept, not rerun
+    assert after[(5, "gfsf")]["seconds"] != before[(5, "gfsf")]["seconds"]  # rerun (a new timing)
+    assert "--quick --methods gfsf" in (tmp_path / "methods.md").read_text()
+    with pytest.raises(SystemExit):
+        cm.main(["--quick", "--out", str(tmp_path), "--methods", "nope"])
