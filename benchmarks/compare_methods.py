@@ -417,8 +417,8 @@ def notes(res):
             f"{ann['tv']:.3f}" + (", within 0.05." if ann["tv"] <= 0.05 else
                                    ", not within the 0.05 hoped for.") +
             " Annealing helps particles reach modes they would otherwise miss (it matters where they start far "
-            "from some modes); it does not move particles between modes once every mode is occupied. Here every "
-            "mode is reached, and the weights are set by how many particles each basin collects: the deterministic "
+            "from some modes); it does not move particles between modes once every mode is occupied. Where every "
+            "mode is reached, the weights are set by how many particles each basin collects: the deterministic "
             "flows settle at a finite-particle fixed point that spreads particles more evenly than the weights"
             + (f", and the Langevin-type methods (TV {min(stochastic):.3f} to {max(stochastic):.3f}) rarely cross "
                f"between the separated modes within {c['mix_steps']} steps, so they keep the initial basin counts."
