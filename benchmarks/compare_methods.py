@@ -211,6 +211,46 @@ def logistic(cfg, log, methods=METHODS):
     return {"step_size_stochastic": eps, "rows": rows}
 
 
+def numpyro_rows(cfg, log):
+    """NumPyro's SVGD and ASVGD (``numpyro.contrib.einstein``) on ``mixture2d``: the same number of
+    particles and steps, plain SGD at the same step size, RBF kernel with NumPyro's own median rule.
+    The model draws ``x`` from a wide normal and adds ``log p(x)`` minus that normal's log-density, so
+    that the joint density is the target's; NumPyro starts the particles from its own initialisation
+    (its SteinVI takes no initial particles)."""
+    import jax
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.contrib.einstein import ASVGD, SVGD, RBFKernel
+
+    target = ps.get_target("mixture2d")
+    exact = torch.as_tensor(target.sample(2000, seed=1), dtype=torch.float64)
+
+    def model():
+        base = dist.Normal(jnp.zeros(2), 3.0).to_event(1)
+        x = numpyro.sample("x", base)
+        numpyro.factor("log_p", target.log_prob(x[None, :])[0] - base.log_prob(x))
+
+    rows = []
+    for label, engine in (("numpyro SVGD", lambda: SVGD(model, numpyro.optim.SGD(0.05), RBFKernel(),
+                                                         num_stein_particles=cfg["mix_n"])),
+                          ("numpyro ASVGD", lambda: ASVGD(model, numpyro.optim.SGD(0.05), RBFKernel(),
+                                                           num_stein_particles=cfg["mix_n"], num_cycles=10,
+                                                           transition_speed=10))):
+        t0 = time.perf_counter()
+        result = engine().run(jax.random.PRNGKey(0), cfg["mix_steps"], progress_bar=False)
+        sec = time.perf_counter() - t0
+        x = torch.as_tensor(np.asarray(result.params["x_auto_loc"], dtype=np.float64))
+        frac = np.asarray(target.mode_fractions_of(x))
+        rows.append({"target": "mixture2d", "method": label, "steps": cfg["mix_steps"], "n": cfg["mix_n"],
+                     "step_size": 0.05, "seconds": sec, "mode_fractions": frac.tolist(),
+                     "weights": np.asarray(target.mode_weights).tolist(),
+                     "tv": 0.5 * float(np.abs(frac - np.asarray(target.mode_weights)).sum()),
+                     "ksd": _ksd(target, x), "mmd": float(ps.mmd(x, exact))})
+        log(f"{label}: {rows[-1]['tv']} ({sec:.1f} s)")
+    return rows, numpyro.__version__, jax.__version__
+
+
 def thinning(cfg, log):
     target = ps.get_target("mixture2d")
     x0 = target.initial_particles(cfg["thin_chains"], 0, xp=torch, dtype=torch.float64)
@@ -326,6 +366,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run); writes under --out only")
     p.add_argument("--methods", default=None, help="comma-separated methods to (re)run; their rows replace "
                                                    "those of the existing methods.json, the others are kept")
+    p.add_argument("--peers", action="store_true", help="add NumPyro's SVGD and ASVGD rows on mixture2d to the "
+                                                         "existing methods.json (NumPyro must be importable)")
     p.add_argument("--out", default=None, help="directory for methods.md and methods.json (default: docs/ and "
                                                "benchmarks/results/)")
     args = p.parse_args(argv)
@@ -339,6 +381,20 @@ def main(argv=None):
     log = print
     out_docs = pathlib.Path(args.out) if args.out else ROOT / "docs"
     out_json = pathlib.Path(args.out) if args.out else ROOT / "benchmarks" / "results"
+    if args.peers:
+        res = json.loads((out_json / "methods.json").read_text())
+        rows, np_version, jax_version = numpyro_rows(cfg, log)
+        res["mixtures"] = [r for r in res["mixtures"] if not r["method"].startswith("numpyro")] + rows
+        res["peers"] = (f"NumPyro {np_version} (on JAX {jax_version}) runs the `mixture2d` case: its `SVGD` and "
+                        "`ASVGD` (cyclical annealing, 10 cycles, transition speed 10) with plain SGD at the same step "
+                        "and the same numbers of particles and steps, its `RBFKernel` (its own median rule), "
+                        "particles from NumPyro's own initialisation (its SteinVI takes no initial particles): "
+                        "the rows `numpyro SVGD` and `numpyro ASVGD` of the `mixture2d` table. NumPyro "
+                        f"{np_version} has no Gauss-Newton (matrix-valued) kernel, so that row is absent.")
+        res["command"] += "` and `python benchmarks/compare_methods.py --peers"
+        (out_json / "methods.json").write_text(json.dumps(res, indent=1, default=float))
+        write_page(res, out_docs / "methods.md")
+        return res
     if args.methods:
         only = [m.strip() for m in args.methods.split(",") if m.strip()]
         unknown = [m for m in only if m not in METHODS]
