@@ -211,6 +211,26 @@ def logistic(cfg, log, methods=METHODS):
     return {"step_size_stochastic": eps, "rows": rows}
 
 
+def pspos_decay(cfg, log):
+    """Preconditioned SPOS on ``N(0, I_d)``, the smallest ``d`` of the variance-collapse case, with and
+    without the correction term, for RMSProp decays 0 and 0.99 (the same settings otherwise)."""
+    d, n, steps = min(cfg["vc_dims"]), 50, cfg["vc_steps"]
+    x0 = torch.as_tensor(np.random.default_rng(7919 * d).standard_normal((n, d)), dtype=torch.float64)
+    rows = []
+    for decay in (0.0, 0.99):
+        for correction in (True, False):
+            sampler = ps.pspos(lambda z: -z, 0.01, beta=1.0, damping=1.0, decay=decay, correction=correction,
+                               hessian_diagonal_fn=lambda z: -torch.ones_like(z), noise=ps.random.generator_noise(0))
+            state, values = sampler.init(x0), []
+            for k in range(steps):
+                state, _ = sampler.step(state)
+                if k >= steps - steps // 5:
+                    values.append(float(ps.marginal_variance(state.particles)))
+            rows.append({"d": d, "decay": decay, "correction": correction, "marginal_variance": float(np.mean(values))})
+            log(f"pspos decay {decay} correction {correction}: {rows[-1]['marginal_variance']}")
+    return rows
+
+
 def numpyro_rows(cfg, log):
     """NumPyro's SVGD and ASVGD (``numpyro.contrib.einstein``) on ``mixture2d``: the same number of
     particles and steps, plain SGD at the same step size, RBF kernel with NumPyro's own median rule.
@@ -332,6 +352,21 @@ def write_page(res, path):
             cells.append(r.get("error") or _f(r["marginal_variance"]))
         last = next(r for r in res["variance_collapse"] if r["d"] == c["vc_dims"][-1] and r["method"] == m)
         lines.append(f"| `{m}` | " + " | ".join(cells) + f" | {_f(last['seconds'], 1)} |")
+    if res.get("pspos_decay"):
+        pd = res["pspos_decay"]
+        lines += ["", f"Preconditioned SPOS at d = {pd[0]['d']}, the same run with the RMSProp decay and the correction "
+                  "term switched (marginal variance, truth 1):", "", "| decay | with the correction | without |",
+                  "|---|---|---|"]
+        for decay in sorted({r["decay"] for r in pd}):
+            w = next(r for r in pd if r["decay"] == decay and r["correction"])
+            wo = next(r for r in pd if r["decay"] == decay and not r["correction"])
+            lines.append(f"| {decay} | {_f(w['marginal_variance'])} | {_f(wo['marginal_variance'])} |")
+        lines += ["", "With decay 0 the preconditioner is a function of the current position only and the correction "
+                  "term is exactly what keeps the target (pSGLD's argument). With decay 0.99 `V` averages the "
+                  "particle's own recent scores, and over the decay time a particle moves little, so `G` depends on "
+                  "its position through that history too; pSGLD's correction, which differentiates only the current "
+                  "score's share `(1 - decay)`, does not account for it, and the chain is overdispersed with or "
+                  "without it."]
     b = res["logistic"]
     lines += ["", "## 3. Bayesian logistic regression (breast cancer, d = 31)", "",
               f"{c['blr_n']} particles from the prior, {c['blr_steps']} steps. Deterministic methods: AdaGrad with "
@@ -366,6 +401,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run); writes under --out only")
     p.add_argument("--methods", default=None, help="comma-separated methods to (re)run; their rows replace "
                                                    "those of the existing methods.json, the others are kept")
+    p.add_argument("--pspos-decay", action="store_true", help="add the preconditioned-SPOS decay table to the "
+                                                               "existing methods.json")
     p.add_argument("--peers", action="store_true", help="add NumPyro's SVGD and ASVGD rows on mixture2d to the "
                                                          "existing methods.json (NumPyro must be importable)")
     p.add_argument("--out", default=None, help="directory for methods.md and methods.json (default: docs/ and "
@@ -381,6 +418,13 @@ def main(argv=None):
     log = print
     out_docs = pathlib.Path(args.out) if args.out else ROOT / "docs"
     out_json = pathlib.Path(args.out) if args.out else ROOT / "benchmarks" / "results"
+    if args.pspos_decay:
+        res = json.loads((out_json / "methods.json").read_text())
+        res["pspos_decay"] = pspos_decay(cfg, log)
+        res["command"] += "` and `python benchmarks/compare_methods.py" + (" --quick" if args.quick else "") + " --pspos-decay"
+        (out_json / "methods.json").write_text(json.dumps(res, indent=1, default=float))
+        write_page(res, out_docs / "methods.md")
+        return res
     if args.peers:
         res = json.loads((out_json / "methods.json").read_text())
         rows, np_version, jax_version = numpyro_rows(cfg, log)
@@ -391,7 +435,7 @@ def main(argv=None):
                         "particles from NumPyro's own initialisation (its SteinVI takes no initial particles): "
                         "the rows `numpyro SVGD` and `numpyro ASVGD` of the `mixture2d` table. NumPyro "
                         f"{np_version} has no Gauss-Newton (matrix-valued) kernel, so that row is absent.")
-        res["command"] += "` and `python benchmarks/compare_methods.py --peers"
+        res["command"] += "` and `python benchmarks/compare_methods.py" + (" --quick" if args.quick else "") + " --peers"
         (out_json / "methods.json").write_text(json.dumps(res, indent=1, default=float))
         write_page(res, out_docs / "methods.md")
         return res
