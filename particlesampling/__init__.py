@@ -10,8 +10,9 @@ Everything a user needs is reachable from the top level::
     sampler = ps.svgd(target.score, step_size=0.05)
     state, trace = ps.run_sampler(sampler, sampler.init(target.initial_particles(200, seed=0)), 1000)
 
-Samplers: :func:`svgd`, :func:`spos`, :func:`sgld` (each an ``init`` / ``step`` pair) and the loop
-:func:`run_sampler`. Building blocks: :func:`stein_direction` (:func:`stein_direction_batched` for a
+Samplers: :func:`svgd`, :func:`spos`, :func:`sgld`, :func:`annealed_svgd`, :func:`gfsf`, :func:`blob`,
+:func:`pspos`, :func:`matrix_svgd`, :func:`projected_svgd` (each an ``init`` / ``step`` pair; each takes
+``score_fn`` or ``log_prob``), the loop :func:`run_sampler`, and :func:`stein_thinning` for a given chain. Building blocks: :func:`stein_direction` (:func:`stein_direction_batched` for a
 stack of independent systems), the kernels, the bandwidth rules, the step-size rules. Particles over
 ``torch.distributed`` processes: :mod:`particlesampling.distributed` (``ps.distributed.sharded_svgd``,
 ...). Targets: :func:`get_target`, :func:`list_targets`. Diagnostics: :func:`ksd`,

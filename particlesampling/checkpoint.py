@@ -27,6 +27,9 @@ def _flatten_step_state(step_state) -> tuple[str, dict, dict]:
     for k, v in step_state._asdict().items():
         if isinstance(v, (int, float)):
             scalars[k] = v
+        elif v is None or hasattr(v, "_asdict"):
+            raise TypeError(f"save_state stores step states of numbers and arrays; field {k!r} of "
+                            f"{type(step_state).__name__} is {type(v).__name__}")
         else:
             arrays[k] = to_numpy(v)
     return type(step_state).__name__, arrays, scalars
@@ -67,7 +70,8 @@ def load_state(path, sampler, like=None) -> ParticleState:
         xp = namespace(like)
         return xp.asarray(a, dtype=like.dtype, device=device_of(like))
 
-    template = sampler.step_rule.init(convert(particles))
+    # a sampler with a state of its own (pspos's running average, say) gives its template
+    template = getattr(sampler, "step_state_template", sampler.step_rule.init)(convert(particles))
     fields = {}
     for k in template._fields:
         if k in meta["step_state_scalars"]:

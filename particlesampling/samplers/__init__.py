@@ -1,6 +1,8 @@
-"""SVGD, SPOS and SGLD, one module each, as ``init`` / ``step`` pairs over explicit state (BlackJAX style).
+"""The particle samplers, one module each, as ``init`` / ``step`` pairs over explicit state (BlackJAX style).
 
-Each constructor (:func:`svgd`, :func:`spos`, :func:`sgld`) returns a frozen sampler with
+SVGD, SPOS and SGLD; annealed SVGD, GFSF, Blob, preconditioned SPOS, matrix-kernel SVGD and
+projected SVGD (each module's docstring states its update and paper). Each constructor returns a
+frozen sampler with
 
 * ``state = sampler.init(particles, seed=0)``: validates the particles (n x d, floating, finite)
   and builds a :class:`ParticleState`, and

@@ -74,8 +74,11 @@ class PSPOS(SteinSampler):
 
     def init(self, particles, seed: int = 0) -> ParticleState:
         state = super().init(particles, seed)
-        xp = namespace(particles)
-        return state._replace(step_state=PreconditionerState(0, xp.zeros_like(particles)))
+        return state._replace(step_state=self.step_state_template(particles))
+
+    def step_state_template(self, particles) -> PreconditionerState:
+        """The step state at the start (also the template :func:`particlesampling.load_state` fills)."""
+        return PreconditionerState(0, namespace(particles).zeros_like(particles))
 
     def _hessian_diagonal(self, x):
         hd = self.hessian_diagonal_fn(x)
