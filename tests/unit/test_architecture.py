@@ -173,3 +173,52 @@ def test_public_api_is_flat_and_importable():
         assert callable(getattr(particlesampling, name)), name
     # the run loop is a function at the top level, not a module shadowing it
     assert callable(particlesampling.run_sampler) and not hasattr(particlesampling, "run")
+
+
+def _adapter_graph() -> dict[str, set[str]]:
+    """Modules of ``attention_adapter`` each one imports (relative imports, anywhere in the file)."""
+    adapter = REPO / "attention_adapter"
+    graph = {}
+    for path in adapter.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
+        graph[path.stem] = deps
+    return {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+
+
+def _cycle(graph: dict[str, set[str]]):
+    """One import cycle of ``graph`` as a list of modules, or ``None``."""
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(m):
+        state[m] = 1
+        path.append(m)
+        for d in sorted(graph[m]):
+            if state.get(d) == 1:
+                return path[path.index(d):] + [d]
+            if d not in state:
+                found = visit(d)
+                if found:
+                    return found
+        path.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state:
+            found = visit(m)
+            if found:
+                return found
+    return None
+
+
+def test_adapter_has_no_import_cycle():
+    """attention_adapter's modules import each other one way too (function-level imports included:
+    the recorder draws through plotting, so plotting must not import the recorder)."""
+    graph = _adapter_graph()
+    assert {"recorder", "plotting", "layouts", "families", "repulsive"} <= set(graph)
+    assert _cycle(graph) is None, "import cycle in attention_adapter: " + " -> ".join(_cycle(graph))
+    assert _cycle({**graph, "plotting": graph["plotting"] | {"recorder"}}) is not None  # the checker sees one
