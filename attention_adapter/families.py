@@ -212,6 +212,13 @@ def _linear(module: nn.Module, name: str) -> Optional[Tuple[nn.Linear, str]]:
     return None
 
 
+def _conv1d_hint(children) -> str:
+    if any(_is_conv1d(c) for c in children):
+        return ("; Conv1D is read only as GPT-2 attention (c_attn/c_proj Conv1D with int embed_dim and num_heads, "
+                "see is_gpt2_attention), describe other modules with HeadLayout")
+    return ""
+
+
 def _bias(module: nn.Module, name: str) -> bool:
     return isinstance(getattr(getattr(module, name, None), "bias", None), nn.Parameter)
 
@@ -310,7 +317,8 @@ def _separate_layout(module, config, where, pre, scheme) -> HeadLayout:
     lins = {r: _linear(module, n) for r, n in (("q", q), ("k", k), ("v", v))}
     bad = [f"{n} ({type(children[n]).__name__})" for r, n in (("q", q), ("k", k), ("v", v)) if lins[r] is None]
     if bad:
-        raise LayoutNotFound(f"{where}: expected nn.Linear projections, received {', '.join(bad)}")
+        raise LayoutNotFound(f"{where}: expected nn.Linear projections, received {', '.join(bad)}"
+                             + _conv1d_hint(children[n] for n in (q, k, v)))
     h, d, g, src = _counts(module, config, where)
     lq, lk, lv = (lins[r][0].out_features for r in ("q", "k", "v"))
     d = _head_size(where, h, d, lq, q, src)
@@ -357,7 +365,8 @@ def _fused_layout(module, config, where, pre, fused) -> HeadLayout:
     children = dict(module.named_children())
     lin = _linear(module, fused)
     if lin is None:
-        raise LayoutNotFound(f"{where}: expected {fused} as nn.Linear, received {type(children[fused]).__name__}")
+        raise LayoutNotFound(f"{where}: expected {fused} as nn.Linear, received {type(children[fused]).__name__}"
+                             + _conv1d_hint([children[fused]]))
     width = lin[0].out_features
     h, d, g, src = _counts(module, config, where)
     if "q_attn" in children:

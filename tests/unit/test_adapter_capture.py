@@ -142,3 +142,23 @@ def test_layout_kind_is_a_deprecated_alias_of_description():
         assert site.kind == "my attention"
     with pytest.raises(TypeError, match="received both description= and its deprecated alias kind="):
         HeadLayout(num_heads=H, q="to_q.weight", kind="a", description="b")
+
+
+def test_conv1d_outside_the_gpt2_route_is_refused_with_the_reason():
+    """GPT-2's Conv1D has one route (gpt2_attention_layout); the structural rule reads nn.Linear only."""
+    pytest.importorskip("transformers")
+    from transformers.pytorch_utils import Conv1D
+
+    class NotQuiteGPT2(nn.Module):  # no embed_dim: not GPT-2 attention
+        def __init__(self):
+            super().__init__()
+            self.num_heads = H
+            self.c_attn, self.c_proj = Conv1D(3 * E, E), Conv1D(E, E)
+
+    with pytest.raises(ValueError, match="expected c_attn as nn.Linear, received Conv1D; Conv1D is read only as "
+                                         "GPT-2 attention"):
+        find_attention(NotQuiteGPT2())
+    module = NotQuiteGPT2()
+    module.embed_dim = E
+    (site,) = find_attention(module)
+    assert site.description == "GPT-2 attention (fused c_attn Conv1D, in x out)" and site.blocks["q"].axis == 1
