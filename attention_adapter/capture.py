@@ -25,7 +25,7 @@ How they are obtained:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -129,19 +129,6 @@ class HeadCapture:
 
         return hook
 
-    def _out_module(self, site: ResolvedLayout) -> Optional[nn.Module]:
-        blk = site.blocks.get("out")
-        if blk is None or site.head_outputs != "out_projection_input":
-            return None
-        rel = blk.name[len(site.name) + 1:] if site.name else blk.name
-        path = rel.rsplit(".", 1)[0] if "." in rel else ""
-        if not path:
-            return None
-        try:
-            return site.module.get_submodule(path)
-        except AttributeError:
-            return None
-
     # --- context manager ---------------------------------------------------------------------
     def __enter__(self) -> "HeadCapture":
         self._maps, self._outs = {}, {}
@@ -151,7 +138,7 @@ class HeadCapture:
                 self._handles.append(mod.register_forward_hook(self._mha_hook(site), with_kwargs=True))
                 continue
             self._handles.append(mod.register_forward_hook(self._output_hook(site)))
-            out_mod = self._out_module(site)
+            out_mod = site.head_output_module()
             if out_mod is not None:
                 self._handles.append(out_mod.register_forward_pre_hook(self._out_proj_hook(site)))
         return self

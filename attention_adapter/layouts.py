@@ -362,6 +362,24 @@ class ResolvedLayout:
         warn_renamed("ResolvedLayout.kind", "ResolvedLayout.description")
         return self.description
 
+    def head_output_module(self) -> Optional[nn.Module]:
+        """The sub-module whose input is the concatenation of the head outputs, ``(..., M d_v)``.
+
+        With ``head_outputs="out_projection_input"``: the module owning the ``out`` block (the
+        output projection, e.g. ``output.dense``, ``c_proj``, ``to_out.0``); ``None`` otherwise, or
+        when the block is a parameter of the attention module itself (no sub-module is called).
+        """
+        blk = self.blocks.get("out")
+        if blk is None or self.head_outputs != "out_projection_input":
+            return None
+        rel = blk.name[len(self.name) + 1:] if self.name else blk.name
+        if "." not in rel:
+            return None
+        try:
+            return self.module.get_submodule(rel.rsplit(".", 1)[0])
+        except AttributeError:
+            return None
+
     def heads_text(self) -> str:
         """``"4 heads"``, or ``"4 query / 2 key-value heads"`` under grouped-query attention."""
         if self.num_kv_heads == self.num_heads:

@@ -31,13 +31,12 @@ modules are refused when the space is chosen, with an error naming them.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layouts import ResolvedLayout
 from .noise import step_seed
 from .particles import ParticleGroup
 from .sharding import is_sharded
@@ -55,19 +54,6 @@ def rows_of(group: ParticleGroup, tensors: Dict[int, torch.Tensor]) -> torch.Ten
         g = b.gather(tensors[id(b.param)])
         parts.append(g if b.num_heads == m else g.reshape(m, -1))
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-
-
-def _out_module(site: ResolvedLayout) -> Optional[nn.Module]:
-    blk = site.blocks.get("out")
-    if blk is None:
-        return None
-    rel = blk.name[len(site.name) + 1:] if site.name else blk.name
-    if "." not in rel:
-        return None
-    try:
-        return site.module.get_submodule(rel.rsplit(".", 1)[0])
-    except AttributeError:
-        return None
 
 
 def _mha_heads(module: nn.MultiheadAttention, call: dict) -> torch.Tensor:
@@ -147,7 +133,7 @@ class OutputParticles:
                 return None
 
             return mod.register_forward_hook(mha_hook, with_kwargs=True)
-        out_mod = _out_module(site)
+        out_mod = site.head_output_module()
         if out_mod is not None:
             def pre_hook(module, args):
                 if self._active(g) and args and isinstance(args[0], torch.Tensor) and args[0].dim() == 3:
@@ -160,6 +146,11 @@ class OutputParticles:
             raise ValueError(f"attention module {site.name!r} ({type(mod).__name__}): its output projection "
                              f"{site.blocks['out'].name!r} is not a called sub-module, so the heads' outputs cannot "
                              "be read in function space; use space='weights' or 'circuits'")
+        if site.head_outputs != "module_output":
+            raise ValueError(f"attention module {site.name!r} ({type(mod).__name__}): its layout names no output "
+                             "projection and does not say its output is the heads' outputs "
+                             "(HeadLayout(head_outputs='module_output')), so they cannot be read in function space; "
+                             "use space='weights' or 'circuits'")
 
         def out_hook(module, args, output):
             items = output if isinstance(output, (tuple, list)) else (output,)

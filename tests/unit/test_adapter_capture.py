@@ -162,3 +162,20 @@ def test_conv1d_outside_the_gpt2_route_is_refused_with_the_reason():
     module.embed_dim = E
     (site,) = find_attention(module)
     assert site.description == "GPT-2 attention (fused c_attn Conv1D, in x out)" and site.blocks["q"].axis == 1
+
+
+def test_function_space_reads_the_head_outputs_the_layout_names_or_refuses():
+    """The output-space adapter reads head outputs through the same layout fields as HeadCapture."""
+    from attention_adapter import RepulsiveHeads
+
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="names no output projection .* cannot be read in function space"):
+        RepulsiveHeads(DiffusersStyleAttention(nn.Sequential(nn.Linear(E, E), nn.GELU(), nn.Linear(E, E))),
+                       "svgd", space="outputs")
+    module = DiffusersStyleAttention()
+    heads = RepulsiveHeads(module, "svgd", space="outputs", tokens=4)
+    module.train()
+    module(_x())[0].pow(2).mean().backward()
+    info = heads.apply()
+    assert len(info.groups) == 1 and not info.skipped
+    assert all(torch.isfinite(p.grad).all() for p in module.parameters())
