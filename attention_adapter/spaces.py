@@ -36,8 +36,10 @@ grouped-query (``G < M``)     a particle is a key/value head with its ``r = M / 
                               over the shared key factor, ``A = [A_{g r}; ...; A_{g r + r - 1}]``,
                               OV stacks the ``r`` output factors over the shared value factor;
                               the invariance is then one ``R`` (and ``S``) per key/value head,
-                              which is the symmetry grouped-query attention has. ``G = 1``
-                              (multi-query): one particle, nothing to repel (skipped)
+                              which is the symmetry grouped-query attention has
+multi-query (``G = 1``)       the ``M`` query heads are the particles (Q and the output columns);
+                              the one key (value) head enters every particle's QK (OV) circuit
+                              as the same constant factor ``B`` and keeps its own gradient
 cross-attention               the same: ``W_q`` reads the decoder's width and ``W_k``, ``W_v``
                               the encoder's, so ``A`` and ``B`` have different row counts
 no output projection          V (with its bias) as a plain term, compared as weights
