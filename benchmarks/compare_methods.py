@@ -401,6 +401,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run); writes under --out only")
     p.add_argument("--methods", default=None, help="comma-separated methods to (re)run; their rows replace "
                                                    "those of the existing methods.json, the others are kept")
+    p.add_argument("--page", action="store_true", help="rewrite methods.md (and its reading notes) from the "
+                                                        "existing methods.json, running nothing else")
     p.add_argument("--pspos-decay", action="store_true", help="add the preconditioned-SPOS decay table to the "
                                                                "existing methods.json")
     p.add_argument("--peers", action="store_true", help="add NumPyro's SVGD and ASVGD rows on mixture2d to the "
@@ -418,6 +420,14 @@ def main(argv=None):
     log = print
     out_docs = pathlib.Path(args.out) if args.out else ROOT / "docs"
     out_json = pathlib.Path(args.out) if args.out else ROOT / "benchmarks" / "results"
+    if args.page:
+        res = json.loads((out_json / "methods.json").read_text())
+        res["notes"] = notes(res)
+        if not res["command"].endswith("--page"):
+            res["command"] += "` and `python benchmarks/compare_methods.py" + (" --quick" if args.quick else "") + " --page"
+        (out_json / "methods.json").write_text(json.dumps(res, indent=1, default=float))
+        write_page(res, out_docs / "methods.md")
+        return res
     if args.pspos_decay:
         res = json.loads((out_json / "methods.json").read_text())
         res["pspos_decay"] = pspos_decay(cfg, log)
@@ -512,17 +522,21 @@ def notes(res):
     svgd, ann = mix.get(("mixture2d", "svgd")), mix.get(("mixture2d", "annealed_svgd"))
     if svgd and ann and "tv" in svgd and "tv" in ann:
         stochastic = [mix[("mixture2d", m)]["tv"] for m in STOCHASTIC if "tv" in mix.get(("mixture2d", m), {})]
+        target = ps.get_target("mixture2d")
+        w = np.asarray(target.mode_weights)
+        start = 0.5 * float(np.abs(np.asarray(target.mode_fractions_of(target.initial_particles(c["mix_n"], 0))) - w).sum())
         out.append(
             f"On `mixture2d`, SVGD ends {svgd['tv']:.3f} from the true weights and cyclical annealing "
             f"{ann['tv']:.3f}" + (", within 0.05." if ann["tv"] <= 0.05 else
                                    ", not within the 0.05 hoped for.") +
-            " Annealing helps particles reach modes they would otherwise miss (it matters where they start far "
-            "from some modes); it does not move particles between modes once every mode is occupied. Where every "
-            "mode is reached, the weights are set by how many particles each basin collects: the deterministic "
-            "flows settle at a finite-particle fixed point that spreads particles more evenly than the weights"
-            + (f", and the Langevin-type methods (TV {min(stochastic):.3f} to {max(stochastic):.3f}) rarely cross "
-               f"between the separated modes within {c['mix_steps']} steps, so they keep the initial basin counts."
-               if stochastic else "."))
+            " Annealing helps particles reach modes they would otherwise miss (where they start far from some "
+            "modes); it does not move particles between modes once every mode is occupied. Where every mode is "
+            "reached, the weights are set by how many particles each basin collects. Every method here starts from "
+            f"particles whose nearest-mode fractions are already {start:.3f} from the weights; the deterministic flows "
+            "settle at a finite-particle fixed point near those counts"
+            + (f", and the Langevin-type methods (TV {min(stochastic):.3f} to {max(stochastic):.3f}) move particles "
+               f"between the separated modes slowly at this step, so {c['mix_steps']} steps take the counts only part "
+               "of the way." if stochastic else "."))
     vc = [r for r in res["variance_collapse"] if r["d"] == max(c["vc_dims"]) and "marginal_variance" in r]
     collapsed = [r["method"] for r in vc if r["marginal_variance"] < 0.5]
     kept = [r["method"] for r in vc if abs(r["marginal_variance"] - 1.0) <= 0.2]
