@@ -261,6 +261,12 @@ def numpyro_rows(cfg, log):
         result = engine().run(jax.random.PRNGKey(0), cfg["mix_steps"], progress_bar=False)
         sec = time.perf_counter() - t0
         x = torch.as_tensor(np.asarray(result.params["x_auto_loc"], dtype=np.float64))
+        if not bool(torch.isfinite(x).all()):
+            rows.append({"target": "mixture2d", "method": label, "steps": cfg["mix_steps"], "n": cfg["mix_n"],
+                         "step_size": 0.05, "seconds": sec,
+                         "error": f"non-finite particles after {cfg['mix_steps']} steps"})
+            log(f"{label}: {rows[-1]['error']} ({sec:.1f} s)")
+            continue
         frac = np.asarray(target.mode_fractions_of(x))
         rows.append({"target": "mixture2d", "method": label, "steps": cfg["mix_steps"], "n": cfg["mix_n"],
                      "step_size": 0.05, "seconds": sec, "mode_fractions": frac.tolist(),
