@@ -367,12 +367,13 @@ def write_page(res, path):
             w = next(r for r in pd if r["decay"] == decay and r["correction"])
             wo = next(r for r in pd if r["decay"] == decay and not r["correction"])
             lines.append(f"| {decay} | {_f(w['marginal_variance'])} | {_f(wo['marginal_variance'])} |")
+        slow = [r["marginal_variance"] for r in pd if r["decay"] > 0]
         lines += ["", "With decay 0 the preconditioner is a function of the current position only and the correction "
                   "term is exactly what keeps the target (pSGLD's argument). With decay 0.99 `V` averages the "
                   "particle's own recent scores, and over the decay time a particle moves little, so `G` depends on "
                   "its position through that history too; pSGLD's correction, which differentiates only the current "
-                  "score's share `(1 - decay)`, does not account for it, and the chain is overdispersed with or "
-                  "without it."]
+                  "score's share `(1 - decay)`, does not account for it"
+                  + (", and the chain is overdispersed with or without it." if min(slow) > 1.1 else ".")]
     b = res["logistic"]
     lines += ["", "## 3. Bayesian logistic regression (breast cancer, d = 31)", "",
               f"{c['blr_n']} particles from the prior, {c['blr_steps']} steps. Deterministic methods: AdaGrad with "

@@ -26,6 +26,12 @@ identity), so ``p`` stays the target. ``Gamma`` needs the Hessian diagonal: from
 (pSGLD's practice; then ``p`` is the target only as ``alpha -> 1``); by default it is added whenever
 a Hessian diagonal is available and dropped otherwise (``sampler.corrected`` says which).
 
+``Gamma`` differentiates only the current score's share ``(1 - alpha) s * s`` of ``V``, as pSGLD's
+does; ``V`` also depends on the particle's own recent positions through ``alpha V``, and where
+particles move little over the averaging time ``1 / (1 - alpha)`` that dependence makes the chain
+inexact with or without ``Gamma`` (``docs/methods.md`` measures the overdispersion on a Gaussian).
+With ``decay=0`` ``G`` is a function of the current position only and ``Gamma`` is exact.
+
 The preconditioner is this sampler's own: the step is the plain (constant or scheduled) step
 size, never an adaptive rule on top.
 """
