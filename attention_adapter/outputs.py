@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from particlesampling import validation
+
 from .noise import step_seed
 from .particles import ParticleGroup
 from .sharding import is_sharded
@@ -94,8 +96,7 @@ class OutputParticles:
 
     def __init__(self, groups: Sequence[ParticleGroup], consume: Callable[[ParticleGroup, torch.Tensor], None], *,
                  tokens: int = 64, seed: int = 0):
-        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
-            raise ValueError(f"expected tokens as a positive int, received {tokens!r}")
+        tokens = validation.check_int("tokens", tokens, minimum=1)
         self.groups = list(groups)
         self.consume = consume
         self.tokens = tokens

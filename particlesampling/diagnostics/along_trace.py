@@ -23,6 +23,7 @@ from typing import Any, Dict
 
 import numpy as np
 
+from .. import validation
 from .._backend import sqdist
 from .distances import mmd, pooled_median_bandwidth
 from .ksd import ksd
@@ -105,8 +106,7 @@ def trace_diagnostics(trace: Any, target: Any = None, *, reference: Any = None, 
         docstring for their definitions; a metric the run recorded under the same name is kept).
     """
     _check_trace(trace)
-    if isinstance(reference_size, bool) or not isinstance(reference_size, (int, np.integer)) or reference_size < 2:
-        raise ValueError(f"expected reference_size as an int >= 2, received {reference_size!r}")
+    reference_size = validation.check_int("reference_size", reference_size, minimum=2)
     steps = np.asarray(trace.steps, dtype=np.int64)
     out: Dict[str, np.ndarray] = {"steps": steps}
     for source in (trace.info, trace.metrics):

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from typing import Dict, Sequence
 
+from .. import validation
+
 __all__ = ["communication_volume", "radix_passes", "HISTOGRAM_BINS", "CollectiveCounter"]
 
 #: bins of one radix-selection histogram (:mod:`particlesampling.selection`: 16 bits per pass)
@@ -85,8 +87,7 @@ def communication_volume(sizes: Sequence[int], d: int, itemsize: int, *, median:
         raise ValueError(f"expected no histograms for {n} particles ({regime or 'no median'}), received {histograms}")
     if histograms is None:
         histograms = most if regime == "radix" else 0
-    if kept is not None and (isinstance(kept, bool) or not isinstance(kept, int) or kept < 0):
-        raise ValueError(f"expected kept as an integer >= 0, received {kept!r}")
+    kept = validation.check_int("kept", kept, minimum=0, optional=True)
     ring_gather, ring_reduce = (w - 1) / w, 2.0 * (w - 1) / w
     counts = (8, 8 * w)  # (sent, received) of one all-gather of the row counts
     rows = (2 * m * d * itemsize, 2 * w * m * d * itemsize)

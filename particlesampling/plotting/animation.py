@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .. import validation
 from ._figure import pyplot, runs_and_snapshots, view_box
 from .particles import ParticlePanel
 
@@ -122,12 +123,9 @@ def animate_particles(traces: Any, target: Any, path: Any, *, fps: int = 10, dpi
     Path of the written file.
     """
     path = check_animation_path(path)
-    for name, value in (("fps", fps), ("dpi", dpi)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"expected {name} as a positive int, received {value!r}")
-    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer))
-                                   or max_frames < 1):
-        raise ValueError(f"expected max_frames as a positive int or None, received {max_frames!r}")
+    fps = validation.check_int("fps", fps, minimum=1)
+    dpi = validation.check_int("dpi", dpi, minimum=1)
+    max_frames = validation.check_int("max_frames", max_frames, minimum=1, optional=True)
     runs, snaps, dims = runs_and_snapshots(traces, dims)
     frames = _frame_indices(max(len(s) for s in snaps.values()), max_frames)
 

@@ -133,7 +133,7 @@ def test_communication_volume_states_the_payloads():
         communication_volume([1000, 1000], 2, 8, histograms=8)
     with pytest.raises(ValueError, match="expected no histograms for 6 particles"):
         communication_volume([3, 3], 2, 8, histograms=4)
-    with pytest.raises(ValueError, match="expected kept as an integer >= 0"):
+    with pytest.raises(ValueError, match="expected kept as a non-negative int or None"):
         communication_volume([1000, 1000], 2, 8, kept=-1)
     with pytest.raises(ValueError, match="itemsize"):
         communication_volume([3, 3], 2, 2)
