@@ -408,7 +408,7 @@ def _num_heads_of(module: nn.Module, spec, where: str) -> int:
         value = spec(module)
     else:
         value = spec
-    return validation.check_int(f"{where}: the number of heads", value, minimum=1)
+    return validation.check_int(f"the number of heads of {where}", value, minimum=1)
 
 
 def _get_param(module: nn.Module, dotted: str, where: str) -> nn.Parameter:
