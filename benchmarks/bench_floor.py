@@ -449,6 +449,25 @@ def _mark(ratio: float, target: float) -> str:
     return f"{ratio:.2f} ({'met' if ratio <= target else 'not met'}: ≤ {target})"
 
 
+def _contention_notes(rows: list) -> list:
+    """Where a backend's floor took longer with more threads than with one, the extra thread was not
+    there to use (the shared machine's other jobs held the cores): say so for those rows."""
+    one = {(r.get("backend", "torch float32"), r["n"], r["d"]): r for r in rows
+           if r.get("threads") == 1 and "floor_ms" in r}
+    slower = []
+    for r in rows:
+        base = one.get((r.get("backend", "torch float32"), r["n"], r["d"]))
+        if base is not None and isinstance(r.get("threads"), int) and r["threads"] > 1 and "floor_ms" in r \
+                and r["floor_ms"] > base["floor_ms"]:
+            slower.append(f"{r.get('backend', 'torch float32')} n = {r['n']}, d = {r['d']}: {r['floor_ms']:.2f} ms with "
+                          f"{r['threads']} threads against {base['floor_ms']:.2f} ms with 1")
+    if not slower:
+        return []
+    return ["Thread contention in this run: the floor itself took longer with more threads than with one for "
+            + "; ".join(slower) + ". The other jobs on the shared machine held the cores, so those rows measure "
+            "the contention (threads waiting for a core), not the code; their ratios are reported as measured.", ""]
+
+
 def _floor_table(rows: list) -> list:
     """The floor table: a row per backend, size and thread count, each against its own floor."""
     out = ["| backend | n | d | threads | floor (ms) | default (ms) | default / floor | fixed / floor | "
@@ -480,6 +499,7 @@ def _floor_table(rows: list) -> list:
             "(torch and NumPy: its packed upper triangle; JAX: the full matrix, jitted). At d = 2 the three GEMMs "
             "cost less than one pass of `exp` over the n×n matrix, so no target is set there. The machine was "
             "shared with other jobs while this ran: ratios near a target can fall either side between runs.", ""]
+    out += _contention_notes(rows)
     if misses:
         out += ["Where the misses go (from the same rows): default − fixed is the median's share of the call "
                 "(the fixed call differs only by not selecting), beside the median timed alone:", ""]
@@ -523,8 +543,13 @@ def markdown(res: dict) -> str:
                          f"{r['median_ms'] / r['gemm_only_ms']:.2f} | {r['call_ms'] / r['gemm_only_ms']:.2f} |")
         lines.append("")
         by_threads = {r["threads"]: r for r in res["profile"]}
-        if len(by_threads) > 1:
-            lo, hi = min(by_threads), max(by_threads)
+        lo, hi = (min(by_threads), max(by_threads)) if by_threads else (None, None)
+        if len(by_threads) > 1 and by_threads[hi]["gemm_only_ms"] > by_threads[lo]["gemm_only_ms"]:
+            lines += [f"With {hi} threads the GEMMs alone took longer than with {lo} "
+                      f"({by_threads[hi]['gemm_only_ms']:.2f} ms against {by_threads[lo]['gemm_only_ms']:.2f} ms): the "
+                      "shared machine's other jobs held the cores, so the profile with more threads measures contention, "
+                      "not the parts of the call.", ""]
+        elif len(by_threads) > 1:
             a, b = by_threads[lo], by_threads[hi]
             lines += [f"With {hi} threads the parts other than the median take {b['call_ms'] - b['median_ms']:.2f} ms "
                       f"({(b['call_ms'] - b['median_ms']) / b['gemm_only_ms']:.2f}× GEMMs only) against "
@@ -576,6 +601,11 @@ def markdown(res: dict) -> str:
                   "| n | default (s) | floor (s) | default / floor | tiled |", "|---|---|---|---|---|"]
         lines += [f"| {r['n']} | {r['default_s']:.3f} | {r['floor_s']:.3f} | {r['default_s'] / r['floor_s']:.2f} | "
                   f"{r['tiled']} |" for r in res["growth"]]
+        large_when = meta.get("when", {}).get("large")
+        if large_when and res.get("large") and res["growth"][-1]["n"] == res["large"].get("n") \
+                and large_when != meta.get("when", {}).get("growth"):
+            lines += ["", f"The last row is the 10⁵ section's step, measured {large_when} (the other rows: "
+                      f"{meta['when'].get('growth', '?')})."]
         lines.append("")
     jx = res.get("jax")
     if jx and "status" not in jx:

@@ -94,3 +94,13 @@ def test_bench_choices_compares_every_choice_it_lists(capsys):
         cells = [c.strip() for c in line.strip("|").split("|")]
         chosen, other = (float(c.split(": ")[1].split()[0]) for c in cells[1:3])
         assert chosen > 0 and other > 0 and abs(float(cells[3]) - other / chosen) < 0.01 * other / chosen + 0.01
+
+
+def test_report_says_when_more_threads_made_the_floor_slower():
+    base = dict(backend="numpy float32", n=1000, d=100, floor_ms=10.0, default_ms=12.0, fixed_ms=11.0,
+                default_over_floor=1.2, fixed_over_floor=1.1)
+    rows = [dict(base, threads=1), dict(base, threads=2, floor_ms=30.0, default_ms=36.0, default_over_floor=1.2)]
+    text = bench_floor.markdown({"floor": rows})
+    assert "numpy float32 n = 1000, d = 100: 30.00 ms with 2 threads against 10.00 ms with 1" in text
+    rows[1].update(floor_ms=6.0, default_ms=7.2)
+    assert "Thread contention" not in bench_floor.markdown({"floor": rows})
