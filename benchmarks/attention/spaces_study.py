@@ -267,8 +267,7 @@ def markdown(res: Dict, plan) -> List[str]:
         L.append("")
     st = res["strong"]
     if not st["trials"]:
-        L += [f"- {v}" for v in verdicts(res)] + [""]
-        return L
+        return L + _verdict_lines(res)
     L.append(f"MiniLM strong arm (`svgd_outputs`): trials on `{plan.space_datasets[0]}` with seed {plan.tune_seed}, "
              f"change of the mean head-output cosine over training per alpha: "
              + ", ".join(f"{t['value']:g}: " + ("pending" if t["output_cos_change"] is None
@@ -276,7 +275,12 @@ def markdown(res: Dict, plan) -> List[str]:
              + f"; chosen (smallest moving it by at least {st['moved']}): "
              + ("pending" if st["chosen"] is None else f"{st['chosen']:g}") + ".")
     L.append("")
+    return L + _verdict_lines(res)
+
+
+def _verdict_lines(res: Dict) -> List[str]:
+    """The called comparisons as a list, then the answer as its own paragraph."""
+    out = []
     for v in verdicts(res):
-        L.append(f"- {v}")
-    L.append("")
-    return L
+        out.append(f"**Answer:** {v[len('Answer: '):]}" if v.startswith("Answer: ") else f"- {v}")
+    return out + [""]
