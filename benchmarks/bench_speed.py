@@ -332,6 +332,11 @@ def markdown(res) -> str:
         import bench_floor
 
         lines += [bench_floor.markdown(json.loads(floor.read_text())), ""]
+    threads = ROOT / "benchmarks" / "results" / "threads.json"
+    if threads.exists():
+        import bench_threads  # its own section, rebuilt from its results (python benchmarks/bench_threads.py)
+
+        lines += [bench_threads.markdown(json.loads(threads.read_text())), ""]
     lines += ["## Time per SVGD step (ms) and peak memory growth (MB)", "",
              f"From the run of `bench_speed.py` of {res['meta']['when']} (the section above is newer). "
              "Same target, n, d; ours and BlackJAX/Pyro start from the same particles. Floor = the three GEMMs "

@@ -1,17 +1,29 @@
-"""Time per SVGD step with torch's default intra-op threads against one thread, side by side.
+"""An SVGD step with the libraries' default intra-op threads against one thread, idle and loaded.
 
-For each problem size the two settings alternate (default, 1, 1, default, ...) in one process, so
-load from other jobs hits both equally; the table gives the median wall time per step of each and
-their ratio, plus the machine's load average at the start, because the effect depends on it: with
-idle cores the threads help large problems, with busy cores OpenMP's spin-waiting makes small steps
-many times slower.
+For each backend (torch float32: ``torch.set_num_threads``; NumPy float64: the BLAS pool through
+``threadpoolctl``), each problem size (n particles, d dimensions) and each machine state, the two
+settings alternate in one process (default, 1, 1, default, ...) so that outside load hits both
+alike; the table gives the median time per step of each and their ratio. The machine states:
+
+* ``as found``: nothing added by this script (on a shared machine that is not idle: the load average
+  at the start of the state is recorded);
+* ``loaded``: two more CPU-bound processes (pure-Python busy loops) started by this script, ended
+  when the state's measurements end.
+
+The step is ``particlesampling.svgd`` with its defaults (RBF kernel, ``liu_wang`` median
+bandwidth, constant step) on the score of N(0, I_d). From the torch rows the script derives the
+largest ``n * n`` at which one thread was within 10 % of the default threads in the ``as found``
+state, for every measured d: the value of ``particlesampling.runner.ONE_THREAD_MAX_ENTRIES``, below
+which ``run_sampler`` uses one intra-op thread by default. The table shows, for each row, what that
+default (``auto``) costs against the better of the two settings.
 
 Usage::
 
-    python benchmarks/bench_threads.py                 # sizes below, 7 alternations of 10 steps
-    python benchmarks/bench_threads.py --pairs 3 --steps 5
+    python benchmarks/bench_threads.py              # writes benchmarks/results/threads.json and the
+                                                    # "Threads" section of docs/benchmarks.md
+    python benchmarks/bench_threads.py --quick --out /tmp/t.json --no-docs   # a smoke test
 
-Writes ``benchmarks/results/threads.{json,md}``.
+The section is rebuilt from ``threads.json`` whenever ``bench_speed.py --report-only`` rewrites the page.
 """
 
 from __future__ import annotations
@@ -21,73 +33,200 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from particlesampling import svgd  # noqa: E402
+import particlesampling as ps  # noqa: E402
+from particlesampling.runner import ONE_THREAD_MAX_ENTRIES  # noqa: E402
 
-SIZES = ((200, 2), (1000, 2), (1000, 100), (2000, 100))
+RESULTS = ROOT / "benchmarks" / "results" / "threads.json"
+SIZES = [(n, d) for d in (2, 50) for n in (100, 300, 1000, 3000)]
+QUICK_SIZES = [(20, 2), (60, 3)]
+STATES = ("as found", "loaded")
+#: one thread is "as good" where the default threads are at most this much faster
+TOLERANCE = 0.10
 
 
-def _time_steps(sampler, state, steps: int, threads: int) -> tuple[float, object]:
-    torch.set_num_threads(threads)
+def _busy_processes(count: int) -> list:
+    """``count`` CPU-bound processes (Python busy loops, ended by the caller)."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+
+
+def _thread_setter(backend: str):
+    """(default thread count, a function setting the count) for the backend's intra-op pool."""
+    if backend == "torch":
+        import torch
+
+        return torch.get_num_threads(), torch.set_num_threads
+    from threadpoolctl import ThreadpoolController
+
+    controller = ThreadpoolController()
+    default = max((p["num_threads"] for p in controller.info() if p["user_api"] == "blas"), default=1)
+
+    def set_blas(k: int) -> None:
+        controller.limit(limits=k, user_api="blas")
+
+    return default, set_blas
+
+
+def _problem(backend: str, n: int, d: int):
+    x = np.random.default_rng(0).standard_normal((n, d))
+    if backend == "torch":
+        import torch
+
+        x = torch.as_tensor(x, dtype=torch.float32)
+    sampler = ps.svgd(lambda p: -p, step_size=1e-3)
+    return sampler, sampler.init(x)
+
+
+def _time(sampler, state, steps: int):
     t0 = time.perf_counter()
     for _ in range(steps):
         state, _ = sampler.step(state)
     return (time.perf_counter() - t0) / steps, state
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pairs", type=int, default=7, help="alternations of the two settings")
-    ap.add_argument("--steps", type=int, default=10, help="steps per timing")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="directory for threads.{json,md}")
-    a = ap.parse_args(argv)
-    default_threads = torch.get_num_threads()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    rows = []
-    for n, d in SIZES:
-        gen = torch.Generator().manual_seed(0)
-        x0 = torch.randn(n, d, generator=gen, dtype=torch.float32)
-        sampler = svgd(lambda x: -x, step_size=1e-3)
-        state = sampler.init(x0)
-        _, state = _time_steps(sampler, state, 2, default_threads)  # warm-up
+def measure(backend: str, n: int, d: int, pairs: int, target_s: float) -> dict:
+    default, set_threads = _thread_setter(backend)
+    sampler, state = _problem(backend, n, d)
+    try:
+        set_threads(1)
+        one, state = _time(sampler, state, 1)  # warm-up, and the size of a timing
+        steps = max(1, int(target_s / max(one, 1e-6)))
         times = {"default": [], "one": []}
-        for k in range(a.pairs):
-            order = (("default", default_threads), ("one", 1)) if k % 2 == 0 else (("one", 1), ("default", default_threads))
-            for name, th in order:
-                dt, state = _time_steps(sampler, state, a.steps, th)
+        for k in range(pairs):
+            order = (("default", default), ("one", 1)) if k % 2 == 0 else (("one", 1), ("default", default))
+            for name, threads in order:
+                set_threads(threads)
+                dt, state = _time(sampler, state, steps)
                 times[name].append(dt)
-        torch.set_num_threads(default_threads)
-        med = {k: statistics.median(v) for k, v in times.items()}
-        rows.append({"n": n, "d": d, "default_threads": default_threads, "ms_default": 1e3 * med["default"],
-                     "ms_one_thread": 1e3 * med["one"], "ratio_default_over_one": med["default"] / med["one"]})
-        print(f"n={n:5d} d={d:4d}: {1e3 * med['default']:9.2f} ms ({default_threads} threads) "
-              f"{1e3 * med['one']:9.2f} ms (1 thread) ratio {med['default'] / med['one']:.2f}", flush=True)
-    args = sys.argv[1:] if argv is None else list(argv)
-    meta = {"command": " ".join(["python benchmarks/bench_threads.py"] + args),
-            "torch": torch.__version__, "cpus": os.cpu_count(), "load_average_at_start": load,
-            "machine": platform.platform(), "pairs": a.pairs, "steps": a.steps, "dtype": "float32",
-            "target": "N(0, I_d) score -x", "sampler": "svgd, RBF, liu_wang median, constant step"}
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "threads.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    md = ["# SVGD step: default torch threads against one thread", "",
-          f"`{meta['command']}`; torch {meta['torch']}, {meta['cpus']} CPUs, load average "
-          f"{load:.1f} at the start; medians of {a.pairs} alternating timings of {a.steps} steps.", "",
-          "| n | d | ms/step, default threads | ms/step, 1 thread | default / 1 thread |", "|---|---|---|---|---|"]
+    finally:
+        set_threads(default)
+    ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    return {"backend": backend, "n": n, "d": d, "default_threads": default, "steps_per_timing": steps,
+            "ms_default": ms["default"], "ms_one": ms["one"], "ratio_default_over_one": ms["default"] / ms["one"]}
+
+
+def derive_threshold(rows: list) -> int | None:
+    """Largest measured ``n * n`` (torch, ``as found``) at which, for every measured d, one thread
+    was within TOLERANCE of the default threads, and so at every smaller measured n."""
+    rows = [r for r in rows if r["backend"] == "torch" and r["state"] == "as found"]
+    best = None
+    for n in sorted({r["n"] for r in rows}):
+        ok = all(r["ratio_default_over_one"] >= 1 - TOLERANCE for r in rows if r["n"] <= n)
+        if not ok:
+            break
+        best = n * n
+    return best
+
+
+def _auto_ms(row: dict, entries: int) -> float:
+    """The time of the row under ``num_threads="auto"`` with the given threshold."""
+    if row["backend"] == "torch" and row["n"] * row["n"] <= entries:
+        return row["ms_one"]
+    return row["ms_default"]
+
+
+def markdown(res: dict) -> str:
+    meta, rows = res["meta"], res["rows"]
+    entries = ONE_THREAD_MAX_ENTRIES  # the value in the code now (the run recorded the one it ran with)
+    lines = ["## Threads: the default step against one thread, idle and loaded", "",
+             f"Generated by `{meta['command']}` on {meta['when']}, {meta['machine']}, torch {meta['torch']}, "
+             f"NumPy {meta['numpy']}. One SVGD step (`ps.svgd` defaults: RBF, `liu_wang` median, constant step) "
+             "on N(0, I_d); torch float32, NumPy float64. For each row the default thread count and one thread "
+             f"alternate in one process ({meta['pairs']} pairs of timings, medians). Machine states: *as found* "
+             "is the machine with nothing added by the script; *loaded* adds two CPU-bound processes. "
+             f"Background: {meta['background']}; load average (1 min) at the start of each state: "
+             + ", ".join(f"{s} {v:.1f}" for s, v in meta["load_average"].items()) + ". "
+             "Raw data: `benchmarks/results/threads.json`.", "",
+             f"`ps.run_sampler`'s default `num_threads=\"auto\"` runs torch CPU particles with n² ≤ "
+             f"{entries:,} (`particlesampling.runner.ONE_THREAD_MAX_ENTRIES`) on one intra-op thread and "
+             "restores the caller's setting afterwards; NumPy's BLAS pool is left alone. "
+             + (f"This run's rule (the largest measured n² at which one thread was within "
+                f"{TOLERANCE:.0%} of the default threads *as found*, for every d) gives "
+                f"{meta['derived_threshold']:,}." if meta.get("derived_threshold") else
+                "This run's rule found no measured n at which one thread was within "
+                f"{TOLERANCE:.0%} of the default threads *as found*.") + " "
+             "*auto / best*: the time of that default against the better of the two columns.", "",
+             "| state | backend | n | d | ms/step, default threads | ms/step, 1 thread | default / 1 thread | auto / best |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        md.append(f"| {r['n']} | {r['d']} | {r['ms_default']:.2f} ({r['default_threads']}) | "
-                  f"{r['ms_one_thread']:.2f} | {r['ratio_default_over_one']:.2f} |")
-    (out / "threads.md").write_text("\n".join(md) + "\n")
-    print(f"wrote {out / 'threads.md'}")
+        best = min(r["ms_default"], r["ms_one"])
+        lines.append(f"| {r['state']} | {r['backend']} | {r['n']} | {r['d']} | {r['ms_default']:.2f} "
+                     f"({r['default_threads']}) | {r['ms_one']:.2f} | {r['ratio_default_over_one']:.2f} | "
+                     f"{_auto_ms(r, entries) / best:.2f} |")
+    worst = {s: max(_auto_ms(r, entries) / min(r["ms_default"], r["ms_one"]) for r in rows if r["state"] == s)
+             for s in meta["load_average"]}
+    lines += ["", "Worst *auto / best* per state: " + ", ".join(f"{s} {v:.2f}" for s, v in worst.items()) + "."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, one pair (a smoke test)")
+    ap.add_argument("--pairs", type=int, default=5, help="alternations of the two settings")
+    ap.add_argument("--target-ms", type=float, default=60.0, help="length of one timing (ms)")
+    ap.add_argument("--backends", default="torch,numpy")
+    ap.add_argument("--background", default="not described",
+                    help="what else ran on the machine, for the report (e.g. 'seven other engineers' jobs')")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    ap.add_argument("--report-only", action="store_true",
+                    help="measure nothing: rebuild docs/benchmarks.md (this section from --out)")
+    args = ap.parse_args(argv)
+    if args.report_only:
+        print(markdown(json.loads(args.out.read_text())))
+        _rewrite_docs()
+        return 0
+    sizes = QUICK_SIZES if args.quick else SIZES
+    pairs = 1 if args.quick else args.pairs
+    import torch
+
+    rows, load = [], {}
+    for state in STATES:
+        busy = _busy_processes(2) if state == "loaded" else []
+        try:
+            if busy:
+                time.sleep(1.0)  # let them start spinning
+            load[state] = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+            for backend in [b for b in args.backends.split(",") if b]:
+                for n, d in sizes:
+                    row = {"state": state, **measure(backend, n, d, pairs, args.target_ms / 1e3)}
+                    rows.append(row)
+                    print(f"{state:9s} {backend:5s} n={n:5d} d={d:3d}: {row['ms_default']:9.2f} ms "
+                          f"({row['default_threads']} threads) {row['ms_one']:9.2f} ms (1 thread) "
+                          f"ratio {row['ratio_default_over_one']:.2f}", flush=True)
+        finally:
+            for p in busy:
+                p.kill()
+                p.wait()
+    command = " ".join(["python benchmarks/bench_threads.py"] + list(sys.argv[1:] if argv is None else argv))
+    res = {"meta": {"command": command, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                    "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s) (shared)",
+                    "torch": torch.__version__, "numpy": np.__version__, "pairs": pairs,
+                    "background": args.background, "load_average": load, "quick": args.quick,
+                    "derived_threshold": derive_threshold(rows), "threshold_in_use": ONE_THREAD_MAX_ENTRIES},
+           "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    print(markdown(res))
+    if not args.no_docs and not args.quick:
+        _rewrite_docs()
     return 0
+
+
+def _rewrite_docs() -> None:
+    """docs/benchmarks.md is written whole by bench_speed.py, which includes this section from threads.json."""
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_speed.py"), "--report-only",
+                    str(ROOT / "benchmarks" / "results" / "speed.json")], check=True, cwd=ROOT)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,23 @@ particle it raises :class:`NonFiniteError` naming the step and the first offendi
 state before that step is kept on the exception (``err.state``) so nothing is lost.
 
 A run resumes exactly from a checkpoint of its state (:mod:`particlesampling.checkpoint`).
+
+Threads. On a CPU, torch's intra-op threads synchronise at every operation; for the small matrices
+of a small particle system that costs more than it saves, and on a machine that other processes keep
+busy the waiting makes a step many times slower (``benchmarks/bench_threads.py`` measures both, idle
+and loaded; its table is in docs/benchmarks.md). So by default (``num_threads="auto"``) a run on
+torch CPU tensors of at most :data:`ONE_THREAD_MAX_ENTRIES` kernel entries (``n * n``) uses one
+intra-op thread; :func:`intra_op_threads` sets it for the run only and restores the caller's value
+afterwards, also when the run raises. Nothing is changed for other arrays or devices, and nothing
+outside the run: the library never changes the global thread count behind the user's back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -22,7 +32,8 @@ from ._backend import NonFiniteError, to_numpy
 from .samplers import ParticleState
 from .samplers._common import first_nonfinite_particle
 
-__all__ = ["run_sampler", "Trace", "NonFiniteError"]
+__all__ = ["run_sampler", "Trace", "NonFiniteError", "intra_op_threads", "auto_num_threads",
+           "ONE_THREAD_MAX_ENTRIES"]
 
 
 @dataclass
@@ -80,6 +91,58 @@ class Trace:
         return trace
 
 
+#: Largest ``n * n`` (kernel entries) for which ``num_threads="auto"`` runs torch CPU steps on one
+#: intra-op thread. Derived from ``python benchmarks/bench_threads.py`` (docs/benchmarks.md, section
+#: "Threads"): the largest measured n at which one thread was within 10 % of the default threads on
+#: the machine as found, for every measured d; loaded, one thread was never slower there.
+ONE_THREAD_MAX_ENTRIES = 1000 * 1000
+
+
+def auto_num_threads(particles) -> int | None:
+    """The intra-op threads ``num_threads="auto"`` picks for ``particles``: 1 for torch CPU tensors
+    with ``n * n <= ONE_THREAD_MAX_ENTRIES``, else ``None`` (torch's own setting)."""
+    if type(particles).__module__.split(".")[0] != "torch" or getattr(particles, "device", None) is None:
+        return None
+    if particles.device.type != "cpu" or particles.ndim < 2:
+        return None
+    n = int(particles.shape[-2])
+    return 1 if n * n <= ONE_THREAD_MAX_ENTRIES else None
+
+
+@contextlib.contextmanager
+def intra_op_threads(num_threads: int | None) -> Iterator[None]:
+    """Run the body with ``torch.set_num_threads(num_threads)``, then restore the caller's value.
+
+    ``None`` changes nothing (and imports nothing). The setting is process-wide while the body runs:
+    other threads of the process that use torch meanwhile see it too.
+    """
+    if num_threads is None:
+        yield
+        return
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise ValueError(f"expected num_threads as a positive integer or None, received {num_threads!r}")
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _check_num_threads(num_threads, particles) -> int | None:
+    if num_threads == "auto":
+        return auto_num_threads(particles)
+    if num_threads is None:
+        return None
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise ValueError(f"expected num_threads as 'auto', a positive integer or None, received {num_threads!r}")
+    if type(particles).__module__.split(".")[0] != "torch":
+        return None  # NumPy and the other libraries: torch's setting is not theirs
+    return num_threads
+
+
 def _progress(total: int, enabled):
     if enabled is False or (enabled is None and total < 2000):
         return None
@@ -92,7 +155,8 @@ def _progress(total: int, enabled):
 
 def run_sampler(sampler, state: ParticleState, steps: int, *, trace_every: int = 10,
                 keep_particles: bool = False, metrics: Mapping[str, Callable[[Any], Any]] | None = None,
-                progress: bool | None = None, callback: Callable[[ParticleState, Any], None] | None = None):
+                progress: bool | None = None, callback: Callable[[ParticleState, Any], None] | None = None,
+                num_threads: int | str | None = "auto"):
     """Run ``steps`` updates of ``sampler`` from ``state``.
 
     Parameters
@@ -107,6 +171,11 @@ def run_sampler(sampler, state: ParticleState, steps: int, *, trace_every: int =
         Show a tqdm bar; ``None`` shows it for runs of 2,000 steps or more when tqdm is installed.
     callback : callable(state, info), optional
         Called after every step.
+    num_threads : "auto", int >= 1 or None
+        torch's intra-op CPU threads during the run, restored afterwards (see the module docstring).
+        ``"auto"`` (default): one thread for torch CPU particles with ``n * n <=
+        ONE_THREAD_MAX_ENTRIES``, else torch's setting; an int: that many for torch particles; ``None``:
+        torch's setting is left alone. Other libraries' particles are never affected.
 
     Returns
     -------
@@ -122,7 +191,14 @@ def run_sampler(sampler, state: ParticleState, steps: int, *, trace_every: int =
 
     steps = validation.check_int("steps", steps, minimum=0)
     trace_every = validation.check_int("trace_every", trace_every, minimum=1)
-    metrics = dict(metrics or {})
+    threads = _check_num_threads(num_threads, state.particles)
+    with intra_op_threads(threads):
+        return _run(sampler, state, steps, trace_every, keep_particles, dict(metrics or {}), progress, callback)
+
+
+def _run(sampler, state, steps, trace_every, keep_particles, metrics, progress, callback):
+    import time
+
     trace = Trace()
     t0 = time.perf_counter()
 

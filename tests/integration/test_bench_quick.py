@@ -49,16 +49,6 @@ def test_bench_speed_quick(tmp_path):
     assert set(res["scaling"]) == {"n", "d"}
 
 
-def test_bench_threads_writes_its_table(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_threads.py"), "--pairs", "1",
-                           "--steps", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    res = json.loads((tmp_path / "threads.json").read_text())
-    assert [(r["n"], r["d"]) for r in res["rows"]] == [(200, 2), (1000, 2), (1000, 100), (2000, 100)]
-    assert all(r["ms_default"] > 0 and r["ms_one_thread"] > 0 for r in res["rows"])
-    assert "| 200 | 2 |" in (tmp_path / "threads.md").read_text()
-
-
 def test_diagnose_spos_loglik_pairs_the_methods(tmp_path):
     from benchmarks.evidence.uci import UCIDataError, num_splits
 

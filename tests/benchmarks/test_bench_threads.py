@@ -1,0 +1,67 @@
+"""``benchmarks/bench_threads.py``: a quick run end to end (both machine states, both backends), the
+threshold rule, and the report section that bench_speed.py includes in docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_threads  # noqa: E402
+from particlesampling.runner import ONE_THREAD_MAX_ENTRIES  # noqa: E402
+
+
+@pytest.mark.slow
+def test_quick_run_measures_both_states_and_backends(tmp_path):
+    out = tmp_path / "threads.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_threads.py"), "--quick",
+                           "--target-ms", "2", "--out", str(out), "--no-docs"], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    keys = [(r["state"], r["backend"], r["n"], r["d"]) for r in res["rows"]]
+    assert keys == [(s, b, n, d) for s in bench_threads.STATES for b in ("torch", "numpy")
+                    for n, d in bench_threads.QUICK_SIZES]
+    for r in res["rows"]:
+        assert r["ms_default"] > 0 and r["ms_one"] > 0
+        assert r["ratio_default_over_one"] == pytest.approx(r["ms_default"] / r["ms_one"])
+    assert set(res["meta"]["load_average"]) == set(bench_threads.STATES)
+    assert "| loaded | torch | 20 | 2 |" in proc.stdout
+
+
+def _row(state, backend, n, d, default, one):
+    return {"state": state, "backend": backend, "n": n, "d": d, "default_threads": 2, "ms_default": default,
+            "ms_one": one, "ratio_default_over_one": default / one}
+
+
+def test_threshold_rule_stops_at_the_first_n_where_threads_help():
+    rows = [_row("as found", "torch", 100, 2, 2.0, 1.0), _row("as found", "torch", 100, 50, 1.0, 1.05),
+            _row("as found", "torch", 300, 2, 1.0, 1.0), _row("as found", "torch", 300, 50, 1.0, 1.5),
+            _row("as found", "torch", 1000, 2, 1.0, 1.0), _row("as found", "torch", 1000, 50, 1.0, 1.0),
+            _row("loaded", "torch", 300, 50, 9.0, 1.0), _row("as found", "numpy", 300, 50, 1.0, 9.0)]
+    # n = 100: one thread within 10 % for both d; n = 300, d = 50: threads 33 % faster; so 100^2
+    assert bench_threads.derive_threshold(rows) == 100 * 100
+    assert bench_threads.derive_threshold(rows[:2]) == 100 * 100
+    assert bench_threads.derive_threshold([_row("as found", "torch", 100, 2, 1.0, 2.0)]) is None
+
+
+def test_report_uses_the_threshold_in_the_code():
+    n_small = int(ONE_THREAD_MAX_ENTRIES ** 0.5)
+    rows = [_row("as found", "torch", n_small, 2, 4.0, 2.0), _row("as found", "torch", n_small + 1, 2, 1.0, 3.0),
+            _row("loaded", "numpy", 10, 2, 3.0, 1.0)]
+    res = {"meta": {"command": "python benchmarks/bench_threads.py", "when": "now", "machine": "m", "torch": "t",
+                    "numpy": "n", "pairs": 1, "background": "b", "load_average": {"as found": 1.0, "loaded": 3.0},
+                    "derived_threshold": 4}, "rows": rows}
+    text = bench_threads.markdown(res)
+    assert f"{ONE_THREAD_MAX_ENTRIES:,}" in text
+    lines = [line for line in text.splitlines() if line.startswith("| as found") or line.startswith("| loaded")]
+    # auto / best: the small torch row runs one thread (the best, 1.00); the large keeps the default (1.00);
+    # NumPy is left alone: its default (3 ms) against one thread (1 ms) is 3.00
+    assert [line.rsplit("|", 2)[1].strip() for line in lines] == ["1.00", "1.00", "3.00"]
+    assert "as found 1.00, loaded 3.00" in text
