@@ -39,7 +39,7 @@ from .diagnostics import (
 from .kernels import IMQ, RBF, Kernel, Linear, RandomFeatureRBF, get_kernel
 from .log_density import score_from_log_prob
 from .memory_budget import default_memory_budget
-from .runner import NonFiniteError, Trace, run_sampler
+from .runner import NonFiniteError, Trace, intra_op_threads, run_sampler
 from .selection import lower_median, midpoint_median
 from .annealing import CyclicalAnnealing, LinearAnnealing
 from .samplers import SAMPLERS, ParticleState, annealed_svgd, blob, get_sampler, gfsf, matrix_svgd, projected_svgd, pspos, sgld, spos, svgd
@@ -73,6 +73,7 @@ __all__ = [
     "SAMPLERS",
     "ParticleState",
     "run_sampler",
+    "intra_op_threads",
     "score_from_log_prob",
     "Trace",
     "NonFiniteError",
