@@ -187,8 +187,6 @@ def run_sampler(sampler, state: ParticleState, steps: int, *, trace_every: int =
     NonFiniteError
         At the first step that produces a non-finite score or particle.
     """
-    import time
-
     steps = validation.check_int("steps", steps, minimum=0)
     trace_every = validation.check_int("trace_every", trace_every, minimum=1)
     threads = _check_num_threads(num_threads, state.particles)
@@ -197,6 +195,7 @@ def run_sampler(sampler, state: ParticleState, steps: int, *, trace_every: int =
 
 
 def _run(sampler, state, steps, trace_every, keep_particles, metrics, progress, callback):
+    """The loop of :func:`run_sampler`, its arguments checked."""
     import time
 
     trace = Trace()
