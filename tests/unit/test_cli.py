@@ -338,3 +338,18 @@ def test_every_registered_sampler_runs_from_the_cli(tmp_path, method):
     assert summary["method"] == method and np.isfinite(summary["ksd"])
     for option in ("kernel", "bandwidth", "beta"):
         assert (option in summary) == (option in takes), option
+
+
+def test_device_check_accepts_the_cuda_devices_that_exist(monkeypatch, capsys):
+    """With CUDA present (two devices, simulated), cuda and cuda:1 pass and cuda:2 is refused, naming them."""
+    torch = pytest.importorskip("torch")
+    from particlesampling.cli import _torch_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert _torch_device("cuda") == torch.device("cuda") and _torch_device("cuda:1") == torch.device("cuda:1")
+    assert _torch_device("cpu") == torch.device("cpu")
+    with pytest.raises(SystemExit) as ei:
+        _torch_device("cuda:2")
+    err = capsys.readouterr().err
+    assert ei.value.code == 2 and "'cuda:2'" in err and "cpu, cuda, cuda:0, cuda:1" in err
