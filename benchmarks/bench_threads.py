@@ -134,6 +134,19 @@ def _auto_ms(row: dict, entries: int) -> float:
     return row["ms_default"]
 
 
+#: the row the README quotes (a small problem, where the default threads cost most)
+README_ROW = (300, 2)
+
+
+def readme_sentence(res: dict, n: int = README_ROW[0], d: int = README_ROW[1]) -> str:
+    """The README's statement of the measured effect, from the torch rows of ``res`` for (n, d)."""
+    rows = {r["state"]: r for r in res["rows"] if r["backend"] == "torch" and (r["n"], r["d"]) == (n, d)}
+    found, loaded = rows["as found"], rows["loaded"]
+    return (f"for n = {n}, d = {d}, torch: {found['ms_default']:.2f} ms per step with the default "
+            f"{found['default_threads']} threads against {found['ms_one']:.2f} ms with one as found, "
+            f"{loaded['ms_default']:.2f} ms against {loaded['ms_one']:.2f} ms loaded")
+
+
 def markdown(res: dict) -> str:
     meta, rows = res["meta"], res["rows"]
     entries = ONE_THREAD_MAX_ENTRIES  # the value in the code now (the run recorded the one it ran with)
@@ -218,6 +231,8 @@ def main(argv=None) -> int:
     args.out.write_text(json.dumps(res, indent=1) + "\n")
     print(f"wrote {args.out}")
     print(markdown(res))
+    if not args.quick:
+        print("README:", readme_sentence(res))
     if not args.no_docs and not args.quick:
         _rewrite_docs()
     return 0

@@ -65,3 +65,16 @@ def test_report_uses_the_threshold_in_the_code():
     # NumPy is left alone: its default (3 ms) against one thread (1 ms) is 3.00
     assert [line.rsplit("|", 2)[1].strip() for line in lines] == ["1.00", "1.00", "3.00"]
     assert "as found 1.00, loaded 3.00" in text
+
+
+def test_committed_results_back_the_code_and_the_readme():
+    """The threshold in the code is the one the committed measurement derived, and the README quotes
+    that measurement (the sentence is rebuilt from benchmarks/results/threads.json)."""
+    res = json.loads((ROOT / "benchmarks" / "results" / "threads.json").read_text())
+    assert not res["meta"]["quick"]
+    assert res["meta"]["derived_threshold"] == ONE_THREAD_MAX_ENTRIES
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert bench_threads.readme_sentence(res) in readme
+    assert "python benchmarks/bench_threads.py" in readme and f"{ONE_THREAD_MAX_ENTRIES:,}" in readme
+    docs = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    assert bench_threads.markdown(res) in docs
