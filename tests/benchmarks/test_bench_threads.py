@@ -78,3 +78,13 @@ def test_committed_results_back_the_code_and_the_readme():
     assert "python benchmarks/bench_threads.py" in readme and f"{ONE_THREAD_MAX_ENTRIES:,}" in readme
     docs = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
     assert bench_threads.markdown(res) in docs
+
+
+def test_replace_section_keeps_the_other_sections():
+    page = "# B\n\n## Floor\n\nfloor text\n\n## Time per SVGD step (ms)\n\nspeed\n"
+    first = bench_threads.replace_section(page, f"{bench_threads.HEADING}\n\nv1\n")
+    assert first == f"# B\n\n## Floor\n\nfloor text\n\n{bench_threads.HEADING}\n\nv1\n\n## Time per SVGD step (ms)\n\nspeed\n"
+    second = bench_threads.replace_section(first, f"{bench_threads.HEADING}\n\nv2\n")
+    assert second == first.replace("v1", "v2")
+    last = bench_threads.replace_section(f"# B\n\n{bench_threads.HEADING}\n\nold\n", f"{bench_threads.HEADING}\n\nnew\n")
+    assert last == f"# B\n\n{bench_threads.HEADING}\n\nnew\n\n"
