@@ -11,9 +11,9 @@ alike; the table gives the median time per step of each and their ratio. The mac
   when the state's measurements end.
 
 The step is ``particlesampling.svgd`` with its defaults (RBF kernel, ``liu_wang`` median
-bandwidth, constant step) on the score of N(0, I_d). From the torch rows the script derives the
+bandwidth, constant step) on the score of N(0, I_d). From the rows the script derives the
 largest ``n * n`` at which one thread was within 10 % of the default threads in the ``as found``
-state, for every measured d: the value of ``particlesampling.runner.ONE_THREAD_MAX_ENTRIES``, below
+state, for every measured d and both libraries: the value of ``particlesampling.runner.ONE_THREAD_MAX_ENTRIES``, below
 which ``run_sampler`` uses one intra-op thread by default. The table shows, for each row, what that
 default (``auto``) costs against the better of the two settings.
 
@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -117,9 +118,9 @@ def measure(backend: str, n: int, d: int, pairs: int, target_s: float) -> dict:
 
 
 def derive_threshold(rows: list) -> int | None:
-    """Largest measured ``n * n`` (torch, ``as found``) at which, for every measured d, one thread
-    was within TOLERANCE of the default threads, and so at every smaller measured n."""
-    rows = [r for r in rows if r["backend"] == "torch" and r["state"] == "as found"]
+    """Largest measured ``n * n`` (``as found``) at which, for every measured d and backend, one
+    thread was within TOLERANCE of the default threads, and so at every smaller measured n."""
+    rows = [r for r in rows if r["state"] == "as found"]
     best = None
     for n in sorted({r["n"] for r in rows}):
         ok = all(r["ratio_default_over_one"] >= 1 - TOLERANCE for r in rows if r["n"] <= n)
@@ -131,7 +132,7 @@ def derive_threshold(rows: list) -> int | None:
 
 def _auto_ms(row: dict, entries: int) -> float:
     """The time of the row under ``num_threads="auto"`` with the given threshold."""
-    if row["backend"] == "torch" and row["n"] * row["n"] <= entries:
+    if row["n"] * row["n"] <= entries:
         return row["ms_one"]
     return row["ms_default"]
 
@@ -161,11 +162,11 @@ def markdown(res: dict) -> str:
              f"Background: {meta['background']}; load average (1 min) at the start of each state: "
              + ", ".join(f"{s} {v:.1f}" for s, v in meta["load_average"].items()) + ". "
              "Raw data: `benchmarks/results/threads.json`.", "",
-             f"`ps.run_sampler`'s default `num_threads=\"auto\"` runs torch CPU particles with n² ≤ "
-             f"{entries:,} (`particlesampling.runner.ONE_THREAD_MAX_ENTRIES`) on one intra-op thread and "
-             "restores the caller's setting afterwards; NumPy's BLAS pool is left alone. "
+             f"`ps.run_sampler`'s default `num_threads=\"auto\"` runs torch CPU tensors and NumPy arrays with "
+             f"n² ≤ {entries:,} (`particlesampling.runner.ONE_THREAD_MAX_ENTRIES`) on one thread (torch's "
+             "intra-op pool; the BLAS pool through threadpoolctl) and restores the caller's setting afterwards. "
              + (f"This run's rule (the largest measured n² at which one thread was within "
-                f"{TOLERANCE:.0%} of the default threads *as found*, for every d) gives "
+                f"{TOLERANCE:.0%} of the default threads *as found*, for every d and both libraries) gives "
                 f"{meta['derived_threshold']:,}." if meta.get("derived_threshold") else
                 "This run's rule found no measured n at which one thread was within "
                 f"{TOLERANCE:.0%} of the default threads *as found*.") + " "
@@ -224,7 +225,7 @@ def main(argv=None) -> int:
             for p in busy:
                 p.kill()
                 p.wait()
-    command = " ".join(["python benchmarks/bench_threads.py"] + list(sys.argv[1:] if argv is None else argv))
+    command = shlex.join(["python", "benchmarks/bench_threads.py"] + list(sys.argv[1:] if argv is None else argv))
     res = {"meta": {"command": command, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                     "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s) (shared)",
                     "torch": torch.__version__, "numpy": np.__version__, "pairs": pairs,
@@ -242,7 +243,7 @@ def main(argv=None) -> int:
     return 0
 
 
-HEADING = "## Threads: the default step against one thread, idle and loaded"
+HEADING = "## Threads: the default step against one thread, as found and loaded"
 DOCS = ROOT / "docs" / "benchmarks.md"
 
 

@@ -8,14 +8,15 @@ state before that step is kept on the exception (``err.state``) so nothing is lo
 
 A run resumes exactly from a checkpoint of its state (:mod:`particlesampling.checkpoint`).
 
-Threads. On a CPU, torch's intra-op threads synchronise at every operation; for the small matrices
-of a small particle system that costs more than it saves, and on a machine that other processes keep
-busy the waiting makes a step many times slower (``benchmarks/bench_threads.py`` measures both, idle
-and loaded; its table is in docs/benchmarks.md). So by default (``num_threads="auto"``) a run on
-torch CPU tensors of at most :data:`ONE_THREAD_MAX_ENTRIES` kernel entries (``n * n``) uses one
-intra-op thread; :func:`intra_op_threads` sets it for the run only and restores the caller's value
-afterwards, also when the run raises. Nothing is changed for other arrays or devices, and nothing
-outside the run: the library never changes the global thread count behind the user's back.
+Threads. On a CPU, torch's intra-op threads (and the BLAS threads NumPy calls) synchronise at
+every operation; for the small matrices of a particle system that costs more than it saves, and on
+a machine that other processes keep busy the waiting makes a step many times slower
+(``benchmarks/bench_threads.py`` measures both libraries, idle and loaded; its table is in
+docs/benchmarks.md). So by default (``num_threads="auto"``) a run on torch CPU tensors or NumPy
+arrays of at most :data:`ONE_THREAD_MAX_ENTRIES` kernel entries (``n * n``) uses one thread;
+:func:`intra_op_threads` sets it for the run only and restores the caller's value afterwards, also
+when the run raises. Nothing is changed for other libraries or devices, and nothing outside the run:
+the library never changes the global thread count behind the user's back.
 """
 
 from __future__ import annotations
@@ -91,36 +92,60 @@ class Trace:
         return trace
 
 
-#: Largest ``n * n`` (kernel entries) for which ``num_threads="auto"`` runs torch CPU steps on one
-#: intra-op thread. Derived from ``python benchmarks/bench_threads.py`` (docs/benchmarks.md, section
-#: "Threads"): the largest measured n at which one thread was within 10 % of the default threads on
-#: the machine as found, for every measured d; loaded, one thread was never slower there.
-ONE_THREAD_MAX_ENTRIES = 1000 * 1000
+#: Largest ``n * n`` (kernel entries) for which ``num_threads="auto"`` runs a step on one thread
+#: (torch's intra-op pool for torch CPU tensors, the BLAS pool for NumPy arrays). Derived from
+#: ``python benchmarks/bench_threads.py`` (docs/benchmarks.md, section "Threads"): the largest
+#: measured n * n at which, for every measured d and both libraries, one thread was within 10 % of
+#: the default threads on the machine as found (n = 3,000, the largest measured); loaded, one thread
+#: was faster at every measured size. Larger problems keep the libraries' own settings.
+ONE_THREAD_MAX_ENTRIES = 3000 * 3000
+
+_LIBRARIES = ("torch", "numpy")
+
+
+def _library(particles) -> str | None:
+    """``"torch"`` for a torch CPU tensor, ``"numpy"`` for a NumPy array, else ``None``."""
+    module = type(particles).__module__.split(".")[0]
+    if module == "torch":
+        return "torch" if particles.device.type == "cpu" else None
+    return "numpy" if module == "numpy" else None
 
 
 def auto_num_threads(particles) -> int | None:
-    """The intra-op threads ``num_threads="auto"`` picks for ``particles``: 1 for torch CPU tensors
-    with ``n * n <= ONE_THREAD_MAX_ENTRIES``, else ``None`` (torch's own setting)."""
-    if type(particles).__module__.split(".")[0] != "torch" or getattr(particles, "device", None) is None:
-        return None
-    if particles.device.type != "cpu" or particles.ndim < 2:
+    """The threads ``num_threads="auto"`` picks for ``particles``: 1 for torch CPU tensors and NumPy
+    arrays with ``n * n <= ONE_THREAD_MAX_ENTRIES`` (n: the second-last axis), else ``None`` (the
+    library's own setting)."""
+    if _library(particles) is None or particles.ndim < 2:
         return None
     n = int(particles.shape[-2])
     return 1 if n * n <= ONE_THREAD_MAX_ENTRIES else None
 
 
 @contextlib.contextmanager
-def intra_op_threads(num_threads: int | None) -> Iterator[None]:
-    """Run the body with ``torch.set_num_threads(num_threads)``, then restore the caller's value.
+def intra_op_threads(num_threads: int | None, library: str = "torch") -> Iterator[None]:
+    """Run the body with ``num_threads`` threads in ``library``'s pool, then restore the caller's value.
 
-    ``None`` changes nothing (and imports nothing). The setting is process-wide while the body runs:
-    other threads of the process that use torch meanwhile see it too.
+    ``library="torch"``: ``torch.set_num_threads`` (intra-op threads). ``library="numpy"``: the BLAS
+    pool NumPy calls, through ``threadpoolctl`` (installed with scikit-learn); without threadpoolctl
+    nothing is changed. ``None`` changes nothing (and imports nothing). The setting is process-wide
+    while the body runs: other threads of the process meanwhile see it too.
     """
+    if library not in _LIBRARIES:
+        raise ValueError(f"expected library as one of {_LIBRARIES}, received {library!r}")
     if num_threads is None:
         yield
         return
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
         raise ValueError(f"expected num_threads as a positive integer or None, received {num_threads!r}")
+    if library == "numpy":
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # optional: without it NumPy's BLAS keeps its setting
+            yield
+            return
+        with threadpool_limits(limits=num_threads, user_api="blas"):
+            yield
+        return
     import torch
 
     saved = torch.get_num_threads()
@@ -138,9 +163,7 @@ def _check_num_threads(num_threads, particles) -> int | None:
         return None
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
         raise ValueError(f"expected num_threads as 'auto', a positive integer or None, received {num_threads!r}")
-    if type(particles).__module__.split(".")[0] != "torch":
-        return None  # NumPy and the other libraries: torch's setting is not theirs
-    return num_threads
+    return num_threads if _library(particles) is not None else None
 
 
 def _progress(total: int, enabled):
@@ -172,10 +195,11 @@ def run_sampler(sampler, state: ParticleState, steps: int, *, trace_every: int =
     callback : callable(state, info), optional
         Called after every step.
     num_threads : "auto", int >= 1 or None
-        torch's intra-op CPU threads during the run, restored afterwards (see the module docstring).
-        ``"auto"`` (default): one thread for torch CPU particles with ``n * n <=
-        ONE_THREAD_MAX_ENTRIES``, else torch's setting; an int: that many for torch particles; ``None``:
-        torch's setting is left alone. Other libraries' particles are never affected.
+        Threads of the particles' library during the run, restored afterwards (see the module
+        docstring): torch's intra-op pool for torch CPU tensors, the BLAS pool (threadpoolctl) for
+        NumPy arrays. ``"auto"`` (default): one thread when ``n * n <= ONE_THREAD_MAX_ENTRIES``, else
+        the library's setting; an int: that many; ``None``: nothing is changed. Other libraries and
+        devices (JAX, CUDA tensors) are never affected.
 
     Returns
     -------
@@ -190,7 +214,7 @@ def run_sampler(sampler, state: ParticleState, steps: int, *, trace_every: int =
     steps = validation.check_int("steps", steps, minimum=0)
     trace_every = validation.check_int("trace_every", trace_every, minimum=1)
     threads = _check_num_threads(num_threads, state.particles)
-    with intra_op_threads(threads):
+    with intra_op_threads(threads, _library(state.particles) or "torch"):
         return _run(sampler, state, steps, trace_every, keep_particles, dict(metrics or {}), progress, callback)
 
 

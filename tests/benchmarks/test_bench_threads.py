@@ -44,11 +44,13 @@ def test_threshold_rule_stops_at_the_first_n_where_threads_help():
     rows = [_row("as found", "torch", 100, 2, 2.0, 1.0), _row("as found", "torch", 100, 50, 1.0, 1.05),
             _row("as found", "torch", 300, 2, 1.0, 1.0), _row("as found", "torch", 300, 50, 1.0, 1.5),
             _row("as found", "torch", 1000, 2, 1.0, 1.0), _row("as found", "torch", 1000, 50, 1.0, 1.0),
-            _row("loaded", "torch", 300, 50, 9.0, 1.0), _row("as found", "numpy", 300, 50, 1.0, 9.0)]
+            _row("loaded", "torch", 300, 50, 9.0, 1.0)]
     # n = 100: one thread within 10 % for both d; n = 300, d = 50: threads 33 % faster; so 100^2
     assert bench_threads.derive_threshold(rows) == 100 * 100
     assert bench_threads.derive_threshold(rows[:2]) == 100 * 100
     assert bench_threads.derive_threshold([_row("as found", "torch", 100, 2, 1.0, 2.0)]) is None
+    # every backend counts: NumPy's threads 2x faster at n = 100 leave no size for one thread
+    assert bench_threads.derive_threshold(rows + [_row("as found", "numpy", 100, 2, 1.0, 2.0)]) is None
 
 
 def test_report_uses_the_threshold_in_the_code():
@@ -61,10 +63,12 @@ def test_report_uses_the_threshold_in_the_code():
     text = bench_threads.markdown(res)
     assert f"{ONE_THREAD_MAX_ENTRIES:,}" in text
     lines = [line for line in text.splitlines() if line.startswith("| as found") or line.startswith("| loaded")]
-    # auto / best: the small torch row runs one thread (the best, 1.00); the large keeps the default (1.00);
-    # NumPy is left alone: its default (3 ms) against one thread (1 ms) is 3.00
-    assert [line.rsplit("|", 2)[1].strip() for line in lines] == ["1.00", "1.00", "3.00"]
-    assert "as found 1.00, loaded 3.00" in text
+    # auto / best: the small rows run one thread (torch: 2 ms, the best; NumPy: 1 ms, the best), the large
+    # keeps the default (1 ms, the best)
+    assert [line.rsplit("|", 2)[1].strip() for line in lines] == ["1.00", "1.00", "1.00"]
+    rows[0]["ms_one"], rows[0]["ratio_default_over_one"] = 5.0, 0.8  # one thread slower: auto pays 5 / 4
+    text = bench_threads.markdown(res)
+    assert "as found 1.25, loaded 1.00" in text
 
 
 def test_committed_results_back_the_code_and_the_readme():

@@ -1,5 +1,5 @@
-"""run_sampler's thread scoping: one torch intra-op thread for small CPU problems, the caller's
-setting restored afterwards (also on an exception), nothing changed for other libraries or when asked."""
+"""run_sampler's thread scoping: one thread (torch's intra-op pool, NumPy's BLAS pool) for small CPU
+problems, the caller's setting restored afterwards (also on an exception), nothing changed when asked."""
 
 from __future__ import annotations
 
@@ -48,6 +48,26 @@ def test_numpy_runs_leave_torch_alone(caller_threads, num_threads):
     assert _threads_during(np.random.default_rng(0).standard_normal((30, 2)), num_threads=num_threads) == {2}
 
 
+def _blas_threads() -> int:
+    from threadpoolctl import threadpool_info
+
+    return max(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
+
+
+@pytest.mark.parametrize("num_threads, expected", [("auto", 1), (1, 1), (None, 2)])
+def test_numpy_runs_scope_the_blas_pool(num_threads, expected):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):  # the caller's setting
+        if _blas_threads() != 2:
+            pytest.skip("the BLAS library here does not take a thread limit")
+        seen = set()
+        sampler = ps.svgd(lambda x: -x, step_size=1e-3)
+        ps.run_sampler(sampler, sampler.init(np.random.default_rng(0).standard_normal((30, 2))), 2,
+                       callback=lambda s, i: seen.add(_blas_threads()), num_threads=num_threads)
+        assert seen == {expected}
+        assert _blas_threads() == 2
+
+
 def test_restored_when_the_run_raises(caller_threads):
     sampler = ps.svgd(lambda x: x * math.nan, step_size=1e-3)
     with pytest.raises(NonFiniteError):
@@ -67,7 +87,10 @@ def test_auto_threshold_is_on_the_kernel_entries():
     assert auto_num_threads(torch.empty(4, n_max + 1)) == 1          # d does not count, n does
     assert auto_num_threads(torch.empty(2, 5, 3)) == 1                # a stack: n is the second-last axis
     assert auto_num_threads(torch.empty(5, 3, device="meta")) is None  # not the CPU
-    assert auto_num_threads(np.empty((5, 3))) is None
+    assert auto_num_threads(np.empty((5, 3))) == 1 and auto_num_threads(np.empty((n_max + 1, 1))) is None
+    with pytest.raises(ValueError, match="library"):
+        with intra_op_threads(1, library="jax"):
+            pass
 
 
 @pytest.mark.parametrize("bad", [0, -1, "two", True, 1.0])
