@@ -85,7 +85,7 @@ def _refused(args, tmp_path, capsys, message):
     (["--dpi", "5"], "--dpi: expected >= 10, received 5"),
     (["--seed", "-1"], "--seed: expected >= 0, received -1"),
     (["--beta", "0"], "--beta: expected a positive number, received '0'"),
-    (["--methods", "svgd,sgld", "--beta", "2"], "--beta: does not apply to svgd, sgld (it applies to spos)"),
+    (["--methods", "svgd,sgld", "--beta", "2"], "--beta: does not apply to svgd, sgld (it applies to spos"),
     (["--out", "a.png"], "--out: expected an output file ending in .gif or .mp4"),
 ])
 def test_animate_bad_arguments_are_one_line_errors(tmp_path, capsys, args, message):
