@@ -1,7 +1,7 @@
 """The particle samplers, one module each, as ``init`` / ``step`` pairs over explicit state (BlackJAX style).
 
-SVGD, SPOS and SGLD; annealed SVGD, GFSF, Blob, preconditioned SPOS, matrix-kernel SVGD and
-projected SVGD (each module's docstring states its update and paper). Each constructor returns a
+SVGD, SPOS and SGLD; annealed SVGD, GFSF, Blob, preconditioned SPOS, matrix-kernel SVGD,
+projected SVGD and sliced SVGD (each module's docstring states its update and paper). Each constructor returns a
 frozen sampler with
 
 * ``state = sampler.init(particles, seed=0)``: validates the particles (n x d, floating, finite)
@@ -22,16 +22,18 @@ from .matrix_svgd import MatrixSVGD, matrix_svgd
 from .projected_svgd import ProjectedSVGD, projected_svgd
 from .pspos import PSPOS, pspos
 from .sgld import SGLD, sgld
+from .sliced_svgd import SlicedSVGD, sliced_svgd
 from .spos import SPOS, spos
 from .svgd import SVGD, svgd
 
-__all__ = ["svgd", "spos", "sgld", "annealed_svgd", "gfsf", "blob", "pspos", "matrix_svgd", "projected_svgd", "SVGD", "SPOS", "SGLD", "AnnealedSVGD", "GFSF", "Blob", "PSPOS", "MatrixSVGD", "ProjectedSVGD", "ParticleSampler", "ParticleState", "SteinStepInfo",
+__all__ = ["svgd", "spos", "sgld", "annealed_svgd", "gfsf", "blob", "pspos", "matrix_svgd", "projected_svgd", "sliced_svgd", "SVGD", "SPOS", "SGLD", "AnnealedSVGD", "GFSF", "Blob", "PSPOS", "MatrixSVGD", "ProjectedSVGD", "SlicedSVGD", "ParticleSampler", "ParticleState", "SteinStepInfo",
            "LangevinStepInfo", "SAMPLERS", "get_sampler"]
 
 #: sampler constructors by name (the CLI's ``--method``)
 SAMPLERS = {"svgd": svgd, "spos": spos, "sgld": sgld, "annealed_svgd": annealed_svgd, "gfsf": gfsf,
             "blob": blob, "pspos": pspos,
-            "matrix_svgd": matrix_svgd, "projected_svgd": projected_svgd}
+            "matrix_svgd": matrix_svgd, "projected_svgd": projected_svgd,
+            "sliced_svgd": sliced_svgd}
 
 
 def get_sampler(name: str, score_fn, step_size=1e-2, **options) -> ParticleSampler:

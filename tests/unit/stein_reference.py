@@ -83,3 +83,19 @@ def imq_stein_kernel(x, y, sx, sy, h, c=1.0, beta=-0.5):
     # d^2 k / dx_a dy_b = -2 beta base^(beta-1) delta_ab / h - 4 beta (beta-1) base^(beta-2) r_a r_b / h^2
     trace = -2.0 * beta * base ** (beta - 1) * d / h - 4.0 * beta * (beta - 1) * base ** (beta - 2) * float(r @ r) / h**2
     return float(sx @ sy) * k + float(sx @ gy) + float(gx @ sy) + trace
+
+
+def sliced_svgd_direction(x, s, g, h=None):
+    """S-SVGD (Gong et al. 2021): ``phi_{i,r} = (1/n) sum_j [k(g_r.x_j, g_r.x_i) s_{j,r}
+    + g_{r,r} d/dy_j k(y_j, y_i)|_{y = g_r.x}]``, ``g_r`` the unit-normalised row ``r`` of ``g``;
+    ``h``: one bandwidth for every slice, or None for the median rule on each slice's projections."""
+    n, d = x.shape
+    phi = np.zeros((n, d))
+    for r in range(d):
+        gr = g[r] / math.sqrt(float(np.sum(g[r] ** 2)))
+        y = np.array([[float(np.dot(gr, x[i]))] for i in range(n)])
+        hr = liu_wang_bandwidth(y) if h is None else h
+        for i in range(n):
+            for j in range(n):
+                phi[i, r] += rbf(y[j], y[i], hr) * s[j, r] + gr[r] * float(grad_first(y[j], y[i], hr)[0])
+    return phi / n
