@@ -563,7 +563,7 @@ def notes(res):
     better = [r["method"] for r in blr[:-1] if "mean_error_sd" in r and r["mean_error_sd"] <= yard["mean_error_sd"]
               and r["cov_error_rel"] <= 1.5 * yard["cov_error_rel"]]
     out.append("On the logistic regression, "
-               + (", ".join(f"`{m}`" for m in better) + " reach the exact-draw scale of the mean error with a covariance "
+               + (", ".join(f"`{m}`" for m in better) + (" reaches" if len(better) == 1 else " reach") + " the exact-draw scale of the mean error with a covariance "
                   "error within 1.5 times that of exact draws" if better else
                   "no method reaches the exact-draw scale of both the mean and the covariance error")
                + f" in {c['blr_steps']} steps.")
