@@ -382,7 +382,9 @@ def markdown(res: Dict, plan, images: Dict[str, str], image_dir: str) -> List[st
     a(f"### Which part does the work (small transformer, 8 heads, dropout 0.1, a = a* = {a_star:g})")
     a("")
     a(f"Paired by seed; ▲/▼ beyond {SE_MULTIPLE:g} SE. 'Δ vs full' compares the arm with the full SPOS posterior: "
-      "a part whose removal costs accuracy shows there as ▼.")
+      "a part whose removal costs accuracy shows there as ▼. The time ratios compare runs made at different "
+      "times under different loads of the shared machine (this part's runs ran beside other heavy work), so "
+      "they are not the adapter's cost (`benchmarks/results/adapter_overhead.md` measures that side by side).")
     a("")
     for ds, block in res["ablation"].items():
         b = block["baseline"]
