@@ -578,7 +578,7 @@ def _markdown(results: Dict, data_info: Dict, images: Dict[str, str], image_dir:
     if sr:
         answer = [v for v in strong_repulsion.verdicts(sr) if v.startswith("Answer: ")]
         if answer:
-            a(f"- The SPOS posterior mode with strong repulsion (last section): {answer[-1][len('Answer: '):]}")
+            a(f"- The SPOS posterior mode with strong repulsion (its section below): {answer[-1][len('Answer: '):]}")
     if results.get("spaces"):
         answer = [v for v in spaces_study.verdicts(results["spaces"]) if v.startswith("Answer: ")]
         a(f"- Repulsion in circuit or function space instead of weight space (section \"Particle spaces head to "
