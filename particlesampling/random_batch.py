@@ -82,7 +82,7 @@ def random_batch_direction(particles, scores, batch_size: int, *, seed: int, ste
         sb = xp.reshape(xp.take(scores, idx, axis=0), (count, size, d))
         t = stein_terms(xb, sb, kernel, bandwidth)
         self_term = t.kernel_diagonal[..., None] * sb
-        inter = t.driving + repulsion * t.repulsion - self_term
+        inter = t.driving + repulsion * t.repulsion_term - self_term
         scale = (n - 1) / (n * (size - 1))
         parts.append(xp.reshape(self_term / float(n) + scale * inter, (count * size, d)))
         hs.append(t.bandwidth if t.bandwidth.ndim == 1 else xp.mean(t.bandwidth, axis=-1))

@@ -43,7 +43,7 @@ def stein_direction_with_info(particles, scores, kernel=None, bandwidth=None, re
                                                memory_budget=budget_bytes(particles, memory_budget),
                                                check_finite=False)
     t = stein_terms(particles, scores, kernel, bandwidth, sq=sq)
-    return assemble_direction(xp, t.driving, t.repulsion, repulsion, t.bandwidth, t.mean_kernel)
+    return assemble_direction(xp, t.driving, t.repulsion_term, repulsion, t.bandwidth, t.mean_kernel)
 
 
 def _check_flag(check_finite) -> bool:
@@ -105,7 +105,7 @@ def stein_direction_batched_with_info(particles, scores, kernel=None, bandwidth=
     if _check_flag(check_finite):
         check_finite_inputs(xp, particles, scores, where="the batched Stein direction")
     t = stein_terms(particles, scores, kernel, bandwidth)
-    return assemble_direction(xp, t.driving, t.repulsion, repulsion, t.bandwidth, t.mean_kernel)
+    return assemble_direction(xp, t.driving, t.repulsion_term, repulsion, t.bandwidth, t.mean_kernel)
 
 
 def stein_direction_batched(particles, scores, kernel=None, bandwidth=None, repulsion: float = 1.0, *,

@@ -61,7 +61,7 @@ class SteinTerms(NamedTuple):
     """Unnormalised pieces of the Stein direction (see :func:`stein_terms`)."""
 
     driving: Any  #: (n, d) ``K S``
-    repulsion: Any  #: (n, d) ``R`` (unweighted)
+    repulsion_term: Any  #: (n, d) ``R`` (unweighted; the weight is the ``repulsion`` argument)
     kernel_diagonal: Any  #: (n,) ``k(x_i, x_i)``
     bandwidth: Any  #: h used
     mean_kernel: Any  #: mean off-diagonal kernel value (1 when n = 1)

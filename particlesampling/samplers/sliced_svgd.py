@@ -92,7 +92,7 @@ def sliced_stein_direction(particles, scores, slices=None, kernel=None, bandwidt
     coord = xp.permute_dims(scores, (1, 0))[..., None]
     t = stein_terms(proj, coord, kernel, bandwidth)
     weight = xp.linalg.diagonal(g)[:, None, None]  # e_r^T g_r
-    phi, info = assemble_direction(xp, t.driving, weight * t.repulsion, repulsion, t.bandwidth, t.mean_kernel)
+    phi, info = assemble_direction(xp, t.driving, weight * t.repulsion_term, repulsion, t.bandwidth, t.mean_kernel)
     return xp.permute_dims(phi[..., 0], (1, 0)), info
 
 

@@ -27,7 +27,7 @@ def _loop_reference(x, s, batch_size, seed, step, kernel, bandwidth, repulsion):
     for idx in np.array_split(perm, max(n // batch_size, 1)):
         t = stein_terms(x[idx], s[idx], kernel, bandwidth)
         self_term = t.kernel_diagonal[:, None] * s[idx]
-        inter = t.driving + repulsion * t.repulsion - self_term
+        inter = t.driving + repulsion * t.repulsion_term - self_term
         phi[idx] = self_term / n + (n - 1) / (n * (len(idx) - 1)) * inter
         hs.append(np.mean(t.bandwidth))
         mks.append(t.mean_kernel)
