@@ -95,24 +95,8 @@ def test_imports_go_strictly_down():
 
 def test_no_import_cycle():
     full = _graph()
-    graph = {m: {d for d in deps if d in full} for m, deps in full.items()}
-    state: dict[str, int] = {}
-    path: list[str] = []
-
-    def visit(m):
-        state[m] = 1
-        path.append(m)
-        for d in sorted(graph[m]):
-            if state.get(d) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(path[path.index(d):] + [d]))
-            if d not in state:
-                visit(d)
-        path.pop()
-        state[m] = 2
-
-    for m in sorted(graph):
-        if m not in state:
-            visit(m)
+    cycle = _cycle({m: {d for d in deps if d in full} for m, deps in full.items()})
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
 def test_the_layer_check_catches_an_upward_import(tmp_path, monkeypatch):
