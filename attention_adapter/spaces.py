@@ -268,21 +268,32 @@ def circuit_particles(heads: HeadParticles, *, skip_frozen: bool = True) -> Head
     Groups with a frozen tensor (with ``skip_frozen``) or a single particle are skipped (listed in
     ``skipped``), as in weight space.
     """
+    return _particles_in_space(
+        heads, lambda site: _circuit_groups_of_site(site, heads.particles, heads.roles, heads.include_bias),
+        "circuit space", skip_frozen, validate=lambda g: circuit_structure(g, heads.include_bias))
+
+
+def _particles_in_space(heads: HeadParticles, groups_of_site, space: str, skip_frozen: bool,
+                        validate=None) -> HeadParticles:
+    """A copy of ``heads`` whose groups are ``groups_of_site(site)`` over its sites, frozen and
+    single-particle groups listed in ``skipped`` (the rule of weight space); ``validate(group)`` raises on a
+    group it cannot serve."""
     out = copy.copy(heads)
     out.skipped = dict(heads.skipped)
     groups = []
     for site in heads.sites:
-        for g in _circuit_groups_of_site(site, heads.particles, heads.roles, heads.include_bias):
+        for g in groups_of_site(site):
             frozen = [b.name for b in g.blocks if not b.param.requires_grad]
             if frozen and skip_frozen:
                 out.skipped[g.name] = "frozen: " + ", ".join(frozen)
             elif g.num_particles < 2:
                 out.skipped[g.name] = f"a single particle ({site.heads_text()}): nothing to repel"
             else:
-                circuit_structure(g, heads.include_bias)  # validates the term structure
+                if validate is not None:
+                    validate(g)
                 groups.append(g)
     if not groups:
-        raise ValueError(f"expected at least one trainable group of attention heads in circuit space, found none "
+        raise ValueError(f"expected at least one trainable group of attention heads in {space}, found none "
                          f"(skipped: {out.skipped or 'none'})")
     out.groups = tuple(groups)
     return out
@@ -309,23 +320,9 @@ def output_particles(heads: HeadParticles, *, skip_frozen: bool = True) -> HeadP
     ``roles`` (and output columns with ``include_output``, biases with ``include_bias``). Under grouped-query
     attention a particle is a key/value head with its query heads; under multi-query attention the particles
     are the query heads and the one key/value head is no particle."""
-    out = copy.copy(heads)
-    out.skipped = dict(heads.skipped)
-    groups = []
-    for site in heads.sites:
-        for g in _output_groups_of_site(site, heads.roles, heads.include_output, heads.include_bias):
-            frozen = [b.name for b in g.blocks if not b.param.requires_grad]
-            if frozen and skip_frozen:
-                out.skipped[g.name] = "frozen: " + ", ".join(frozen)
-            elif g.num_particles < 2:
-                out.skipped[g.name] = f"a single particle ({site.heads_text()}): nothing to repel"
-            else:
-                groups.append(g)
-    if not groups:
-        raise ValueError(f"expected at least one trainable group of attention heads in function space, found none "
-                         f"(skipped: {out.skipped or 'none'})")
-    out.groups = tuple(groups)
-    return out
+    return _particles_in_space(
+        heads, lambda site: _output_groups_of_site(site, heads.roles, heads.include_output, heads.include_bias),
+        "function space", skip_frozen)
 
 
 def circuit_direction(structure: CircuitStructure, particles: torch.Tensor, scores: torch.Tensor, kernel=None,
