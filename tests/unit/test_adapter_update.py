@@ -337,30 +337,7 @@ def test_amp_grad_scaler_transform_acts_on_unscaled_gradients():
     assert max(float((p - q).abs().max()) for p, q in zip(wrong, ref)) > 1e-3
 
 
-def test_autocast_bfloat16_training_runs_finite():
-    model = _encoder(torch.float32)
-    heads = RepulsiveHeads(model, "spos", preset="an2020")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    heads.attach(opt)
-    x, y = _batch(torch.float32)
-    for _ in range(2):
-        opt.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = _loss(model, x, y)
-        loss.backward()
-        opt.step()
-    assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert all(torch.isfinite(i.bandwidth) for i in heads.last_info.groups.values())
-
-
-@pytest.mark.parametrize("space", ["circuits", "outputs"])
-def test_amp_in_the_other_spaces(space):
-    """GradScaler: the transform sees unscaled gradients (the function-space repulsion is computed in the
-    forward pass, outside the scaled loss); bfloat16 autocast runs finite."""
-    ref = _amp_run("fp32", steps=2, space=space)
-    got = _amp_run("unscale_then_apply", steps=2, space=space)
-    for p, q in zip(got, ref):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+def _assert_bf16_autocast_training_runs_finite(space="weights"):
     model = _encoder(torch.float32)
     heads = RepulsiveHeads(model, "spos", preset="an2020", space=space)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -374,6 +351,21 @@ def test_amp_in_the_other_spaces(space):
         opt.step()
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert all(torch.isfinite(i.bandwidth) for i in heads.last_info.groups.values())
+
+
+def test_autocast_bfloat16_training_runs_finite():
+    _assert_bf16_autocast_training_runs_finite()
+
+
+@pytest.mark.parametrize("space", ["circuits", "outputs"])
+def test_amp_in_the_other_spaces(space):
+    """GradScaler: the transform sees unscaled gradients (the function-space repulsion is computed in the
+    forward pass, outside the scaled loss); bfloat16 autocast runs finite."""
+    ref = _amp_run("fp32", steps=2, space=space)
+    got = _amp_run("unscale_then_apply", steps=2, space=space)
+    for p, q in zip(got, ref):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    _assert_bf16_autocast_training_runs_finite(space)
 
 
 def test_half_precision_parameters_are_computed_in_float32():
