@@ -34,6 +34,7 @@ from . import spaces_study, strong_repulsion
 from .methods import METHODS
 from .models import DEFAULT_HEADS
 from .train import RunConfig
+from .records import unrecorded
 
 __all__ = ["PHASES", "QUESTIONS", "Plan", "FULL", "QUICK", "choose"]
 
@@ -190,10 +191,4 @@ def pending(plan: Plan, records: Dict[str, dict], phases: Iterable[str] = PHASES
             out += spaces_study.phase_runs(plan, records, phase)
         else:
             raise ValueError(f"expected phases among {PHASES}, received {phase!r}")
-    seen, todo = set(), []
-    for cfg in out:
-        k = cfg.key()
-        if k not in seen and k not in records:
-            seen.add(k)
-            todo.append(cfg)
-    return todo
+    return unrecorded(out, records)

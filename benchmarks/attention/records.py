@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence
 
-__all__ = ["load_records", "append_record", "claim", "release", "work", "run_pending"]
+__all__ = ["load_records", "append_record", "claim", "release", "work", "run_pending", "unrecorded"]
 
 
 def load_records(path: Path) -> Dict[str, dict]:
@@ -139,3 +139,14 @@ def run_pending(records_path: Path, pending, run, describe, *, workers: int = 1,
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(workers) as pool:
         return sum(pool.map(_work_args, jobs))
+
+
+def unrecorded(configs, records) -> list:
+    """``configs`` without the runs already in ``records`` (keyed by ``cfg.key()``) and without repeats, in order."""
+    seen, todo = set(), []
+    for cfg in configs:
+        k = cfg.key()
+        if k not in seen and k not in records:
+            seen.add(k)
+            todo.append(cfg)
+    return todo

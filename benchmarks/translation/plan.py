@@ -19,6 +19,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 from .methods import ARMS
 from .train import RunConfig
+from ..attention.records import unrecorded
 
 __all__ = ["PHASES", "Plan", "FULL", "GPU", "QUICK", "choose", "pending", "ABLATION_KINDS"]
 
@@ -87,10 +88,4 @@ def pending(plan: Plan, records: Dict[str, dict], source: str, target: str,
                 out += [plan.config(source, target, "svgd", value, s, kinds=ABLATION_KINDS) for s in plan.seeds]
         else:
             raise ValueError(f"expected phases among {PHASES}, received {phase!r}")
-    seen, todo = set(), []
-    for cfg in out:
-        k = cfg.key()
-        if k not in seen and k not in records:
-            seen.add(k)
-            todo.append(cfg)
-    return todo
+    return unrecorded(out, records)
