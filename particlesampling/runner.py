@@ -94,10 +94,11 @@ class Trace:
 
 #: Largest ``n * n`` (kernel entries) for which ``num_threads="auto"`` runs a step on one thread
 #: (torch's intra-op pool for torch CPU tensors, the BLAS pool for NumPy arrays). Derived from
-#: ``python benchmarks/bench_threads.py`` (docs/benchmarks.md, section "Threads"): the largest
-#: measured n * n at which, for every measured d and both libraries, one thread was within 10 % of
-#: the default threads on the machine as found (n = 3,000, the largest measured); loaded, one thread
-#: was faster at every measured size. Larger problems keep the libraries' own settings.
+#: ``python benchmarks/bench_threads.py`` (docs/benchmarks.md, section "Threads"): of 0 and the
+#: measured sizes, the threshold whose worst slowdown against the better setting, over an idle and a
+#: loaded machine, is smallest. On an idle 2-core machine the default threads were at most 1.32x
+#: faster (n = 3,000); with two busy processes beside them they were slower in 15 of 16 rows, up to
+#: 33x, at sizes up to n = 3,000 (the largest measured). Larger problems keep the libraries' settings.
 ONE_THREAD_MAX_ENTRIES = 3000 * 3000
 
 _LIBRARIES = ("torch", "numpy")

@@ -40,17 +40,21 @@ def _row(state, backend, n, d, default, one):
             "ms_one": one, "ratio_default_over_one": default / one}
 
 
-def test_threshold_rule_stops_at_the_first_n_where_threads_help():
+def test_threshold_rule_is_minimax_over_both_states():
     rows = [_row("as found", "torch", 100, 2, 2.0, 1.0), _row("as found", "torch", 100, 50, 1.0, 1.05),
             _row("as found", "torch", 300, 2, 1.0, 1.0), _row("as found", "torch", 300, 50, 1.0, 1.5),
             _row("as found", "torch", 1000, 2, 1.0, 1.0), _row("as found", "torch", 1000, 50, 1.0, 1.0),
             _row("loaded", "torch", 300, 50, 9.0, 1.0)]
-    # n = 100: one thread within 10 % for both d; n = 300, d = 50: threads 33 % faster; so 100^2
-    assert bench_threads.derive_threshold(rows) == 100 * 100
-    assert bench_threads.derive_threshold(rows[:2]) == 100 * 100
-    assert bench_threads.derive_threshold([_row("as found", "torch", 100, 2, 1.0, 2.0)]) is None
-    # every backend counts: NumPy's threads 2x faster at n = 100 leave no size for one thread
-    assert bench_threads.derive_threshold(rows + [_row("as found", "numpy", 100, 2, 1.0, 2.0)]) is None
+    # worst auto / best: threshold 0 -> 9 (loaded n = 300 on two threads), 100^2 -> 9, 300^2 -> 1.5 (as found
+    # n = 300, d = 50 on one thread), 1000^2 -> 1.5 as well: the tie goes to the larger
+    assert bench_threads.derive_threshold(rows) == 1000 * 1000
+    # idle rows only: threads help at n = 300, d = 50 (1.5x), so one thread stops at 100^2 (cost 1.05)
+    assert bench_threads.derive_threshold(rows[:6]) == 100 * 100
+    # threads always at least as good: 0, the default threads everywhere
+    assert bench_threads.derive_threshold([_row("as found", "torch", 100, 2, 1.0, 2.0)]) == 0
+    # one thread always at least as good: the largest measured size
+    assert bench_threads.derive_threshold([_row("loaded", "numpy", 3000, 2, 5.0, 1.0),
+                                           _row("as found", "numpy", 100, 2, 1.0, 1.0)]) == 3000 * 3000
 
 
 def test_report_uses_the_threshold_in_the_code():
