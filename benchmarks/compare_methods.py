@@ -9,7 +9,8 @@ of steps with ``n`` score evaluations per step (preconditioned SPOS with the cor
 matrix-kernel SVGD with the Hessian preconditioner also evaluate ``n`` Hessians or Hessian
 diagonals per step, by automatic differentiation of the target's log-density; the table says so);
 wall time is measured in the same run, one torch thread, float64 tensors. Deterministic methods
-(SVGD, annealed SVGD, GFSF, Blob, matrix-kernel SVGD, projected and sliced SVGD) share one step rule per case, the stochastic
+(SVGD, annealed SVGD, GFSF, Blob, matrix-kernel SVGD, projected and sliced SVGD, the latter with optimised and with
+fixed slices) share one step rule per case, the stochastic
 ones (SPOS, preconditioned SPOS, SGLD) one constant step.
 
 Cases:
@@ -45,7 +46,7 @@ from particlesampling.runner import NonFiniteError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DETERMINISTIC = ("svgd", "annealed_svgd", "annealed_svgd_linear", "gfsf", "blob", "matrix_svgd", "projected_svgd",
-                 "sliced_svgd")
+                 "sliced_svgd", "sliced_svgd_fixed")
 STOCHASTIC = ("spos", "pspos", "sgld")
 METHODS = DETERMINISTIC + STOCHASTIC
 PAPERS = {
@@ -57,8 +58,10 @@ PAPERS = {
     "matrix_svgd": "Wang et al. 2019, constant preconditioner (Fisher / Gauss-Newton average)",
     "projected_svgd": "Chen & Ghattas 2020, gradient-information subspace (eigenvalues above 1 % of the largest), "
                       "basis from the first step",
-    "sliced_svgd": "Gong et al. 2021, S-SVGD with the identity slices held fixed (the paper's initial slices; "
-                   "its gradient ascent on them is not implemented)",
+    "sliced_svgd": "Gong et al. 2021, S-SVGD as published: slices from the identity, one Adam update (1e-3, betas "
+                   "0.9 / 0.99) per step up the sliced KSD",
+    "sliced_svgd_fixed": "Gong et al. 2021, S-SVGD with the identity slices held fixed (the paper's initial slices, "
+                         "no ascent)",
     "spos": "Zhang et al. 2020, beta = 1",
     "pspos": "SPOS + pSGLD's RMSProp preconditioner with the correction term (Li et al. 2016), beta = 1, "
              "decay 0.99, damping 1 (pSGLD's 1e-5 lets G = 1/(damping + sqrt(V)) grow without bound where the "
@@ -91,6 +94,8 @@ def make(method, target, steps, det_rule, eps, seed):
         return ps.projected_svgd(score, det_rule)
     if method == "sliced_svgd":
         return ps.sliced_svgd(score, det_rule)
+    if method == "sliced_svgd_fixed":
+        return ps.sliced_svgd(score, det_rule, slice_updates=0)
     if method == "spos":
         return ps.spos(score, eps, beta=1.0, noise=noise)
     if method == "pspos":

@@ -15,7 +15,7 @@ Samplers: :func:`svgd`, :func:`spos`, :func:`sgld`, :func:`annealed_svgd`, :func
 ``score_fn`` or ``log_prob``), the loop :func:`run_sampler`, and :func:`stein_thinning` for a given chain. Building blocks: :func:`stein_direction` (:func:`stein_direction_batched` for a
 stack of independent systems), the kernels, the bandwidth rules, the step-size rules. Particles over
 ``torch.distributed`` processes: :mod:`particlesampling.distributed` (``ps.distributed.sharded_svgd``,
-...). Targets: :func:`get_target`, :func:`list_targets`. Diagnostics: :func:`ksd`,
+...). Targets: :func:`get_target`, :func:`list_targets`. Diagnostics: :func:`ksd`, :func:`sliced_ksd`,
 :func:`mmd`, :func:`energy_distance`, the moment errors and :func:`trace_diagnostics` (a run's series).
 Pictures and animations: :mod:`particlesampling.plotting` (``ps.plotting.plot_particles``, ...;
 matplotlib imported on first use). ``docs/architecture.md`` maps the modules.
@@ -34,6 +34,7 @@ from .diagnostics import (
     mean_error,
     mmd,
     mode_fractions,
+    sliced_ksd,
     trace_diagnostics,
 )
 from .kernels import IMQ, RBF, Kernel, Linear, RandomFeatureRBF, get_kernel
@@ -112,6 +113,7 @@ __all__ = [
     "list_targets",
     # diagnostics
     "ksd",
+    "sliced_ksd",
     "ksd_squared",
     "mmd",
     "energy_distance",

@@ -234,6 +234,12 @@ class RadialKernel(Kernel):
         """``f(u)`` only (cheaper than :meth:`profile` where derivatives are not needed)."""
         return self.profile(u)[0]
 
+    def third_derivative(self, u):
+        """``f'''(u)`` elementwise, for gradients of Stein kernels in their inputs (the sliced KSD's
+        slices, :mod:`particlesampling.diagnostics.sksd`); kernels that do not give it raise."""
+        raise NotImplementedError(f"{type(self).__name__} gives no third derivative f'''(u) of its profile; "
+                                  "expected a kernel that does, e.g. 'rbf' or 'imq'")
+
     def gram(self, x, y, h):
         xp = namespace(x, y)
         h = xp.asarray(h, dtype=x.dtype, device=device_of(x))
@@ -297,6 +303,9 @@ class RBF(RadialKernel):
     def value(self, u):
         return namespace(u).exp(-u)
 
+    def third_derivative(self, u):
+        return -namespace(u).exp(-u)
+
     def _value_and_slope(self, u):
         f = namespace(u).exp(-u)
         return f, -f
@@ -344,6 +353,10 @@ class IMQ(RadialKernel):
 
     def value(self, u):
         return (u + self.c**2) ** self.beta
+
+    def third_derivative(self, u):
+        """``f''' = beta (beta - 1) (beta - 2) (c^2 + u)^(beta - 3)``."""
+        return self.beta * (self.beta - 1.0) * (self.beta - 2.0) * (u + self.c**2) ** (self.beta - 3.0)
 
     def _value_and_slope(self, u):
         base = u + self.c**2

@@ -1,6 +1,6 @@
 """Property-based tests (hypothesis) of the invariants every Stein-type direction shares.
 
-For SVGD, SPOS, annealed SVGD, GFSF, Blob, preconditioned SPOS, matrix-kernel SVGD, projected SVGD and sliced SVGD (noise set to zero, so that a
+For SVGD, SPOS, annealed SVGD, GFSF, Blob, preconditioned SPOS, matrix-kernel SVGD, projected SVGD and sliced SVGD (fixed and optimised slices; noise set to zero, so that a
 step is its drift): permuting the particles permutes the update; translating the particles and
 the target together (the scores unchanged) translates the result, with a stationary kernel; one
 particle reduces to the (preconditioned) score; NumPy, PyTorch, JAX and array_api_strict agree.
@@ -54,7 +54,9 @@ METHODS = {
                                          noise=_zero_noise)),
     "matrix_svgd": _stepper(lambda f: ps.matrix_svgd(f, 1.0, preconditioner="fisher", ridge=RIDGE)),
     "projected_svgd": _stepper(lambda f: ps.projected_svgd(f, 1.0, rank=1)),
-    "sliced_svgd": _stepper(lambda f: ps.sliced_svgd(f, 1.0)),
+    "sliced_svgd": _stepper(lambda f: ps.sliced_svgd(f, 1.0)),  # slices optimised (one Adam update, as published)
+    "sliced_svgd_fixed": _stepper(lambda f: ps.sliced_svgd(f, 1.0, slice_updates=0)),
+    "sliced_svgd_ascent": _stepper(lambda f: ps.sliced_svgd(f, 1.0, slice_updates=3, slice_step_size=ps.constant(0.1))),
 }
 
 
