@@ -27,7 +27,8 @@ given the complement, which is the marginal when the subspace is exactly the inf
 
 The basis is computed at the first step and, with ``basis_every``, recomputed every that many
 steps (the paper updates it every few iterations; it is kept in the state, ``ProjectionState``):
-one ``d x d`` ``eigh`` each time, ``O(n d^2 + d^3)``. Each recomputation lets the sampling noise of
+one ``d x d`` ``eigh`` each time, ``O(n d^2 + d^3)``; a checkpoint (:func:`particlesampling.save_state`)
+keeps the basis, so a resumed run continues with the same one. Each recomputation lets the sampling noise of
 ``H`` at the current particles tilt the subspace a little, the conditional variances along tilted
 directions are smaller, and the spread shrinks recomputation after recomputation (the test's
 Gaussian shows it); so by default the basis is computed once. ``rank`` is ``r``; or ``tolerance`` keeps the
@@ -93,7 +94,12 @@ class ProjectedSVGD(SteinSampler):
 
     def init(self, particles, seed: int = 0) -> ParticleState:
         state = super().init(particles, seed)
-        return state._replace(step_state=ProjectionState(state.step_state, None))
+        return state._replace(step_state=self.step_state_template(particles))
+
+    def step_state_template(self, particles) -> ProjectionState:
+        """The step state at the start, the basis not yet computed (also the template
+        :func:`particlesampling.load_state` fills)."""
+        return ProjectionState(self.step_rule.init(particles), None)
 
     name: ClassVar[str] = "projected_svgd"
 

@@ -131,8 +131,9 @@ def test_checkpoint_resumes_exactly(tmp_path, rng):
     np.testing.assert_array_equal(resumed.particles, state.particles)
 
 
-def test_projected_svgd_state_is_refused_by_save_state(tmp_path, rng):
+def test_projected_svgd_state_is_saved_and_resumes(tmp_path, rng):
+    """Nested step states (projected SVGD's basis) are stored too (tests/unit/test_checkpoint_nested.py)."""
     sampler = ps.projected_svgd(_score, 0.01, rank=1)
     state, _ = sampler.step(sampler.init(rng.normal(size=(4, 2))))
-    with pytest.raises(TypeError, match="save_state stores step states of numbers and arrays"):
-        ps.save_state(tmp_path / "ck.npz", state, sampler)
+    ps.save_state(tmp_path / "ck.npz", state, sampler)
+    np.testing.assert_array_equal(ps.load_state(tmp_path / "ck.npz", sampler).step_state.basis, state.step_state.basis)
