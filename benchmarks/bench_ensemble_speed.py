@@ -17,6 +17,17 @@ n = 10 and 50 particles:
 * ``stein``: the core's ``stein_direction`` alone on the same ``(n, D)`` particles and scores, and its
   share of the batched step.
 
+The UCI step (``--uci``, the training step of ``benchmarks/run_uci_ensemble.py``): one step of
+``benchmarks/evidence/uci_bnn.py``'s engines on its shapes (20 particles, ``Linear(p, 50) -> ReLU ->
+Linear(50, 1)`` with learnt noise and weight precisions, minibatches of 100 rows, AdaGrad with
+momentum), for SVGD, SPOS and SGLD, on a synthetic data set of Concrete's size (834 training rows,
+8 inputs), three ways interleaved: the hand-written network (closed-form scores,
+``particlesampling.targets.BayesianNeuralNetwork``), the ``ParticleEnsemble`` forced through
+``functional_call`` under ``vmap`` (``direct_mlp=False``, the path every module took before the
+direct MLP forward), and the ``ParticleEnsemble`` as built by default (an ``nn.Sequential`` MLP runs
+as batched GEMMs, ``particlesampling.ensemble._batched``). Each timing is a block of ``--uci-steps``
+steps; medians over ``--reps`` rounds.
+
 Times are medians over ``--reps`` repetitions after warm-up, on one thread, measured side by side in
 one process; the machine is shared, so read the ratios, not the absolute times.
 """
@@ -106,11 +117,61 @@ def measure(name: str, factory, n: int, reps: int, batch: int = 64, N: int = 100
             "stein_share": t_stein / t_batched}
 
 
+def measure_uci(method: str, reps: int, steps: int, p: int = 8, N: int = 834) -> dict:
+    """Milliseconds per UCI training step: hand-written network, ensemble under vmap, ensemble direct."""
+    import torch
+
+    import particlesampling as ps
+    from benchmarks.evidence.uci_bnn import ENGINES, BNNConfig
+
+    cfg = BNNConfig(method=method)
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(N, p, generator=g), torch.randn(N, generator=g)
+    model = ps.targets.BayesianNeuralNetwork(X, y, n_hidden=cfg.n_hidden, a0=cfg.a0, b0=cfg.b0)
+    theta0 = model.original_initial_particles(cfg.n_particles, 0, xp=torch, dtype=torch.float32)
+    B = cfg.batch_size
+    Xc, yc = X.repeat(2, 1), y.repeat(2)
+
+    def engine(kind, **kw):
+        counter = [0]
+
+        def batch():
+            start = (counter[0] * B) % N
+            counter[0] += 1
+            return Xc[start: start + B], yc[start: start + B]
+
+        return ENGINES[kind](cfg, model, theta0, batch, N, 0, **kw)
+
+    engines = {"handwritten": engine("target"), "vmap": engine("ensemble", direct_mlp=False),
+               "direct": engine("ensemble")}
+
+    def block(e):
+        def run():
+            for _ in range(steps):
+                e.step()
+        return run
+
+    times = {k: [] for k in engines}
+    for e in engines.values():
+        block(e)()
+    for _ in range(reps):  # interleaved: every round times the three once
+        for k, e in engines.items():
+            t = time.perf_counter()
+            block(e)()
+            times[k].append((time.perf_counter() - t) / steps)
+    ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    return {"method": method, "handwritten_ms": ms["handwritten"], "vmap_ms": ms["vmap"], "direct_ms": ms["direct"],
+            "vmap_over_handwritten": ms["vmap"] / ms["handwritten"],
+            "direct_over_handwritten": ms["direct"] / ms["handwritten"], "vmap_over_direct": ms["vmap"] / ms["direct"]}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--ns", default="10,50")
     ap.add_argument("--out", default=str(ROOT))
+    ap.add_argument("--uci-methods", default="svgd,spos,sgld", help="UCI step table; empty: skip it")
+    ap.add_argument("--uci-steps", type=int, default=50)
     a = ap.parse_args(argv)
     builders, torch = models()
     torch.set_num_threads(1)
@@ -120,10 +181,14 @@ def main(argv=None) -> int:
             r = measure(name, factory, n, a.reps)
             rows.append(r)
             print(json.dumps(r), flush=True)
+    uci = []
+    for m in [v for v in a.uci_methods.split(",") if v]:
+        uci.append(measure_uci(m, a.reps, a.uci_steps))
+        print(json.dumps(uci[-1]), flush=True)
     command = "python benchmarks/bench_ensemble_speed.py " + " ".join(shlex.quote(v) for v in (argv or sys.argv[1:]))
     res = {"command": command.strip(), "torch": torch.__version__, "machine": platform.machine(),
            "threads": 1, "note": "2-core machine shared with other jobs; medians of side-by-side runs",
-           "rows": rows}
+           "rows": rows, "uci_step": uci}
     out = Path(a.out) / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "ensemble_speed.json").write_text(json.dumps(res, indent=1) + "\n")
@@ -135,6 +200,19 @@ def main(argv=None) -> int:
     for r in rows:
         L.append(f"| {r['model']} | {r['n']} | {r['params_per_model']} | {r['batched_ms']:.1f} | {r['loop_ms']:.1f} | "
                  f"{r['speedup']:.1f}x | {r['stein_ms']:.2f} | {100 * r['stein_share']:.0f} % |")
+    if uci:
+        L += ["", "## The UCI training step: ParticleEnsemble against the hand-written network", "",
+              "One training step of `benchmarks/run_uci_ensemble.py` (20 particles, 50 ReLU units, 100 rows, "
+              "AdaGrad with momentum; Concrete's size), the three implementations interleaved in one run (see the "
+              "docstring). `before`: the ensemble's network under `functional_call` + `vmap`; `after`: the direct "
+              "batched-GEMM forward of an `nn.Sequential` MLP (the default). Same numbers: "
+              "`tests/unit/test_ensemble_direct_mlp.py`, `tests/benchmarks/test_uci_bnn.py`.", "",
+              "| method | hand-written (ms) | ensemble before (ms) | ensemble after (ms) | before / hand-written | "
+              "after / hand-written | before / after |", "|---|---|---|---|---|---|---|"]
+        for r in uci:
+            L.append(f"| {r['method'].upper()} | {r['handwritten_ms']:.2f} | {r['vmap_ms']:.2f} | {r['direct_ms']:.2f} | "
+                     f"{r['vmap_over_handwritten']:.2f}x | {r['direct_over_handwritten']:.2f}x | "
+                     f"{r['vmap_over_direct']:.2f}x |")
     (out / "ensemble_speed.md").write_text("\n".join(L) + "\n")
     print("\n".join(L))
     return 0

@@ -225,7 +225,7 @@ class _EnsembleEngine:
     """Training on a :class:`~particlesampling.ensemble.ParticleEnsemble` of :func:`one_hidden_layer` with
     the learnt noise and weight precisions (Gamma(a0, b0) priors): the same posterior as the target."""
 
-    def __init__(self, cfg, model, theta0, batch, N, noise_seed):
+    def __init__(self, cfg, model, theta0, batch, N, noise_seed, direct_mlp: bool = True):
         from particlesampling.ensemble import (SGLD, SPOS, SVGD, CoreStepper, GaussianLikelihood,
                                                HierarchicalGaussianPrior, ParticleEnsemble)
 
@@ -233,7 +233,7 @@ class _EnsembleEngine:
         self.p, self.H, self.batch = p, H, batch
         self.ens = ParticleEnsemble(lambda: one_hidden_layer(p, H, dtype), cfg.n_particles, n_data=N,
                                     likelihood=GaussianLikelihood(None, a0=cfg.a0, b0=cfg.b0),
-                                    prior=HierarchicalGaussianPrior(cfg.a0, cfg.b0))
+                                    prior=HierarchicalGaussianPrior(cfg.a0, cfg.b0), direct_mlp=direct_mlp)
         self.set_particles(theta0)
         noise = ps.random.generator_noise(noise_seed) if cfg.fast_noise else None
         rule = ps.adagrad_momentum(cfg.lr, cfg.alpha, cfg.fudge)

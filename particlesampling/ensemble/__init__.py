@@ -16,7 +16,8 @@ torch-only; import it explicitly (``import particlesampling`` does not import to
     mean = ens.predict(X_test).mean(0)
 
 :class:`ParticleEnsemble` stacks ``n`` initialisations (:mod:`._stack`), evaluates them in one
-batched forward and scores them in one backward; the likelihoods and priors are in :mod:`.models`;
+batched forward (``functional_call`` under ``vmap``; an ``nn.Sequential`` MLP as batched GEMMs,
+:mod:`._batched`) and scores them in one backward; the likelihoods and priors are in :mod:`.models`;
 the updates (deep ensemble, SVGD, SPOS, SGLD) in :mod:`.updates`, function-space SVGD in
 :mod:`.function_space` (on :mod:`particlesampling.function_space`); predictive entropy and mutual information in :mod:`.predictive`.
 """

@@ -162,14 +162,21 @@ def stack_copies(copies: list):
 
 
 def batched_forward(template: nn.Module, layout: ParameterLayout, weights, fixed: dict, args, kwargs,
-                    randomness: str = "different"):
+                    randomness: str = "different", plan=None):
     """Outputs ``(n, ...)`` of the ``n`` stacked models on the same inputs, in one batched call.
 
     ``weights`` ``(n, P)`` may require gradients (autograd runs through the batched pass);
     ``fixed`` holds the stacked buffers and frozen parameters, updated in place by modules that
     update their buffers (batch norm in training mode). ``randomness="different"``: every model
-    draws its own dropout mask.
+    draws its own dropout mask. ``plan``: a :class:`~._batched.SequentialPlan` of ``template``
+    (or ``None``); with it a single tensor input runs as batched GEMMs instead of under ``vmap``
+    (the same function, see :mod:`._batched`).
     """
+    if (plan is not None and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor)
+            and not _global_hooks()):
+        tensors = layout.unflatten(weights)
+        tensors.update(fixed)
+        return plan(tensors, args[0])
     names = list(fixed)
 
     def one(row, *stacked):
@@ -184,3 +191,11 @@ def batched_forward(template: nn.Module, layout: ParameterLayout, weights, fixed
         raise RuntimeError(f"the batched forward of {type(template).__name__} failed under torch.func.vmap "
                            f"(data-dependent Python control flow, .item(), or in-place updates of "
                            f"unbatched state are not supported): {exc}") from exc
+
+
+def _global_hooks() -> bool:
+    """Whether global module hooks are registered (they must see every sub-module call: use ``vmap``)."""
+    from torch.nn.modules import module as _m
+
+    return bool(_m._global_forward_hooks or _m._global_forward_pre_hooks or _m._global_backward_hooks
+                or getattr(_m, "_global_backward_pre_hooks", None))

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from ._batched import sequential_plan
 from ._stack import ParameterLayout, batched_forward, build_copies, stack_copies
 from .models import GaussianPrior, Likelihood, Prior, get_likelihood
 
@@ -56,10 +57,15 @@ class ParticleEnsemble(nn.Module):
         by ``N / B``.
     seed : int
         Seed of the initialisations (torch's global random state is left unchanged).
+    direct_mlp : bool
+        Evaluate an ``nn.Sequential`` of ``Linear``, ``Flatten`` and element-wise activations with
+        one batched GEMM per layer (:mod:`particlesampling.ensemble._batched`) instead of
+        ``functional_call`` under ``vmap``: the same function, about twice as fast for small MLPs.
+        Other modules always run under ``vmap``; ``False`` forces ``vmap`` for every module.
     """
 
     def __init__(self, module, n_particles: int, *, n_data: int, likelihood="gaussian", prior: Prior | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, direct_mlp: bool = True) -> None:
         super().__init__()
         for name, v, low in (("n_particles", n_particles, 1), ("n_data", n_data, 1), ("seed", seed, 0)):
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
@@ -75,6 +81,9 @@ class ParticleEnsemble(nn.Module):
         # the template runs under functional_call with every tensor supplied: keep it on the meta device
         # and outside the module registry (its parameters are not this module's)
         object.__setattr__(self, "_template", copy.deepcopy(copies[0]).to("meta"))
+        # an MLP (nn.Sequential of Linear, Flatten, element-wise activations) runs as batched GEMMs
+        plan = sequential_plan(self._template, layout.names + tuple(fixed)) if direct_mlp else None
+        object.__setattr__(self, "_plan", plan)
         extras = torch.cat([self.likelihood.init_params(len(copies), weights),
                             self.prior.init_params(weights)], dim=1).to(weights.dtype)
         self.particles = nn.Parameter(torch.cat([weights, extras], dim=1))
@@ -142,7 +151,7 @@ class ParticleEnsemble(nn.Module):
         """
         x = self.particles if particles is None else self.check_particles(particles)
         return batched_forward(self._template, self.layout, x[:, : self.num_weights], self.stacked_buffers(),
-                               args, kwargs)
+                               args, kwargs, plan=self._plan)
 
     def log_posterior(self, inputs, targets, particles=None, *, outputs=None):
         """``(n,)`` log posterior of each particle on a batch (module docstring of
