@@ -442,7 +442,7 @@ def load_records(path) -> list[dict]:
 
 
 def run_many(datasets, splits, methods, configs: dict, cache_dir, root=None, workers: int = 1,
-             log=print, run: bool = True) -> list[dict]:
+             log=print, run: bool = True, on_record=None) -> list[dict]:
     """Run every (split, data set, method) not yet cached; append each result as it ends.
 
     The cache is one JSON-lines file per method, ``cache_dir/uci_runs_<method>.jsonl``; with
@@ -450,7 +450,8 @@ def run_many(datasets, splits, methods, configs: dict, cache_dir, root=None, wor
 
     ``configs`` maps a method name to its :class:`BNNConfig`; a cached record counts only if its
     :func:`config_fingerprint` equals the requested config's, so runs with other settings (another
-    ``beta_per_n``, another iteration count) can share the cache file without being mixed. Splits
+    ``beta_per_n``, another iteration count) can share the cache file without being mixed.
+    ``on_record(record, path)`` is called after each new record is appended to ``path``. Splits
     are the outer loop so that a job stopped early has covered every data set equally. Returns all
     records for the requested combinations (cached and new).
     """
@@ -476,6 +477,8 @@ def run_many(datasets, splits, methods, configs: dict, cache_dir, root=None, wor
 
     def write(rec):
         append_record(cache_dir, rec)
+        if on_record is not None:
+            on_record(rec, cache_path(cache_dir, rec["method"]))
         log(f"{rec['dataset']:>17s} split {rec['split']:2d} {rec['method']:4s} rmse {rec['rmse']:.3f} "
             f"ll {rec['loglik']:.3f} ({rec['seconds']:.1f} s)")
 
