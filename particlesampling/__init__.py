@@ -11,7 +11,7 @@ Everything a user needs is reachable from the top level::
     state, trace = ps.run_sampler(sampler, sampler.init(target.initial_particles(200, seed=0)), 1000)
 
 Samplers: :func:`svgd`, :func:`spos`, :func:`sgld`, :func:`annealed_svgd`, :func:`gfsf`, :func:`blob`,
-:func:`pspos`, :func:`matrix_svgd`, :func:`projected_svgd`, :func:`sliced_svgd` (each an ``init`` / ``step`` pair; each takes
+:func:`pspos`, :func:`matrix_svgd`, :func:`matrix_svgd_mixture`, :func:`projected_svgd`, :func:`sliced_svgd` (each an ``init`` / ``step`` pair; each takes
 ``score_fn`` or ``log_prob``), the loop :func:`run_sampler`, and :func:`stein_thinning` for a given chain. Building blocks: :func:`stein_direction` (:func:`stein_direction_batched` for a
 stack of independent systems), the kernels, the bandwidth rules, the step-size rules. Particles over
 ``torch.distributed`` processes: :mod:`particlesampling.distributed` (``ps.distributed.sharded_svgd``,
@@ -43,7 +43,7 @@ from .memory_budget import default_memory_budget
 from .runner import NonFiniteError, Trace, intra_op_threads, run_sampler
 from .selection import lower_median, midpoint_median
 from .annealing import CyclicalAnnealing, LinearAnnealing
-from .samplers import SAMPLERS, ParticleState, annealed_svgd, blob, get_sampler, gfsf, matrix_svgd, projected_svgd, pspos, sgld, sliced_svgd, spos, svgd
+from .samplers import SAMPLERS, ParticleState, annealed_svgd, blob, get_sampler, gfsf, matrix_svgd, matrix_svgd_mixture, projected_svgd, pspos, sgld, sliced_svgd, spos, svgd
 from .stein import (
     SteinInfo,
     stein_direction,
@@ -67,6 +67,7 @@ __all__ = [
     "blob",
     "pspos",
     "matrix_svgd",
+    "matrix_svgd_mixture",
     "projected_svgd",
     "sliced_svgd",
     "CyclicalAnnealing",

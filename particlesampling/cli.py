@@ -257,10 +257,37 @@ def _sampler_options(method: str, *, kernel=None, bandwidth=None, batch_size=Non
 
 
 def _make_sampler(method: str, target, rule, **given):
-    """The sampler ``method`` on ``target`` with the options it takes (``given`` as for :func:`_sampler_options`)."""
+    """The sampler ``method`` on ``target`` with the options it takes (``given`` as for :func:`_sampler_options`).
+
+    The matrix-kernel samplers (those that take ``hvp_fn``) get the Hessian-vector products of the
+    target's log-density by central differences of its analytic score (:func:`_score_difference_hvp`):
+    the targets have no Hessians, and NumPy no automatic differentiation.
+    """
     from .samplers import get_sampler
 
-    return get_sampler(method, target.score, rule, **_sampler_options(method, **given))
+    options = _sampler_options(method, **given)
+    if "hvp_fn" in _parameters(method):
+        options["hvp_fn"] = _score_difference_hvp(target.score)
+    return get_sampler(method, target.score, rule, **options)
+
+
+def _score_difference_hvp(score_fn):
+    """``hvp(points, vectors)``, row ``i`` ``grad^2 log p(points[i]) vectors[i]``, as
+    ``(s(z + t v) - s(z - t v)) / (2 t)`` with ``t = eps^(1/3) (1 + max_a |z_a|) / max(|v|, tiny)`` per row
+    (``eps`` the dtype's; the step that balances the ``O(t^2)`` truncation against rounding): two score
+    evaluations per product, relative error about ``eps^(2/3)``."""
+    from ._backend import device_of, finfo_eps, namespace
+
+    def hvp(points, vectors):
+        xp = namespace(points, vectors)
+        eps = finfo_eps(xp, points)
+        size = xp.max(xp.abs(points), axis=1, keepdims=True) + 1.0
+        norm = xp.sqrt(xp.sum(vectors * vectors, axis=1, keepdims=True))
+        tiny = xp.asarray(1e-30, dtype=points.dtype, device=device_of(points))
+        t = eps ** (1.0 / 3.0) * size / xp.maximum(norm, tiny)
+        return (score_fn(points + t * vectors) - score_fn(points - t * vectors)) / (2.0 * t)
+
+    return hvp
 
 
 def _sample(args) -> dict:

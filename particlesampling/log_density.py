@@ -21,7 +21,7 @@ from typing import Any, Callable
 from ._backend import is_jax_array, is_torch_array
 
 __all__ = ["score_from_log_prob", "resolve_score_fn", "hessian_diagonal_from_log_prob",
-           "hessian_from_log_prob"]
+           "hessian_from_log_prob", "hessian_from_score"]
 
 
 def _torch_score(log_prob, particles):
@@ -157,3 +157,53 @@ def hessian_diagonal_from_log_prob(log_prob: Callable[[Any], Any]) -> Callable[[
     ``vmap``; JAX: ``jax.hessian`` under ``vmap`` (``O(d^2)`` per particle); NumPy: TypeError.
     """
     return _hessian_fn(log_prob, True, "a Hessian diagonal", "hessian_diagonal_fn")
+
+
+def _torch_score_hessians(score_fn, particles):
+    import torch
+
+    n, d = particles.shape
+    _, pull = torch.func.vjp(score_fn, particles)
+    basis = torch.eye(d, dtype=particles.dtype, device=particles.device)[:, None, :].expand(d, n, d)
+    return torch.func.vmap(lambda v: pull(v)[0])(basis).permute(1, 2, 0)
+
+
+def _jax_score_hessians(score_fn, particles):
+    import jax
+    import jax.numpy as jnp
+
+    n, d = particles.shape
+    _, pull = jax.vjp(score_fn, particles)
+    basis = jnp.broadcast_to(jnp.eye(d, dtype=particles.dtype)[:, None, :], (d, n, d))
+    return jnp.transpose(jax.vmap(lambda v: pull(v)[0])(basis), (1, 2, 0))
+
+
+def hessian_from_score(score_fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``fn(X) -> H``, ``(n, d, d)``, the Hessian of ``log p`` at each particle from its score, by
+    ``d`` Hessian-vector products of automatic differentiation.
+
+    ``H_i v_i`` is row ``i`` of the vector-Jacobian product of the batched ``score_fn`` with the rows
+    ``v_i`` (the score of a particle depends on that particle alone, so the Jacobian of ``score_fn``
+    is block diagonal, and each block, a Hessian, is symmetric): one evaluation of ``score_fn`` and
+    ``d`` reverse passes against the basis vectors, vectorised (PyTorch ``torch.func.vjp`` under
+    ``torch.func.vmap``; JAX ``jax.vjp`` under ``jax.vmap``). ``score_fn`` must be written with the
+    particles' library. NumPy and ``array_api_strict`` particles: TypeError naming what to pass
+    instead (a Hessian-vector product, the Hessians, or a Jacobian of residuals).
+    """
+    if not callable(score_fn):
+        raise TypeError(f"expected score_fn to be callable ((n, d) -> (n, d)), received {type(score_fn).__name__}")
+
+    def fn(particles):
+        if is_torch_array(particles):
+            return _torch_score_hessians(score_fn, particles)
+        if is_jax_array(particles):
+            return _jax_score_hessians(score_fn, particles)
+        raise TypeError(
+            f"Hessian-vector products of the score by automatic differentiation need PyTorch or JAX particles; "
+            f"received {type(particles).__module__}.{type(particles).__name__} particles: pass hvp_fn "
+            "((points (m, d), vectors (m, d)) -> rows H(points[i]) vectors[i], H the Hessian of log p), "
+            "hessian_fn ((m, d) -> (m, d, d)) or, for the Gauss-Newton form, jacobian_fn "
+            "((m, d) -> (m, r, d), the Jacobian of residuals with -log p = |r|^2 / 2 + const)"
+        )
+
+    return fn

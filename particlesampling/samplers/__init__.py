@@ -1,6 +1,7 @@
 """The particle samplers, one module each, as ``init`` / ``step`` pairs over explicit state (BlackJAX style).
 
-SVGD, SPOS and SGLD; annealed SVGD, GFSF, Blob, preconditioned SPOS, matrix-kernel SVGD,
+SVGD, SPOS and SGLD; annealed SVGD, GFSF, Blob, preconditioned SPOS, matrix-kernel SVGD (constant and
+mixture preconditioners),
 projected SVGD and sliced SVGD (each module's docstring states its update and paper). Each constructor returns a
 frozen sampler with
 
@@ -19,6 +20,7 @@ from .annealed_svgd import AnnealedSVGD, annealed_svgd
 from .blob import Blob, blob
 from .gfsf import GFSF, gfsf
 from .matrix_svgd import MatrixSVGD, matrix_svgd
+from .matrix_svgd_mixture import MatrixSVGDMixture, matrix_svgd_mixture
 from .projected_svgd import ProjectedSVGD, projected_svgd
 from .pspos import PSPOS, pspos
 from .sgld import SGLD, sgld
@@ -26,13 +28,13 @@ from .sliced_svgd import SlicedSVGD, sliced_svgd
 from .spos import SPOS, spos
 from .svgd import SVGD, svgd
 
-__all__ = ["svgd", "spos", "sgld", "annealed_svgd", "gfsf", "blob", "pspos", "matrix_svgd", "projected_svgd", "sliced_svgd", "SVGD", "SPOS", "SGLD", "AnnealedSVGD", "GFSF", "Blob", "PSPOS", "MatrixSVGD", "ProjectedSVGD", "SlicedSVGD", "ParticleSampler", "ParticleState", "SteinStepInfo",
+__all__ = ["svgd", "spos", "sgld", "annealed_svgd", "gfsf", "blob", "pspos", "matrix_svgd", "matrix_svgd_mixture", "projected_svgd", "sliced_svgd", "SVGD", "SPOS", "SGLD", "AnnealedSVGD", "GFSF", "Blob", "PSPOS", "MatrixSVGD", "MatrixSVGDMixture", "ProjectedSVGD", "SlicedSVGD", "ParticleSampler", "ParticleState", "SteinStepInfo",
            "LangevinStepInfo", "SAMPLERS", "get_sampler"]
 
 #: sampler constructors by name (the CLI's ``--method``)
 SAMPLERS = {"svgd": svgd, "spos": spos, "sgld": sgld, "annealed_svgd": annealed_svgd, "gfsf": gfsf,
             "blob": blob, "pspos": pspos,
-            "matrix_svgd": matrix_svgd, "projected_svgd": projected_svgd,
+            "matrix_svgd": matrix_svgd, "matrix_svgd_mixture": matrix_svgd_mixture, "projected_svgd": projected_svgd,
             "sliced_svgd": sliced_svgd}
 
 

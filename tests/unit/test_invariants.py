@@ -1,6 +1,6 @@
 """Property-based tests (hypothesis) of the invariants every Stein-type direction shares.
 
-For SVGD, SPOS, annealed SVGD, GFSF, Blob, preconditioned SPOS, matrix-kernel SVGD, projected SVGD and sliced SVGD (fixed and optimised slices; noise set to zero, so that a
+For SVGD, SPOS, annealed SVGD, GFSF, Blob, preconditioned SPOS, matrix-kernel SVGD (constant and mixture preconditioners), projected SVGD and sliced SVGD (fixed and optimised slices; noise set to zero, so that a
 step is its drift): permuting the particles permutes the update; translating the particles and
 the target together (the scores unchanged) translates the result, with a stationary kernel; one
 particle reduces to the (preconditioned) score; NumPy, PyTorch, JAX and array_api_strict agree.
@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import particlesampling as ps
+from particlesampling._backend import device_of, namespace
 from particlesampling.particle_flows import blob_direction, gfsf_direction
 
 #: derandomize: the same examples on every run (a seeded test), so CI never meets a new one by chance
@@ -33,6 +34,16 @@ def _zero_noise(seed, step, like):
 
 def _hess(x):
     return x * 0.0 - 1.0
+
+
+def _mixture_q(d):
+    """The mixture's Q_l = 2 I + 0.5 (all ones) at every anchor (a constant Hessian: the weights w_l still vary)."""
+    return 2.0 * np.eye(d) + 0.5
+
+
+def _mixture_hessian(z):
+    xp = namespace(z)
+    return z[:, :, None] * 0.0 - xp.asarray(_mixture_q(z.shape[1]), dtype=z.dtype, device=device_of(z))
 
 
 #: method -> (x, s) -> update (one step of size 1 from x, minus x; the scores are fixed arrays)
@@ -53,6 +64,8 @@ METHODS = {
     "pspos": _stepper(lambda f: ps.pspos(f, 1.0, beta=2.0, damping=0.5, hessian_diagonal_fn=_hess,
                                          noise=_zero_noise)),
     "matrix_svgd": _stepper(lambda f: ps.matrix_svgd(f, 1.0, preconditioner="fisher", ridge=RIDGE)),
+    "matrix_svgd_mixture": _stepper(lambda f: ps.matrix_svgd_mixture(f, 1.0, hessian_fn=_mixture_hessian,
+                                                                     ridge=RIDGE)),
     "projected_svgd": _stepper(lambda f: ps.projected_svgd(f, 1.0, rank=1)),
     "sliced_svgd": _stepper(lambda f: ps.sliced_svgd(f, 1.0)),  # slices optimised (one Adam update, as published)
     "sliced_svgd_fixed": _stepper(lambda f: ps.sliced_svgd(f, 1.0, slice_updates=0)),
@@ -71,6 +84,8 @@ def one_particle_update(name, s):
         return g * (s + s / 2.0) + (s / (np.abs(s) * (0.5 + np.abs(s)) ** 2)) / 2.0
     if name == "matrix_svgd":  # Q = s s^T, eigenvalues floored at RIDGE: s is the eigenvector of |s|^2
         return s / max(float(np.sum(s * s)), RIDGE)
+    if name == "matrix_svgd_mixture":  # one anchor, w = 1: Q^-1 s
+        return s @ np.linalg.inv(_mixture_q(s.shape[1]))
     return s
 
 

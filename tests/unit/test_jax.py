@@ -162,6 +162,16 @@ def _score(x):
     return 2.0 * (1.0 - x)
 
 
+def _hessian_rows(x):
+    """Hessians ``-2 diag(1 + x^2)`` of a log-density at each row (position-dependent, namespace-generic)."""
+    return -_eye_like(x) * (2.0 * (1.0 + x * x))[:, None, :]
+
+
+def _eye_like(x):
+    xp = ps._backend.namespace(x)
+    return xp.eye(x.shape[1], dtype=x.dtype)[None, :, :]
+
+
 def jit_step(sampler):
     """``state -> sampler.step(state)`` under ``jax.jit``: the arrays traced, the state's Python
     integers (step, seed) static (closed over; a jitted function would return them as arrays, so
@@ -186,6 +196,9 @@ SAMPLERS = {
     "sgld": lambda: ps.sgld(_score, 0.01, temperature=0.5),
     "pspos": lambda: ps.pspos(_score, 0.02, beta=2.0, hessian_diagonal_fn=lambda x: 0.0 * x - 2.0),
     "annealed_svgd": lambda: ps.annealed_svgd(_score, 0.05, schedule=ps.CyclicalAnnealing(6, num_cycles=2, power=2.0)),
+    "matrix_svgd_mixture": lambda: ps.matrix_svgd_mixture(_score, 0.05, hessian_fn=_hessian_rows),
+    "matrix_svgd_mixture-anchors": lambda: ps.matrix_svgd_mixture(_score, 0.05, anchors=5, average_weight=0.5,
+                                                                  hvp_fn=lambda x, v: -2.0 * v * (1.0 + x * x)),
 }
 
 

@@ -56,7 +56,7 @@ def test_direction_matches_brute_force_jax(rng):
                                        atol=1e-12)
 
 
-@pytest.mark.parametrize("which", ["fisher", "hessian", "fixed"])
+@pytest.mark.parametrize("which", ["fisher", "hessian", "hvp", "gauss_newton", "fixed"])
 def test_sampler_step_uses_its_preconditioner(rng, which):
     x, _, q_fixed = _data(rng, n=6, d=2)
     prec = np.array([[2.0, 0.5], [0.5, 1.0]])
@@ -64,12 +64,16 @@ def test_sampler_step_uses_its_preconditioner(rng, which):
     def score(z):
         return -z @ prec
 
-    sampler = ps.matrix_svgd(score, 0.1, bandwidth=0.9, ridge=1e-9,
-                             preconditioner=q_fixed if which == "fixed" else which,
-                             hessian_fn=lambda z: np.broadcast_to(-prec, (z.shape[0], 2, 2)).copy())
+    options = {"fisher": {}, "fixed": {},
+               "hessian": dict(hessian_fn=lambda z: np.broadcast_to(-prec, (z.shape[0], 2, 2)).copy()),
+               "hvp": dict(hvp_fn=lambda z, v: -v @ prec),
+               "gauss_newton": dict(jacobian_fn=lambda z: np.broadcast_to(np.linalg.cholesky(prec).T,
+                                                                          (z.shape[0], 2, 2)).copy())}[which]
+    name = {"fixed": q_fixed, "hvp": "hessian"}.get(which, which)
+    sampler = ps.matrix_svgd(score, 0.1, bandwidth=0.9, ridge=1e-9, preconditioner=name, **options)
     new, _ = sampler.step(sampler.init(x))
     s = score(x)
-    q = {"fisher": s.T @ s / 6, "hessian": prec, "fixed": q_fixed}[which]
+    q = {"fisher": s.T @ s / 6, "fixed": q_fixed}.get(which, prec)
     np.testing.assert_allclose(new.particles, x + 0.1 * brute_matrix_phi(x, s, q, 0.9), rtol=1e-10, atol=1e-12)
 
 
@@ -107,8 +111,8 @@ def test_known_answer_ill_conditioned_gaussian():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="needs hessian_fn"):
-        ps.matrix_svgd(lambda z: -z, 0.1, preconditioner="hessian")
+    with pytest.raises(ValueError, match="needs jacobian_fn"):
+        ps.matrix_svgd(lambda z: -z, 0.1, preconditioner="gauss_newton")
     with pytest.raises(ValueError, match="preconditioner as one of"):
         ps.matrix_svgd(lambda z: -z, 0.1, preconditioner="laplace")
     with pytest.raises(TypeError, match="preconditioner as a name or an array"):
