@@ -1,49 +1,67 @@
-"""Function-space head particles: the heads' outputs on a seeded subsample of the batch's tokens.
+"""Function-space head particles: what the heads compute on a seeded subsample of the batch's tokens.
 
 :class:`OutputParticles` puts forward hooks on the attention modules of one function-space particle
 system per module (:mod:`attention_adapter.spaces`). At every forward pass with gradients enabled
 (in training mode: ``model.eval()`` or ``torch.no_grad()`` records nothing) it records, for each module,
-the matrix ``F`` (``M x m``) whose row ``h`` is head ``h``'s output
-vectors on ``tokens`` token positions drawn without replacement from the batch (seeded by
-``(seed, step, module index)`` through :func:`attention_adapter.noise.step_seed`, so a run is
-reproducible and every data-parallel rank draws the same positions of its own batch):
+the head features on ``tokens`` (query) token positions drawn without replacement from the batch
+(seeded by ``(seed, step, module index)`` through :func:`attention_adapter.noise.step_seed`, so a run
+is reproducible and every data-parallel rank draws the same positions of its own batch). ``features``
+chooses them (Wang et al., ICLR 2019, compare network *outputs*; a head has two):
 
-* ``W_o^h o_h(x)`` (``d_model`` per token), head ``h``'s term of the output projection's sum, where
-  ``o_h`` is the attention-weighted value of head ``h`` (the output projection's input, split into
-  heads) and ``W_o^h`` its columns of the output projection; ``o_h`` alone where the module declares
-  no output projection (then the module's first output, split into heads: Lin et al.'s hops);
-* under grouped-query attention a particle is a key/value head with its ``r`` query heads (as in
-  circuit space), its row the concatenation of theirs.
+* ``"outputs"`` (default): the matrix ``F`` (``M x m``) whose row ``h`` is head ``h``'s output vectors
+  ``W_o^h o_h(x_t)`` (``d_model`` per token), its term of the output projection's sum, where ``o_h`` is
+  the attention-weighted value of head ``h`` (the output projection's input, split into heads) and
+  ``W_o^h`` its columns of the output projection; ``o_h`` alone where the module declares no output
+  projection (then the module's first output, split into heads: Lin et al.'s hops);
+* ``"maps"``: the matrix ``A`` (``M x m'``) whose row ``h`` is head ``h``'s attention rows
+  ``a_h(x_t) = softmax(q_h(x_t)^T k_h(x_.) / sqrt(d) + mask)`` (``S`` key positions per token) at the
+  same positions: the probabilities the module computes (after its attention dropout in training);
+* ``"both"``: the two, as two parts of one particle.
 
-``F`` keeps its autograd graph. What happens to it is the owner's ``consume(group, F)`` callback:
-:class:`~attention_adapter.RepulsiveHeads` computes the core's Stein terms on ``F`` and pulls them
-back to the heads' parameters at once (one vector-Jacobian product per module, with the graph kept
-for the loss's own backward), :class:`~attention_adapter.HeadRepulsionPenalty` keeps ``F`` to put its
-kernel similarity into the loss.
+Under grouped-query attention a particle is a key/value head with its ``r`` query heads (as in
+circuit space), its row the concatenation of theirs.
 
-Where the head outputs are read: the input of the output projection's module (a forward pre-hook;
-Hugging Face layouts, user layouts with an ``out`` block inside a called sub-module);
-``nn.MultiheadAttention`` computes its heads inside one functional call, so its hook recomputes
-the per-head maps and values from the call's inputs (as :class:`~attention_adapter.HeadCapture`
-does, here with gradients); a module without an output projection gives its first output. Other
-modules are refused when the space is chosen, with an error naming them.
+The parts keep their autograd graph. What happens to them is the owner's ``consume(group, parts,
+params)`` callback: :class:`~attention_adapter.RepulsiveHeads` computes the core's Stein terms on them
+and pulls them back to the heads' parameters at once (one vector-Jacobian product per module, with
+the graph kept for the loss's own backward), :class:`~attention_adapter.HeadRepulsionPenalty` keeps
+them to put its kernel similarity into the loss. Two parts are joined by :func:`joined_features`:
+each divided by the square root of its own bandwidth, so that the kernel on the joined rows is
+``f(|f_i - f_j|^2 / h_f + |a_i - a_j|^2 / h_a)`` (for the RBF kernel, the product of the two parts'
+kernels) and neither part's scale swamps the other's.
+
+Where the features are read: the head outputs at the input of the output projection's module (a
+forward pre-hook; Hugging Face layouts, user layouts with an ``out`` block inside a called
+sub-module), or a module's first output where it has no output projection; the maps at output
+position ``HeadLayout.attention_map`` of the module (Hugging Face's ``(attn_output, attn_weights)``),
+which only eager attention fills: PyTorch's fused ``scaled_dot_product_attention`` and flash kernels
+never form the maps, and a module that returns none raises at the first forward pass, naming it.
+``nn.MultiheadAttention`` computes its heads inside one functional call, so its hook recomputes the
+per-head maps and values from the call's inputs (as :class:`~attention_adapter.HeadCapture` does,
+here with gradients). Other modules are refused when the space is chosen, with an error naming them.
+
+Under FSDP2 the forward pass runs on unsharded parameters that FSDP registers on the module for the
+duration of its forward; the hooks read those (the pull-back then gives full-size gradients). Under
+gradient checkpointing a forward pass is recomputed inside the backward pass: a recomputation of a
+recorded forward pass is not recorded again, and a forward pass run without gradients (reentrant
+checkpointing) is recorded when it is recomputed with them.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import particlesampling as ps
 from particlesampling import validation
 
 from .noise import step_seed
 from .particles import ParticleGroup
-from .sharding import is_sharded
 
-__all__ = ["OutputParticles", "rows_of"]
+__all__ = ["OutputParticles", "rows_of", "FEATURES", "check_features", "joined_features", "gather_columns"]
 
 
 def rows_of(group: ParticleGroup, tensors: Dict[int, torch.Tensor]) -> torch.Tensor:
@@ -58,8 +76,9 @@ def rows_of(group: ParticleGroup, tensors: Dict[int, torch.Tensor]) -> torch.Ten
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
-def _mha_heads(module: nn.MultiheadAttention, call: dict) -> torch.Tensor:
-    """Per-head outputs ``o_h`` ``(N, L, M, d)`` of an ``nn.MultiheadAttention`` call, with gradients."""
+def _mha_heads(module: nn.MultiheadAttention, call: dict):
+    """Per-head outputs ``o_h`` ``(N, L, M, d)`` and attention maps ``(N, M, L, S)`` of an
+    ``nn.MultiheadAttention`` call, with gradients."""
     _, maps = module(**{**call, "need_weights": True, "average_attn_weights": False})
     if maps.dim() == 3:
         maps = maps.unsqueeze(0)
@@ -76,27 +95,115 @@ def _mha_heads(module: nn.MultiheadAttention, call: dict) -> torch.Tensor:
     v = v.reshape(n, s, module.num_heads, module.head_dim).transpose(1, 2)
     if v.shape[2] != maps.shape[-1]:
         raise ValueError("expected nn.MultiheadAttention without add_bias_kv / add_zero_attn in function space")
-    return torch.matmul(maps, v).transpose(1, 2)
+    return torch.matmul(maps, v).transpose(1, 2), maps
+
+
+def joined_features(values: Sequence[torch.Tensor], bandwidth=None):
+    """Factors ``c_p`` and a bandwidth for joining feature parts into one particle matrix.
+
+    One part: ``((1.0,), bandwidth)``, the part as it is with the caller's bandwidth. Several parts
+    ``values[p]`` (``(n, m_p)``, detached): ``c_p = h_p^{-1/2}`` with ``h_p`` the core's bandwidth rule
+    ``bandwidth`` evaluated on part ``p`` alone, and bandwidth 1 for the joined rows
+    ``[c_1 f^1_i, c_2 f^2_i, ...]``, whose squared distances are ``sum_p |f^p_i - f^p_j|^2 / h_p``.
+    With a fixed bandwidth ``h`` this is the plain concatenation with bandwidth ``h``.
+
+    Returns
+    -------
+    scales : tuple of 0-d tensors (or ``(1.0,)``)
+    bandwidth : the spec for the joined rows
+    """
+    if len(values) == 1:
+        return (1.0,), bandwidth
+    rule = ps.get_bandwidth(bandwidth)
+    if rule.needs_scores:
+        raise ValueError(f"features='both' evaluates the bandwidth rule on each part without scores; received "
+                         f"{rule!r}, which needs scores")
+    scales = []
+    for v in values:
+        h = ps.bandwidths.bandwidth_value(rule, v, ps.sqdist(v))
+        if h.ndim != 0:
+            raise ValueError(f"features='both' needs a scalar bandwidth per part; received {rule!r}, which gives "
+                             f"one of shape {tuple(h.shape)}")
+        scales.append(torch.rsqrt(h))
+    return tuple(scales), 1.0
+
+
+def _world() -> int:
+    d = torch.distributed
+    return d.get_world_size() if d.is_available() and d.is_initialized() else 1
+
+
+def gather_columns(values: torch.Tensor):
+    """``(full, start)``: the ``(n, m_r)`` matrices of every data-parallel rank joined along the columns
+    (rank order; ranks may hold different ``m_r``), and where this rank's columns start.
+
+    Without an initialised ``torch.distributed`` process group of several ranks: ``(values, 0)``. A
+    collective (two all-gathers): every rank must call it, in the same order.
+    """
+    world = _world()
+    if world == 1:
+        return values, 0
+    dist = torch.distributed
+    n, m = values.shape
+    size = torch.tensor([m], dtype=torch.int64, device=values.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    sizes = [int(s) for s in sizes]
+    padded = values.new_zeros((n, max(sizes)))
+    padded[:, :m] = values
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    rank = dist.get_rank()
+    return torch.cat([p[:, :s] for p, s in zip(parts, sizes)], dim=1), sum(sizes[:rank])
+
+
+#: what a head's function-space particle is made of (``RepulsiveHeads(space="outputs", features=...)``)
+FEATURES = ("outputs", "maps", "both")
+
+
+def check_features(features) -> str:
+    """``features`` if it is one of :data:`FEATURES`, else ValueError."""
+    if features not in FEATURES:
+        raise ValueError(f"expected features in {FEATURES}, received {features!r}")
+    return features
+
+
+def _in_backward() -> bool:
+    """Whether autograd is executing a backward pass now (a gradient-checkpointing recomputation runs
+    the forward there; ``torch.utils.checkpoint`` asks the same question)."""
+    current = getattr(torch._C, "_current_graph_task_id", None)
+    return current is not None and current() != -1
+
+
+def _relative(site, block) -> str:
+    return block.name[len(site.name) + 1:] if site.name else block.name
 
 
 class OutputParticles:
-    """Forward hooks that hand each module's head outputs ``F`` (``M x m``, with gradients) to a callback.
+    """Forward hooks that hand each module's head features (``M x m`` parts, with gradients) to a callback.
 
     Parameters
     ----------
     groups : sequence of ParticleGroup
         One group per attention module (joint blocks of its heads).
     consume : callable
-        ``consume(group, F)`` at each forward pass in training mode with gradients enabled.
+        ``consume(group, parts, params)`` at each forward pass in training mode with gradients
+        enabled: ``parts`` a tuple of ``(num_particles, m_p)`` tensors (the outputs, the maps, or
+        both in that order), ``params`` the group's parameter tensors as the forward pass used them
+        (under FSDP2 the unsharded parameters, otherwise ``group.params``), in the order of
+        ``group.params``.
     tokens : int >= 1
         Token positions per module and forward pass (all of them when the batch has fewer).
     seed : int >= 0
         Base seed of the token subsample.
+    features : {"outputs", "maps", "both"}
+        What is read (module docstring).
     """
 
-    def __init__(self, groups: Sequence[ParticleGroup], consume: Callable[[ParticleGroup, torch.Tensor], None], *,
-                 tokens: int = 64, seed: int = 0):
+    def __init__(self, groups: Sequence[ParticleGroup], consume: Callable, *, tokens: int = 64, seed: int = 0,
+                 features: str = "outputs"):
         tokens = validation.check_int("tokens", tokens, minimum=1)
+        self.features = check_features(features)
         self.groups = list(groups)
         self.consume = consume
         self.tokens = tokens
@@ -106,17 +213,20 @@ class OutputParticles:
         self.enabled = True
         self._handles: List = []
         self._busy = False
+        self._pending: Dict[int, torch.Tensor] = {}
+        self._forward_records: Dict[int, int] = {}
         for index, g in enumerate(self.groups):
-            for b in g.blocks:
-                if is_sharded(b.param):
-                    raise ValueError(f"expected unsharded parameters in function space, received a sharded "
-                                     f"{b.name!r} (FSDP2 is supported in weight and circuit space)")
-            self._handles.append(self._install(index, g))
+            self._handles += self._install(index, g)
 
-    # -- where the outputs are read ------------------------------------------------------------
-    def _install(self, index: int, g: ParticleGroup):
+    def reset(self) -> None:
+        """Start a new optimizer step (called by the owner after using the records)."""
+        self._forward_records = {}
+
+    # -- where the features are read -----------------------------------------------------------
+    def _install(self, index: int, g: ParticleGroup) -> list:
         site = g.site
         mod = site.module
+        outputs, maps = self.features in ("outputs", "both"), self.features in ("maps", "both")
         if isinstance(mod, nn.MultiheadAttention):
             names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask",
                      "average_attn_weights", "is_causal")
@@ -126,63 +236,131 @@ class OutputParticles:
                     return None
                 call = dict(zip(names, args))
                 call.update(kwargs)
-                self._busy = True
+                self._busy = True  # only around the module's own re-run (a recomputation must run all of this hook)
                 try:
-                    self._record(index, g, _mha_heads(module, call))
+                    heads, probs = _mha_heads(module, call)
                 finally:
                     self._busy = False
+                self._record(index, g, heads if outputs else None, probs if maps else None)
                 return None
 
-            return mod.register_forward_hook(mha_hook, with_kwargs=True)
-        out_mod = site.head_output_module()
+            return [mod.register_forward_hook(mha_hook, with_kwargs=True)]
+        if maps and site.attention_map is None:
+            raise ValueError(f"attention module {site.name!r} ({type(mod).__name__}): its layout says it returns no "
+                             f"attention maps (HeadLayout(attention_map=None)), so features={self.features!r} cannot "
+                             "read them; use features='outputs'")
+        handles = []
+        out_mod = site.head_output_module() if outputs else None
+        if outputs and out_mod is None:
+            if "out" in site.blocks:
+                raise ValueError(f"attention module {site.name!r} ({type(mod).__name__}): its output projection "
+                                 f"{site.blocks['out'].name!r} is not a called sub-module, so the heads' outputs "
+                                 "cannot be read in function space; use space='weights' or 'circuits', or "
+                                 "features='maps'")
+            if site.head_outputs != "module_output":
+                raise ValueError(f"attention module {site.name!r} ({type(mod).__name__}): its layout names no output "
+                                 "projection and does not say its output is the heads' outputs "
+                                 "(HeadLayout(head_outputs='module_output')), so they cannot be read in function "
+                                 "space; use space='weights' or 'circuits', or features='maps'")
         if out_mod is not None:
             def pre_hook(module, args):
                 if self._active(g) and args and isinstance(args[0], torch.Tensor) and args[0].dim() == 3:
                     x = args[0]
-                    self._record(index, g, x.reshape(*x.shape[:-1], site.num_heads, -1))
+                    heads = x.reshape(*x.shape[:-1], site.num_heads, -1)
+                    if maps:  # the maps come with the module's output, after this
+                        self._pending[index] = heads
+                    else:
+                        self._record(index, g, heads, None)
                 return None
 
-            return out_mod.register_forward_pre_hook(pre_hook)
-        if "out" in site.blocks:
-            raise ValueError(f"attention module {site.name!r} ({type(mod).__name__}): its output projection "
-                             f"{site.blocks['out'].name!r} is not a called sub-module, so the heads' outputs cannot "
-                             "be read in function space; use space='weights' or 'circuits'")
-        if site.head_outputs != "module_output":
-            raise ValueError(f"attention module {site.name!r} ({type(mod).__name__}): its layout names no output "
-                             "projection and does not say its output is the heads' outputs "
-                             "(HeadLayout(head_outputs='module_output')), so they cannot be read in function space; "
-                             "use space='weights' or 'circuits'")
+            handles.append(out_mod.register_forward_pre_hook(pre_hook))
+        if maps or out_mod is None:
+            def out_hook(module, args, output):
+                if not self._active(g):
+                    return None
+                items = output if isinstance(output, (tuple, list)) else (output,)
+                heads = self._pending.pop(index, None)
+                if outputs and out_mod is None:
+                    x = items[0] if items else None
+                    if not (isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[-1] % site.num_heads == 0):
+                        return None
+                    heads = x.reshape(*x.shape[:-1], site.num_heads, -1)
+                probs = None
+                if maps:
+                    probs = items[site.attention_map] if site.attention_map < len(items) else None
+                    if not (isinstance(probs, torch.Tensor) and probs.dim() == 4 and probs.shape[1] == site.num_heads):
+                        got = type(probs).__name__ if not isinstance(probs, torch.Tensor) else \
+                            f"a tensor of shape {tuple(probs.shape)}"
+                        raise ValueError(
+                            f"attention module {site.name!r} ({type(mod).__name__}): expected its per-head attention "
+                            f"maps (B, {site.num_heads}, T, S) at output position {site.attention_map} for "
+                            f"features={self.features!r}, received {got}. Fused attention kernels (PyTorch SDPA, "
+                            "flash attention) never form the maps: load a Hugging Face model with "
+                            "attn_implementation='eager' (some eager modules, DeBERTa's, return them only when "
+                            "called with output_attentions=True), or use features='outputs'")
+                if outputs and heads is None:
+                    return None
+                self._record(index, g, heads, probs)
+                return None
 
-        def out_hook(module, args, output):
-            items = output if isinstance(output, (tuple, list)) else (output,)
-            x = items[0] if items else None
-            if self._active(g) and isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[-1] % site.num_heads == 0:
-                self._record(index, g, x.reshape(*x.shape[:-1], site.num_heads, -1))
-            return None
-
-        return mod.register_forward_hook(out_hook)
+            handles.append(mod.register_forward_hook(out_hook))
+        return handles
 
     def _active(self, g: ParticleGroup) -> bool:
         # training forward passes only: evaluation (model.eval(), torch.no_grad()) records nothing
         return (self.enabled and g.site.module.training and torch.is_grad_enabled()
                 and any(p.requires_grad for p in g.params))
 
-    def _record(self, index: int, g: ParticleGroup, heads: torch.Tensor) -> None:
-        """``heads`` ``(..., M, d)``: subsample the positions, apply ``W_o^h``, hand ``F`` over."""
-        m = g.site.num_heads
-        flat = heads.reshape(-1, m, heads.shape[-1])  # (positions, M, d)
-        n = flat.shape[0]
-        if n > self.tokens:
-            gen = torch.Generator().manual_seed(step_seed(step_seed(self.seed, self.step), index))
-            idx = torch.randperm(n, generator=gen)[:self.tokens].sort().values.to(flat.device)
-            flat = flat.index_select(0, idx)
-        out = g.site.blocks.get("out")
-        if out is not None:
-            w = out.gather(out.param).reshape(m, out.head_size, -1)  # (M, d, d_out): (W_o^h)^T
-            f = torch.einsum("tmd,mde->mte", flat, w.to(flat.dtype))
+    def _current(self, site, block) -> torch.Tensor:
+        """The tensor the forward pass uses for ``block``'s parameter: under FSDP2 the unsharded
+        parameter FSDP registers on the module during its forward, otherwise the parameter itself."""
+        try:
+            return site.module.get_parameter(_relative(site, block))
+        except AttributeError:
+            return block.param
+
+    def _positions(self, index: int, n: int, device) -> Optional[torch.Tensor]:
+        """The seeded subsample of ``n`` token positions (None: all of them)."""
+        if n <= self.tokens:
+            return None
+        gen = torch.Generator().manual_seed(step_seed(step_seed(self.seed, self.step), index))
+        return torch.randperm(n, generator=gen)[:self.tokens].sort().values.to(device)
+
+    def _record(self, index: int, g: ParticleGroup, heads: Optional[torch.Tensor],
+                probs: Optional[torch.Tensor]) -> None:
+        """``heads`` ``(..., M, d)`` and/or ``probs`` ``(B, M, T, S)``: subsample the positions, apply
+        ``W_o^h`` to the heads, hand the parts over."""
+        site = g.site
+        m = site.num_heads
+        current = {id(b.param): self._current(site, b) for b in g.blocks}
+        parts = []
+        if heads is not None:
+            flat = heads.reshape(-1, m, heads.shape[-1])  # (positions, M, d)
+            idx = self._positions(index, flat.shape[0], flat.device)
+            if idx is not None:
+                flat = flat.index_select(0, idx)
+            out = site.blocks.get("out")
+            if out is not None:
+                w = out.gather(self._current(site, out)).reshape(m, out.head_size, -1)  # (M, d, d_out): (W_o^h)^T
+                f = torch.einsum("tmd,mde->mte", flat, w.to(flat.dtype))
+            else:
+                f = flat.transpose(0, 1)  # (M, positions, d)
+            parts.append(f.reshape(g.num_particles, -1))
+        if probs is not None:
+            rows = probs.transpose(1, 2).reshape(-1, m, probs.shape[-1])  # (B T query positions, M, S)
+            idx = self._positions(index, rows.shape[0], rows.device)
+            if idx is not None:
+                rows = rows.index_select(0, idx)
+            parts.append(rows.transpose(0, 1).reshape(g.num_particles, -1))
+        # gradient checkpointing: a recomputation (inside backward) of a forward pass that was recorded
+        # is not recorded again; a forward pass without gradients (reentrant checkpointing) is recorded
+        # when it is recomputed with them
+        if _in_backward():
+            if self._forward_records.get(index, 0):
+                return
         else:
-            f = flat.transpose(0, 1)  # (M, positions, d)
-        self.consume(g, f.reshape(g.num_particles, -1))
+            self._forward_records[index] = self._forward_records.get(index, 0) + 1
+        self.consume(g, tuple(parts), tuple(current[id(p)] for p in g.params))
 
     def remove(self) -> None:
         """Remove the hooks."""

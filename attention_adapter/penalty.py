@@ -40,8 +40,9 @@ from torch import nn
 from particlesampling import validation
 
 from ._compat import renamed_kwarg, warn_renamed
-from .outputs import OutputParticles
+from .outputs import OutputParticles, check_features, joined_features
 from .particles import HeadParticles, HeadSelection, ParticleGroup
+from .sharding import ShardingError, is_sharded
 from .spaces import check_space, circuit_kernel_similarity, circuit_particles, circuit_structure, output_particles
 from .update import kernel_matrix, resolve_kernel
 
@@ -81,6 +82,9 @@ class HeadRepulsionPenalty(nn.Module):
         What a head particle is (module docstring); default ``"weights"``.
     tokens : int >= 1
         ``space="outputs"`` only: token positions per module and forward pass (default 64).
+    features : {"outputs", "maps", "both"}
+        ``space="outputs"`` only: the heads' output vectors (default), attention maps, or both
+        (:mod:`attention_adapter.outputs`).
     seed : int >= 0
         ``space="outputs"`` only: base seed of the token subsample.
 
@@ -92,7 +96,8 @@ class HeadRepulsionPenalty(nn.Module):
 
     def __init__(self, model: nn.Module, *, weight: float = 1.0, kernel=None, bandwidth=None,
                  selection: Optional[HeadSelection] = None, heads: Optional[HeadSelection] = None,
-                 space: str = "weights", tokens: Optional[int] = None, seed: int = 0):
+                 space: str = "weights", tokens: Optional[int] = None, seed: int = 0,
+                 features: Optional[str] = None):
         super().__init__()
         weight = validation.check_real("weight", weight, minimum=0)
         selection = renamed_kwarg("HeadRepulsionPenalty", "heads", "selection", heads, selection)
@@ -101,8 +106,11 @@ class HeadRepulsionPenalty(nn.Module):
         if not isinstance(selection, HeadSelection):
             raise TypeError(f"expected selection as a HeadSelection, received {type(selection).__name__}")
         space = check_space(space)
-        if tokens is not None and space != "outputs":
-            raise ValueError(f"tokens is a space='outputs' option; received tokens={tokens!r} with space={space!r}")
+        for name, value in (("tokens", tokens), ("features", features)):
+            if value is not None and space != "outputs":
+                raise ValueError(f"{name} is a space='outputs' option; received {name}={value!r} with space={space!r}")
+        features = check_features("outputs" if features is None else features) if space == "outputs" else None
+        self.features = features
         self.weight = float(weight)
         self.space = space
         self.kernel, self.bandwidth = resolve_kernel(kernel, bandwidth)
@@ -112,18 +120,38 @@ class HeadRepulsionPenalty(nn.Module):
         elif space == "circuits":
             particles = circuit_particles(selection.build(model))
         else:
-            particles = output_particles(selection.build(model))
+            particles = output_particles(selection.build(model), features=features)
         object.__setattr__(self, "head_particles", particles)
         self._structures = ({g.name: circuit_structure(g, selection.include_bias) for g in particles.groups}
                             if space == "circuits" else {})
-        self._outputs: Dict[str, torch.Tensor] = {}
+        self._outputs: Dict[str, tuple] = {}
         self._hooks = None
         if space == "outputs":
+            for g in particles.groups:
+                sharded = [b.name for b in g.blocks if is_sharded(b.param)]
+                if sharded:
+                    raise ShardingError(
+                        f"HeadRepulsionPenalty(space='outputs'): expected unsharded head parameters, received FSDP2 "
+                        f"DTensor parameters {sharded}. The penalty's graph runs from the loss to the heads' "
+                        "features inside the attention module, not through the module's output, so FSDP2's "
+                        "pre-backward unshard (registered on module outputs) does not guard the unsharded "
+                        "parameters that graph saved; use RepulsiveHeads(space='outputs'), which pulls back during "
+                        "the forward pass, or the penalty in weight or circuit space")
             self._hooks = OutputParticles(particles.groups, self._keep, tokens=64 if tokens is None else tokens,
-                                          seed=seed)
+                                          seed=seed, features=features)
 
-    def _keep(self, group: ParticleGroup, outputs: torch.Tensor) -> None:
-        self._outputs[group.name] = outputs
+    def _keep(self, group: ParticleGroup, parts, params) -> None:
+        # joined when the penalty is evaluated, outside the forward pass (an operation here would be
+        # saved by a checkpointed segment and not by its recomputation)
+        self._outputs[group.name] = parts
+
+    def _joined(self, parts):
+        """The parts joined in units of their own bandwidths (:func:`attention_adapter.outputs.joined_features`)
+        and the bandwidth for the joined rows."""
+        scales, bandwidth = joined_features([p.detach() for p in parts], self.bandwidth)
+        if len(parts) == 1:
+            return parts[0], bandwidth
+        return torch.cat([p * c.to(p.dtype) for p, c in zip(parts, scales)], dim=1), bandwidth
 
     def remove_hooks(self) -> None:
         """Take off the forward hooks of ``space="outputs"`` (no-op in the other spaces)."""
@@ -147,8 +175,12 @@ class HeadRepulsionPenalty(nn.Module):
         missing = [g.name for g in groups if g.name not in self._outputs]
         if missing:
             raise RuntimeError(f"space='outputs' has no head outputs of {missing}: call the penalty after the model's "
-                               "forward pass with gradients enabled, before backward()")
-        out = {g.name: head_kernel_similarity(self._outputs[g.name], self.kernel, self.bandwidth) for g in groups}
+                               "forward pass with gradients enabled, before backward() (reentrant gradient "
+                               "checkpointing runs the forward pass without gradients: use use_reentrant=False)")
+        out = {}
+        for g in groups:
+            joined, bandwidth = self._joined(self._outputs[g.name])
+            out[g.name] = head_kernel_similarity(joined, self.kernel, bandwidth)
         self._outputs = {}  # one penalty per forward pass
         return out
 

@@ -34,7 +34,7 @@ from particlesampling import validation
 
 from ._compat import renamed_kwarg, warn_renamed
 from .noise import StepNoise
-from .outputs import OutputParticles, rows_of
+from .outputs import OutputParticles, check_features, gather_columns, joined_features, rows_of
 from .particles import HeadParticles, HeadSelection, ParticleGroup
 from .sharding import FullTensors, check_sharding, check_wrappers, grad_version
 from .spaces import (
@@ -177,7 +177,12 @@ class RepulsiveHeads:
         with gradients enabled before each :meth:`apply`; :meth:`remove_hooks` takes the hooks off.
     tokens : int >= 1
         ``space="outputs"`` only: token positions per module and forward pass (a seeded
-        subsample) on which the heads' outputs are compared. Default 64.
+        subsample) on which the heads are compared. Default 64.
+    features : {"outputs", "maps", "both"}
+        ``space="outputs"`` only: what a head's function is on those tokens
+        (:mod:`attention_adapter.outputs`): its output vectors (default), its attention maps (the
+        query and key blocks are then the particles; needs eager attention, which returns the maps),
+        or both, each part measured in units of its own bandwidth.
     kernel_drive, langevin_drift, noise : bool
         Switch one term of the update off, leaving the others exactly as they are (ablations; all
         True by default): ``kernel_drive`` the kernel-smoothed drive ``(1/M) K S`` of ``phi``; for
@@ -212,13 +217,15 @@ class RepulsiveHeads:
                  beta: Optional[float] = None, kernel=None, bandwidth=None, seed: int = 0,
                  lr: Optional[float] = None, on_nonfinite: str = "raise", check_finite: bool = True,
                  num_threads: Optional[int] = 1, heads: Optional[HeadSelection] = None, space: str = "weights",
-                 tokens: Optional[int] = None, kernel_drive: bool = True, langevin_drift: bool = True,
-                 noise: bool = True):
+                 tokens: Optional[int] = None, features: Optional[str] = None, kernel_drive: bool = True,
+                 langevin_drift: bool = True, noise: bool = True):
         if method not in UPDATE_RULES:
             raise ValueError(f"expected method in {UPDATE_RULES}, received {method!r}")
         space = check_space(space)
-        if tokens is not None and space != "outputs":
-            raise ValueError(f"tokens is a space='outputs' option; received tokens={tokens!r} with space={space!r}")
+        for name, value in (("tokens", tokens), ("features", features)):
+            if value is not None and space != "outputs":
+                raise ValueError(f"{name} is a space='outputs' option; received {name}={value!r} with space={space!r}")
+        features = check_features("outputs" if features is None else features) if space == "outputs" else None
         preset = _resolve_preset(preset)
         selection = renamed_kwarg("RepulsiveHeads", "heads", "selection", heads, selection)
         if selection is None:
@@ -259,6 +266,7 @@ class RepulsiveHeads:
         self.num_threads = num_threads
         self.selection = selection
         self.space = space
+        self.features = features
         check_wrappers(model)  # FSDP1 is refused before discovery
         self._structures: Dict[str, CircuitStructure] = {}
         self._outputs: Optional[OutputParticles] = None
@@ -270,11 +278,11 @@ class RepulsiveHeads:
             self._structures = {g.name: circuit_structure(g, selection.include_bias)
                                 for g in self.head_particles.groups}
         else:  # one system per module over all of its heads' blocks (their outputs share one kernel)
-            self.head_particles = output_particles(selection.build(model))
+            self.head_particles = output_particles(selection.build(model), features=features)
         check_sharding(model, self.head_particles.groups)  # FSDP2: supported shard layouts only
         if space == "outputs":
             self._outputs = OutputParticles(self.head_particles.groups, self._record_outputs,
-                                            tokens=64 if tokens is None else tokens, seed=seed)
+                                            tokens=64 if tokens is None else tokens, seed=seed, features=features)
         self._step = 0
         self._optimizer_ref = None
         self._param_group_of: Dict[int, int] = {}
@@ -399,23 +407,41 @@ class RepulsiveHeads:
         self._recorded = {}
         if self._outputs is not None:
             self._outputs.step = self._step
+            self._outputs.reset()
         return info
 
     # -- spaces other than the weights ---------------------------------------------------------
-    def _record_outputs(self, group: ParticleGroup, outputs: torch.Tensor) -> None:
-        """Function space, called by the forward hooks: the core's Stein terms of the heads' outputs
-        ``F`` (``M x m``, kernel and repulsion, no data term) pulled back to the group's parameters
-        at once by one vector-Jacobian product, the graph kept for the loss's backward. Several
-        forward passes before one :meth:`apply` (gradient accumulation) are averaged."""
-        values = outputs.detach().to(compute_dtype(outputs.dtype))  # float32 for float16/bfloat16
-        if not bool(torch.isfinite(values).all()):
+    def _record_outputs(self, group: ParticleGroup, parts, params) -> None:
+        """Function space, called by the forward hooks: the core's Stein terms of the heads' features
+        (``parts``: the outputs and/or maps, ``M x m_p`` each; kernel and repulsion, no data term)
+        pulled back to the group's parameters ``params`` (the tensors the forward pass used) at once
+        by one vector-Jacobian product, the graph kept for the loss's backward. Several forward
+        passes before one :meth:`apply` (gradient accumulation) are averaged.
+
+        Data parallel (DDP, FSDP2: an initialised process group of several ranks): each rank holds its
+        own batch, so the features of all ranks are gathered (:func:`attention_adapter.outputs.gather_columns`)
+        and every rank computes the kernel of the whole global subsample, the same on every rank; it
+        pulls back its own columns of the direction, and :meth:`apply` sums the ranks' pull-backs:
+        exactly the single-process terms on the union of the ranks' token subsamples."""
+        cdtype = compute_dtype(parts[0].dtype)  # float32 for float16/bfloat16
+        gathered = [gather_columns(p.detach().to(cdtype)) for p in parts]  # collectives (no-op in one process)
+        full = [f for f, _ in gathered]
+        if not all(bool(torch.isfinite(f).all()) for f in full):
             self._recorded[group.name] = None  # reported by apply() as a non-finite group
             return
-        terms = ps.function_space.function_space_terms(values, None, self.settings.kernel, self.settings.bandwidth,
-                                                       1.0, check_finite=False)
-        params = group.params
-        pulled = ps.function_space.pull_back(outputs, params, terms.direction, retain_graph=True)
-        rows = rows_of(group, {id(p): g for p, g in zip(params, pulled)}).detach()
+        scales, bandwidth = joined_features(full, self.settings.bandwidth)
+        joined = full[0] if len(full) == 1 else torch.cat([f * c for f, c in zip(full, scales)], dim=1)
+        terms = ps.function_space.function_space_terms(joined, None, self.settings.kernel, bandwidth, 1.0,
+                                                       check_finite=False)
+        # this rank's columns of the direction, part by part, times the part's factor (the chain rule of
+        # joined = c_p f_p): no operation is added to the parts' graph, which under non-reentrant gradient
+        # checkpointing must save exactly what its recomputation saves
+        mine, offset = [], 0
+        for (f, start), p, c in zip(gathered, parts, scales):
+            mine.append(terms.direction[:, offset + start:offset + start + p.shape[1]] * c)
+            offset += f.shape[1]
+        pulled = ps.function_space.pull_back(tuple(parts), params, tuple(mine), retain_graph=True)
+        rows = rows_of(group, {id(p): g for p, g in zip(group.params, pulled)}).detach()
         if group.name in self._recorded and self._recorded[group.name] is None:
             return
         gram, acc, info, count = self._recorded.get(group.name, (0.0, 0.0, terms.info, 0))
@@ -446,17 +472,15 @@ class RepulsiveHeads:
         rows = [e[1] / e[3] for e in entries]
         if torch.distributed.is_available() and torch.distributed.is_initialized() \
                 and torch.distributed.get_world_size() > 1:
-            # each rank saw its own batch: average the kernels and the pulled-back repulsions, so that
-            # every rank computes the same update (as DDP averages the gradients)
-            parts = grams + rows
-            flat = torch.cat([a.reshape(-1).to(rows[0].dtype) for a in parts])
+            # the kernels are the same on every rank (computed on the gathered features); each rank
+            # pulled back its own columns: their sum is the pull-back of the whole direction
+            flat = torch.cat([a.reshape(-1) for a in rows])
             torch.distributed.all_reduce(flat)
-            flat /= torch.distributed.get_world_size()
             synced, offset = [], 0
-            for a in parts:
-                synced.append(flat[offset:offset + a.numel()].reshape(a.shape).to(a.dtype))
+            for a in rows:
+                synced.append(flat[offset:offset + a.numel()].reshape(a.shape))
                 offset += a.numel()
-            grams, rows = synced[:len(grams)], synced[len(grams):]
+            rows = synced
         out = []
         for gram, pulled, entry in zip(grams, rows, entries):
             info = entry[2]
@@ -574,7 +598,7 @@ class RepulsiveHeads:
     # ------------------------------------------------------------------------------------------
     def _config(self) -> Dict[str, Any]:
         return {"method": self.method, "preset": None if self.preset is None else self.preset.name,
-                "groups": list(self.head_particles.names), "space": self.space}
+                "groups": list(self.head_particles.names), "space": self.space, "features": self.features}
 
     def state_dict(self) -> Dict[str, Any]:
         """``{"step", "seed", "method", "preset", "groups", "step_size", "repulsion", "beta", "terms"}``.
@@ -598,9 +622,11 @@ class RepulsiveHeads:
         if missing:
             raise ValueError(f"expected a RepulsiveHeads state dict with keys {missing}, received keys {sorted(state)}")
         mine = self._config()
-        for key in ("method", "preset", "groups", "space"):
-            if state.get(key, "weights" if key == "space" else None) != mine[key]:
-                raise ValueError(f"state dict {key} {state[key]!r} does not match this adapter's {mine[key]!r}")
+        default = {"space": "weights", "features": "outputs" if state.get("space") == "outputs" else None}
+        for key in ("method", "preset", "groups", "space", "features"):
+            if state.get(key, default.get(key)) != mine[key]:
+                raise ValueError(f"state dict {key} {state.get(key, default.get(key))!r} does not match this "
+                                 f"adapter's {mine[key]!r}")
         step = validation.check_int("state['step']", state["step"], minimum=0)
         seed = validation.check_int("state['seed']", state["seed"], minimum=0)
         self._step = step

@@ -16,10 +16,12 @@ argument, ``space``, of :class:`~attention_adapter.RepulsiveHeads` and
     products (``d_model x d_model``) are never formed: distances, kernel and repulsion come from
     ``d_head x d_head`` Gram blocks (:mod:`particlesampling.circuits`).
 ``"outputs"`` (function space; Wang et al., ICLR 2019)
-    A head is what it computes on the current batch: its output vectors on a fixed-size, seeded
-    subsample of the batch's tokens, ``W_o^h o_h(x)`` (the head's term of the output projection's
-    sum; ``o_h`` alone where the module has no output projection). The kernel and the repulsion are
-    evaluated on these vectors by the core and pulled back to the head's parameters by one
+    A head is what it computes on the current batch, on a fixed-size, seeded subsample of the
+    batch's tokens: its output vectors ``W_o^h o_h(x)`` (the head's term of the output projection's
+    sum; ``o_h`` alone where the module has no output projection), its attention maps (the rows of
+    ``softmax(Q_h K_h^T / sqrt(d))`` at those tokens; ``features="maps"``), or both
+    (``features="both"``; :mod:`attention_adapter.outputs`). The kernel and the repulsion are
+    evaluated on these features by the core and pulled back to the head's parameters by one
     vector-Jacobian product per attention module (:mod:`particlesampling.function_space`).
 
 How each layout maps to circuits (a row of the table is one product term; terms add up in ``D2``):
@@ -53,7 +55,8 @@ hops)                         have no per-hop symmetry, so circuits and weights 
 circuits (``q`` or ``k``: QK; ``v``: OV), ``include_bias`` the biases. The OV circuit includes the
 output projection's columns whenever the layout declares them (the circuit is defined by both), so
 ``include_output`` has no effect in circuit space. In function space each module is one system
-over all of the heads' blocks in ``roles`` (plus the output columns with ``include_output``).
+over all of the heads' blocks in ``roles`` (plus the output columns with ``include_output``); with
+``features="maps"`` over their query and key blocks only.
 """
 
 from __future__ import annotations
@@ -299,10 +302,13 @@ def _particles_in_space(heads: HeadParticles, groups_of_site, space: str, skip_f
     return out
 
 
-def _output_groups_of_site(site: ResolvedLayout, roles, include_output: bool, include_bias: bool):
+def _output_groups_of_site(site: ResolvedLayout, roles, include_output: bool, include_bias: bool,
+                           features: str = "outputs"):
     blocks = site.blocks
+    if features == "maps":  # the maps depend on the queries and keys only
+        roles = [r for r in roles if r in ("q", "k")]
     members = [r for r in roles if r in blocks]
-    if include_output and "out" in blocks:
+    if include_output and "out" in blocks and features != "maps":
         members.append("out")
     if include_bias:
         members += [_BIAS[r] for r in roles if r in blocks and _BIAS[r] in blocks]
@@ -312,16 +318,19 @@ def _output_groups_of_site(site: ResolvedLayout, roles, include_output: bool, in
         return []
     label = "".join(r for r in members if r in ("q", "k", "v")) + ("+out" if "out" in members else "") + \
         ("+bias" if any(r.endswith("_bias") for r in members) else "")
-    return [ParticleGroup(f"{site.name}:{label}-outputs", site, tuple(members), tuple(blocks[r] for r in members))]
+    suffix = {"outputs": "outputs", "maps": "maps", "both": "outputs+maps"}[features]
+    return [ParticleGroup(f"{site.name}:{label}-{suffix}", site, tuple(members), tuple(blocks[r] for r in members))]
 
 
-def output_particles(heads: HeadParticles, *, skip_frozen: bool = True) -> HeadParticles:
+def output_particles(heads: HeadParticles, *, skip_frozen: bool = True, features: str = "outputs") -> HeadParticles:
     """The function-space version of ``heads``: one system per attention module over its heads' blocks in
     ``roles`` (and output columns with ``include_output``, biases with ``include_bias``). Under grouped-query
     attention a particle is a key/value head with its query heads; under multi-query attention the particles
-    are the query heads and the one key/value head is no particle."""
+    are the query heads and the one key/value head is no particle. With ``features="maps"`` only the query
+    and key blocks (and their biases) are particles, since the maps depend on nothing else."""
     return _particles_in_space(
-        heads, lambda site: _output_groups_of_site(site, heads.roles, heads.include_output, heads.include_bias),
+        heads, lambda site: _output_groups_of_site(site, heads.roles, heads.include_output, heads.include_bias,
+                                                   features),
         "function space", skip_frozen)
 
 

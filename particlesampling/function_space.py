@@ -142,19 +142,29 @@ def pull_back(outputs, params: Sequence[Any], vectors, *, retain_graph: Optional
     ``sum <outputs, vectors>`` in ``params``. When output row ``i`` depends only on the parameters of
     particle ``i`` this is, in particle ``i``'s tensors, exactly ``J_i^T v_i``. Parameters the outputs
     do not reach get zeros. ``vectors`` has the outputs' shape (it is cast to their dtype and device).
+    ``outputs`` and ``vectors`` may also be equal-length tuples of tensors (the parts of one output
+    vector, as if concatenated): still one vector-Jacobian product.
     """
     import torch
 
-    if not isinstance(outputs, torch.Tensor) or not outputs.requires_grad:
-        raise ValueError("expected outputs as a torch tensor that carries an autograd graph to the parameters "
-                         "(computed with gradients enabled from parameters that require them)")
+    many = isinstance(outputs, (tuple, list))
+    outs = tuple(outputs) if many else (outputs,)
+    vecs = tuple(vectors) if many else (vectors,)
+    if not outs or len(vecs) != len(outs) or \
+            not all(isinstance(o, torch.Tensor) and o.requires_grad for o in outs):
+        raise ValueError("expected outputs as a torch tensor (or a tuple of them, with as many vectors) that carries "
+                         "an autograd graph to the parameters (computed with gradients enabled from parameters that "
+                         "require them)")
     params = tuple(params)
     if not params or not all(isinstance(p, torch.Tensor) and p.requires_grad for p in params):
         raise ValueError("expected params as a non-empty sequence of torch tensors that require gradients")
-    vec = vectors.to(dtype=outputs.dtype, device=outputs.device)
-    if tuple(vec.shape) != tuple(outputs.shape):
-        raise ValueError(f"expected vectors of the outputs' shape {tuple(outputs.shape)}, received {tuple(vec.shape)}")
-    return torch.autograd.grad(outputs, params, grad_outputs=vec, retain_graph=retain_graph,
+    cast = []
+    for o, v in zip(outs, vecs):
+        v = v.to(dtype=o.dtype, device=o.device)
+        if tuple(v.shape) != tuple(o.shape):
+            raise ValueError(f"expected vectors of the outputs' shape {tuple(o.shape)}, received {tuple(v.shape)}")
+        cast.append(v)
+    return torch.autograd.grad(outs, params, grad_outputs=tuple(cast), retain_graph=retain_graph,
                                allow_unused=True, materialize_grads=True)
 
 

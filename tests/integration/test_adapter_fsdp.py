@@ -14,6 +14,12 @@ heads straddle the two shards; one layer with ``reshard_after_forward=False``), 
 with separate ``query``/``key``/``value`` Linear layers of 9 rows (uneven shards 5 + 4, head 1
 straddling them) with output projection and biases as particles, the same sharded along dim 1
 (``shard_placement_fn``), and HSDP (2 x 1 and 1 x 2 replicate x shard meshes).
+
+Function space (``space="outputs"``): the heads' outputs (and, for ``features="both"``, their maps) are
+read on each rank's batch from the unsharded parameters FSDP2 uses in the forward pass, the kernel is
+computed on all ranks' features and each rank pulls back its columns; with every token position in the
+subsample this is the single process on the whole batch. One configuration also checkpoints every
+layer (``torch.utils.checkpoint``, non-reentrant), whose backward recomputes the forward.
 """
 
 import os
@@ -46,6 +52,11 @@ CONFIGS = {  # name: (model, wrapping, adapter)
     "mha-hsdp2x1-an2020-spos": ("mha", "hsdp2x1", "an2020-spos"),
     "mha-hsdp1x2-posterior-spos": ("mha", "hsdp1x2", "posterior-spos"),
     "bert-dim1-an2020-spos": ("bert", "dim1", "an2020-spos"),
+    # function space: the heads' outputs (and maps) on each rank's batch, the kernel on all ranks' features
+    "mha-outputs-an2020-svgd": ("mha", "fsdp", "outputs-an2020-svgd"),
+    "mha-both-posterior-spos": ("mha", "fsdp", "both-posterior-spos"),
+    "bert-outputs-posterior-svgd": ("bert", "fsdp", "outputs-posterior-svgd"),
+    "bert-checkpointed-outputs-an2020-spos": ("bert-checkpointed", "fsdp", "outputs-an2020-spos"),
 }
 
 
@@ -80,19 +91,20 @@ class BertLikeLayer(nn.Module):
 
 
 class BertLike(nn.Module):
-    def __init__(self, hidden=12, layers=2):
+    def __init__(self, hidden=12, layers=2, checkpointed=False):
         super().__init__()
         self.layers = nn.ModuleList(BertLikeLayer(hidden) for _ in range(layers))
+        self.checkpointed = checkpointed
 
     def forward(self, x):
-        for layer in self.layers:
-            x = layer(x)
+        for layer in self.layers:  # activation checkpointing: the layer's forward is recomputed in backward
+            x = torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False) if self.checkpointed else layer(x)
         return x
 
 
 BERT_LAYOUT = HeadLayout(num_heads="num_attention_heads", q="query.weight", k="key.weight", v="value.weight",
                          out=("dense.weight", 1), q_bias="query.bias", k_bias="key.bias", v_bias="value.bias")
-HIDDEN = {"mha": 16, "bert": 12}
+HIDDEN = {"mha": 16, "bert": 12, "bert-checkpointed": 12}
 
 
 def _model(kind):
@@ -100,7 +112,7 @@ def _model(kind):
     if kind == "mha":
         layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
         return nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).double()
-    return BertLike().double()
+    return BertLike(checkpointed=kind == "bert-checkpointed").double()
 
 
 def _global_batch(kind, step):
@@ -111,16 +123,21 @@ def _global_batch(kind, step):
 
 
 def _adapter(model, kind, adapter):
-    layouts = {BertLikeAttention: BERT_LAYOUT} if kind == "bert" else None
+    layouts = {BertLikeAttention: BERT_LAYOUT} if kind.startswith("bert") else None
+    space = {}
+    if adapter.split("-")[0] in ("outputs", "both"):  # function space: every position of the batch (20 per rank)
+        space = dict(space="outputs", features=adapter.split("-")[0], tokens=64)
+        adapter = adapter.split("-", 1)[1]
     method = adapter.split("-")[1]
     if adapter.startswith("an2020"):
         heads = RepulsiveHeads(model, method, preset=An2020(alpha=0.5, epsilon=0.1), seed=5,
-                               selection=HeadSelection(layouts=layouts))
+                               selection=HeadSelection(layouts=layouts), **space)
         return heads, torch.optim.Adam(model.parameters(), lr=1e-2)
     extra = dict(beta=2.0) if method == "spos" else {}
+    bert = kind.startswith("bert")
     heads = RepulsiveHeads(model, method, step_size=0.5, posterior=Posterior(dataset_size=64, prior=1.0), seed=7,
-                           selection=HeadSelection(layouts=layouts, include_output=kind == "bert",
-                                               include_bias=kind == "bert"), **extra)
+                           selection=HeadSelection(layouts=layouts, include_output=bert, include_bias=bert),
+                           **extra, **space)
     return heads, torch.optim.SGD(model.parameters(), lr=1e-3)
 
 

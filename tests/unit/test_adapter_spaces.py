@@ -365,7 +365,7 @@ def test_penalty_in_output_space_reads_the_forward_pass():
     model(ids)
     (name,) = pen.per_group()
     model(ids)
-    f = pen._outputs[name].detach()
+    f = pen._outputs[name][0].detach()
     value = pen()
     k = torch.exp(-torch.cdist(f, f) ** 2 / 2.0)
     torch.testing.assert_close(value, (k.sum() - k.diagonal().sum()) / (H * (H - 1)))

@@ -103,6 +103,25 @@ def test_shared_and_unused_parameters():
     assert torch.equal(step.grads[2], torch.zeros(2, dtype=torch.float64))
 
 
+def test_pull_back_of_parts_is_the_pull_back_of_their_concatenation():
+    """Outputs in parts (a tuple, e.g. a head's output vectors and its attention rows) pull back as if joined."""
+    g = torch.Generator().manual_seed(5)
+    own = torch.randn(4, 3, generator=g, dtype=torch.float64).requires_grad_(True)
+    a, b = own.sin(), own[:, :2] * own[:, 1:]
+    va, vb = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(4, 2, generator=g, dtype=torch.float64)
+    (parts,) = fs.pull_back((a, b), [own], (va, vb), retain_graph=True)
+    (joined,) = fs.pull_back(torch.cat([a, b], 1), [own], torch.cat([va, vb], 1))
+    torch.testing.assert_close(parts, joined)
+    torch.testing.assert_close(parts, va * own.detach().cos() + torch.cat([vb[:, :1] * own.detach()[:, 1:2],
+                                                                           vb[:, :1] * own.detach()[:, :1]
+                                                                           + vb[:, 1:] * own.detach()[:, 2:],
+                                                                           vb[:, 1:] * own.detach()[:, 1:2]], 1))
+    with pytest.raises(ValueError, match="as many vectors"):
+        fs.pull_back((a, b), [own], (va,))
+    with pytest.raises(ValueError, match="shape"):
+        fs.pull_back((a, b), [own], (va, va))
+
+
 def test_terms_on_numpy_and_one_particle():
     f = np.random.default_rng(0).standard_normal((1, 3))
     s = np.ones((1, 3))
