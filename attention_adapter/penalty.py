@@ -42,7 +42,6 @@ from particlesampling import validation
 from ._compat import renamed_kwarg, warn_renamed
 from .outputs import OutputParticles, check_features, joined_features
 from .particles import HeadParticles, HeadSelection, ParticleGroup
-from .sharding import ShardingError, is_sharded
 from .spaces import check_space, circuit_kernel_similarity, circuit_particles, circuit_structure, output_particles
 from .update import kernel_matrix, resolve_kernel
 
@@ -127,16 +126,6 @@ class HeadRepulsionPenalty(nn.Module):
         self._outputs: Dict[str, tuple] = {}
         self._hooks = None
         if space == "outputs":
-            for g in particles.groups:
-                sharded = [b.name for b in g.blocks if is_sharded(b.param)]
-                if sharded:
-                    raise ShardingError(
-                        f"HeadRepulsionPenalty(space='outputs'): expected unsharded head parameters, received FSDP2 "
-                        f"DTensor parameters {sharded}. The penalty's graph runs from the loss to the heads' "
-                        "features inside the attention module, not through the module's output, so FSDP2's "
-                        "pre-backward unshard (registered on module outputs) does not guard the unsharded "
-                        "parameters that graph saved; use RepulsiveHeads(space='outputs'), which pulls back during "
-                        "the forward pass, or the penalty in weight or circuit space")
             self._hooks = OutputParticles(particles.groups, self._keep, tokens=64 if tokens is None else tokens,
                                           seed=seed, features=features)
 

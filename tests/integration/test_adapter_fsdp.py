@@ -34,7 +34,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from attention_adapter import An2020, HeadLayout, HeadSelection, Posterior, RepulsiveHeads
+from attention_adapter import An2020, HeadLayout, HeadRepulsionPenalty, HeadSelection, Posterior, RepulsiveHeads
 
 fsdp = pytest.importorskip("torch.distributed.fsdp")
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
@@ -154,6 +154,29 @@ def _train(model, kind, adapter, rank=0, world=1):
     return heads
 
 
+PENALTY_STEPS = 2
+
+
+def _train_penalty(model, kind, rank=0, world=1):
+    """SGD on the mean-squared loss plus the function-space penalty, each rank on its half of the batch;
+    ``world=1``: the mean of the two halves' objectives in one process (FSDP averages the ranks' gradients)."""
+    layouts = {BertLikeAttention: BERT_LAYOUT} if kind.startswith("bert") else None
+    pen = HeadRepulsionPenalty(model, weight=5.0, space="outputs", features="outputs", tokens=64,
+                               selection=HeadSelection(layouts=layouts))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    per = GLOBAL_BATCH // WORLD
+    for step in range(PENALTY_STEPS):
+        x, y = _global_batch(kind, step)
+        opt.zero_grad()
+        total = 0.0
+        for r in ([rank] if world > 1 else range(WORLD)):
+            xs, ys = x[r * per:(r + 1) * per], y[r * per:(r + 1) * per]
+            total = total + (((model(xs) - ys) ** 2).mean() + pen()) / (1 if world > 1 else WORLD)
+        total.backward()
+        opt.step()
+    pen.remove_hooks()
+
+
 def _full_state(model):
     return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
             for k, v in model.state_dict().items()}
@@ -235,6 +258,10 @@ def _worker(rank, port, out_dir):
             except RuntimeError as e:
                 assert "called twice" in str(e), e
             results[name] = {"full": _full_state(model), "local": local, "step": heads.step, "rows": rows}
+        for kind in ("mha", "bert"):  # the penalty in function space: autograd, through FSDP's own hooks
+            model = _shard(_model(kind), "fsdp")
+            _train_penalty(model, kind, rank, WORLD)
+            results[f"penalty-{kind}"] = _full_state(model)
         results["errors"] = _errors()
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -312,3 +339,18 @@ def test_fsdp_unsupported_layouts_are_refused(ranks):
         msg = errors["fsdp1"]
         assert msg.startswith("ShardingError") and "FullyShardedDataParallel (FSDP1)" in msg, msg
         assert "expected torch.distributed.fsdp.fully_shard (FSDP2)" in msg, msg
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["mha", "bert"])
+def test_fsdp_function_space_penalty_is_the_mean_of_the_ranks_objectives(ranks, kind):
+    """Each rank's penalty compares the heads' outputs on its own batch; FSDP averages the gradients of
+    loss + penalty over the ranks (layer 0 keeps its unsharded parameters after forward, layer 1 frees
+    them and FSDP unshards it again in backward, before autograd reaches the penalty's nodes inside it)."""
+    ref = _model(kind)
+    _train_penalty(ref, kind)
+    start = _model(kind).state_dict()
+    for k, v in ref.state_dict().items():
+        assert torch.equal(ranks[0][f"penalty-{kind}"][k], ranks[1][f"penalty-{kind}"][k]), k
+        torch.testing.assert_close(ranks[0][f"penalty-{kind}"][k], v, rtol=1e-9, atol=1e-11)
+    assert any(not torch.equal(v, start[k]) for k, v in ref.state_dict().items() if "query" in k or "in_proj" in k)

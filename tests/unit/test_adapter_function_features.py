@@ -232,3 +232,42 @@ def test_penalty_with_both_features_is_the_product_kernel():
     value.backward()
     assert model.encoder.layer[0].attention.self.key.weight.grad.abs().sum() > 0  # through the maps
     pen.remove_hooks()
+
+
+def test_self_attentive_hops_are_compared_by_their_maps():
+    """Lin et al.'s hops (``a_h = softmax(w_h^T tanh(W_s1 H^T))``, no output projection, head outputs not
+    declared): ``features="outputs"`` is refused by name, ``"maps"`` reads the (B, r, 1, T) maps the module
+    returns and matches the hand-made reference on the hop rows."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from benchmarks.attention.models import SelfAttentiveClassifier
+
+    torch.manual_seed(0)
+    model = SelfAttentiveClassifier(20, 2, embed=8, units=4, d_a=6, hops=3, hidden=8, dropout=0.0).double()
+    ids = torch.randint(1, 20, (2, 5), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(2, 5, dtype=torch.long)
+    with pytest.raises(ValueError, match="features='maps'"):
+        RepulsiveHeads(model, space="outputs", selection=model.head_selection())
+    heads = RepulsiveHeads(model, "svgd", repulsion=0.9, space="outputs", features="maps", tokens=8,
+                           selection=model.head_selection())
+    (g,) = heads.groups
+    assert g.roles == ("q",) and g.num_particles == 3
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(model(ids, mask), torch.tensor([0, 1])).backward()
+    x, grad = g.gather("data"), g.gather("grad").clone()
+    heads.apply()
+    h_states = model.lstm(model.embed(ids))[0].detach()  # (2, 5, 8)
+    pre = torch.tanh(model.hops.ws1(h_states)).detach()  # (2, 5, 6)
+
+    def hop_map(w):  # (6,) -> the hop's maps on both sequences (one "query position" each: 2 <= 8 tokens)
+        return torch.softmax(pre @ w, dim=-1).reshape(-1)
+
+    f = torch.stack([hop_map(x[h]) for h in range(3)])
+    hband = float(ps.get_bandwidth(None)(f, ps.sqdist(f)))
+    k = torch.exp(-torch.cdist(f, f) ** 2 / hband)
+    rf = torch.stack([sum(-(2.0 / hband) * (f[j] - f[i]) * k[j, i] for j in range(3)) for i in range(3)])
+    jr = torch.stack([torch.autograd.functional.jacobian(hop_map, x[h]).T @ rf[h] for h in range(3)])
+    torch.testing.assert_close(g.gather("grad"), -(k @ (-grad) / 3 + 0.9 * jr / 3), rtol=1e-7, atol=1e-10)
+    heads.remove_hooks()
