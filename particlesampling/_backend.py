@@ -38,6 +38,8 @@ __all__ = [
     "exp_neg_scaled",
     "exp_neg_scaled_",
     "in_place_capable",
+    "intra_op_threads_of",
+    "pool_map",
     "host_view_capable",
     "is_traced",
     "batch_shape",
@@ -545,3 +547,43 @@ def to_numpy(x):
     except (TypeError, RuntimeError, BufferError):  # e.g. a device array without a host view
         return np.asarray(x)
 
+
+
+_BLAS = []  # a threadpoolctl controller of NumPy's BLAS, made once (or None without threadpoolctl)
+
+
+def intra_op_threads_of(a) -> int:
+    """The threads ``a``'s library uses for its own operations, for host-side passes to match them:
+    torch's intra-op threads (``torch.get_num_threads``) for a torch tensor on the CPU, the size of
+    NumPy's BLAS pool (through ``threadpoolctl``, so ``threadpool_limits`` and ``OMP_NUM_THREADS``
+    are followed; 1 without ``threadpoolctl``) for a NumPy array, 1 otherwise."""
+    if array_api_compat.is_torch_array(a):
+        import torch
+
+        return max(1, torch.get_num_threads()) if a.device.type == "cpu" else 1
+    if not array_api_compat.is_numpy_array(a):
+        return 1
+    if not _BLAS:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS.append([c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"])
+        except ImportError:
+            _BLAS.append([])
+    return max([1] + [int(c.get_num_threads() or 1) for c in _BLAS[0]])
+
+
+_POOL: list = []  # [ThreadPoolExecutor, its size]
+
+
+def pool_map(fn, items, threads: int) -> list:
+    """``[fn(item) for item in items]`` on a shared pool of ``threads`` worker threads (made on first
+    use, remade larger when more are asked for), in order; for passes whose work releases the GIL
+    (NumPy ufuncs, torch operations)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not _POOL or _POOL[1] < threads:
+        if _POOL:
+            _POOL[0].shutdown(wait=False)
+        _POOL[:] = [ThreadPoolExecutor(max_workers=threads, thread_name_prefix="particlesampling"), threads]
+    return list(_POOL[0].map(fn, items))

@@ -29,9 +29,8 @@ import math
 
 import numpy as np
 
-from ._backend import (SQDIST_BLOCK_ROWS, UpperBlockRows, host_view_capable, is_jax_array, is_numpy_array, is_torch_array,
-                       namespace,
-                       to_numpy)
+from ._backend import (SQDIST_BLOCK_ROWS, UpperBlockRows, host_view_capable, intra_op_threads_of, is_jax_array,
+                       is_numpy_array, is_torch_array, namespace, pool_map, to_numpy)
 
 __all__ = ["order_statistics", "select_ranks", "symmetric_order_statistics", "lower_median", "upper_median",
            "midpoint_median", "bracket_select", "gathered_order_statistics", "blocked_order_statistics",
@@ -52,10 +51,16 @@ def select_ranks(values, ranks) -> dict:
 
     One single-rank ``numpy.partition`` per distinct rank, each on the part right of the previous
     rank, rather than one ``numpy.partition`` with several ranks at once, which was the slower of
-    the two where it was chosen (``python benchmarks/bench_choices.py`` compares them).
+    the two where it was chosen (``python benchmarks/bench_choices.py`` compares them). A last rank
+    next to the previous one (the upper rank of a midpoint median) is the minimum of the part right
+    of it: no second partition.
     """
     out, rest, offset = {}, values, 0
-    for k in sorted(set(int(r) for r in ranks)):
+    wanted = sorted(set(int(r) for r in ranks))
+    for i, k in enumerate(wanted):
+        if k == offset > 0 and i == len(wanted) - 1:
+            out[k] = rest.min()
+            break
         part = np.partition(rest, k - offset)
         out[k] = part[k - offset]
         rest, offset = part[k - offset + 1:], k + 1
@@ -86,14 +91,90 @@ def expected_bracket_values(m: int, total: int, ks) -> float:
     return total * (i_hi - i_lo) / m
 
 
-def _count_true(mask) -> int:
-    """Number of True entries of a NumPy or torch boolean array (``count_nonzero``, not a sum of
-    booleans: ``python benchmarks/bench_choices.py`` compares them)."""
-    if is_numpy_array(mask):
-        return int(np.count_nonzero(mask))
+#: fewest entries of a block for which the bracketing pass splits it over the pool's threads
+PARALLEL_MIN_ENTRIES = 1 << 16
+
+
+def _bracket_part(v, lo, hi, weight: int = 1, split: int | None = None):
+    """``(entries < lo, arrays of the entries in [lo, hi])`` of one block (any shape), the
+    entries counted ``weight`` times (the arrays listed as often); with ``split`` (a 2-D block) the
+    columns before ``split`` count once and the others twice (a row block of the upper block
+    triangle of a symmetric matrix: its square on the diagonal, then what stands for itself and its
+    mirror). Three masks and ``numpy.extract`` (faster than boolean indexing) on a NumPy view of the
+    whole contiguous block where there is one (NumPy, torch on the CPU outside autograd); torch's
+    own masks otherwise (other devices), only the kept values copied to the host."""
+    contiguous = host_view_capable(v) and (v.flags.c_contiguous if is_numpy_array(v) else v.is_contiguous())
+    if split is not None and not contiguous:  # count the two parts for themselves
+        below_sq, kept_sq = _bracket_part(v[:, :split], lo, hi, 1)
+        below_off, kept_off = _bracket_part(v[:, split:], lo, hi, 2)
+        return below_sq + below_off, kept_sq + kept_off
+    if host_view_capable(v):
+        a = v if is_numpy_array(v) else v.numpy()
+        low = a < lo
+        keep = a <= hi
+        keep ^= low  # lo <= v <= hi (the values below lo are all <= hi)
+        if split is None:
+            return weight * int(np.count_nonzero(low)), [np.extract(keep, a)] * weight
+        # every entry twice, less once for the square's
+        below = 2 * int(np.count_nonzero(low)) - int(np.count_nonzero(low[:, :split]))
+        at = np.flatnonzero(keep)
+        inside = a.reshape(-1)[at]
+        return below, [inside, inside[at % a.shape[1] >= split]]
     import torch
 
-    return int(torch.count_nonzero(mask))
+    low = v < lo
+    keep = v <= hi
+    keep ^= low
+    return weight * int(torch.count_nonzero(low)), [to_numpy(v[keep])] * weight
+
+
+def _row_parts(v, parts: int):
+    """``v`` cut along its first axis into at most ``parts`` views of about equal size."""
+    rows = v.shape[0]
+    bounds = [rows * i // parts for i in range(parts + 1)]
+    return [v[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def _as_weighted(blocks):
+    """The blocks of a pass as ``(array, weight)`` pairs: a bare array has weight 1, and a row block
+    ``(array, "upper", split)`` of an upper block triangle gives its columns before ``split``
+    (weight 1) and after (weight 2)."""
+    for block in blocks:
+        if not isinstance(block, tuple):
+            yield block, 1
+        elif len(block) == 3:
+            v, _, split = block
+            yield v[:, :split], 1
+            if split < v.shape[1]:
+                yield v[:, split:], 2
+        else:
+            yield block
+
+
+def _bracket_pass(blocks, lo, hi):
+    """The bracketing pass of :func:`bracket_select` over ``blocks`` (arrays, ``(array, weight)``
+    pairs or upper-triangle row blocks ``(array, "upper", split)``, :func:`_as_weighted`): the
+    number of values below ``lo`` (copies counted) and the list of the kept arrays (a value of
+    weight ``w`` listed ``w`` times). A block of at least :data:`PARALLEL_MIN_ENTRIES` entries is
+    cut into row ranges counted in parallel (:func:`particlesampling._backend.pool_map`) by as many
+    threads as the block's library uses for its own operations (torch's intra-op threads, NumPy's
+    BLAS threads: :func:`particlesampling._backend.intra_op_threads_of`); NumPy and torch release
+    the GIL in these passes, so the pass runs on the cores the GEMMs around it use."""
+    below, kept = 0, []
+    for block in blocks:
+        if not isinstance(block, tuple):
+            block = (block, 1)
+        v, weight, split = (block[0], 1, block[2]) if len(block) == 3 else (block[0], block[1], None)
+        threads = intra_op_threads_of(v) if math.prod(v.shape) >= PARALLEL_MIN_ENTRIES else 1
+        if threads > 1 and v.ndim >= 1 and v.shape[0] > 1:
+            parts = pool_map(lambda part: _bracket_part(part, lo, hi, weight, split), _row_parts(v, threads), threads)
+        else:
+            parts = [_bracket_part(v, lo, hi, weight, split)]
+        for low, inside in parts:
+            below += low
+            kept.extend(inside)
+        del block, v, parts  # before the next block is made: one block's temporaries at a time
+    return below, kept
 
 
 def bracket_select(sample, blocks_fn, total: int, ks, *, max_candidates: int | None = None, exchange=None):
@@ -103,10 +184,12 @@ def bracket_select(sample, blocks_fn, total: int, ks, *, max_candidates: int | N
     ----------
     sample : 1-D NumPy array
         Values drawn uniformly (with replacement) from the ``total`` values, in any order.
-    blocks_fn : callable () -> iterable of arrays, or of ``(array, weight)`` pairs
+    blocks_fn : callable () -> iterable of arrays, of ``(array, weight)`` pairs, or of ``(array, "upper", split)``
         Yields blocks (NumPy or torch) holding every value exactly once; a block given with an
         integer ``weight`` stands for ``weight`` copies of each of its values (the upper half of a
-        symmetric matrix, say, standing for both halves).
+        symmetric matrix, say, standing for both halves); ``(rows, "upper", split)`` is a row block
+        of the upper block triangle of a symmetric matrix, its columns before ``split`` (the square
+        on the diagonal) counted once and the others twice, in one pass over the whole block.
     total : int
         The number of values, copies included.
     ks : list of int
@@ -134,17 +217,7 @@ def bracket_select(sample, blocks_fn, total: int, ks, *, max_candidates: int | N
         return None
     bounds = select_ranks(sample, [i_lo, i_hi])
     lo, hi = float(bounds[i_lo]), float(bounds[i_hi])
-    below, kept = 0, []
-    for block in blocks_fn():
-        block, weight = block if isinstance(block, tuple) else (block, 1)
-        v = block  # any shape: the masks select from all its entries
-        low = v < lo
-        keep = v <= hi
-        keep ^= low  # lo <= v <= hi (the values below lo are all <= hi)
-        below += weight * _count_true(low)
-        inside = to_numpy(v[keep])
-        kept.extend([inside] * weight)
-        del block, v, low, keep  # before the next block is made: one block's temporaries at a time
+    below, kept = _bracket_pass(blocks_fn(), lo, hi)
     cand = np.concatenate(kept) if kept else np.zeros(0, dtype=sample.dtype)
     n_kept = cand.shape[0]
     if exchange is not None:
@@ -274,10 +347,7 @@ def symmetric_order_statistics(sq, ks, *, xp=None, block: int = SQDIST_BLOCK_ROW
     def upper_blocks():
         for j, a in enumerate(range(0, n, block)):
             b = min(n, a + block)
-            r = rows[j] if packed else v[a:b, a:]
-            yield r[:, :b - a], 1
-            if b < n:
-                yield r[:, b - a:], 2
+            yield (rows[j] if packed else v[a:b, a:]), "upper", b - a
 
     out = None
     if n * n >= 8 * BRACKET_SAMPLE:
@@ -285,7 +355,7 @@ def symmetric_order_statistics(sq, ks, *, xp=None, block: int = SQDIST_BLOCK_ROW
         sample = flat[_packed_sample_positions(n, block, m)] if packed else v[_upper_sample_pairs(n, m)]
         out = bracket_select(sample, upper_blocks, n * n, ks)
     if out is None:  # small, or the bracket missed (probability < 1e-6): select among all the entries
-        every = np.concatenate([part.reshape(-1) for blk, w in upper_blocks() for part in [blk] * w])
+        every = np.concatenate([part.reshape(-1) for blk, w in _as_weighted(upper_blocks()) for part in [blk] * w])
         out = [float(t) for t in _numpy_select(every, ks)]
     dtype = sq.dtype
     if is_numpy_array(sq.flat if packed else sq):
@@ -420,8 +490,7 @@ def _radix_select(blocks_fn, ks, dtype_name: str, collect_limit: int = 1 << 20, 
         groups = sorted({(st[0], st[1], st[3]) for st in active.values()})
         hist = {g: np.zeros(_BINS, dtype=np.int64) for g in groups if not g[2]}
         kept: dict = {g: [] for g in groups if g[2]}
-        for block in blocks_fn():
-            block, weight = block if isinstance(block, tuple) else (block, 1)
+        for block, weight in _as_weighted(blocks_fn()):
             v = cnt.ints(block)
             for g in groups:
                 p, pb, collect = g
@@ -458,8 +527,7 @@ def gathered_order_statistics(blocks_fn, ks, exchange):
     """Exact order statistics ``ks`` of the union of values spread over holders, by gathering them
     all (for small unions): ``blocks_fn`` as for :func:`bracket_select` (this holder's blocks),
     ``exchange`` as there (only its ``values`` is called). Python floats, the same on every holder."""
-    mine = [to_numpy(b).reshape(-1) for block in blocks_fn()
-            for b, w in [block if isinstance(block, tuple) else (block, 1)] for _ in range(w)]
+    mine = [to_numpy(b).reshape(-1) for b, w in _as_weighted(blocks_fn()) for _ in range(w)]
     every = np.asarray(exchange.values(np.concatenate(mine) if mine else np.zeros(0)))
     if any(k < 0 or k >= every.shape[0] for k in ks):
         raise ValueError(f"expected order statistics in [0, {every.shape[0]}), received {list(ks)}")

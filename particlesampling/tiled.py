@@ -172,17 +172,16 @@ def _pair_sample(xp, xc, size: int = BRACKET_SAMPLE, chunk: int = 8192):
 
 
 def _upper_blocks(xp, xc, xx, tile):
-    """Yield ``(D2[a:b, a:], 1)`` split as the square ``D2[a:b, a:b]`` (weight 1: it holds both
-    ``(i, j)`` and ``(j, i)``) and ``D2[a:b, b:]`` (weight 2: it stands for itself and its mirror
-    below the diagonal), for row blocks of ``tile`` rows: every one of the ``n^2`` entries of a
+    """Yield ``(D2[a:b, a:], "upper", b - a)``: the square ``D2[a:b, a:b]`` (weight 1: it holds
+    both ``(i, j)`` and ``(j, i)``) then ``D2[a:b, b:]`` (weight 2: it stands for itself and its
+    mirror below the diagonal), for row blocks of ``tile`` rows (the block form of
+    :func:`particlesampling.selection.bracket_select`): every one of the ``n^2`` entries of a
     symmetric ``D2`` once, from half the Gram-trick work."""
     n = xc.shape[0]
     for a in range(0, n, tile):
         b = min(n, a + tile)
         d2 = sqdist_block(xp, xc[a:b, :], xx[a:b], xc[a:, :], xx[a:], diagonal_at=0)
-        yield d2[:, :b - a], 1
-        if b < n:
-            yield d2[:, b - a:], 2
+        yield d2, "upper", b - a
         d2 = None  # not held while the next block is made
 
 

@@ -1,0 +1,136 @@
+"""The exact median's bracketing pass on the library's threads, and the selection's small steps.
+
+* ``_bracket_pass`` cuts each large block into row ranges counted on ``pool_map``'s threads, as
+  many as ``intra_op_threads_of`` gives (torch's intra-op threads, NumPy's BLAS pool): the order
+  statistics are those of ``numpy.sort`` whatever the number of threads, with ties, infinities,
+  signed zeros and subnormals.
+* ``select_ranks``: an upper rank next to the previous one is the minimum right of it.
+
+Every expected value comes from ``numpy.sort``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from particlesampling import _backend, selection
+from particlesampling._backend import intra_op_threads_of, pool_map, symmetric_sqdist, upper_block_rows
+
+
+def _awkward(size, rng):
+    """Ties, infinities, both zeros and float32 subnormals among ordinary values."""
+    v = rng.integers(0, 400, size=size).astype(np.float32)
+    v[:50] = np.inf
+    v[50:100] = -np.inf
+    v[100:150] = -0.0
+    v[150:400] = rng.random(250).astype(np.float32) * 1e-39  # subnormal in float32
+    return rng.permutation(v)
+
+
+@pytest.fixture
+def threads(monkeypatch):
+    """Every block of the bracketing pass cut for 3 threads (an uneven split), the pool's use counted."""
+    calls = []
+
+    def counted(fn, items, n):
+        calls.append(len(items))
+        return pool_map(fn, items, n)
+
+    monkeypatch.setattr(selection, "intra_op_threads_of", lambda a: 3)
+    monkeypatch.setattr(selection, "pool_map", counted)
+    monkeypatch.setattr(selection, "PARALLEL_MIN_ENTRIES", 1000)
+    return calls
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_symmetric_order_statistics_on_threads_match_the_sort(threads, lib):
+    n = 900  # n^2 above 8 * BRACKET_SAMPLE: the bracketing pass
+    x = np.random.default_rng(1).integers(0, 4, size=(n, 3)).astype(np.float32)  # many tied distances
+    xc = x - x.mean(axis=0)
+    arg = xc if lib == "numpy" else torch.from_numpy(xc)
+    sq = symmetric_sqdist(arg, (arg * arg).sum(-1))
+    ks = [n * n // 2 - 1, n * n // 2, n * n // 3]  # ranks the sample brackets (not the extremes)
+    ref = np.sort(np.asarray(sq).reshape(-1))[ks]
+    got = selection.symmetric_order_statistics(sq, ks)
+    assert [float(g) for g in got] == [float(r) for r in ref]
+    assert threads and all(1 < c <= 3 for c in threads)  # the blocks were counted on the pool
+
+
+def _packed_multiset(packed):
+    """Every value the packed upper block triangle stands for: each square on the diagonal once (as
+    the GEMM rounded it), each entry right of it twice (itself and its mirror)."""
+    parts = []
+    for a, rows in zip(packed.starts, packed.rows):
+        rows, b = np.asarray(rows), min(packed.n, a + packed.block)
+        parts += [rows[:, :b - a].ravel(), rows[:, b - a:].ravel(), rows[:, b - a:].ravel()]
+    return np.concatenate(parts)
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+@pytest.mark.parametrize("on_threads", [False, True])
+@pytest.mark.parametrize("ties", [False, True])
+def test_packed_rows_counted_in_one_pass_per_block_match_the_sort(request, lib, on_threads, ties):
+    calls = request.getfixturevalue("threads") if on_threads else None
+    n = 1000  # 4 row blocks of 256: the bracketing pass over whole contiguous row blocks
+    rng = np.random.default_rng(5)  # ties across the bracket, or distinct distances
+    x = (rng.integers(0, 5, size=(n, 2)) if ties else rng.standard_normal((n, 2))).astype(np.float32)
+    xc = x - x.mean(axis=0)
+    arg = xc if lib == "numpy" else torch.from_numpy(xc)
+    packed = upper_block_rows(arg, (arg * arg).sum(-1))
+    every = _packed_multiset(packed)
+    assert every.size == n * n
+    ks = [n * n // 2 - 1, n * n // 2, n * n // 4]
+    got = selection.symmetric_order_statistics(packed, ks)
+    assert [float(g) for g in got] == [float(r) for r in np.sort(every)[ks]]
+    if on_threads:
+        assert calls and all(1 < c <= 3 for c in calls)
+
+
+def test_order_statistics_of_awkward_values_on_threads_match_the_sort(threads):
+    rng = np.random.default_rng(2)
+    v = _awkward(8 * selection.BRACKET_SAMPLE + 1001, rng)
+    ks = [v.size // 2, v.size // 2 + 1, v.size // 3]  # the infinities and subnormals lie below and above
+    got = selection.order_statistics(v, ks)
+    np.testing.assert_array_equal([np.float32(g) for g in got], np.sort(v)[ks])
+    assert threads == [3]
+
+
+def test_bracket_select_with_weights_on_threads(threads):
+    rng = np.random.default_rng(3)
+    a, b = rng.random((300, 40)).astype(np.float32), rng.random((200, 25)).astype(np.float32)
+    everything = np.concatenate([a.ravel(), b.ravel(), b.ravel()])
+    ks = [everything.size // 2]
+    sample = everything[rng.integers(0, everything.size, size=4096)]
+    got = selection.bracket_select(sample, lambda: [(a, 1), (torch.from_numpy(b), 2)], everything.size, ks)
+    assert got == [float(np.sort(everything)[ks[0]])]
+
+
+def test_select_ranks_adjacent_upper_rank_is_the_minimum_right_of_it():
+    rng = np.random.default_rng(4)
+    v = _awkward(5001, rng)
+    ref = np.sort(v)
+    for lo in (0, 60, 120, 2499, 2500, 4999):
+        got = selection.select_ranks(v, [lo + 1, lo])
+        assert got[lo] == ref[lo] and got[lo + 1] == ref[lo + 1]
+
+
+def test_intra_op_threads_of_follows_each_library():
+    assert intra_op_threads_of(torch.zeros(3)) == torch.get_num_threads()
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert intra_op_threads_of(torch.zeros(3)) == 2
+    finally:
+        torch.set_num_threads(saved)
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+        assert intra_op_threads_of(np.zeros(3)) == 1
+    assert intra_op_threads_of([1.0, 2.0]) == 1
+
+
+def test_pool_map_keeps_the_order_and_grows():
+    assert pool_map(lambda i: i * i, range(7), 2) == [i * i for i in range(7)]
+    assert pool_map(lambda i: -i, range(5), 4) == [0, -1, -2, -3, -4]
+    assert _backend._POOL[1] >= 4
