@@ -620,7 +620,7 @@ def _jax_radix_values(v, ks: tuple):
     share the histogram (a ``lax.cond`` on the prefixes, evaluated on the device). Float32: 2
     passes, float64: 4; exact, whatever the values."""
     import jax.numpy as jnp
-    from jax import lax
+    from jax import dtypes, lax
 
     key, nbits, uint = _monotone_keys(jnp, lax, v)
     mask = uint(_BINS - 1)
@@ -629,9 +629,12 @@ def _jax_radix_values(v, ks: tuple):
 
     def histogram(shift, p, first):
         digit = ((key >> shift) & mask).astype(jnp.int32)
-        if not first:  # the values outside the prefix's bin go to an extra bin, then dropped
-            digit = jnp.where((key >> (shift + _DIGIT)) == p, digit, _BINS)
-        return jnp.bincount(digit, length=_BINS + 1)[:_BINS]
+        if first:
+            return jnp.bincount(digit, length=_BINS)
+        # the values outside the prefix's bin (nearly all) get an index past the end, dropped by the
+        # scatter without a write: one extra bin taking them all would serialise the adds to it
+        digit = jnp.where((key >> (shift + _DIGIT)) == p, digit, _BINS)
+        return jnp.zeros(_BINS, dtype=dtypes.canonicalize_dtype(jnp.int64)).at[digit].add(1, mode="drop")
 
     for pass_ in range(nbits // _DIGIT):
         shift = nbits - _DIGIT * (pass_ + 1)

@@ -29,6 +29,7 @@ from ._backend import (
     in_place_capable,
     namespace,
     sqdist,
+    sqdist_block,
     upper_block_rows,
 )
 from .bandwidths import get_bandwidth, rule_bandwidth, rule_reads
@@ -145,10 +146,19 @@ def _own_sqdist(xp, particles, scores, xc, rule, *, upper_only: bool):
     only (``upper_only``: the RBF product; and a rule that does not declare ``reads = "matrix"``,
     :class:`~particlesampling.bandwidths.BandwidthRule`), the blocks below
     it are not even made: the upper block triangle is computed packed, each block of rows contiguous
-    (:func:`particlesampling._backend.upper_block_rows`), half the GEMM work and half the memory."""
-    if (upper_only and host_view_capable(particles) and in_place_capable(scores) and particles.ndim == 2
-            and rule_reads(rule) != "matrix"):
-        return upper_block_rows(xc, xp.sum(xc * xc, axis=-1))
+    (:func:`particlesampling._backend.upper_block_rows`), half the GEMM work and half the memory.
+    For the same consumers on the functional path (JAX under ``jax.jit`` above all) the matrix is
+    the Gram trick's as rounded, not symmetrised: one pass over the ``n^2`` entries less."""
+    if upper_only and rule_reads(rule) != "matrix":
+        xx = xp.sum(xc * xc, axis=-1)
+        if host_view_capable(particles) and in_place_capable(scores) and particles.ndim == 2:
+            return upper_block_rows(xc, xx)
+        if not (host_view_capable(particles) or in_place_capable(particles)):
+            # the functional path (JAX, torch on other devices or under autograd, array_api_strict):
+            # the Gram-trick matrix as the GEMM rounds it, without the pass that makes it exactly
+            # symmetric (a transpose of all n^2 entries): the exp and the product read every entry
+            # as it is, and order statistics move by at most the rounding (they are 1-Lipschitz)
+            return sqdist_block(xp, xc, xx, xc, xx, diagonal_at=0)
     return sqdist(particles, xp=xp)
 
 
