@@ -21,12 +21,15 @@ Usage::
     python benchmarks/bench_adapter_overhead.py --profile             # where apply() spends its time
     python benchmarks/bench_adapter_overhead.py --spaces --tag spaces_minilm     # weights / circuits / outputs
     python benchmarks/bench_adapter_overhead.py --spaces --model small-transformer --tag spaces_small
+    python benchmarks/bench_adapter_overhead.py --features --model small-transformer --tag features_small
 
 ``--spaces`` runs the paper preset (SVGD) in the three particle spaces of ``RepulsiveHeads(space=...)``
 side by side, each against its own interleaved plain steps. In function space (``"outputs"``) part of
 the work happens in the forward pass (the heads' outputs are compared and pulled back there), so the
 step ratio, not ``apply()`` alone, is its overhead; its forward hooks are paused during the plain
-steps.
+steps. ``--features`` runs function space with each of ``features="outputs"``, ``"maps"`` and
+``"both"`` side by side; the maps need eager attention, so it sets ``--attn eager`` (for all three and
+their plain steps).
 
 Writes ``benchmarks/results/adapter_overhead[ _<tag>].{json,md}``.
 """
@@ -127,11 +130,15 @@ def _adapter_options(name):
                                                              include_bias=True)),
         "circuits-svgd": dict(preset=An2020(alpha=0.01, epsilon=0.01), space="circuits"),
         "outputs-svgd": dict(preset=An2020(alpha=0.01, epsilon=0.01), space="outputs"),
+        "maps-svgd": dict(preset=An2020(alpha=0.01, epsilon=0.01), space="outputs", features="maps"),
+        "both-svgd": dict(preset=An2020(alpha=0.01, epsilon=0.01), space="outputs", features="both"),
     }[name]
 
 
 #: ``--spaces``: the paper preset in each particle space
 SPACE_ADAPTERS = ["an2020-svgd", "circuits-svgd", "outputs-svgd"]
+#: ``--features``: function space with the heads' outputs, attention maps, or both
+FEATURE_ADAPTERS = ["outputs-svgd", "maps-svgd", "both-svgd"]
 
 
 def run(args):
@@ -200,7 +207,8 @@ def run(args):
     return {
         "model": MODEL_DESCRIPTIONS[args.model],
         "adapter": args.adapter,
-        "space": heads.space,
+        "space": heads.space if heads.space != "outputs" or heads.features == "outputs"
+        else f"outputs ({heads.features})",
         "adapter_options": {k: v if isinstance(v, (str, int, float)) else repr(v)
                             for k, v in _adapter_options(args.adapter).items()},
         "particle_groups": len(groups),
@@ -258,7 +266,8 @@ def markdown(results):
     for (model, run_name), rs in by_model.items():
         r0 = rs[0]
         loads = ", ".join(f"{r['load_average_at_end'][0]:.1f}" for r in rs if r.get("load_average_at_end"))
-        head = (f"Adapter overhead, {model}{f' (run {run_name})' if run_name else ''}; 'groups': particle groups x "
+        attn = "; eager attention" if r0.get("attn_implementation") == "eager" else ""
+        head = (f"Adapter overhead, {model}{f' (run {run_name})' if run_name else ''}{attn}; 'groups': particle groups x "
                 f"heads x parameters per particle; "
                 f"medians of {r0['pairs']} interleaved pairs of training steps (AdamW, clipping); torch {r0['torch']}, "
                 f"{r0['cpu_count']} CPUs; 1-minute load average at the end of each run: {loads}. 'threads (apply)': "
@@ -282,8 +291,10 @@ def main(argv=None):
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     p.add_argument("--adapter", nargs="+", default=["an2020-svgd", "an2020-spos"],
                    choices=["an2020-svgd", "an2020-spos", "principled-svgd", "joint-svgd", "circuits-svgd",
-                            "outputs-svgd"])
+                            "outputs-svgd", "maps-svgd", "both-svgd"])
     p.add_argument("--spaces", action="store_true", help=f"run {SPACE_ADAPTERS} (one run, side by side)")
+    p.add_argument("--features", action="store_true",
+                   help=f"run {FEATURE_ADAPTERS} with --attn eager (one run, side by side)")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--tag", default="", help="suffix of the output files")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
@@ -292,6 +303,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.spaces:
         args.adapter = SPACE_ADAPTERS
+    if args.features:
+        args.adapter, args.attn = FEATURE_ADAPTERS, "eager"
     results = []
     if args.combine:
         for f in args.combine:
