@@ -92,7 +92,7 @@ def check_gradient_kernel(kernel):
 
 
 def sliced_ksd(particles, scores, slices=None, kernel=None, bandwidth=None, *, statistic: str = "v",
-               gradient: bool = False) -> SlicedKSD:
+               gradient: bool = False, check_finite: bool = True) -> SlicedKSD:
     """SKSD-g of the module docstring, per slice and summed, and optionally its gradient in the slices.
 
     Parameters
@@ -111,14 +111,17 @@ def sliced_ksd(particles, scores, slices=None, kernel=None, bandwidth=None, *, s
         V-statistic (default, the paper's estimate in S-SVGD) or U-statistic (``n >= 2``).
     gradient : bool
         Also return ``d SK / d V``, ``(d, d)`` (needs ``f'''``: ``"rbf"``, ``"imq"``).
+    check_finite : bool
+        Check that the particles and scores are finite (one device synchronisation; ValueError naming the
+        first bad row). The sampler passes False: its run loop checks every step's particles and scores.
 
     Returns
     -------
     SlicedKSD : ``value`` (0-d), ``per_slice`` (d,), ``bandwidth`` (d,), ``gradient`` ((d, d) or None).
     """
     xp = namespace(particles, scores)
-    check_particles(particles, "particles", xp=xp)
-    check_particles(scores, "scores", xp=xp)
+    check_particles(particles, "particles", xp=xp, finite=check_finite)
+    check_particles(scores, "scores", xp=xp, finite=check_finite)
     check_same_shape(particles, scores, "particles", "scores")
     statistic = check_statistic(statistic)
     n, d = particles.shape

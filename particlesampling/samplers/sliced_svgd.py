@@ -134,7 +134,9 @@ class SlicedSVGD(SteinSampler):
     def ascend(self, particles, scores, slices, ascent):
         """``slice_updates`` ascent steps on SKSD-g from ``(slices, ascent)``; returns the new pair."""
         for _ in range(self.slice_updates):
-            grad = sliced_ksd(particles, scores, slices, self.kernel, self.bandwidth, gradient=True).gradient
+            # the run loop checks every step's particles and scores (the step's finite flag)
+            grad = sliced_ksd(particles, scores, slices, self.kernel, self.bandwidth, gradient=True,
+                              check_finite=False).gradient
             delta, ascent = self.slice_rule.update(grad, ascent)
             slices = slices + delta
         return slices, ascent

@@ -135,6 +135,12 @@ def test_bad_input(rng):
         sliced_ksd(x[:1], s[:1], statistic="u")
     with pytest.raises(ValueError, match="statistic"):
         sliced_ksd(x, s, statistic="w")
+    bad = s.copy()
+    bad[4, 2] = np.inf
+    with pytest.raises(ValueError, match=r"scores contain non-finite values \(first at row 4\)"):
+        sliced_ksd(x, bad)
+    with np.errstate(invalid="ignore", over="ignore"):  # unchecked: the infinity propagates
+        assert not np.isfinite(float(sliced_ksd(x, bad, check_finite=False).value))
 
 
 class _NoThird(ps.kernels.RadialKernel):

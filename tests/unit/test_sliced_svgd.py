@@ -140,6 +140,24 @@ def test_known_answer_optimised_slices_at_d200():
     assert not np.allclose(state.step_state.slices, np.eye(d))  # the slices did move
 
 
+def test_non_finite_score_stops_the_run_with_the_state_before():
+    """A NaN score: the slices' ascent lets it through to the step's finite flag, and the run loop raises
+    NonFiniteError naming the particle, with the state before that step."""
+    x = np.random.default_rng(1).normal(size=(5, 3))
+
+    def score(z):
+        s = -z.copy()
+        if z[0, 0] != x[0, 0]:  # from the second step on
+            s[2, 1] = np.nan
+        return s
+
+    sampler = ps.sliced_svgd(score, 0.1)
+    with pytest.raises(ps.NonFiniteError, match="particle 2") as err:
+        ps.run_sampler(sampler, sampler.init(x), 5)
+    assert err.value.step == 1 and err.value.state.step == 1
+    assert np.all(np.isfinite(err.value.state.step_state.slices))
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="square"):
         ps.sliced_svgd(lambda z: -z, 0.1, slices=np.ones((2, 3)))
