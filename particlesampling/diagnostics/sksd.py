@@ -5,7 +5,8 @@ With the score projections on the standard basis ``e_r`` (the orthogonal basis `
 uses, :mod:`particlesampling.samplers.sliced_svgd`), an input slice ``g_r`` (unit vector) for each
 ``r``, projections ``y = g_r^T x``, ``c_r = e_r^T g_r = g_{r,r}`` and a one-dimensional radial
 kernel ``k(y, y') = f((y - y')^2 / h_r)``, the SKSD-g statistic of particles ``x_1..x_n`` (the
-V-statistic of the paper's eq. 8 summed over ``r``, as its S-SVGD code evaluates it) is
+V-statistic estimate of the paper's SKSD-g for the pairs ``(e_r, g_r)``, summed over ``r``, as its
+S-SVGD code evaluates it) is
 
 .. math::
 

