@@ -93,7 +93,7 @@ def check_gradient_kernel(kernel):
 
 
 def sliced_ksd(particles, scores, slices=None, kernel=None, bandwidth=None, *, statistic: str = "v",
-               gradient: bool = False, check_finite: bool = True) -> SlicedKSD:
+               gradient: bool = False, value: bool = True, check_finite: bool = True) -> SlicedKSD:
     """SKSD-g of the module docstring, per slice and summed, and optionally its gradient in the slices.
 
     Parameters
@@ -112,6 +112,9 @@ def sliced_ksd(particles, scores, slices=None, kernel=None, bandwidth=None, *, s
         V-statistic (default, the paper's estimate in S-SVGD) or U-statistic (``n >= 2``).
     gradient : bool
         Also return ``d SK / d V``, ``(d, d)`` (needs ``f'''``: ``"rbf"``, ``"imq"``).
+    value : bool
+        Evaluate the statistic (default); False with ``gradient`` skips it (``value`` and ``per_slice`` are
+        then None): the slices' ascent needs the gradient only.
     check_finite : bool
         Check that the particles and scores are finite (one device synchronisation; ValueError naming the
         first bad row). The sampler passes False: its run loop checks every step's particles and scores.
@@ -141,9 +144,11 @@ def sliced_ksd(particles, scores, slices=None, kernel=None, bandwidth=None, *, s
     u = sq / h
     ss = s[:, :, None] * s[:, None, :]
     cross = delta * (s[:, None, :] - s[:, :, None])  # C[i, j] = (y_i - y_j)(s_j - s_i)
-    hmat = weighted_stein_kernel_block(kern, u, ss, c * cross / h, (c * c) * sq / (h * h), (c * c) / h)
-    total = xp.sum(xp.reshape(hmat, (d, n * n)), axis=-1)
-    per_slice = reduce_statistic(xp, total, xp.sum(xp.linalg.diagonal(hmat), axis=-1), n, statistic)
+    per_slice = None
+    if value or not gradient:
+        hmat = weighted_stein_kernel_block(kern, u, ss, c * cross / h, (c * c) * sq / (h * h), (c * c) / h)
+        total = xp.sum(xp.reshape(hmat, (d, n * n)), axis=-1)
+        per_slice = reduce_statistic(xp, total, xp.sum(xp.linalg.diagonal(hmat), axis=-1), n, statistic)
     grad = None
     if gradient:
         _, f1, f2 = kern.profile(u)
@@ -160,4 +165,5 @@ def sliced_ksd(particles, scores, slices=None, kernel=None, bandwidth=None, *, s
         grad_g = grad_g + xp.eye(d, dtype=particles.dtype, device=device_of(particles)) * b_total[:, None]
         length = xp.sqrt(xp.sum(v * v, axis=1, keepdims=True))
         grad = (grad_g - xp.sum(grad_g * g, axis=1, keepdims=True) * g) / length
-    return SlicedKSD(value=xp.sum(per_slice), per_slice=per_slice, bandwidth=xp.reshape(h, (d,)), gradient=grad)
+    return SlicedKSD(value=None if per_slice is None else xp.sum(per_slice), per_slice=per_slice,
+                     bandwidth=xp.reshape(h, (d,)), gradient=grad)

@@ -143,7 +143,7 @@ class SlicedSVGD(SteinSampler):
         """``slice_updates`` ascent steps on SKSD-g from ``(slices, ascent)``; returns the new pair."""
         for _ in range(self.slice_updates):
             # the run loop checks every step's particles and scores (the step's finite flag)
-            grad = sliced_ksd(particles, scores, slices, self.kernel, self.bandwidth, gradient=True,
+            grad = sliced_ksd(particles, scores, slices, self.kernel, self.bandwidth, gradient=True, value=False,
                               check_finite=False).gradient
             delta, ascent = self.slice_rule.update(grad, ascent)
             slices = slices + delta

@@ -30,6 +30,10 @@ def test_value_and_gradient_match_brute_force(xp_backend, rng, slices, bandwidth
     f32 = xp_backend.dtype_name == "float32"
     xp_backend.assert_close(got.per_slice, want, rtol=2e-3 if f32 else 1e-10)
     xp_backend.assert_close(got.value, want.sum(), rtol=2e-3 if f32 else 1e-10)
+    alone = sliced_ksd(xp_backend.asarray(x), xp_backend.asarray(s), None if slices is None else xp_backend.asarray(v),
+                       bandwidth=bandwidth, statistic=statistic, gradient=True, value=False)
+    assert alone.value is None and alone.per_slice is None
+    xp_backend.assert_close(alone.gradient, xp_backend.to_numpy(got.gradient), rtol=1e-12)
     # the gradient: central differences of the brute force, slice by slice at the slice's bandwidth (a median's
     # is held fixed: the gradient is the partial derivative at the bandwidth used)
     hs = np.asarray(xp_backend.to_numpy(got.bandwidth), dtype=float)
