@@ -119,3 +119,31 @@ def test_ddp_other_spaces_keep_replicas_identical():
         _train(ref_model, method, space=space).remove_hooks()
         for k, v in ref_model.state_dict().items():
             torch.testing.assert_close(states[space][0][k], v, rtol=1e-9, atol=1e-11, msg=lambda m: f"{space} {k}: {m}")
+
+
+def _worker_gather(rank, port, out_dir):
+    from attention_adapter.outputs import gather_columns
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        mine = torch.arange(4 * (3 + 2 * rank), dtype=torch.float64).reshape(4, -1) + 100 * rank  # 3 and 5 columns
+        full, start = gather_columns(mine)
+        torch.save({"full": full, "start": start}, os.path.join(out_dir, f"gather{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_gather_columns_joins_ranks_with_different_token_counts():
+    """Function space gathers every rank's features (ranks may hold different numbers of tokens, e.g. the last
+    batch of an epoch) in rank order, and each rank learns where its own columns start."""
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_worker_gather, args=(_free_port(), tmp), nprocs=WORLD, join=True)
+        got = [torch.load(os.path.join(tmp, f"gather{r}.pt")) for r in range(WORLD)]
+    want = torch.cat([torch.arange(12, dtype=torch.float64).reshape(4, 3),
+                      torch.arange(20, dtype=torch.float64).reshape(4, 5) + 100], dim=1)
+    for r in range(WORLD):
+        assert torch.equal(got[r]["full"], want)
+    assert [g["start"] for g in got] == [0, 3]
