@@ -4,7 +4,8 @@ single-process run on the same global batch (SVGD and SPOS: every rank draws the
 The other particle spaces likewise. In function space each rank reads the heads' outputs on its own
 half of the batch; the adapter gathers every rank's outputs, computes the kernel on all of them (the
 same on every rank), pulls back its own columns and sums the ranks' pull-backs, so with every token
-position in the subsample (20 per rank, ``tokens=64``) it equals the single process on the whole batch."""
+position in the subsample (20 per rank, ``tokens=64``) it equals the single process on the whole batch, also
+with outputs and maps together under non-reentrant activation checkpointing."""
 
 import os
 import socket
@@ -147,3 +148,62 @@ def test_gather_columns_joins_ranks_with_different_token_counts():
     for r in range(WORLD):
         assert torch.equal(got[r]["full"], want)
     assert [g["start"] for g in got] == [0, 3]
+
+
+class _CheckpointedEncoder(nn.Module):
+    """The layers of ``_model()``, each run under non-reentrant activation checkpointing (or plainly)."""
+
+    def __init__(self, checkpointed):
+        super().__init__()
+        self.layers = _model().layers
+        self.checkpointed = checkpointed
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False) if self.checkpointed else layer(x)
+        return x
+
+
+def _train_features(model, rank=0, world=1):
+    heads = RepulsiveHeads(model, "svgd", preset=An2020(alpha=0.5, epsilon=0.1), space="outputs", features="both")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    heads.attach(opt)
+    per = GLOBAL_BATCH // world
+    for step in range(STEPS):
+        x, y = _global_batch(step)
+        x, y = x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        opt.step()
+    heads.remove_hooks()
+
+
+def _worker_checkpointed(rank, port, out_dir):
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        model = nn.parallel.DistributedDataParallel(_CheckpointedEncoder(True))
+        _train_features(model, rank, WORLD)
+        torch.save({k: v.detach().clone() for k, v in model.module.state_dict().items()},
+                   os.path.join(out_dir, f"ckpt{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_function_space_with_maps_under_checkpointing_matches_single_process():
+    """Outputs and maps, DDP and non-reentrant checkpointing together: the features are gathered in the forward
+    pass (not again in the recomputation), and the result is the plain single process on the whole batch."""
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_worker_checkpointed, args=(_free_port(), tmp), nprocs=WORLD, join=True)
+        states = [torch.load(os.path.join(tmp, f"ckpt{r}.pt")) for r in range(WORLD)]
+    ref = _CheckpointedEncoder(False)
+    _train_features(ref)
+    start = _CheckpointedEncoder(False).state_dict()
+    for k, v in ref.state_dict().items():
+        assert torch.equal(states[0][k], states[1][k]), k
+        torch.testing.assert_close(states[0][k], v, rtol=1e-9, atol=1e-11, msg=lambda m: f"{k}: {m}")
+    assert not torch.equal(ref.state_dict()["layers.0.self_attn.in_proj_weight"],
+                           start["layers.0.self_attn.in_proj_weight"])
