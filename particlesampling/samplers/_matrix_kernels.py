@@ -3,7 +3,7 @@ Gradient Descent with Matrix-Valued Kernels"): the constant preconditioner and t
 point-wise preconditioners, one home for the maths that :mod:`particlesampling.samplers.matrix_svgd`
 and :mod:`particlesampling.samplers.matrix_svgd_mixture` use.
 
-With a matrix-valued kernel ``K(x, x')`` the Stein direction is (their eq. 7)
+With a matrix-valued kernel ``K(x, x')`` the Stein direction is (their Theorem for matrix-valued kernels)
 
 .. math::
 
@@ -18,7 +18,7 @@ with ``Y = X Q^{1/2}`` and ``S_y = S Q^{-1/2}``, ``phi = phi_SVGD(Y, S_y) Q^{-1/
 (:func:`preconditioned_stein_direction`; the core's :func:`particlesampling.stein_direction`, every
 kernel, bandwidth rule and the tiled path).
 
-**Mixture of point-wise preconditioners** (their Sec. 3.3, Theorem 3 and eq. 12): anchors
+**Mixture of point-wise preconditioners** (their Sec. 3, "mixture preconditioning"): anchors
 ``z_1..z_m`` with preconditioners ``Q_l`` (the negative Hessian or the Gauss-Newton / Fisher matrix
 of ``log p`` at ``z_l``) and
 
@@ -30,7 +30,7 @@ of ``log p`` at ``z_l``) and
 ``K_{Q}(x, x') = Q^{-1} f(\\|x - x'\\|^2_{Q} / h)`` (``f(u) = e^{-u}`` for the default RBF kernel,
 the paper's ``\\exp(-\\|x - x'\\|_Q^2 / (2h))`` with its ``h`` half ours). Its Stein direction is the
 ``w_l``-mixture of importance-weighted constant-preconditioner directions towards ``p w_l``
-(their Theorem 3):
+(their theorem on mixtures of kernels ``sum_l w_l(x) K_l(x, x') w_l(x')``):
 
 .. math::
 
@@ -44,7 +44,8 @@ the paper's ``\\exp(-\\|x - x'\\|_Q^2 / (2h))`` with its ``h`` half ours). Its S
 
 In the coordinates ``y^l = Q_l^{1/2} x`` of anchor ``l`` each inner sum is a weighted SVGD sum with
 the scalar kernel ``f(|y^l_i - y^l_j|^2 / h_l)`` (bandwidth from the rule on the ``y^l``: the
-median trick in ``Q_l``-distances, as the paper sets it) mapped back by ``Q_l^{-1/2}``:
+paper's median trick in ``Q_l``-distances; by default Liu & Wang's convention ``med^2 / log(n + 1)``,
+``bandwidth="blackjax"`` for ``med^2 / log n`` over pairs) mapped back by ``Q_l^{-1/2}``:
 ``phi = (1/n) sum_l w_l * ([K_l (w_l S_l) + r (K_l (w_l G_l) + R^w_l)] Q_l^{-1/2})`` with
 ``S_l = S Q_l^{-1/2}``, ``G_l = (grad log w_l) Q_l^{-1/2}`` and ``R^w_l`` the repulsion whose pair
 weights are ``w_l(x_j)`` (:func:`particlesampling.kernels.radial_repulsion`); ``r`` is the repulsion
@@ -55,8 +56,8 @@ weight (1 for the method proper), applied to the whole divergence of the kernel.
 anchors the kernel is about ``1/a`` of ``K_Q``: with every particle an anchor the direction above is
 smaller than the constant preconditioner's by a factor of order ``n`` (the authors' code sums over
 ``j`` instead of averaging, which restores it). By default (``normalise=True``) each anchor's inner
-sum is divided by ``c_l = (1/n) sum_j w_l(x_j)`` instead of ``1/n``'s implicit 1: the
-self-normalised importance-weighted direction towards ``p w_l``. It is exactly the Stein direction
+sum is further divided by its mean weight ``c_l = (1/n) sum_j w_l(x_j)``: the self-normalised
+importance-weighted direction towards ``p w_l``. It is exactly the Stein direction
 of the same family of kernels with ``w_l`` replaced by ``w_l / c_l^{1/2}`` (the theorem holds for any
 positive ``w_l``; ``grad log w_l`` is unchanged), its scale that of the constant preconditioner, and
 with every particle an anchor ``mean_l n c_l = 1``, the scale of the authors' code on average.

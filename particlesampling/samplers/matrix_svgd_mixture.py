@@ -1,10 +1,10 @@
 """SVGD with the mixture-preconditioning matrix-valued kernel (Wang, Tang, Bajaj & Liu, NeurIPS 2019,
-"Stein Variational Gradient Descent with Matrix-Valued Kernels", Sec. 3.3, "Matrix-SVGD (mixture)").
+"Stein Variational Gradient Descent with Matrix-Valued Kernels", "Matrix-SVGD (mixture)").
 
 Anchors ``z_1..z_m``, each with its own preconditioner ``Q_l`` (the negative Hessian of ``log p`` at
 ``z_l``, or its Gauss-Newton form), make the kernel ``K(x, x') = sum_l K_{Q_l}(x, x') w_l(x) w_l(x')``
 with ``w_l(x)`` proportional to ``N(x; z_l, Q_l^{-1})`` normalised over ``l``. The update is
-``x_i <- x_i + eps phi(x_i)`` with (their Theorem 3)
+``x_i <- x_i + eps phi(x_i)`` with (their theorem on mixtures of kernels)
 
 .. math::
 

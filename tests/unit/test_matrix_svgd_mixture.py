@@ -1,4 +1,4 @@
-"""Matrix-valued-kernel SVGD with a mixture of point-wise preconditioners (Wang et al. 2019, Theorem 3):
+"""Matrix-valued-kernel SVGD with a mixture of point-wise preconditioners (Wang et al. 2019):
 brute force over particle pairs and anchors on every backend and JAX, the kernel's divergence by
 finite differences, the preconditioners from Hessian-vector products, Jacobians and autodiff against
 explicit Hessians, the sampler's anchors, a known answer, bad input."""
