@@ -341,7 +341,7 @@ def write_page(res, path):
         "from the same particles and takes the same number of steps with one score evaluation per particle",
         "per step; `pspos` also evaluates the Hessian diagonal of the log-density (automatic",
         "differentiation of the target's `log_prob`) for its correction term, and `matrix_svgd_mixture` the",
-        "Hessian at every particle (its anchors), likewise.",
+        "Hessian at each of its anchors, likewise.",
         "",
         "| method | what it is |",
         "|---|---|",
