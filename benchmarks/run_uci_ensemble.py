@@ -154,6 +154,18 @@ def page(result: dict) -> str:
                   + "; ".join(f"{report.DISPLAY.get(d, d)} {m.upper()} {v}" for (d, m), v in missing.items() if v > 0)
                   + ". Rerunning the command without `--report-only` resumes from the records and runs only those.",
                   ""]
+    common = result.get("common_splits") or {}
+    if common.get("splits") and len(result["methods"]) > 1:
+        lines += [f"All methods on the same splits: the splits every method has finished on every data set, "
+                  f"{split_ranges(common['splits'])} ({len(common['splits'])} splits); mean ± standard error over "
+                  "them, the comparable subset of the table above:", "",
+                  "| data set | " + " | ".join(f"{m.upper()} RMSE | {m.upper()} log-lik" for m in common["methods"]) + " |",
+                  "|---|" + "---|---|" * len(common["methods"])]
+        for ds, by_m in common["summary"].items():
+            lines.append(f"| {report.DISPLAY.get(ds, ds)} | " + " | ".join(
+                f"{report._fmt(by_m[m]['rmse_mean'], by_m[m]['rmse_se'])} | "
+                f"{report._fmt(by_m[m]['loglik_mean'], by_m[m]['loglik_se'])}" for m in common["methods"]) + " |")
+        lines.append("")
     vs = result.get("versus_svgd") or {}
     if any(vs.values()):
         lines += ["Paired with SVGD on the same splits (this protocol; the method minus SVGD, mean ± standard error "
@@ -178,6 +190,17 @@ def page(result: dict) -> str:
     if any(d in report.PUBLISHED for d in s):
         lines += ["![UCI on ParticleEnsemble](img/uci_ensemble.png)", ""]
     return "\n".join(lines)
+
+
+def common_splits(recs: list[dict], datasets, methods) -> dict:
+    """The splits that every method finished (finite) on every data set, and the summary on them."""
+    have = [{r["split"] for r in recs if r["dataset"] == ds and r["method"] == m and r["finite"]}
+            for ds in datasets for m in methods]
+    splits = sorted(set.intersection(*have)) if have else []
+    picked = [r for r in recs if r["split"] in splits and r["dataset"] in datasets and r["method"] in methods]
+    summary = report.aggregate_uci(picked) if splits else {}
+    order = [d for d in report.PUBLISHED if d in summary] + sorted(d for d in summary if d not in report.PUBLISHED)
+    return {"splits": splits, "methods": list(methods), "summary": {d: summary[d] for d in order}}
 
 
 def paired_with_fixed_length(recs: list[dict], path: Path, methods) -> dict | None:
@@ -249,6 +272,7 @@ def main(argv=None) -> int:
               "configs": {m: asdict(c) for m, c in configs.items()}, "published": report.PUBLISHED,
               "summary": report.aggregate_uci(recs),
               "versus_svgd": {m: paired(recs, svgd, m) for m in methods if m != "svgd"}, "runs": recs}
+    result["common_splits"] = common_splits(recs, datasets, methods)
     result["fixed_length"] = paired_with_fixed_length(recs, ROOT / "benchmarks" / "results" / "uci_bnn.json", methods)
     out = Path(a.out)
     (out / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)

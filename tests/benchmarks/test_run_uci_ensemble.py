@@ -39,9 +39,13 @@ def test_records_resume_and_the_page_lists_the_splits_of_each_row(tmp_path, writ
     assert "| 0 (1) |" in rows["SPOS (ensemble)"]
     assert "toy SPOS 1" in page  # the split not run is named
     assert "SPOS: drift φ + s/β with β = 1·N" in page  # the method's step settings
+    assert "splits every method has finished on every data set, 0 (1 splits)" in page
     result = json.loads((tmp_path / "out" / "benchmarks" / "results" / "uci_bnn_ensemble.json").read_text())
     assert result["versus_svgd"]["sgld"]["toy"]["splits"] == [0, 1]
     assert result["versus_svgd"]["spos"]["toy"]["splits"] == [0]
+    assert result["common_splits"]["splits"] == [0]
+    svgd0 = json.loads(lines["svgd"][0])
+    assert result["common_splits"]["summary"]["toy"]["svgd"]["rmse_mean"] == svgd0["rmse"]
 
 
 def test_run_many_reports_each_new_record_with_its_file(tmp_path, write_dataset):
