@@ -347,3 +347,45 @@ def test_cli_hessian_vector_products_by_differences_of_the_score(rng):
     v = rng.normal(size=(5, 3))
     np.testing.assert_allclose(_score_difference_hvp(_score_np)(x, v), np.einsum("nab,nb->na", _hessian_np(x), v),
                                rtol=1e-7, atol=1e-8)
+
+
+def test_permutations_of_particles_and_of_anchors(rng):
+    """With position-dependent Q_l: permuting the particles (their scores with them) permutes the
+    direction, and the order of the anchors (with their Q_l) does not matter."""
+    x = 0.7 * rng.normal(size=(7, 3))
+    s = _score_np(x)
+    zs = x[[4, 1, 6]]
+    qs = -_hessian_np(zs)
+    phi = mixture_stein_direction(x, s, zs, qs, ridge=1e-10)[0]
+    perm = rng.permutation(7)
+    np.testing.assert_allclose(mixture_stein_direction(x[perm], s[perm], zs, qs, ridge=1e-10)[0], phi[perm],
+                               rtol=1e-12, atol=1e-14)
+    order = [2, 0, 1]
+    np.testing.assert_allclose(mixture_stein_direction(x, s, zs[order], qs[order], ridge=1e-10)[0], phi,
+                               rtol=1e-12, atol=1e-14)
+
+
+def test_the_papers_scale_in_the_sampler(rng):
+    x = 0.7 * rng.normal(size=(6, 3))
+    sampler = ps.matrix_svgd_mixture(_score_np, 0.1, hessian_fn=_hess_fn, normalise=False, ridge=1e-10)
+    np.testing.assert_allclose(sampler.step(sampler.init(x))[0].particles,
+                               x + 0.1 * brute_mixture_phi(x, _score_np(x), x, -_hessian_np(x), normalise=False),
+                               rtol=1e-9, atol=1e-13)
+    with pytest.raises(TypeError, match="normalise as a bool"):
+        ps.matrix_svgd_mixture(_score_np, 0.1, hessian_fn=_hess_fn, normalise=1)
+
+
+def test_resumes_from_a_checkpoint_exactly(rng, tmp_path):
+    """The anchors drawn per step are a function of (seed, step): a run resumed from a checkpoint
+    continues as the uninterrupted one."""
+    x = 0.7 * rng.normal(size=(8, 3))
+    sampler = ps.matrix_svgd_mixture(_score_np, 0.05, hessian_fn=_hess_fn, anchors=3)
+    state = sampler.init(x, seed=11)
+    for _ in range(2):
+        state, _ = sampler.step(state)
+    ps.save_state(tmp_path / "c.npz", state, sampler)
+    resumed = ps.load_state(tmp_path / "c.npz", sampler)
+    for _ in range(2):
+        state, _ = sampler.step(state)
+        resumed, _ = sampler.step(resumed)
+    np.testing.assert_array_equal(resumed.particles, state.particles)
