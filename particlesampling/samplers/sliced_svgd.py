@@ -192,7 +192,11 @@ def sliced_svgd(score_fn=None, step_size=1e-2, *, slices=None, slice_updates: in
     if isinstance(slice_updates, bool) or not isinstance(slice_updates, numbers.Integral) or slice_updates < 0:
         raise ValueError(f"expected slice_updates as a non-negative integer, received {slice_updates!r}")
     if slice_updates:
-        check_gradient_kernel(kernel)
+        try:
+            check_gradient_kernel(kernel)
+        except TypeError as err:
+            raise TypeError(f"{err}; the slices' ascent needs it (slice_updates=0 keeps the slices fixed and takes "
+                            "any kernel)") from err
     if isinstance(slice_step_size, StepRule):
         slice_rule = slice_step_size
     elif isinstance(slice_step_size, bool) or not (isinstance(slice_step_size, numbers.Real) or callable(slice_step_size)):

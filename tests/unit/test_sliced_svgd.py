@@ -181,6 +181,6 @@ def test_bad_arguments():
         ps.sliced_svgd(lambda z: -z, 0.1, slice_step_size="fast")
     with pytest.raises(ValueError, match="learning rate > 0"):
         ps.sliced_svgd(lambda z: -z, 0.1, slice_step_size=-1.0)
-    with pytest.raises(TypeError, match="radial kernel"):
+    with pytest.raises(TypeError, match="radial kernel.*slice_updates=0 keeps the slices fixed"):
         ps.sliced_svgd(lambda z: -z, 0.1, kernel="linear")  # the ascent needs a radial kernel ...
     ps.sliced_svgd(lambda z: -z, 0.1, kernel="linear", slice_updates=0)  # ... fixed slices take any kernel
