@@ -120,7 +120,7 @@ def joined_features(values: Sequence[torch.Tensor], bandwidth=None):
                          f"{rule!r}, which needs scores")
     scales = []
     for v in values:
-        h = ps.bandwidths.bandwidth_value(rule, v, ps.sqdist(v))
+        h = torch.as_tensor(rule(v, ps.sqdist(v), None), dtype=v.dtype, device=v.device)
         if h.ndim != 0:
             raise ValueError(f"features='both' needs a scalar bandwidth per part; received {rule!r}, which gives "
                              f"one of shape {tuple(h.shape)}")
