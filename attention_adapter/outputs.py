@@ -60,8 +60,10 @@ from particlesampling import validation
 
 from .noise import step_seed
 from .particles import ParticleGroup
+from .update import compute_dtype
 
-__all__ = ["OutputParticles", "rows_of", "FEATURES", "check_features", "joined_features", "gather_columns"]
+__all__ = ["OutputParticles", "rows_of", "FEATURES", "check_features", "joined_features", "gather_columns",
+           "sum_over_ranks"]
 
 
 def rows_of(group: ParticleGroup, tensors: Dict[int, torch.Tensor]) -> torch.Tensor:
@@ -157,6 +159,29 @@ def gather_columns(values: torch.Tensor):
     return torch.cat([p[:, :s] for p, s in zip(parts, sizes)], dim=1), sum(sizes[:rank])
 
 
+def sum_over_ranks(tensors: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    """Each tensor summed over the data-parallel ranks, in its own dtype and shape.
+
+    One all-reduce of all of them joined (in the promoted compute dtype: float32 for float16/bfloat16,
+    so a sum of low-precision groups is not rounded rank by rank), then each cast back to its own
+    dtype. Without an initialised ``torch.distributed`` process group of several ranks: the tensors
+    themselves. A collective: every rank must call it with tensors of the same shapes and dtypes.
+    """
+    tensors = list(tensors)
+    if _world() == 1 or not tensors:
+        return tensors
+    dtype = compute_dtype(tensors[0].dtype)
+    for a in tensors[1:]:
+        dtype = torch.promote_types(dtype, compute_dtype(a.dtype))
+    flat = torch.cat([a.reshape(-1).to(dtype) for a in tensors])
+    torch.distributed.all_reduce(flat)
+    out, offset = [], 0
+    for a in tensors:
+        out.append(flat[offset:offset + a.numel()].reshape(a.shape).to(a.dtype))
+        offset += a.numel()
+    return out
+
+
 #: what a head's function-space particle is made of (``RepulsiveHeads(space="outputs", features=...)``)
 FEATURES = ("outputs", "maps", "both")
 
@@ -175,8 +200,14 @@ def _in_backward() -> bool:
     return current is not None and current() != -1
 
 
-def _relative(site, block) -> str:
-    return block.name[len(site.name) + 1:] if site.name else block.name
+def _relative(site, block) -> Optional[str]:
+    """``block``'s parameter name relative to ``site.module``, or None when the parameter does not
+    live under the site (e.g. an output projection in a sibling module): the caller then uses
+    ``block.param`` itself."""
+    if not site.name:
+        return block.name
+    prefix = site.name + "."
+    return block.name[len(prefix):] if block.name.startswith(prefix) else None
 
 
 class OutputParticles:
@@ -314,8 +345,11 @@ class OutputParticles:
     def _current(self, site, block) -> torch.Tensor:
         """The tensor the forward pass uses for ``block``'s parameter: under FSDP2 the unsharded
         parameter FSDP registers on the module during its forward, otherwise the parameter itself."""
+        name = _relative(site, block)
+        if name is None:
+            return block.param
         try:
-            return site.module.get_parameter(_relative(site, block))
+            return site.module.get_parameter(name)
         except AttributeError:
             return block.param
 

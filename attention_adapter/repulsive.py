@@ -34,7 +34,7 @@ from particlesampling import validation
 
 from ._compat import renamed_kwarg, warn_renamed
 from .noise import StepNoise
-from .outputs import OutputParticles, check_features, gather_columns, joined_features, rows_of
+from .outputs import OutputParticles, check_features, gather_columns, joined_features, rows_of, sum_over_ranks
 from .particles import HeadParticles, HeadSelection, ParticleGroup
 from .sharding import FullTensors, check_sharding, check_wrappers, grad_version
 from .spaces import (
@@ -470,17 +470,9 @@ class RepulsiveHeads:
         entries = [self._recorded[g.name] for g, _ in present]
         grams = [e[0] / e[3] for e in entries]
         rows = [e[1] / e[3] for e in entries]
-        if torch.distributed.is_available() and torch.distributed.is_initialized() \
-                and torch.distributed.get_world_size() > 1:
-            # the kernels are the same on every rank (computed on the gathered features); each rank
-            # pulled back its own columns: their sum is the pull-back of the whole direction
-            flat = torch.cat([a.reshape(-1) for a in rows])
-            torch.distributed.all_reduce(flat)
-            synced, offset = [], 0
-            for a in rows:
-                synced.append(flat[offset:offset + a.numel()].reshape(a.shape))
-                offset += a.numel()
-            rows = synced
+        # the kernels are the same on every rank (computed on the gathered features); each rank pulled
+        # back its own columns: their sum is the pull-back of the whole direction (each group in its dtype)
+        rows = sum_over_ranks(rows)
         out = []
         for gram, pulled, entry in zip(grams, rows, entries):
             info = entry[2]

@@ -207,3 +207,33 @@ def test_ddp_function_space_with_maps_under_checkpointing_matches_single_process
         torch.testing.assert_close(states[0][k], v, rtol=1e-9, atol=1e-11, msg=lambda m: f"{k}: {m}")
     assert not torch.equal(ref.state_dict()["layers.0.self_attn.in_proj_weight"],
                            start["layers.0.self_attn.in_proj_weight"])
+
+
+def _worker_sum(rank, port, out_dir):
+    from attention_adapter.outputs import sum_over_ranks
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        mine = [torch.full((2, 3), 1.0 + rank, dtype=torch.bfloat16),   # a bfloat16 group
+                torch.full((2, 2), 0.25 * (rank + 1), dtype=torch.float64),
+                torch.full((3,), 0.5 * (rank + 1), dtype=torch.bfloat16)]
+        torch.save(sum_over_ranks(mine), os.path.join(out_dir, f"sum{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_pullbacks_summed_over_ranks_keep_each_groups_dtype():
+    """Function space sums the ranks' pull-backs of groups of mixed dtypes in one all-reduce: each group comes
+    back in its own dtype (a bfloat16 group stays bfloat16), the sum taken in float32 or wider."""
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_worker_sum, args=(_free_port(), tmp), nprocs=WORLD, join=True)
+        got = [torch.load(os.path.join(tmp, f"sum{r}.pt")) for r in range(WORLD)]
+    want = [torch.full((2, 3), 3.0, dtype=torch.bfloat16), torch.full((2, 2), 0.75, dtype=torch.float64),
+            torch.full((3,), 1.5, dtype=torch.bfloat16)]
+    for r in range(WORLD):
+        assert [t.dtype for t in got[r]] == [w.dtype for w in want]
+        for t, w in zip(got[r], want):
+            assert torch.equal(t, w)

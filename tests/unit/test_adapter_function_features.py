@@ -271,3 +271,26 @@ def test_self_attentive_hops_are_compared_by_their_maps():
     jr = torch.stack([torch.autograd.functional.jacobian(hop_map, x[h]).T @ rf[h] for h in range(3)])
     torch.testing.assert_close(g.gather("grad"), -(k @ (-grad) / 3 + 0.9 * jr / 3), rtol=1e-7, atol=1e-10)
     heads.remove_hooks()
+
+
+def test_block_outside_the_site_reads_its_own_parameter():
+    """A block whose parameter lives outside the attention module (e.g. an output projection in a sibling
+    module) is read as that parameter, not as the site's parameter at the same suffix: ``"b.q.weight"`` cut by
+    the length of site ``"a"`` would be ``"q.weight"``, which module ``a`` also has."""
+    from types import SimpleNamespace
+
+    from attention_adapter.outputs import _relative
+
+    model = torch.nn.Module()
+    model.a, model.b = torch.nn.Module(), torch.nn.Module()
+    model.a.q, model.b.q = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    rec = OutputParticles([], lambda g, parts, params: None)
+    site = SimpleNamespace(name="a", module=model.a)
+    inside = SimpleNamespace(name="a.q.weight", param=model.a.q.weight)
+    outside = SimpleNamespace(name="b.q.weight", param=model.b.q.weight)
+    assert rec._current(site, inside) is model.a.q.weight
+    assert rec._current(site, outside) is model.b.q.weight
+    assert _relative(site, inside) == "q.weight" and _relative(site, outside) is None
+    # a site that is the whole model: names are already relative to it
+    root = SimpleNamespace(name="", module=model)
+    assert rec._current(root, outside) is model.b.q.weight
