@@ -212,6 +212,15 @@ def _parameters(method: str) -> set:
     return set(inspect.signature(SAMPLERS[method]).parameters)
 
 
+def _default(method: str, name: str):
+    """The default of keyword parameter ``name`` of sampler ``method``'s constructor."""
+    import inspect
+
+    from .samplers import SAMPLERS
+
+    return inspect.signature(SAMPLERS[method]).parameters[name].default
+
+
 def _torch_device(text: str):
     """``--device`` as a torch.device that exists on this machine; refused (exit 2) otherwise."""
     import torch
@@ -259,14 +268,15 @@ def _sampler_options(method: str, *, kernel=None, bandwidth=None, batch_size=Non
 def _make_sampler(method: str, target, rule, **given):
     """The sampler ``method`` on ``target`` with the options it takes (``given`` as for :func:`_sampler_options`).
 
-    The matrix-kernel samplers (those that take ``hvp_fn``) get the Hessian-vector products of the
+    The matrix-kernel samplers whose preconditioner is the Hessian get the Hessian-vector products of the
     target's log-density by central differences of its analytic score (:func:`_score_difference_hvp`):
     the targets have no Hessians, and NumPy no automatic differentiation.
     """
     from .samplers import get_sampler
 
     options = _sampler_options(method, **given)
-    if "hvp_fn" in _parameters(method):
+    if "hvp_fn" in _parameters(method) and options.get("preconditioner", _default(method, "preconditioner")) == \
+            "hessian":  # the samplers refuse a hvp_fn their preconditioner does not use
         options["hvp_fn"] = _score_difference_hvp(target.score)
     return get_sampler(method, target.score, rule, **options)
 

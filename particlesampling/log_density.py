@@ -195,15 +195,40 @@ def hessian_from_score(score_fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
     def fn(particles):
         if is_torch_array(particles):
-            return _torch_score_hessians(score_fn, particles)
+            return _nonzero(_torch_score_hessians(score_fn, particles))
         if is_jax_array(particles):
-            return _jax_score_hessians(score_fn, particles)
+            return _nonzero(_jax_score_hessians(score_fn, particles))
         raise TypeError(
             f"Hessian-vector products of the score by automatic differentiation need PyTorch or JAX particles; "
-            f"received {type(particles).__module__}.{type(particles).__name__} particles: pass hvp_fn "
-            "((points (m, d), vectors (m, d)) -> rows H(points[i]) vectors[i], H the Hessian of log p), "
-            "hessian_fn ((m, d) -> (m, d, d)) or, for the Gauss-Newton form, jacobian_fn "
-            "((m, d) -> (m, r, d), the Jacobian of residuals with -log p = |r|^2 / 2 + const)"
+            f"received {type(particles).__module__}.{type(particles).__name__} particles: pass {_WAYS_OUT}"
         )
 
     return fn
+
+
+_WAYS_OUT = ("hvp_fn ((points (m, d), vectors (m, d)) -> rows H(points[i]) vectors[i], H the Hessian of log p), "
+             "hessian_fn ((m, d) -> (m, d, d)), log_prob (one particle -> its log-density, differentiated twice) "
+             "or, for the Gauss-Newton form, jacobian_fn ((m, d) -> (m, r, d), the Jacobian of residuals with "
+             "-log p = |r|^2 / 2 + const)")
+
+
+def _nonzero(hessians):
+    """``hessians`` unless every entry is exactly zero: then ``score_fn`` is not differentiable through
+    (``torch.no_grad``, ``.detach()``, ``jax.lax.stop_gradient``, a round trip through NumPy) and its
+    "Hessians" are an artefact, not the target's curvature: TypeError naming the ways out. Not checked
+    under a JAX trace (the values are not known there)."""
+    if is_jax_array(hessians):
+        import jax
+
+        if isinstance(hessians, jax.core.Tracer):
+            return hessians
+        zero = not bool(jax.numpy.any(hessians != 0))
+    else:
+        zero = not bool((hessians != 0).any())
+    if zero:
+        raise TypeError(
+            "the Hessians of log p from automatic differentiation of score_fn are exactly zero at every point: "
+            "score_fn is not differentiable through (written under torch.no_grad(), with .detach(), with "
+            f"jax.lax.stop_gradient, or through NumPy?). Make it differentiable, or pass {_WAYS_OUT}"
+        )
+    return hessians

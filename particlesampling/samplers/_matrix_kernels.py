@@ -61,12 +61,15 @@ importance-weighted direction towards ``p w_l``. It is exactly the Stein directi
 of the same family of kernels with ``w_l`` replaced by ``w_l / c_l^{1/2}`` (the theorem holds for any
 positive ``w_l``; ``grad log w_l`` is unchanged), its scale that of the constant preconditioner, and
 with every particle an anchor ``mean_l n c_l = 1``, the scale of the authors' code on average.
-``normalise=False`` gives the paper's kernel as written. :func:`mixture_stein_direction` stacks the ``m``
+The normalised weights ``w_l(x_j) / c_l`` are ``n`` times the softmax over the particles of ``log w_l``
+(the log domain: an anchor whose weight underflows to 0 at every particle, next to anchors whose
+curvatures are orders of magnitude larger, would otherwise give ``0 / 0``; its outer weight ``w_l(x_i)``
+is then 0 and it contributes nothing). ``normalise=False`` gives the paper's kernel as written. :func:`mixture_stein_direction` stacks the ``m``
 anchors as ``(m, n, d)`` systems (batched matrix products, no loop over anchors):
 ``O(m n^2 d + m n d^2 + m d^3)`` time, ``O(m n^2 + m d^2)`` memory; radial kernels only.
 
-Every ``Q`` is symmetrised and its eigenvalues are floored at ``ridge`` (a Hessian of a
-non-log-concave target can be indefinite); ``Q^{1/2}``, ``Q^{-1/2}`` and ``log det Q`` come from one
+Every ``Q`` is symmetrised and its eigenvalues are floored at ``ridge`` (the Hessian preconditioners
+are made positive definite before, :mod:`particlesampling.samplers._preconditioners`); ``Q^{1/2}``, ``Q^{-1/2}`` and ``log det Q`` come from one
 ``eigh`` (:func:`matrix_roots`), so the method is exact for the floored matrices.
 """
 
@@ -75,8 +78,9 @@ from __future__ import annotations
 from .._backend import centred, device_of, namespace, sqdist
 from ..bandwidths import get_bandwidth, rule_bandwidth
 from ..kernels import bandwidth_for_broadcast, offdiagonal_mean_from_sums, radial_repulsion
-from ..memory_budget import AUTO
+from ..memory_budget import AUTO, budget_bytes
 from ..stein import stein_direction_with_info
+from ..tiled import _itemsize
 from ..stein_kernel import radial_kernel
 from ..stein_terms import assemble_direction, check_repulsion, check_stein_inputs
 
@@ -127,17 +131,60 @@ def mixture_weights(xp, particles, anchors, half, logdet):
     ``w[l, j] = w_l(x_j)`` (columns sum to 1), ``grad log w`` ``(m, n, d)`` and
     ``D = (X - z_l) Q_l^{1/2}`` ``(m, n, d)``, the particles in anchor ``l``'s coordinates about it.
     """
+    w, grad_log_w, diff, _ = _mixture_weights_and_logs(xp, particles, anchors, half, logdet)
+    return w, grad_log_w, diff
+
+
+def _mixture_weights_and_logs(xp, particles, anchors, half, logdet):
+    """:func:`mixture_weights` and ``log w`` ``(m, n)`` (finite where ``w`` underflows to 0)."""
     diff = particles[None, :, :] @ half - anchors[:, None, :] @ half  # (m, n, d)
     # log N(x_j; z_l, Q_l^-1) up to a constant shared by every l: (log det Q_l - |D_lj|^2) / 2
     logits = 0.5 * logdet[:, None] - 0.5 * xp.sum(diff * diff, axis=-1)
-    e = xp.exp(logits - xp.max(logits, axis=0, keepdims=True))
-    w = e / xp.sum(e, axis=0, keepdims=True)
+    shifted = logits - xp.max(logits, axis=0, keepdims=True)
+    e = xp.exp(shifted)
+    total = xp.sum(e, axis=0, keepdims=True)
+    w = e / total
     a = -(diff @ half)  # grad log N_l(x_j) = -Q_l (x_j - z_l), as rows
-    return w, a - xp.sum(w[:, :, None] * a, axis=0)[None, :, :], diff
+    return w, a - xp.sum(w[:, :, None] * a, axis=0)[None, :, :], diff, shifted - xp.log(total)
+
+
+def _self_normalised(xp, log_w):
+    """``w_l(x_j) / c_l`` with ``c_l = (1/n) sum_j w_l(x_j)``, ``(m, n)``: ``n`` times the softmax over
+    the particles of ``log w_l``, finite where every ``w_l(x_j)`` underflows to 0 (``0 / 0`` otherwise)."""
+    e = xp.exp(log_w - xp.max(log_w, axis=1, keepdims=True))
+    return float(log_w.shape[1]) * e / xp.sum(e, axis=1, keepdims=True)
+
+
+#: ``(m, n, n)`` temporaries the mixture direction holds at once (squared distances, Gram matrix, slopes,
+#: the weighted Gram matrix and the weighted slopes)
+MIXTURE_TEMPORARIES = 5
+
+
+def check_mixture_memory(particles, m: int, memory_budget) -> None:
+    """ValueError when the ``m`` anchors' ``(m, n, n)`` temporaries (``MIXTURE_TEMPORARIES`` of them, in the
+    particles' dtype) exceed ``memory_budget`` (:func:`particlesampling.memory_budget.budget_bytes`:
+    ``"auto"`` is :func:`~particlesampling.memory_budget.default_memory_budget`; ``None``: no check)."""
+    budget = budget_bytes(particles, memory_budget)
+    if budget is None:
+        return
+    n = particles.shape[0]
+    per_anchor = MIXTURE_TEMPORARIES * n * n * _itemsize(particles)
+    need = m * per_anchor
+    if need > budget:
+        fits = int(budget // per_anchor)
+        raise ValueError(
+            f"the mixture direction with {m} anchors over {n} particles holds about {need / 2**20:.0f} MiB of "
+            f"(m, n, n) temporaries, over the memory budget of {budget / 2**20:.0f} MiB: pass anchors=m with "
+            f"m <= {fits} (anchors drawn from the particles each step; cost O(m n^2)), or a larger memory_budget "
+            "(None: no check)" if fits >= 1 else
+            f"the mixture direction over {n} particles holds about {per_anchor / 2**20:.0f} MiB per anchor, over "
+            f"the memory budget of {budget / 2**20:.0f} MiB even with anchors=1: pass a larger memory_budget "
+            "(None: no check) or fewer particles")
+
 
 
 def mixture_stein_direction(particles, scores, anchors, q, kernel=None, bandwidth=None, repulsion: float = 1.0, *,
-                            ridge: float = 1e-3, normalise: bool = True):
+                            ridge: float = 1e-3, normalise: bool = True, memory_budget=AUTO):
     """The Stein direction of the mixture-preconditioning kernel (module docstring) and its :class:`SteinInfo`.
 
     Parameters
@@ -160,7 +207,12 @@ def mixture_stein_direction(particles, scores, anchors, q, kernel=None, bandwidt
         Floor on the eigenvalues of each ``Q_l``.
     normalise : bool
         True (default): each anchor's inner sum over ``j`` is divided by ``c_l = (1/n) sum_j w_l(x_j)``
-        (self-normalised importance weights; module docstring); False: the paper's kernel as written.
+        (self-normalised importance weights, computed in the log domain so that an anchor whose weight
+        underflows to 0 at every particle contributes 0; module docstring); False: the paper's kernel as
+        written.
+    memory_budget : "auto" (default), bytes or None
+        ValueError (pointing to fewer anchors) where the ``(m, n, n)`` temporaries exceed it
+        (:func:`check_mixture_memory`).
 
     Returns
     -------
@@ -176,17 +228,18 @@ def mixture_stein_direction(particles, scores, anchors, q, kernel=None, bandwidt
         raise ValueError(f"expected anchors of shape (m, {d}) with m >= 1, received shape {tuple(anchors.shape)}")
     m = anchors.shape[0]
     _check_matrices(q, (m, d, d), f"preconditioners for {m} anchors")
+    if not isinstance(normalise, bool):
+        raise TypeError(f"expected normalise as a bool, received {normalise!r}")
+    check_mixture_memory(particles, m, memory_budget)
     half, inv_half, logdet = matrix_roots(xp, q, ridge)
-    w, grad_log_w, _ = mixture_weights(xp, particles, anchors, half, logdet)
+    w, grad_log_w, _, log_w = _mixture_weights_and_logs(xp, particles, anchors, half, logdet)
     y = particles[None, :, :] @ half  # (m, n, d): the particles in each anchor's coordinates
     s_y = scores[None, :, :] @ inv_half
     g_y = grad_log_w @ inv_half
     sq = sqdist(y, xp=xp)
     h = rule_bandwidth(get_bandwidth(bandwidth), y, sq, s_y)
     k, slope = kern.gram_and_slope(y, h, sq)
-    if not isinstance(normalise, bool):
-        raise TypeError(f"expected normalise as a bool, received {normalise!r}")
-    inner = (w / xp.mean(w, axis=1, keepdims=True) if normalise else w)[:, None, :]
+    inner = (_self_normalised(xp, log_w) if normalise else w)[:, None, :]
     wk = k * inner  # K_l[i, j] w_l(x_j) (/ c_l)
     yc = centred(xp, y)
     rep_y = wk @ g_y + radial_repulsion(xp, slope * inner, yc, yc, bandwidth_for_broadcast(xp, h, y))

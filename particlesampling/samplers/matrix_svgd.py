@@ -18,8 +18,10 @@ transformed coordinates). ``Q`` is re-estimated at every step from the current p
 * ``"fisher"`` (default): ``Q = (1/n) sum_i s_i s_i^T``, the Fisher estimate (the outer products of
   the scores; no extra evaluations);
 * ``"hessian"``: ``Q = -(1/n) sum_i grad^2 log p(x_i)``, the averaged Hessian, from ``hessian_fn``,
-  from Hessian-vector products ``hvp_fn``, or by automatic differentiation of ``log_prob`` or of the
-  score (PyTorch, JAX; :mod:`particlesampling.samplers._preconditioners`);
+  from Hessian-vector products ``hvp_fn``, or by automatic differentiation of ``log_prob`` (PyTorch,
+  JAX); each point's matrix made positive definite first as in saddle-free Newton (absolute
+  eigenvalues, floored at 1e-2 of the largest: :mod:`particlesampling.samplers._preconditioners`, where
+  the reason is);
 * ``"gauss_newton"``: ``Q = (1/n) sum_i J(x_i)^T J(x_i)`` from the Jacobian of residuals
   ``jacobian_fn`` (``-log p = |r|^2 / 2 + const``), the averaged Gauss-Newton matrix, the form
   NumPyro's Gauss-Newton kernel builds from its model;
@@ -41,7 +43,7 @@ from typing import Any, Callable, ClassVar
 from .._backend import device_of, is_array, namespace
 from ._matrix_kernels import preconditioned_stein_direction
 from ..memory_budget import AUTO, check_memory_budget
-from ._preconditioners import CURVATURES, pointwise_preconditioner
+from ._preconditioners import CURVATURES, check_callable, pointwise_preconditioner
 from ..step_sizes import get_step_rule
 from ..stein_terms import check_repulsion
 from ._common import ParticleState, SteinSampler, check_score_fn
@@ -103,10 +105,11 @@ def matrix_svgd(score_fn=None, step_size=1e-2, *, preconditioner: Any = "fisher"
     hvp_fn : callable, ((n, d), (n, d)) -> (n, d), optional
         Hessian-vector products of ``log p``, row ``i`` ``grad^2 log p(x_i) v_i``, for ``"hessian"``
         (``d`` calls per step). Without ``hessian_fn`` or ``hvp_fn`` the Hessians come from
-        automatic differentiation of ``log_prob`` or of ``score_fn`` (PyTorch, JAX; on NumPy a
-        TypeError says what to pass).
+        automatic differentiation of ``log_prob`` (PyTorch, JAX); one of the three is required (a
+        ValueError at construction otherwise), and only one of ``hessian_fn`` and ``hvp_fn``.
     jacobian_fn : callable, (n, d) -> (n, r, d)
-        Jacobian of the residuals, for ``"gauss_newton"`` (required there).
+        Jacobian of the residuals, for ``"gauss_newton"`` (required there). A function the chosen
+        preconditioner does not use is a ValueError (a TypeError if it is not callable).
     ridge : float > 0
         Floor on the eigenvalues of ``Q``.
 
@@ -117,15 +120,27 @@ def matrix_svgd(score_fn=None, step_size=1e-2, *, preconditioner: Any = "fisher"
     ridge = check_ridge(ridge)
     score = check_score_fn(score_fn, log_prob)
     curvature = None
-    if isinstance(preconditioner, str):
-        if preconditioner not in PRECONDITIONERS:
-            raise ValueError(f"expected preconditioner as one of {PRECONDITIONERS} or a (d, d) array, "
-                             f"received {preconditioner!r}")
-        if preconditioner != "fisher":
-            curvature = pointwise_preconditioner(preconditioner, hessian_fn=hessian_fn, hvp_fn=hvp_fn,
-                                                 jacobian_fn=jacobian_fn, log_prob=log_prob, score_fn=score)
-    elif not is_array(preconditioner):
+    if isinstance(preconditioner, str) and preconditioner not in PRECONDITIONERS:
+        raise ValueError(f"expected preconditioner as one of {PRECONDITIONERS} or a (d, d) array, "
+                         f"received {preconditioner!r}")
+    if not isinstance(preconditioner, str) and not is_array(preconditioner):
         raise TypeError(f"expected preconditioner as a name or an array, received {type(preconditioner).__name__}")
+    sources = (("hessian_fn", hessian_fn), ("hvp_fn", hvp_fn), ("jacobian_fn", jacobian_fn))
+    for name, fn in sources:
+        check_callable(name, fn)
+    pointwise = isinstance(preconditioner, str) and preconditioner in CURVATURES
+    given = [name for name, fn in sources if fn is not None]
+    if not pointwise and given:
+        what = repr(preconditioner) if isinstance(preconditioner, str) else "a fixed (d, d) array"
+        raise ValueError(f"{' and '.join(given)} received with the preconditioner {what}, which uses none of them "
+                         "(hessian_fn / hvp_fn: 'hessian'; jacobian_fn: 'gauss_newton')")
+    if pointwise and preconditioner == "hessian" and hessian_fn is None and hvp_fn is None and log_prob is None:
+        raise ValueError("the 'hessian' preconditioner needs hessian_fn ((n, d) -> (n, d, d)), hvp_fn "
+                         "(((n, d), (n, d)) -> (n, d) Hessian-vector products) or log_prob (differentiated on "
+                         "PyTorch/JAX); for the Gauss-Newton form, 'gauss_newton' with jacobian_fn")
+    if pointwise:
+        curvature = pointwise_preconditioner(preconditioner, hessian_fn=hessian_fn, hvp_fn=hvp_fn,
+                                             jacobian_fn=jacobian_fn, log_prob=log_prob, score_fn=score)
     return MatrixSVGD(score, get_step_rule(step_size), kernel=kernel,
                       bandwidth=bandwidth, repulsion=check_repulsion(repulsion),
                       memory_budget=check_memory_budget(memory_budget), preconditioner=preconditioner,

@@ -27,8 +27,12 @@ Anchors (``anchors``):
 
 Preconditioners (``preconditioner``; :mod:`particlesampling.samplers._preconditioners`): ``"hessian"``
 (``Q_l = -grad^2 log p(z_l)`` from ``hessian_fn``, from Hessian-vector products ``hvp_fn``, or by
-automatic differentiation of ``log_prob`` or of the score on PyTorch and JAX) or ``"gauss_newton"``
-(``Q_l = J(z_l)^T J(z_l)`` from the Jacobian of residuals ``jacobian_fn``). ``average_weight = a``
+automatic differentiation of ``log_prob`` or of the score on PyTorch and JAX; made positive definite
+as in saddle-free Newton: absolute eigenvalues floored at 1e-2 of the largest over the anchors,
+:func:`particlesampling.samplers._preconditioners.saddle_free`, since the Hessian of a non-log-concave
+target is indefinite and near its inflection points singular) or ``"gauss_newton"``
+(``Q_l = J(z_l)^T J(z_l)`` from the Jacobian of residuals ``jacobian_fn``, positive semi-definite as it
+stands). ``average_weight = a``
 replaces each ``Q_l`` by ``(1 - a) Q_l + a mean_l' Q_l'`` (the authors' code mixes in the average with
 ``a = 0.5`` for robustness; 0, the default, is the paper's kernel). Eigenvalues are floored at ``ridge``.
 ``normalise`` (default True) self-normalises each anchor's importance weights, which keeps the
@@ -37,7 +41,9 @@ direction is about ``n`` times smaller with every particle an anchor
 (:mod:`particlesampling.samplers._matrix_kernels`, "Scale").
 
 Cost per step: ``m`` preconditioners (Hessians or ``d`` Hessian-vector products each), ``m``
-eigendecompositions ``O(m d^3)`` and the direction ``O(m n^2 d + m n d^2)`` time, ``O(m n^2)`` memory.
+eigendecompositions ``O(m d^3)`` (two for ``"hessian"``) and the direction ``O(m n^2 d + m n d^2)`` time,
+``O(m n^2)`` memory: about ``5 m n^2`` numbers (2.5 GB in float64 at ``n = m = 400``), checked against
+``memory_budget`` with an error that points to ``anchors=m``.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from typing import Any, Callable, ClassVar
 from .._backend import device_of, namespace
 from ._matrix_kernels import mixture_stein_direction
 from ._preconditioners import CURVATURES, pointwise_preconditioner
+from ..memory_budget import AUTO, check_memory_budget
 from ..random import permutation
 from ..stein_kernel import radial_kernel
 from ..step_sizes import get_step_rule
@@ -82,7 +89,10 @@ class MatrixSVGDMixture(SteinSampler):
         return xp.take(x, xp.asarray(idx, dtype=xp.int64, device=device_of(x)), axis=0)
 
     def step(self, state: ParticleState):
-        """One update; returns ``(new_state, SteinStepInfo)``. ``score_fn`` is called once."""
+        """One update; returns ``(new_state, SteinStepInfo)``. ``score_fn`` is called once for the scores,
+        and once more (differentiated) for the anchors' Hessians when they come from the score (no
+        ``hessian_fn``, ``hvp_fn`` or ``log_prob``); a ``hvp_fn`` is called ``d`` times (the CLI's, by
+        central differences of the score, evaluates the score twice per call)."""
         x = state.particles
         xp = namespace(x)
         s = self.scores(x)
@@ -91,7 +101,7 @@ class MatrixSVGDMixture(SteinSampler):
         if self.average_weight:
             q = (1.0 - self.average_weight) * q + self.average_weight * xp.mean(q, axis=0)[None, :, :]
         phi, info = mixture_stein_direction(x, s, z, q, self.kernel, self.bandwidth, self.repulsion, ridge=self.ridge,
-                                             normalise=self.normalise)
+                                             normalise=self.normalise, memory_budget=self.memory_budget)
         new, delta = self._move(state, phi)
         return new, self._stein_info(xp, s, new.particles, delta, info.bandwidth, info.mean_kernel)
 
@@ -99,7 +109,7 @@ class MatrixSVGDMixture(SteinSampler):
 def matrix_svgd_mixture(score_fn=None, step_size=1e-2, *, preconditioner: str = "hessian", anchors: int | None = None,
                         hessian_fn=None, hvp_fn=None, jacobian_fn=None, average_weight: float = 0.0,
                         ridge: float = 1e-3, normalise: bool = True, kernel=None, bandwidth=None,
-                        repulsion: float = 1.0, log_prob=None) -> MatrixSVGDMixture:
+                        repulsion: float = 1.0, memory_budget=AUTO, log_prob=None) -> MatrixSVGDMixture:
     """Matrix-valued-kernel SVGD with a mixture of point-wise preconditioners; update in the module docstring.
 
     Parameters
@@ -130,6 +140,9 @@ def matrix_svgd_mixture(score_fn=None, step_size=1e-2, *, preconditioner: str = 
         (the scale of the constant preconditioner); False: the paper's kernel as written, about ``n``
         times smaller a direction with every particle an anchor
         (:mod:`particlesampling.samplers._matrix_kernels`, "Scale").
+    memory_budget : "auto" (default), bytes or None
+        Bound on the ``(m, n, n)`` temporaries of a step (about ``5 m n^2`` numbers); a step over it
+        raises a ValueError pointing to ``anchors=m`` (:mod:`particlesampling.memory_budget`).
 
     Returns
     -------
@@ -153,4 +166,4 @@ def matrix_svgd_mixture(score_fn=None, step_size=1e-2, *, preconditioner: str = 
     return MatrixSVGDMixture(score, get_step_rule(step_size), kernel=kernel, bandwidth=bandwidth,
                              repulsion=check_repulsion(repulsion), curvature=curvature,
                              anchors=None if anchors is None else int(anchors), average_weight=float(average_weight),
-                             ridge=ridge, normalise=normalise)
+                             ridge=ridge, normalise=normalise, memory_budget=check_memory_budget(memory_budget))
