@@ -532,8 +532,8 @@ def markdown(res: dict) -> str:
                   "Each part of one default call timed alone, interleaved with the others (ms; the rest = the whole "
                   "call minus the three parts: centring, the product's columns, the terms, the direction and its "
                   "norms, the checks). D2 = its packed upper block triangle (half the `X Xᵀ` GEMM, the norms, the "
-                  "clamp); median = the exact median on it (a sample, one counting pass over the half matrix in "
-                  "NumPy, one thread, and two partitions); product = `exp` of the half matrix and the products of "
+                  "clamp); median = the exact median on it (a sample, one counting pass over the half matrix's "
+                  "contiguous row blocks split over the library's intra-op threads, a partition and a minimum); product = `exp` of the half matrix and the products of "
                   "each block with `[X | 1 | S]` for its rows and, transposed, for the rows below.", "",
                   "| n | d | threads | GEMMs only | D2 | median | product | rest | whole call | median / GEMMs only | "
                   "call / GEMMs only |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -554,10 +554,9 @@ def markdown(res: dict) -> str:
             lines += [f"With {hi} threads the parts other than the median take {b['call_ms'] - b['median_ms']:.2f} ms "
                       f"({(b['call_ms'] - b['median_ms']) / b['gemm_only_ms']:.2f}× GEMMs only) against "
                       f"{a['call_ms'] - a['median_ms']:.2f} ms with {lo}; the median takes {b['median_ms']:.2f} ms "
-                      f"against {a['median_ms']:.2f} ms: its counting pass runs in NumPy on one thread (in trials, two "
-                      "Python threads over halves of the blocks gained little and torch's masked selection was slower "
-                      "than NumPy's), so at n = 1000 it is what keeps the default call above its target once the "
-                      "GEMMs are shared by threads.", ""]
+                      f"against {a['median_ms']:.2f} ms: its counting pass is cut into row ranges counted on as many "
+                      "threads as the GEMMs use (NumPy releases the GIL in them), and its sample and final partition "
+                      "(a few per cent of the work) stay on one.", ""]
     cuda = res.get("cuda")
     if cuda:
         lines += ["### On the GPU", ""]
@@ -637,8 +636,12 @@ def markdown(res: dict) -> str:
                       "the two rows above time both on the same `D2` in this run. It is now the radix selection "
                       "with static shapes (`particlesampling.selection.jax_radix_select`: one scatter-add histogram "
                       "of a 16-bit digit per pass, two passes for float32, the bin-and-rank step shared with the "
-                      "host radix passes), differentiable (`jax.grad`) and batched by `jax.vmap`. The JAX rows of "
-                      "the floor table compare the jitted step with JAX's own three GEMMs.", ""]
+                      "host radix passes; the later passes drop the values outside the rank's bin rather than "
+                      "counting them in one extra bin, whose adds would run one after another), differentiable "
+                      "(`jax.grad`) and batched by `jax.vmap`. The jitted step's `D2` is the Gram trick as rounded, "
+                      "without the transpose of all n² entries that would make it exactly symmetric (the `exp`, the "
+                      "product and the median read every entry as it is). The JAX rows of the floor table compare the "
+                      "jitted step with JAX's own three GEMMs.", ""]
     return "\n".join(lines)
 
 

@@ -573,17 +573,20 @@ def intra_op_threads_of(a) -> int:
     return max([1] + [int(c.get_num_threads() or 1) for c in _BLAS[0]])
 
 
-_POOL: list = []  # [ThreadPoolExecutor, its size]
+_POOL: list = []  # [ThreadPoolExecutor, its size, the process that made it]
 
 
 def pool_map(fn, items, threads: int) -> list:
     """``[fn(item) for item in items]`` on a shared pool of ``threads`` worker threads (made on first
-    use, remade larger when more are asked for), in order; for passes whose work releases the GIL
-    (NumPy ufuncs, torch operations)."""
+    use, remade larger when more are asked for, and remade in a forked child, which inherits the
+    pool but not its threads), in order; for passes whose work releases the GIL (NumPy ufuncs,
+    torch operations)."""
+    import os
     from concurrent.futures import ThreadPoolExecutor
 
-    if not _POOL or _POOL[1] < threads:
-        if _POOL:
+    if not _POOL or _POOL[1] < threads or _POOL[2] != os.getpid():
+        if _POOL and _POOL[2] == os.getpid():
             _POOL[0].shutdown(wait=False)
-        _POOL[:] = [ThreadPoolExecutor(max_workers=threads, thread_name_prefix="particlesampling"), threads]
+        _POOL[:] = [ThreadPoolExecutor(max_workers=threads, thread_name_prefix="particlesampling"), threads,
+                    os.getpid()]
     return list(_POOL[0].map(fn, items))

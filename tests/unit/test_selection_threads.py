@@ -134,3 +134,14 @@ def test_pool_map_keeps_the_order_and_grows():
     assert pool_map(lambda i: i * i, range(7), 2) == [i * i for i in range(7)]
     assert pool_map(lambda i: -i, range(5), 4) == [0, -1, -2, -3, -4]
     assert _backend._POOL[1] >= 4
+
+
+def test_pool_map_remakes_the_pool_in_another_process(monkeypatch):
+    import os
+
+    pool_map(abs, [-1, -2], 2)
+    inherited = _backend._POOL[0]
+    real = os.getpid()
+    monkeypatch.setattr(os, "getpid", lambda: real + 1)  # as in a forked child: the pool came without its threads
+    assert pool_map(abs, [-3, -4], 2) == [3, 4]
+    assert _backend._POOL[0] is not inherited and _backend._POOL[2] == real + 1
