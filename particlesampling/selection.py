@@ -93,6 +93,8 @@ def expected_bracket_values(m: int, total: int, ks) -> float:
 
 #: fewest entries of a block for which the bracketing pass splits it over the pool's threads
 PARALLEL_MIN_ENTRIES = 1 << 16
+#: most entries the bracketing pass counts in one piece (larger blocks are cut into row ranges)
+PASS_PIECE_ENTRIES = 1 << 20
 
 
 def _bracket_part(v, lo, hi, weight: int = 1, split: int | None = None):
@@ -110,6 +112,7 @@ def _bracket_part(v, lo, hi, weight: int = 1, split: int | None = None):
         return below_sq + below_off, kept_sq + kept_off
     if host_view_capable(v):
         a = v if is_numpy_array(v) else v.numpy()
+        lo, hi = a.dtype.type(lo), a.dtype.type(hi)  # exact: the bounds are values of the same kind
         low = a < lo
         keep = a <= hi
         keep ^= low  # lo <= v <= hi (the values below lo are all <= hi)
@@ -165,11 +168,15 @@ def _bracket_pass(blocks, lo, hi):
         if not isinstance(block, tuple):
             block = (block, 1)
         v, weight, split = (block[0], 1, block[2]) if len(block) == 3 else (block[0], block[1], None)
-        threads = intra_op_threads_of(v) if math.prod(v.shape) >= PARALLEL_MIN_ENTRIES else 1
-        if threads > 1 and v.ndim >= 1 and v.shape[0] > 1:
-            parts = pool_map(lambda part: _bracket_part(part, lo, hi, weight, split), _row_parts(v, threads), threads)
+        size = math.prod(v.shape)
+        threads = intra_op_threads_of(v) if size >= PARALLEL_MIN_ENTRIES else 1
+        # pieces of at most PASS_PIECE_ENTRIES, so that a piece's masks stay in cache while it is read
+        pieces = max(threads, -(-size // PASS_PIECE_ENTRIES)) if v.ndim >= 1 and v.shape[0] > 1 else 1
+        count = lambda part: _bracket_part(part, lo, hi, weight, split)  # noqa: E731
+        if threads > 1 and pieces > 1:
+            parts = pool_map(count, _row_parts(v, pieces), threads)
         else:
-            parts = [_bracket_part(v, lo, hi, weight, split)]
+            parts = [count(part) for part in (_row_parts(v, pieces) if pieces > 1 else [v])]
         for low, inside in parts:
             below += low
             kept.extend(inside)
@@ -652,15 +659,51 @@ def _jax_radix_values(v, ks: tuple):
     return jnp.stack([_float_of_key(jnp, lax, p, nbits, uint, v.dtype) for p in prefix])
 
 
-@functools.lru_cache(maxsize=1)
-def _jax_select_fn():
-    """:func:`_jax_radix_values` with a derivative (built once, when JAX is first used)."""
+def _host_values(a, ks):
+    """The order statistics ``ks`` of the float32 NumPy array ``a`` (all entries) by the host
+    selection (:func:`_numpy_select`), as a float32 array: the callback of :func:`_jax_host_values`.
+
+    The selection runs on integer keys whose order is that of the floats (the bits, the 31 lower
+    ones flipped for negative values; NaN after +inf, as a sort puts it): XLA runs its CPU callbacks
+    with subnormals treated as zero, so comparing the floats themselves would tie every subnormal
+    with 0."""
+    bits = np.ascontiguousarray(a, dtype=np.float32).reshape(-1).view(np.int32)
+    if bits.min() >= 0:  # no sign bit set (a D2, say): the bits are the keys
+        keys = bits
+    else:
+        keys = bits >> 31  # -1 where the sign bit is set, 0 elsewhere
+        keys &= np.int32(0x7FFFFFFF)
+        keys ^= bits
+    out = np.asarray([int(t) for t in _numpy_select(keys, list(ks))], dtype=np.int32)
+    return np.where(out < 0, out ^ np.int32(0x7FFFFFFF), out).view(np.float32)
+
+
+def _jax_host_values(v, ks: tuple):
+    """The order statistics ``ks`` of the 1-D float32 JAX array ``v`` computed by the host selection
+    through ``jax.pure_callback``: for JAX's CPU backend, whose arrays are in host memory already,
+    where a scatter-add histogram pass costs XLA several times NumPy's counting pass (the JAX section
+    of ``docs/benchmarks.md``). One copy of the values, no device transfer."""
+    import jax
+
+    return jax.pure_callback(functools.partial(_host_values, ks=ks), jax.ShapeDtypeStruct((len(ks),), v.dtype), v,
+                             vmap_method="sequential")
+
+
+@functools.lru_cache(maxsize=2)
+def _jax_select_fn(where: str):
+    """:func:`_jax_radix_values` (``where="device"``), or the host selection on JAX's CPU backend and
+    the radix passes on any other (``"auto"``: ``lax.platform_dependent``), with a derivative (built
+    once each, when JAX is first used)."""
     import jax
     import jax.numpy as jnp
+    from jax import lax
 
     @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
     def select(v, ks):
-        return _jax_radix_values(v, ks)
+        if where == "device" or str(v.dtype) != "float32":
+            return _jax_radix_values(v, ks)
+        return lax.platform_dependent(v, cpu=lambda a: _jax_host_values(a, ks),
+                                      default=lambda a: _jax_radix_values(a, ks))
 
     @select.defjvp
     def _select_jvp(ks, primals, tangents):
@@ -674,12 +717,19 @@ def _jax_select_fn():
     return jax.jit(select, static_argnums=1)
 
 
-def jax_radix_select(v, ks: tuple):
+def jax_radix_select(v, ks: tuple, *, where: str = "auto"):
     """Exact order statistics ``ks`` (0-based, a tuple) of all entries of a JAX float32/float64
-    array, as a ``(len(ks),)`` array: the radix passes of :func:`_jax_radix_values`, jitted with
-    static ranks, differentiable (an order statistic's derivative is that of the entry it selects),
-    and usable under ``jax.jit``, ``jax.vmap`` and ``jax.grad``. A full sort, which XLA's CPU
-    backend runs slowly on ``10^6`` entries, is never made."""
+    array, as a ``(len(ks),)`` array, jitted with static ranks, differentiable (an order
+    statistic's derivative is that of the entry it selects), and usable under ``jax.jit``,
+    ``jax.vmap`` and ``jax.grad``. A full sort, which XLA's CPU backend runs slowly on ``10^6``
+    entries, is never made.
+
+    ``where="auto"``: for float32 on JAX's CPU backend the host selection (:func:`_jax_host_values`:
+    the arrays are in host memory, and NumPy's counting pass costs a fraction of XLA's scatter-add
+    histograms there), otherwise the radix passes of :func:`_jax_radix_values`, every decision on
+    the device. ``where="device"``: the radix passes on every backend."""
     import jax.numpy as jnp
 
-    return _jax_select_fn()(jnp.reshape(v, (-1,)), tuple(int(k) for k in ks))
+    if where not in ("auto", "device"):
+        raise ValueError(f"expected where as 'auto' or 'device', received {where!r}")
+    return _jax_select_fn(where)(jnp.reshape(v, (-1,)), tuple(int(k) for k in ks))

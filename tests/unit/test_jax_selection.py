@@ -32,22 +32,37 @@ def _arrays(rng):
     yield np.exp(rng.standard_normal(SIZE) * 20)  # many orders of magnitude (within float32)
 
 
+@pytest.mark.parametrize("where", ["auto", "device"])  # on the CPU: the host selection, the radix passes
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_radix_selection_equals_the_sort(dtype):
+def test_radix_selection_equals_the_sort(dtype, where):
     rng = np.random.default_rng(0)
     with jax.enable_x64(dtype == "float64"):
         for values in _arrays(rng):
             v = values.astype(dtype)
-            got = np.asarray(jax_radix_select(jnp.asarray(v), KS))
+            got = np.asarray(jax_radix_select(jnp.asarray(v), KS, where=where))
             assert got.dtype == np.dtype(dtype)
             np.testing.assert_array_equal(got, np.sort(v)[list(KS)])
 
 
-def test_ranks_in_different_bins_take_their_own_passes():
+@pytest.mark.parametrize("where", ["auto", "device"])
+def test_ranks_in_different_bins_take_their_own_passes(where):
     # two ranks whose values differ in the top 16 bits: the shared histogram cannot serve both
     v = np.r_[np.full(3000, 1.0), np.full(3000, 1e10)].astype(np.float32)
     np.random.default_rng(1).shuffle(v)
-    np.testing.assert_array_equal(np.asarray(jax_radix_select(jnp.asarray(v), (2999, 3000))), [1.0, 1e10])
+    got = jax_radix_select(jnp.asarray(v), (2999, 3000), where=where)
+    np.testing.assert_array_equal(np.asarray(got), [1.0, 1e10])
+
+
+@pytest.mark.parametrize("where", ["auto", "device"])
+def test_selection_under_jit_and_vmap_equals_the_sort(where):
+    v = np.random.default_rng(3).standard_normal((3, SIZE)).astype(np.float32)
+    got = jax.jit(jax.vmap(lambda a: jax_radix_select(a, KS, where=where)))(jnp.asarray(v))
+    np.testing.assert_array_equal(np.asarray(got), np.sort(v, axis=-1)[:, list(KS)])
+
+
+def test_selection_place_is_checked():
+    with pytest.raises(ValueError, match="where as 'auto' or 'device'"):
+        jax_radix_select(jnp.zeros(SIZE), (1,), where="host")
 
 
 def test_order_statistics_of_jax_arrays_one_and_batched():
