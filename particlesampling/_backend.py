@@ -7,6 +7,7 @@ through one code path. Nothing here copies data to the host.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import array_api_compat
@@ -574,19 +575,24 @@ def intra_op_threads_of(a) -> int:
 
 
 _POOL: list = []  # [ThreadPoolExecutor, its size, the process that made it]
+_POOL_LOCK = threading.Lock()
 
 
 def pool_map(fn, items, threads: int) -> list:
     """``[fn(item) for item in items]`` on a shared pool of ``threads`` worker threads (made on first
     use, remade larger when more are asked for, and remade in a forked child, which inherits the
     pool but not its threads), in order; for passes whose work releases the GIL (NumPy ufuncs,
-    torch operations)."""
+    torch operations). Safe to call from several threads at once: the pool is looked up (or remade)
+    and the work submitted under one lock, so a pool being replaced still finishes what was
+    submitted to it."""
     import os
     from concurrent.futures import ThreadPoolExecutor
 
-    if not _POOL or _POOL[1] < threads or _POOL[2] != os.getpid():
-        if _POOL and _POOL[2] == os.getpid():
-            _POOL[0].shutdown(wait=False)
-        _POOL[:] = [ThreadPoolExecutor(max_workers=threads, thread_name_prefix="particlesampling"), threads,
-                    os.getpid()]
-    return list(_POOL[0].map(fn, items))
+    with _POOL_LOCK:
+        if not _POOL or _POOL[1] < threads or _POOL[2] != os.getpid():
+            if _POOL and _POOL[2] == os.getpid():
+                _POOL[0].shutdown(wait=False)  # its submitted work still runs to the end
+            _POOL[:] = [ThreadPoolExecutor(max_workers=threads, thread_name_prefix="particlesampling"), threads,
+                        os.getpid()]
+        futures = [_POOL[0].submit(fn, item) for item in items]
+    return [f.result() for f in futures]

@@ -145,3 +145,31 @@ def test_pool_map_remakes_the_pool_in_another_process(monkeypatch):
     monkeypatch.setattr(os, "getpid", lambda: real + 1)  # as in a forked child: the pool came without its threads
     assert pool_map(abs, [-3, -4], 2) == [3, 4]
     assert _backend._POOL[0] is not inherited and _backend._POOL[2] == real + 1
+
+
+def test_pool_map_from_many_threads_while_the_pool_grows():
+    """Callers on several threads, each asking for a larger pool (so each call would replace it): every
+    call returns its own results in order and none meets a pool shut down under it."""
+    import threading
+
+    _backend._POOL.clear()
+    barrier = threading.Barrier(8)
+    results, errors = {}, []
+
+    def caller(k):
+        try:
+            barrier.wait()
+            for rep in range(20):
+                results[(k, rep)] = pool_map(lambda i: (k, i), range(16), 1 + k + 8 * rep)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    _backend._POOL[0].shutdown(wait=True)  # leave no 160-thread pool to the tests after this one
+    _backend._POOL.clear()
+    assert not errors, errors[:3]
+    assert all(results[(k, rep)] == [(k, i) for i in range(16)] for k in range(8) for rep in range(20))
