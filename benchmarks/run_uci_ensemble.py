@@ -58,7 +58,8 @@ METHOD_TEXT = {
             "rule, and the Langevin noise √(2·{lr}/β)·ξ added outside the rule (not preconditioned: SPOS as a noisy "
             "optimiser of the particle system, not an exact sampler)",
     "sgld": "SGLD: 20 independent chains, drift s under the same rule and the same noise (temperature 1/({beta_per_n:g}·N)): "
-            "SPOS without the Stein term",
+            "SPOS without the Stein term; like SPOS, the noise is not preconditioned by the AdaGrad rule, so this is "
+            "a noisy optimiser, not Welling & Teh's exact SGLD",
 }
 
 
