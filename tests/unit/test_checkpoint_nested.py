@@ -13,6 +13,7 @@ import particlesampling as ps
 from particlesampling import to_numpy
 from particlesampling.checkpoint import load_state, save_state
 from particlesampling.samplers import ParticleState
+from tests.unit.array_libs import as_lib as _as, available_libs as _libs
 
 
 def _score(x):
@@ -29,25 +30,6 @@ def _precision(x):
 
 def _x0(n=9, seed=0):
     return np.random.default_rng(seed).standard_normal((n, 4)) + 0.5
-
-
-def _libs():
-    libs = ["numpy"]
-    try:
-        import torch  # noqa: F401
-
-        libs.append("torch")
-    except ImportError:  # pragma: no cover
-        pass
-    return libs
-
-
-def _as(lib, a):
-    if lib == "numpy":
-        return np.asarray(a, dtype=np.float64)
-    import torch
-
-    return torch.as_tensor(np.asarray(a, dtype=np.float64))
 
 
 SAMPLERS = {

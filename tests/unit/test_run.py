@@ -12,6 +12,7 @@ from particlesampling.checkpoint import load_state, save_state
 from particlesampling.runner import NonFiniteError, Trace, run_sampler
 from particlesampling.samplers import ParticleState, get_sampler, sgld, spos, svgd
 from particlesampling.step_sizes import adagrad_momentum, adam, constant
+from tests.unit.array_libs import as_lib as _as, available_libs as _libs
 
 
 def _score(x):
@@ -27,25 +28,6 @@ def _score(x):
 
 def _x0(n=10, seed=0):
     return np.random.default_rng(seed).standard_normal((n, 2))
-
-
-def _libs():
-    libs = ["numpy"]
-    try:
-        import torch  # noqa: F401
-
-        libs.append("torch")
-    except ImportError:  # pragma: no cover
-        pass
-    return libs
-
-
-def _as(lib, a):
-    if lib == "numpy":
-        return np.asarray(a, dtype=np.float64)
-    import torch
-
-    return torch.as_tensor(np.asarray(a, dtype=np.float64))
 
 
 # ---------------------------------------------------------------------------------------------
