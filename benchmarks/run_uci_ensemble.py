@@ -2,6 +2,7 @@
 """The UCI Bayesian-neural-network table of Liu & Wang (2016) on ``ParticleEnsemble``, with early stopping.
 
     nice -n 10 python benchmarks/run_uci_ensemble.py --methods spos --splits 5 --no-report --commit
+    python benchmarks/run_uci_ensemble.py --workers 2 --no-report    # two processes side by side
     python benchmarks/run_uci_ensemble.py --splits 2 --datasets yacht --methods svgd  # a subset
     python benchmarks/run_uci_ensemble.py --report-only               # the page from the records
 
@@ -246,7 +247,11 @@ def main(argv=None) -> int:
     ap.add_argument("--report-only", action="store_true", help="run nothing; the page from the records")
     ap.add_argument("--no-report", action="store_true", help="records only; no summary, page or figure")
     ap.add_argument("--commit", action="store_true", help="git-commit the records file after every finished split")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="processes running splits side by side (one thread each; records appended as each ends)")
     a = ap.parse_args(argv)
+    if a.workers < 1:
+        ap.error(f"expected --workers >= 1, received {a.workers}")
     import torch
 
     torch.set_num_threads(1)
@@ -264,7 +269,7 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     recs = run_many(datasets, range(K), methods, configs, a.records_dir, root=a.uci_dir, run=not a.report_only,
-                    log=lambda msg: print(msg, flush=True), on_record=commit)
+                    workers=a.workers, log=lambda msg: print(msg, flush=True), on_record=commit)
     if a.no_report:
         print(f"done in {time.perf_counter() - t0:.0f} s: {len(recs)} records", flush=True)
         return 0

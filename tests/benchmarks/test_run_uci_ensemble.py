@@ -55,3 +55,24 @@ def test_run_many_reports_each_new_record_with_its_file(tmp_path, write_dataset)
     uci_bnn.run_many(["toy"], [0], ["svgd"], cfgs, tmp_path / "c", root=tmp_path / "data", log=lambda _: None,
                      on_record=lambda rec, path: seen.append((rec["split"], path.read_text().count("\n"))))
     assert seen == [(0, 1)]  # called once, after the record was written
+
+
+def test_workers_run_side_by_side_and_give_the_records_of_one_worker(tmp_path, write_dataset):
+    write_dataset(tmp_path / "data", "toy", n=150, p=3, splits=2)
+    common = ["--uci-dir", str(tmp_path / "data"), "--datasets", "toy", "--iters", "20", "--eval-every", "10",
+              "--patience", "1", "--methods", "svgd", "--splits", "2", "--no-report"]
+
+    def runs(workers):
+        records = tmp_path / f"records{workers}"
+        assert run_uci_ensemble.main(common + ["--records-dir", str(records), "--workers", str(workers)]) == 0
+        lines = (records / "uci_runs_svgd.jsonl").read_text().splitlines()
+        return {(r["split"], r["rmse"], r["loglik"]) for r in map(json.loads, lines)}
+
+    one, two = runs(1), runs(2)
+    assert len(one) == 2 and two == one  # same seeds, same numbers, in whichever order the workers end
+
+
+def test_workers_below_one_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        run_uci_ensemble.main(["--workers", "0", "--report-only"])
+    assert "expected --workers >= 1, received 0" in capsys.readouterr().err
