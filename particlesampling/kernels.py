@@ -185,21 +185,39 @@ def rbf_blocked_product(xp, sq, h, rhs, *, overwrite: bool, block: int = SQDIST_
         k = exp_neg_scaled(xp, sq, h)
         return k @ rhs, xp.linalg.diagonal(k)
     n = sq.shape[-1]
-    store = sq.flat if packed else sq
-    torch_like = is_torch_array(store)
+    blocks = ((a, min(n, a + block), sq.rows[j] if packed else sq[..., a:min(n, a + block), a:])
+              for j, a in enumerate(range(0, n, block)))
+    return rbf_upper_product(xp, blocks, tuple(sq.shape[:-1]), h, rhs, overwrite=overwrite,
+                             dtype_of=sq.flat if packed else sq)
+
+
+def rbf_upper_product(xp, blocks, rows_shape, h, rhs, *, overwrite: bool, dtype_of):
+    """``(K [Xc | 1 | S], diag K)`` with ``K = exp(-D2 / h)`` from the row blocks of ``D2``'s upper
+    block triangle, each used once, while it is in cache: :func:`rbf_blocked_product`'s loop, for
+    blocks held whole (a packed triangle) or made one at a time and dropped (the tiled step,
+    :mod:`particlesampling.tiled`).
+
+    ``blocks`` yields ``(a, b, rows)`` with ``rows = D2[..., a:b, a:]`` (NumPy, or torch outside
+    autograd; consumed when ``overwrite``), in order, covering rows ``0 .. n - 1``; ``rows_shape`` is
+    ``(..., n)``, ``h`` a scalar lined up by :func:`bandwidth_for_broadcast`, ``rhs`` ``(..., n, m)``
+    from :func:`rbf_product_columns`, ``dtype_of`` an array whose library and dtype ``diag K`` takes.
+    ``K[I, a:] rhs[a:]`` adds to rows ``I`` and, by symmetry, ``K[I, b:]^T rhs[I]`` to rows ``b:``:
+    half of ``K`` is evaluated, and the products cost the two GEMMs ``K Xc``, ``K S`` of the full
+    matrix.
+    """
+    torch_like = is_torch_array(dtype_of)
+    n = rows_shape[-1]
     if torch_like:
         import torch
 
-        prod = torch.zeros(tuple(sq.shape[:-1]) + (rhs.shape[-1],), dtype=rhs.dtype, device=rhs.device)
-        diag = torch.empty(tuple(sq.shape[:-1]), dtype=store.dtype, device=store.device)
+        prod = torch.zeros(tuple(rows_shape) + (rhs.shape[-1],), dtype=rhs.dtype, device=rhs.device)
+        diag = torch.empty(tuple(rows_shape), dtype=dtype_of.dtype, device=dtype_of.device)
     else:
-        prod = np.zeros(tuple(sq.shape[:-1]) + (rhs.shape[-1],), dtype=np.result_type(store, rhs))
-        diag = np.empty(tuple(sq.shape[:-1]), dtype=store.dtype)
-    for j, a in enumerate(range(0, n, block)):
-        b = min(n, a + block)
-        rows = sq.rows[j] if packed else sq[..., a:b, a:]
+        prod = np.zeros(tuple(rows_shape) + (rhs.shape[-1],), dtype=np.result_type(dtype_of, rhs))
+        diag = np.empty(tuple(rows_shape), dtype=dtype_of.dtype)
+    for a, b, rows in blocks:
         k = exp_neg_scaled_(rows, h) if overwrite else exp_neg_scaled(xp, rows, h)
-        if torch_like and sq.ndim == 2:  # accumulate in place, no temporaries
+        if torch_like and len(rows_shape) == 1:  # accumulate in place, no temporaries
             prod[a:b].addmm_(k, rhs[a:])
             if b < n:
                 prod[b:].addmm_(k[:, b - a:].T, rhs[a:b])
@@ -208,6 +226,7 @@ def rbf_blocked_product(xp, sq, h, rhs, *, overwrite: bool, block: int = SQDIST_
             if b < n:
                 prod[..., b:, :] += xp.matrix_transpose(k[..., :, b - a:]) @ rhs[..., a:b, :]
         diag[..., a:b] = xp.linalg.diagonal(k[..., :, :b - a])
+        k = rows = None  # not held while the next block is made
     return prod, diag
 
 

@@ -58,6 +58,7 @@ from .kernels import (
     radial_repulsion,
     rbf_product_columns,
     rbf_terms_from_product,
+    rbf_upper_product,
 )
 from .memory_budget import AUTO, budget_bytes
 from .selection import BRACKET_SAMPLE, blocked_order_statistics, bracket_sample_size
@@ -177,12 +178,19 @@ def _upper_blocks(xp, xc, xx, tile):
     mirror below the diagonal), for row blocks of ``tile`` rows (the block form of
     :func:`particlesampling.selection.bracket_select`): every one of the ``n^2`` entries of a
     symmetric ``D2`` once, from half the Gram-trick work."""
+    for a, b, d2 in _upper_row_blocks(xp, xc, xx, tile):
+        yield d2, "upper", b - a
+        d2 = None  # not held while the next block is made
+
+
+def _upper_row_blocks(xp, xc, xx, tile):
+    """Yield ``(a, b, D2[a:b, a:])`` for row blocks of ``tile`` rows: the upper block triangle of
+    ``D2``, one block at a time (exact zero diagonal; the squares ``D2[a:b, a:b]`` symmetric to the
+    GEMM's rounding)."""
     n = xc.shape[0]
     for a in range(0, n, tile):
         b = min(n, a + tile)
-        d2 = sqdist_block(xp, xc[a:b, :], xx[a:b], xc[a:, :], xx[a:], diagonal_at=0)
-        yield d2, "upper", b - a
-        d2 = None  # not held while the next block is made
+        yield a, b, sqdist_block(xp, xc[a:b, :], xx[a:b], xc[a:, :], xx[a:], diagonal_at=0)
 
 
 def _order_statistics(xp, xc, xx, ks, tile, dtype_name):
@@ -303,16 +311,25 @@ def tiled_stein_direction_with_info(particles, scores, kernel=None, bandwidth=No
     # per-dimension h: distances of x / sqrt(h) are U directly; scalar h: U = D2 / h
     xs = scaled_for_distances(xp, xc, h)
     xx = xp.sum(xs * xs, axis=1)
+    rhs = rbf_product_columns(xp, xc, scores) if type(kern) is RBF else None
+    k0 = kern.value(xp.zeros((), dtype=particles.dtype, device=dev))
+    if rhs is not None and h.ndim == 0 and in_place_capable(xc) and in_place_capable(rhs):
+        # RBF, scalar h, NumPy or torch outside autograd: the upper block triangle only (half the
+        # X X^T and half the exp of the full row blocks below), each block used for its own rows
+        # and, transposed, for the rows below it
+        prod, _ = rbf_upper_product(xp, _upper_row_blocks(xp, xs, xx, tile), (n,), h, rhs, overwrite=True,
+                                    dtype_of=xc)
+        driving, rep, rowsum = rbf_terms_from_product(prod, xc, h)
+        mean_k = offdiagonal_mean_from_sums(xp, xp.sum(rowsum), float(n) * k0, n, like=particles)
+        return assemble_direction(xp, driving, rep, repulsion, h, mean_k)
     driving_parts, rep_parts = [], []
     ksum = xp.zeros((), dtype=particles.dtype, device=dev)
-    rhs = rbf_product_columns(xp, xc, scores) if type(kern) is RBF else None
     for a, b, d2 in _blocks(xp, xs, xx, tile):
         driving, rep, rowsum = block_stein_terms(xp, kern, d2, h, xc[a:b, :], xc, scores, rhs=rhs, overwrite=True)
         d2 = None  # not held while the next block is made
         driving_parts.append(driving)
         rep_parts.append(rep)
         ksum = ksum + xp.sum(rowsum)
-    k0 = kern.value(xp.zeros((), dtype=particles.dtype, device=dev))
     mean_k = offdiagonal_mean_from_sums(xp, ksum, float(n) * k0, n, like=particles)
     return assemble_direction(xp, xp.concat(driving_parts, axis=0), xp.concat(rep_parts, axis=0), repulsion,
                               h, mean_k)
