@@ -628,7 +628,7 @@ def markdown(res: dict) -> str:
                         ("median_sort_jit", "the median of the n² entries by a full sort (`jnp.sort`, jitted): "
                          "what the JAX step did before"),
                         ("median_radix_jit", "the median as the step takes it now (`jax_radix_select`, jitted: "
-                         "on the CPU backend the host selection through `pure_callback`)"),
+                         "on the CPU backend the host selection through `buffer_callback`)"),
                         ("median_device_jit", "the median by the radix histograms on the device "
                          "(`jax_radix_select(..., where=\"device\")`, jitted: what accelerators run)")):
             if k + "_ms" in jx:
@@ -645,7 +645,9 @@ def markdown(res: dict) -> str:
                       "(`jax.grad`) and batched by `jax.vmap`. On JAX's CPU backend, whose arrays are in host memory, "
                       "XLA's scatter-add costs several times NumPy's counting pass over the same entries, so float32 "
                       "order statistics there come from the host selection (the one NumPy arrays use, on integer "
-                      "keys of the floats) through `jax.pure_callback`: one copy of `D2`, no device transfer. "
+                      "keys of the floats) through `jax.experimental.buffer_callback`, which hands NumPy XLA's own "
+                      "buffer of `D2`: no copy, no device transfer (`jax.pure_callback`, which copies the operand, "
+                      "where a JAX has no `buffer_callback`). "
                       "The jitted step's `D2` is the Gram trick as rounded, "
                       "without the transpose of all n² entries that would make it exactly symmetric (the `exp`, the "
                       "product and the median read every entry as it is). The JAX rows of the floor table compare the "

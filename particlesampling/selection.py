@@ -660,8 +660,9 @@ def _jax_radix_values(v, ks: tuple):
 
 
 def _host_values(a, ks):
-    """The order statistics ``ks`` of the float32 NumPy array ``a`` (all entries) by the host
-    selection (:func:`_numpy_select`), as a float32 array: the callback of :func:`_jax_host_values`.
+    """The order statistics ``ks`` of the float32 NumPy array ``a`` (all entries, never written) by
+    the host selection (:func:`_numpy_select`), as a float32 array: the work of both callbacks of
+    :func:`_jax_host_values`.
 
     The selection runs on integer keys whose order is that of the floats (the bits, the 31 lower
     ones flipped for negative values; NaN after +inf, as a sort puts it): XLA runs its CPU callbacks
@@ -678,22 +679,54 @@ def _host_values(a, ks):
     return np.where(out < 0, out ^ np.int32(0x7FFFFFFF), out).view(np.float32)
 
 
-def _jax_host_values(v, ks: tuple):
+def _host_values_into(ctx, out, a, *, ks):
+    """The callback of ``jax.experimental.buffer_callback`` in :func:`_jax_host_values`: XLA's own
+    buffer of the values ``a`` read in place (a read-only NumPy view, no copy), the ``len(ks)``
+    order statistics written as bits (no float arithmetic, so subnormals survive) into XLA's
+    buffer ``out``."""
+    del ctx
+    values = np.asarray(a)
+    values.flags.writeable = False  # XLA's operand: the selection must never write it
+    np.asarray(out).view(np.int32)[...] = _host_values(values, ks).view(np.int32)
+
+
+def _jax_host_values(v, ks: tuple, *, callback: str = "buffer"):
     """The order statistics ``ks`` of the 1-D float32 JAX array ``v`` computed by the host selection
-    through ``jax.pure_callback``: for JAX's CPU backend, whose arrays are in host memory already,
-    where a scatter-add histogram pass costs XLA several times NumPy's counting pass (the JAX section
-    of ``docs/benchmarks.md``). One copy of the values, no device transfer."""
+    (:func:`_host_values`), for JAX's CPU backend, whose arrays are in host memory already, where a
+    scatter-add histogram pass costs XLA several times NumPy's counting pass (the JAX section of
+    ``docs/benchmarks.md``). Returns a ``(len(ks),)`` float32 array; under ``jax.vmap`` one call per
+    batch member (``vmap_method="sequential"``).
+
+    ``callback="buffer"``: through ``jax.experimental.buffer_callback``, which hands the callback
+    XLA's buffer of ``v`` itself: NumPy reads the values in place, no copy, no device transfer. Where
+    this JAX has no ``buffer_callback`` (or it refuses the call when traced), and with
+    ``callback="pure"``: through ``jax.pure_callback``, which gives the callback a copy of the values
+    (``4 N`` bytes written and read again before the selection starts)."""
     import jax
 
-    return jax.pure_callback(functools.partial(_host_values, ks=ks), jax.ShapeDtypeStruct((len(ks),), v.dtype), v,
-                             vmap_method="sequential")
+    if callback not in ("buffer", "pure"):
+        raise ValueError(f"expected callback as 'buffer' or 'pure', received {callback!r}")
+    out_type = jax.ShapeDtypeStruct((len(ks),), v.dtype)
+    if callback == "buffer":
+        try:
+            from jax.experimental.buffer_callback import buffer_callback
+        except ImportError:  # an older JAX
+            buffer_callback = None
+        if buffer_callback is not None:
+            try:
+                return buffer_callback(functools.partial(_host_values_into, ks=ks), out_type,
+                                       vmap_method="sequential")(v)
+            except (TypeError, NotImplementedError):  # an older signature or primitive
+                pass
+    return jax.pure_callback(functools.partial(_host_values, ks=ks), out_type, v, vmap_method="sequential")
 
 
-@functools.lru_cache(maxsize=2)
-def _jax_select_fn(where: str):
+@functools.lru_cache(maxsize=4)
+def _jax_select_fn(where: str, callback: str = "buffer"):
     """:func:`_jax_radix_values` (``where="device"``), or the host selection on JAX's CPU backend and
     the radix passes on any other (``"auto"``: ``lax.platform_dependent``), with a derivative (built
-    once each, when JAX is first used)."""
+    once each, when JAX is first used). ``callback``: how the host selection is reached
+    (:func:`_jax_host_values`)."""
     import jax
     import jax.numpy as jnp
     from jax import lax
@@ -702,7 +735,7 @@ def _jax_select_fn(where: str):
     def select(v, ks):
         if where == "device" or str(v.dtype) != "float32":
             return _jax_radix_values(v, ks)
-        return lax.platform_dependent(v, cpu=lambda a: _jax_host_values(a, ks),
+        return lax.platform_dependent(v, cpu=lambda a: _jax_host_values(a, ks, callback=callback),
                                       default=lambda a: _jax_radix_values(a, ks))
 
     @select.defjvp
@@ -725,8 +758,8 @@ def jax_radix_select(v, ks: tuple, *, where: str = "auto"):
     entries, is never made.
 
     ``where="auto"``: for float32 on JAX's CPU backend the host selection (:func:`_jax_host_values`:
-    the arrays are in host memory, and NumPy's counting pass costs a fraction of XLA's scatter-add
-    histograms there), otherwise the radix passes of :func:`_jax_radix_values`, every decision on
+    the arrays are in host memory, which NumPy reads in place through ``buffer_callback``, and
+    NumPy's counting pass costs a fraction of XLA's scatter-add histograms there), otherwise the radix passes of :func:`_jax_radix_values`, every decision on
     the device. ``where="device"``: the radix passes on every backend."""
     import jax.numpy as jnp
 

@@ -126,3 +126,58 @@ def test_grad_through_the_direction_matches_the_dense_reference():
         ref = jax.value_and_grad(lambda z: jnp.sum(_dense_direction(z) * wj))(xj)
         np.testing.assert_allclose(float(ours[0]), float(ref[0]), rtol=1e-10)
         np.testing.assert_allclose(np.asarray(ours[1]), np.asarray(ref[1]), rtol=1e-7, atol=1e-9)
+
+
+def _has_buffer_callback() -> bool:
+    try:
+        from jax.experimental.buffer_callback import buffer_callback  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_buffer_callback(), reason="this JAX has no jax.experimental.buffer_callback")
+def test_cpu_host_selection_reads_xla_buffers_in_place():
+    # where JAX has buffer_callback the host selection goes through it (no copy of the operand),
+    # not silently through the pure_callback fallback
+    from particlesampling.selection import _jax_host_values
+
+    v = jnp.zeros(SIZE, dtype=jnp.float32)
+    prims = {e.primitive.name for e in jax.make_jaxpr(lambda a: _jax_host_values(a, KS))(v).jaxpr.eqns}
+    assert "buffer_callback" in prims and "pure_callback" not in prims
+    prims = {e.primitive.name for e in jax.make_jaxpr(lambda a: _jax_host_values(a, KS, callback="pure"))(v).jaxpr.eqns}
+    assert "pure_callback" in prims and "buffer_callback" not in prims
+    with pytest.raises(ValueError, match="callback as 'buffer' or 'pure'"):
+        _jax_host_values(v, KS, callback="host")
+
+
+def test_host_selection_through_buffers_and_pure_callback_agree_bit_for_bit():
+    # float32 on the CPU: the buffer_callback path (XLA's operand read in place) and the
+    # pure_callback path (a copy), under jit, vmap and grad; both equal the sort
+    from particlesampling.selection import _jax_select_fn
+
+    rng = np.random.default_rng(7)
+    for values in _arrays(rng):
+        v = values.astype(np.float32)
+        kept = v.copy()
+        vj = jnp.asarray(v)
+        ref = np.sort(v)[list(KS)]
+        for callback in ("buffer", "pure"):
+            got = np.asarray(_jax_select_fn("auto", callback)(vj, KS))
+            assert got.view(np.int32).tolist() == ref.view(np.int32).tolist()  # -0.0, subnormals: the bits
+        np.testing.assert_array_equal(np.asarray(vj), kept)  # the operand is never written
+
+    batch = rng.standard_normal((3, SIZE)).astype(np.float32)
+    w = rng.standard_normal(len(KS)).astype(np.float32)
+    outs, grads = {}, {}
+    for callback in ("buffer", "pure"):
+        fn = _jax_select_fn("auto", callback)
+        outs[callback] = np.asarray(jax.jit(jax.vmap(lambda a, fn=fn: fn(a, KS)))(jnp.asarray(batch)))
+        grads[callback] = np.asarray(jax.jit(jax.grad(lambda a, fn=fn: jnp.sum(fn(a, KS) * w)))(jnp.asarray(batch[0])))
+    np.testing.assert_array_equal(outs["buffer"], np.sort(batch, axis=-1)[:, list(KS)])
+    np.testing.assert_array_equal(outs["pure"], outs["buffer"])
+    # the derivative of an order statistic is a one-hot vector at the entry it selects (no ties here)
+    expected = np.zeros(SIZE, dtype=np.float32)
+    expected[np.argsort(batch[0], kind="stable")[list(KS)]] = w
+    np.testing.assert_array_equal(grads["buffer"], expected)
+    np.testing.assert_array_equal(grads["pure"], expected)
