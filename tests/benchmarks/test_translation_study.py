@@ -387,3 +387,167 @@ def test_every_arm_trains_and_records(arm, bible):
     rec = run(cfg, db=bible)
     assert rec["config"]["method"] == method and rec["config"]["kinds"] == list(kinds)
     assert math.isfinite(rec["test_nll"]) and math.isfinite(rec["train_loss_last50"])
+
+
+# --- the head-space arm -----------------------------------------------------------------------
+
+def test_space_arm_is_in_the_plan_with_the_classification_grid():
+    from benchmarks.attention.methods import METHODS
+    from benchmarks.translation.methods import SPACE_ARM, SPACE_CANDIDATES
+
+    assert SPACE_ARM == "spos_outputs" and SPACE_ARM in SPACE_CANDIDATES
+    assert ARMS[SPACE_ARM] == METHODS[SPACE_ARM].grid == (0.01, 0.1, 1.0)
+    todo = tplan.pending(tplan.QUICK, {}, "e", "f", phases=("tune",))
+    assert [c.value for c in todo if c.method == SPACE_ARM] == [0.01, 0.1, 1.0]
+    assert all(c.purpose == "tune" and c.seed == tplan.QUICK.tune_seed for c in todo if c.method == SPACE_ARM)
+    # once its trials are recorded, the best dev BLEU's value is run with every seed
+    recs = {}
+    for t, bleu in zip(tplan.QUICK.trials("e", "f", SPACE_ARM), (3.0, 5.0, 4.0)):
+        recs[t.key()] = {"dev": {"bleu": bleu, "chrf": 20.0}}
+    evals = [c for c in tplan.pending(tplan.QUICK, recs, "e", "f", phases=("eval",)) if c.method == SPACE_ARM]
+    assert [(c.value, c.seed) for c in evals] == [(0.1, s) for s in tplan.QUICK.seeds]
+
+
+PARAM_OF_KIND = {"self": "transformer.encoder.layers.{}.self_attn.in_proj_weight",
+                 "decoder_self": "transformer.decoder.layers.{}.self_attn.in_proj_weight",
+                 "cross": "transformer.decoder.layers.{}.multihead_attn.in_proj_weight"}
+
+
+def _one_step(arm, value, layers=2):
+    """One training step of ``train.run``'s loop on a tiny model and a padded batch; the weight changes.
+
+    Plain SGD instead of the study's Adam: Adam's first step is ``lr * sign(gradient)``, which would hide
+    any change of the gradient that keeps its signs."""
+    from benchmarks.translation.methods import activate
+
+    m = tiny_model(vocab=20, seed=0, encoder_layers=layers, decoder_layers=layers).train()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    act = activate(arm, value, m, train_tokens=100, seed=0, optimizer=opt)
+    gen = torch.Generator().manual_seed(1)
+    src, y = torch.randint(4, 20, (3, 7), generator=gen), torch.randint(4, 20, (3, 6), generator=gen)
+    src[0, 5:] = tdata.PAD
+    y[:, 0] = tdata.BOS
+    y[1, 4:] = tdata.PAD
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    with HeadGates(m.gate_sites(), drop_prob=act.drop_prob, keep_outputs=act.keep_outputs) as gates:
+        logits = m(src, y[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y[:, 1:].flatten(), ignore_index=tdata.PAD)
+        total = loss + act.extra_loss(m, gates.outputs) if act.extra_loss else loss
+    opt.zero_grad()
+    total.backward()
+    info = act.repulsive.apply() if act.repulsive is not None else None
+    torch.nn.utils.clip_grad_norm_(list(m.parameters()), 1.0)
+    opt.step()
+    return {n: p.detach() - before[n] for n, p in m.named_parameters()}, act, info
+
+
+def test_space_arm_acts_in_function_space_on_every_attention_kind():
+    from benchmarks.translation.methods import SPACE_ARM
+
+    base, _, _ = _one_step("baseline", None)
+    moved, act, info = _one_step(SPACE_ARM, 1.0)
+    no_repulsion, _, _ = _one_step(SPACE_ARM, 0.0)
+    rh = act.repulsive
+    assert rh.space == "outputs"
+    # one function-space particle system per attention module, the three kinds, all recorded this step
+    kinds = [g.site.attention for g in rh.head_particles.groups]
+    assert sorted(kinds) == sorted(["self", "decoder_self", "cross"] * 2)
+    assert not info.missing and not info.nonfinite and len(info.groups) == 6
+    for g in rh.head_particles.groups:
+        stein = info.groups[g.name]
+        assert torch.isfinite(stein.repulsion_norm) and float(stein.repulsion_norm) > 0, g.name
+    for kind, pattern in PARAM_OF_KIND.items():
+        for layer in range(2):
+            name = pattern.format(layer)
+            # the arm's step is not the baseline's ...
+            assert not torch.allclose(moved[name], base[name], rtol=1e-3, atol=1e-7), name
+            # ... and the output-space repulsion itself moves the weights (same seed: same SPOS noise)
+            assert not torch.allclose(moved[name], no_repulsion[name], rtol=1e-3, atol=1e-7), name
+    # what the arm acts on is the attention: embeddings and feed-forward layers take the baseline's step,
+    # up to the clipping factor (the same for every parameter)
+    ratio = moved["embed.weight"].norm() / base["embed.weight"].norm()
+    for name in ("embed.weight", "transformer.encoder.layers.0.linear1.weight",
+                 "transformer.decoder.layers.1.linear2.weight"):
+        tol = 1e-5 * float(base[name].abs().max())
+        torch.testing.assert_close(moved[name], ratio * base[name], rtol=1e-3, atol=tol)
+
+
+def _classification_records(gains, seeds=(0, 1, 2), missing=(), plan=None):
+    """Synthetic records of the classification study's head-to-head on mr / transformer: ``gains[method]``
+    is the arm's test-accuracy gain over the baseline (seed ``s`` adds ``0.002 (s - 1)``: SE 0.002 / sqrt(3))."""
+    from benchmarks.attention import plan as aplan
+
+    if plan is None:
+        plan = aplan.Plan(steps={"transformer": 4}, batch={"transformer": 8}, seeds=seeds, tune_seed=100,
+                          datasets=("mr",), question_dataset="mr", space_datasets=("mr",),
+                          space_models=("transformer",),
+                          space_methods=("svgd_circuits", "spos_circuits", "svgd_outputs", "spos_outputs"),
+                          space_minilm_methods=(), space_strong_grid=())
+    seeds = plan.seeds
+    recs = {}
+
+    def add(cfg, dev, test):
+        recs[cfg.key()] = {"key": cfg.key(), "config": json.loads(cfg.key()), "dev": {"accuracy": dev, "nll": 0.5},
+                           "test": {"accuracy": test, "nll": 0.5, "ece": 0.1}, "diversity_start": {},
+                           "diversity_end": {}, "seconds_per_step": 1.0}
+
+    for s in seeds:
+        add(plan.config("mr", "transformer", "baseline", None, s), 0.7, 0.7 + 0.01 * s)
+    for method, gain in gains.items():
+        for t in plan.trials("mr", "transformer", method):
+            add(t, 0.8 if t.value == 0.1 else 0.7, 0.0)  # 0.1 is chosen on dev
+        for s in seeds:
+            if (method, s) not in missing:
+                add(plan.config("mr", "transformer", method, 0.1, s), 0.0, 0.7 + 0.01 * s + gain + 0.002 * (s - 1))
+    return recs, plan
+
+
+def test_space_sentence_is_computed_from_the_classification_records():
+    from benchmarks.translation.report import space_evidence, space_sentence
+
+    gains = {"svgd": 0.0, "spos": 0.005, "svgd_circuits": 0.003, "spos_circuits": 0.008, "svgd_outputs": -0.004,
+             "spos_outputs": 0.01}
+    recs, plan = _classification_records(gains)
+    ev = space_evidence(recs, plan)
+    assert [e["method"] for e in ev] == ["spos_outputs", "spos_circuits", "svgd_circuits", "svgd_outputs"]
+    assert ev[0]["mean"] == pytest.approx(0.01) and ev[0]["n"] == 3 and ev[0]["verdict"] == "better"
+    assert ev[0]["vs_weights"]["mean"] == pytest.approx(0.005)
+    text = space_sentence(ev, "attention_runs.jsonl")
+    assert text.startswith("The head-space arm is `spos_outputs`") and text.count(". ") == 0
+    assert "the largest test-accuracy gain over the baseline, +1.00 +/- 0.12 points over 3 seeds" in text
+    assert "spos / circuits +0.80 +/- 0.12 points" in text and "`attention_runs.jsonl`" in text
+    # spos / outputs beats spos / weights by 0.5 points with SE 0 (identical seed offsets): called
+    assert "better than the same rule in weight space: spos / outputs" in text
+    # an arm without all its seeds does not count; records that rank another arm first are said so
+    recs, plan = _classification_records({**gains, "svgd_circuits": 0.02}, missing={("spos_circuits", 2)})
+    ev = space_evidence(recs, plan)
+    assert [e["method"] for e in ev] == ["svgd_circuits", "spos_outputs", "svgd_outputs"]
+    assert "more to svgd / circuits" in space_sentence(ev, "attention_runs.jsonl")
+    # without the records: where the choice was made
+    assert space_evidence(None) == [] and space_evidence({}) == []
+    text = space_sentence([], None)
+    assert "`docs/attention_study.md`" in text and "did not read" in text
+
+
+def test_runner_reports_the_space_choice_from_the_classification_records_it_is_given(tmp_path):
+    import benchmarks.run_translation_study as runner
+    from benchmarks.attention import plan as aplan
+
+    recs, _ = _classification_records({"svgd": 0.0, "spos": 0.0, "svgd_circuits": 0.003, "spos_circuits": 0.008,
+                                       "svgd_outputs": -0.004, "spos_outputs": 0.012}, plan=aplan.FULL)
+    path = tmp_path / "classification.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs.values()))
+    out = tmp_path / "quick"
+    assert runner.main(["e", "f", "--quick", "--out", str(out), "--report-only", "--classification-records",
+                        str(path)]) == 0
+    page = (out / "translation_study.md").read_text()
+    line = next(x for x in page.splitlines() if x.startswith("**Why this head-space arm**"))
+    assert "`spos_outputs`" in line and "`classification.jsonl`" in line
+    # mean 1.2 + 0.2 x mean(-1, 0, 1, 2, 3) points, SE 0.2 x SD(-1, 0, 1, 2, 3) / sqrt(5)
+    assert "+1.40 +/- 0.14 points over 5 seeds" in line
+    # quick mode reads no classification records unless told to
+    assert runner.main(["e", "f", "--quick", "--out", str(out), "--report-only"]) == 0
+    assert "did not read" in (out / "translation_study.md").read_text()
+    with pytest.raises(SystemExit):
+        runner.main(["e", "f", "--quick", "--out", str(out), "--report-only", "--classification-records",
+                     str(tmp_path / "missing.jsonl")])
