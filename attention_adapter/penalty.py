@@ -27,6 +27,30 @@ its outputs on the current batch (``k(f_i, f_j)`` on the heads' output vectors o
 subsample, recorded by forward hooks during the forward pass whose loss the penalty joins: call
 ``penalty()`` after ``model(x)`` and before ``backward()``; a function-space regulariser in the
 spirit of Li et al. 2018's output disagreement, with the kernel of the SVGD runs).
+
+In output space each feature part ``F`` (``M x m``, rows = heads: the output vectors and/or the
+attention maps) is first divided by its own group-wide RMS, differentiably,
+
+.. math::
+
+    \\hat f_i = f_i / \\rho(F), \\qquad \\rho(F) = \\sqrt{\\max(\\tfrac{1}{M} \\textstyle\\sum_i |f_i|^2, \\epsilon)},
+    \\qquad \\Omega = w \\sum_{\\text{groups}} \\frac{1}{M (M - 1)} \\sum_{i \\ne j} k(\\hat f_i, \\hat f_j),
+
+(``epsilon`` the dtype's smallest normal number, against division by zero; the bandwidth rule is
+evaluated on the detached ``\\hat F``; two parts are then joined as in
+:func:`attention_adapter.outputs.joined_features`). So ``Omega(c F) = Omega(F)`` for every ``c > 0``
+and ``<grad_F Omega, F> = 0`` whatever the bandwidth rule: the gradient has no radial component.
+Why: without it the penalty ran away. With a bandwidth computed on detached features, scaling every
+head's output up by ``c`` lowers each off-diagonal ``exp(-|f_i - f_j|^2 / h)`` within the step (``h`` only
+catches up at the next one), so gradient descent inflated the heads' outputs (the value and output
+projections) without bound instead of making the heads differ, and the task loss stalled; the
+objective had no minimiser at finite scale. The normalisation leaves only the heads' directions
+relative to one another to the penalty. Both parts are normalised: the maps are bounded (each
+attention row sums to 1), but their scale still moves with their sharpness, and the same detached
+bandwidth would push all maps to sharpen for a lower kernel value; normalising them too makes the
+penalty depend on the shape of the parts only, and gives a fixed bandwidth the same meaning for
+either part (in units of the mean squared row norm, 1 after the normalisation). The weight and
+circuit spaces are unchanged, and so is :class:`attention_adapter.RepulsiveHeads` in output space.
 """
 
 from __future__ import annotations
@@ -43,9 +67,26 @@ from ._compat import renamed_kwarg, warn_renamed
 from .outputs import OutputParticles, check_features, joined_features
 from .particles import HeadParticles, HeadSelection, ParticleGroup
 from .spaces import check_space, circuit_kernel_similarity, circuit_particles, circuit_structure, output_particles
-from .update import kernel_matrix, resolve_kernel
+from .update import compute_dtype, kernel_matrix, resolve_kernel
 
-__all__ = ["HeadRepulsionPenalty", "head_kernel_similarity"]
+__all__ = ["HeadRepulsionPenalty", "head_kernel_similarity", "unit_rms"]
+
+
+def unit_rms(part: torch.Tensor) -> torch.Tensor:
+    """``part / rho`` with ``rho = sqrt(max(mean_i |part_i|^2, tiny))`` over the rows ``i`` of ``part`` ``(M, m)``.
+
+    Differentiable in ``part`` (``rho`` included, so the result is invariant under ``part -> c part``,
+    ``c > 0``, and a function of it has no gradient along ``part``); ``tiny`` is the smallest normal
+    number of the compute dtype (float32 for float16/bfloat16, in which the mean square is taken), so
+    an all-zero part stays zero. Returns a tensor of ``part``'s shape and dtype whose rows have mean
+    squared norm 1.
+    """
+    if not isinstance(part, torch.Tensor) or part.dim() != 2:
+        raise ValueError(f"expected a 2-D (M, m) tensor, received {getattr(part, 'shape', type(part))}")
+    dtype = compute_dtype(part.dtype)
+    x = part.to(dtype)
+    mean_square = x.pow(2).sum() / max(part.shape[0], 1)
+    return (x * torch.rsqrt(mean_square.clamp_min(torch.finfo(dtype).tiny))).to(part.dtype)
 
 
 def head_kernel_similarity(theta: torch.Tensor, kernel=None, bandwidth=None) -> torch.Tensor:
@@ -67,13 +108,18 @@ def head_kernel_similarity(theta: torch.Tensor, kernel=None, bandwidth=None) -> 
 class HeadRepulsionPenalty(nn.Module):
     """``Omega = weight * sum_groups mean_{i != j} k(theta_i, theta_j)`` (see the module docstring).
 
+    In output space ``theta_i`` is head ``i``'s features divided by the group's RMS of each part
+    (:func:`unit_rms`), so that ``Omega`` is scale-free: without it the penalty was lowered by
+    inflating every head's outputs, and it did so without bound (module docstring).
+
     Parameters
     ----------
     model : nn.Module
     weight : float >= 0
     kernel, bandwidth :
         Core kernel and bandwidth specs (defaults RBF and the core's default median rule), resolved
-        as by :class:`attention_adapter.RepulsiveHeads`.
+        as by :class:`attention_adapter.RepulsiveHeads`. In output space the rule sees the normalised
+        features, so a fixed bandwidth ``h`` is in units of the mean squared row norm of each part.
     selection : HeadSelection, optional
         Which modules and tensors are particles (default: Q, K, V of every module, separately).
         ``heads=`` is its deprecated alias.
@@ -135,8 +181,10 @@ class HeadRepulsionPenalty(nn.Module):
         self._outputs[group.name] = parts
 
     def _joined(self, parts):
-        """The parts joined in units of their own bandwidths (:func:`attention_adapter.outputs.joined_features`)
-        and the bandwidth for the joined rows."""
+        """The parts, each divided by its own RMS (:func:`unit_rms`, the module docstring), joined in units
+        of their own bandwidths (:func:`attention_adapter.outputs.joined_features`), and the bandwidth for
+        the joined rows."""
+        parts = [unit_rms(p) for p in parts]
         scales, bandwidth = joined_features([p.detach() for p in parts], self.bandwidth)
         if len(parts) == 1:
             return parts[0], bandwidth

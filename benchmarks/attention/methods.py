@@ -28,9 +28,12 @@ the same tuning effort: three trials, chosen on dev accuracy (:mod:`.plan`). The
     ``svgd`` and ``spos`` (the paper preset, knob ``alpha``) with the head particles in another space
     (``RepulsiveHeads(space=...)``, :mod:`attention_adapter.spaces`): their QK and OV circuits, or their
     outputs on the batch (function space, 64 token positions per module and step).
-``penalty_outputs``
+``penalty_outputs_rms``
     ``penalty`` in function space: the mean off-diagonal kernel of the heads' outputs on the batch,
-    ``HeadRepulsionPenalty(space="outputs")``; knob ``weight``.
+    each module's outputs divided by their RMS over the heads (scale-free),
+    ``HeadRepulsionPenalty(space="outputs")``; knob ``weight``. It replaces ``penalty_outputs``
+    (:data:`RETIRED`), the same arm before that normalisation, whose penalty was lowered by inflating
+    the heads' outputs without bound (issue #22); its records are kept apart, never rerun.
 ``penalty``
     The adapter's :class:`~attention_adapter.HeadRepulsionPenalty` (mean off-diagonal RBF kernel of
     the same head particles, with the paper preset's ``"an2020"`` bandwidth so that the kernel is the
@@ -65,7 +68,7 @@ from attention_adapter import (
     mean_offdiagonal,
 )
 
-__all__ = ["METHODS", "MethodSpec", "Active", "activate"]
+__all__ = ["METHODS", "RETIRED", "MethodSpec", "Active", "activate", "check_method"]
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,23 @@ METHODS: Dict[str, MethodSpec] = {m.name: m for m in (
     MethodSpec("spos_circuits", "alpha", (0.01, 0.1, 1.0)),
     MethodSpec("svgd_outputs", "alpha", (0.01, 0.1, 1.0)),
     MethodSpec("spos_outputs", "alpha", (0.01, 0.1, 1.0)),
-    MethodSpec("penalty_outputs", "weight", (0.1, 1.0, 10.0)),
+    MethodSpec("penalty_outputs_rms", "weight", (0.1, 1.0, 10.0)),
 )}
+
+#: methods no longer run, with why: their records (keyed by the method's name) stay apart from the new arms'
+RETIRED: Dict[str, str] = {
+    "penalty_outputs": "the function-space penalty before its outputs were RMS-normalised: it was lowered by "
+                       "inflating the heads' outputs without bound (issue #22); use 'penalty_outputs_rms'",
+}
+
+
+def check_method(name: str) -> MethodSpec:
+    """``METHODS[name]``; ValueError naming the methods (and why, for a retired one) otherwise."""
+    if name in RETIRED:
+        raise ValueError(f"method {name!r} is retired: {RETIRED[name]}")
+    if name not in METHODS:
+        raise ValueError(f"expected a method in {tuple(METHODS)}, received {name!r}")
+    return METHODS[name]
 
 
 #: the ablation arms of ``spos_posterior``: the RepulsiveHeads options each sets
@@ -130,9 +148,7 @@ class Active:
 def activate(name: str, value: Optional[float], model: nn.Module, *, train_size: int, seed: int,
              optimizer: torch.optim.Optimizer) -> Active:
     """Set up method ``name`` with knob ``value`` on ``model``."""
-    if name not in METHODS:
-        raise ValueError(f"expected a method in {tuple(METHODS)}, received {name!r}")
-    spec = METHODS[name]
+    spec = check_method(name)
     if spec.knob is not None and value is None:
         raise ValueError(f"method {name!r} needs a value for its knob {spec.knob!r}")
     selection = model.head_selection()
@@ -143,7 +159,7 @@ def activate(name: str, value: Optional[float], model: nn.Module, *, train_size:
         rh = RepulsiveHeads(model, rule, preset=An2020(alpha=value, epsilon=1.0, beta=1.0),
                             selection=model.head_selection(), seed=seed, space=space)
         return Active(repulsive=rh)
-    if name == "penalty_outputs":
+    if name == "penalty_outputs_rms":
         pen = HeadRepulsionPenalty(model, weight=value, selection=selection, bandwidth="an2020", space="outputs",
                                    seed=seed)
         return Active(extra_loss=lambda m, outputs: pen())

@@ -55,7 +55,7 @@ class Plan:
                  spos_grid=strong_repulsion.GRID, spos_heads=(2, 4, 8, 16), spos_dropouts=(0.1, 0.0),
                  spos_models=("self_attentive", "minilm"), space_datasets=("mr", "trec"),
                  space_models=("transformer", "self_attentive"),
-                 space_methods=("svgd_circuits", "svgd_outputs", "spos_circuits", "spos_outputs", "penalty_outputs"),
+                 space_methods=("svgd_circuits", "svgd_outputs", "spos_circuits", "spos_outputs", "penalty_outputs_rms"),
                  space_minilm_methods=("svgd_circuits", "svgd_outputs", "spos_circuits", "spos_outputs"),
                  space_strong_grid=(1.0, 10.0, 100.0)):
         self.steps, self.batch, self.seeds, self.tune_seed = steps, batch, seeds, tune_seed

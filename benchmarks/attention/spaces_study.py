@@ -15,7 +15,7 @@ Phases (names distinct from the other parts of the study):
 ``spaces_core``
     :attr:`Plan.space_datasets` x :attr:`Plan.space_models` (the two models trained from scratch) x
     :attr:`Plan.space_methods` (``svgd``/``spos`` in circuit and function space, knob ``alpha``;
-    ``penalty_outputs``, knob ``weight``): 3 trials, then the seeds. The baselines and the weight-space
+    ``penalty_outputs_rms``, knob ``weight``): 3 trials, then the seeds. The baselines and the weight-space
     arms are the first study's runs (the same configurations).
 ``spaces_strong``
     MiniLM: ``svgd_outputs`` strong enough to move the pretrained heads. The trials (first data set,
@@ -43,7 +43,7 @@ PHASES = ("spaces_core", "spaces_strong", "spaces_minilm")
 METHODS_BY_SPACE = {
     ("svgd", "weights"): "svgd", ("svgd", "circuits"): "svgd_circuits", ("svgd", "outputs"): "svgd_outputs",
     ("spos", "weights"): "spos", ("spos", "circuits"): "spos_circuits", ("spos", "outputs"): "spos_outputs",
-    ("penalty", "weights"): "penalty", ("penalty", "outputs"): "penalty_outputs",
+    ("penalty", "weights"): "penalty", ("penalty", "outputs"): "penalty_outputs_rms",
 }
 #: the MiniLM strong arm "moves the heads" if the mean head-output cosine changes by at least this much
 MOVED = 0.01

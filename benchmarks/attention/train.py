@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .data import SentenceData, WordVocab, load_dataset
 from .head_gates import HeadGates
-from .methods import METHODS, activate
+from .methods import METHODS, activate, check_method
 from .metrics import classification_metrics, diversity_summary, head_importance, predict, pruning_curve
 from .models import build_model, load_minilm_tokenizer
 
@@ -73,8 +73,7 @@ def _batches(encode, texts, labels, size) -> List[Tuple[torch.Tensor, torch.Tens
 
 def run(cfg: RunConfig, *, threads: int = 1) -> Dict:
     """Train and evaluate one configuration; returns the record (metrics per this seed)."""
-    if cfg.method not in METHODS:
-        raise ValueError(f"expected a method in {tuple(METHODS)}, received {cfg.method!r}")
+    check_method(cfg.method)
     if cfg.model not in METHODS[cfg.method].models:
         raise ValueError(f"method {cfg.method!r} is defined for {METHODS[cfg.method].models}, not {cfg.model!r}")
     if not 0 < cfg.train_fraction <= 1:

@@ -314,3 +314,37 @@ def test_quick_study_runs_resumes_and_reports(tmp_path, capsys):
     assert runner.main(["--quick", "--out", str(out)]) == 0  # resume: nothing left to run
     assert "ran 0 runs" in capsys.readouterr().out
     assert len(load_records(out / "attention_runs.jsonl")) == n
+
+
+# --- the function-space penalty arm, after its RMS normalisation (issue #22) --------------------
+
+def test_penalty_outputs_records_are_retired_and_the_normalised_arm_runs_apart():
+    """The old ``penalty_outputs`` records (the penalty before its normalisation) neither block the new
+    arm's runs nor enter its results; the old method cannot be run again."""
+    from benchmarks.attention import spaces_study
+    from benchmarks.attention.methods import activate, check_method
+    from benchmarks.attention.train import run
+
+    plan = study_plan.FULL
+    old = {}
+    for v in (0.1, 1.0, 10.0):
+        cfg = plan.config("mr", "transformer", "penalty_outputs", v, plan.tune_seed, purpose="tune")
+        old[cfg.key()] = {"config": json.loads(cfg.key()), "dev": {"accuracy": 0.5, "nll": 0.69}}
+    pending = spaces_study.phase_runs(plan, old, "spaces_core")
+    assert not [c for c in pending if c.method == "penalty_outputs"]
+    trials = [c for c in pending if c.method == "penalty_outputs_rms" and c.dataset == "mr" and c.model == "transformer"]
+    assert [c.value for c in trials] == [0.1, 1.0, 10.0] and all(c.key() not in old for c in trials)
+    cell = next(c for c in spaces_study.build(old, plan)["cells"] if (c["dataset"], c["model"]) == ("mr", "transformer"))
+    (arm,) = [a for a in cell["arms"] if a["label"] == "penalty / outputs"]
+    assert arm["method"] == "penalty_outputs_rms" and arm["value"] is None and arm["seeds"] == []
+    with pytest.raises(ValueError, match="retired.*penalty_outputs_rms"):
+        check_method("penalty_outputs")
+    with pytest.raises(ValueError, match="retired"):
+        run(plan.config("mr", "transformer", "penalty_outputs", 0.1, 0))
+    model = _transformer()
+    active = activate("penalty_outputs_rms", 1.0, model, train_size=10, seed=0,
+                      optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    ids = torch.randint(2, 50, (3, 7))
+    model(ids, torch.ones_like(ids))
+    value = active.extra_loss(model, {})
+    assert value.requires_grad and torch.isfinite(value) and float(value.detach()) > 0

@@ -366,12 +366,79 @@ def test_penalty_in_output_space_reads_the_forward_pass():
     (name,) = pen.per_group()
     model(ids)
     f = pen._outputs[name][0].detach()
+    f = f / f.pow(2).sum(dim=1).mean().sqrt()  # the group's RMS: rows of mean squared norm 1
     value = pen()
     k = torch.exp(-torch.cdist(f, f) ** 2 / 2.0)
     torch.testing.assert_close(value, (k.sum() - k.diagonal().sum()) / (H * (H - 1)))
     model(ids)
     pen().backward()
     assert model.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
+    pen.remove_hooks()
+
+
+def _scale_values(model, c):
+    """Head outputs ``W_o^h o_h`` times ``c``: the value projection (weight and bias) times ``c``."""
+    v = model.encoder.layer[0].attention.self.value
+    with torch.no_grad():
+        v.weight.mul_(c)
+        v.bias.mul_(c)
+
+
+@pytest.mark.parametrize("features", ["outputs", "both"])
+def test_output_penalty_is_invariant_to_the_scale_of_the_head_outputs(features):
+    """With a fixed bandwidth the kernel of the raw outputs changes with their scale (it fell as the
+    outputs grew: the runaway); the penalty on the RMS-normalised outputs does not."""
+    ids = torch.tensor([[1, 5, 7, 2, 9]])
+    model = _bert()
+    pen = HeadRepulsionPenalty(model, weight=1.0, space="outputs", tokens=4, bandwidth=2.0, features=features)
+    model(ids)
+    (name,) = pen.head_particles.names
+    f1 = pen._outputs[name][0].detach().clone()
+    before = pen().detach()
+    _scale_values(model, 3.0)
+    model(ids)
+    torch.testing.assert_close(pen._outputs[name][0].detach(), 3.0 * f1)  # the outputs did scale
+    after = pen().detach()
+    torch.testing.assert_close(after, before, rtol=1e-10, atol=1e-12)
+    pen.remove_hooks()
+
+
+@pytest.mark.parametrize("bandwidth", ["an2020", None, 2.0])
+def test_output_penalty_gradient_has_no_radial_component(bandwidth):
+    """``<grad_F Omega, F> = 0`` for the head outputs ``F``: no descent direction scales them (the
+    old penalty, bandwidth on detached raw outputs, had ``<grad_F Omega, F> < 0`` under the median rule)."""
+    model = _bert()
+    pen = HeadRepulsionPenalty(model, weight=1.0, space="outputs", tokens=4, bandwidth=bandwidth)
+    model(torch.tensor([[1, 5, 7, 2, 9]]))
+    (name,) = pen.head_particles.names
+    (f,) = pen._outputs[name]
+    (grad,) = torch.autograd.grad(pen(), f)
+    assert grad.norm() > 0  # the penalty does move the outputs, tangentially
+    f = f.detach()
+    radial = (grad * f).sum() / (grad.norm() * f.norm())
+    assert abs(float(radial)) < 1e-10
+    pen.remove_hooks()
+
+
+def test_adam_on_the_output_penalty_alone_does_not_inflate_the_outputs():
+    """The runaway as trained: Adam on the penalty alone (no task loss). Adam's steps of fixed size move
+    the small initial weights (head-output RMS 0.002) and so first grow the outputs' RMS along the
+    sphere, to a plateau (here 2.5x, level over the second half); the old penalty grew it without bound
+    (here 190x in 100 steps, still 2.4x over the second half)."""
+    torch.manual_seed(0)
+    model = _bert()
+    ids = torch.randint(1, 30, (2, 9), generator=torch.Generator().manual_seed(3))
+    pen = HeadRepulsionPenalty(model, weight=1.0, space="outputs", tokens=16, bandwidth="an2020")
+    (name,) = pen.head_particles.names
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    rms = []
+    for _ in range(100):
+        opt.zero_grad()
+        model(ids)
+        rms.append(float(pen._outputs[name][0].detach().pow(2).mean().sqrt()))
+        pen().backward()
+        opt.step()
+    assert rms[-1] < 5 * rms[0] and rms[-1] < 1.1 * rms[50], rms[::10]
     pen.remove_hooks()
 
 
@@ -452,3 +519,19 @@ def test_recorder_similarity_in_weights_and_circuits():
     assert float((rec.similarity(name, "weights")[0] - rec.similarity(name, "weights")[1]).abs().max()) > 1e-2
     with pytest.raises(ValueError, match="forward pass"):
         rec.similarity(name, "outputs")
+
+
+def test_unit_rms_gives_rows_of_mean_squared_norm_one_and_keeps_zero_parts_finite():
+    from attention_adapter.penalty import unit_rms
+
+    x = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(unit_rms(x).pow(2).sum(dim=1).mean(), torch.tensor(1.0, dtype=torch.float64))
+    torch.testing.assert_close(unit_rms(7.0 * x), unit_rms(x))
+    z = torch.zeros(3, 5, requires_grad=True)
+    out = unit_rms(z)
+    out.sum().backward()
+    assert torch.equal(out.detach(), torch.zeros(3, 5)) and torch.isfinite(z.grad).all()
+    h = unit_rms((1e3 * x).half())  # the mean square is taken in float32 (1e6 * 24 overflows float16)
+    assert h.dtype == torch.float16 and torch.isfinite(h).all()
+    with pytest.raises(ValueError, match="2-D"):
+        unit_rms(torch.zeros(3))
