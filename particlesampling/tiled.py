@@ -61,7 +61,7 @@ from .kernels import (
     rbf_upper_product,
 )
 from .memory_budget import AUTO, budget_bytes
-from .selection import BRACKET_SAMPLE, blocked_order_statistics, bracket_sample_size
+from .selection import BRACKET_SAMPLE, blocked_order_statistics, bracket_sample_size, expected_bracket_values
 from .stein_kernel import check_statistic, cross_term, radial_kernel, reduce_statistic, stein_kernel_block, \
     stein_kernel_diagonal
 from .stein_terms import assemble_direction, check_finite_inputs, check_repulsion, check_stein_inputs
@@ -197,10 +197,30 @@ def _order_statistics(xp, xc, xx, ks, tile, dtype_name):
     """Exact order statistics ``ks`` of all ``n^2`` blocked ``D2`` entries, as Python floats: those
     of the symmetric matrix whose upper block triangle the row blocks compute (:func:`_upper_blocks`)."""
     n = xc.shape[0]
-    sample = _pair_sample(xp, xc, bracket_sample_size(n * n)) if n * n >= 4 * BRACKET_SAMPLE else None
     # the values kept inside the bracket must fit where the blocks do (about 5 n * tile numbers)
+    cap = n * tile
+    sample = (_pair_sample(xp, xc, tiled_sample_size(n * n, ks, cap)) if n * n >= 4 * BRACKET_SAMPLE
+              else None)
     return blocked_order_statistics(lambda: _upper_blocks(xp, xc, xx, tile), ks, dtype_name, sample=sample,
-                                    total=n * n, max_candidates=n * tile)
+                                    total=n * n, max_candidates=cap)
+
+
+#: most pairs the tiled selection's bracketing sample draws (their distances: O(size * d) work)
+MAX_PAIR_SAMPLE = 1 << 24
+
+
+def tiled_sample_size(total: int, ks, max_candidates: int) -> int:
+    """Pairs in the bracketing sample of the tiled selection of ranks ``ks`` among ``total`` entries:
+    :func:`~particlesampling.selection.bracket_sample_size`, doubled (up to :data:`MAX_PAIR_SAMPLE`)
+    until the bracket is expected to keep at most half of ``max_candidates`` values. The bracket's
+    width in values falls as ``total / sqrt(m)``; past ``max_candidates`` the selection would fall
+    back to the radix passes, two more passes over the whole ``D2`` for float32 (at n = 10^5, with
+    a 1 GiB budget, the default sample of 65,536 pairs would keep about 2 * 10^8 values against a
+    bound of 4 * 10^7). A sample pair costs ``O(d)``, a pass ``O(n^2 d)``."""
+    m = bracket_sample_size(total)
+    while m < MAX_PAIR_SAMPLE and expected_bracket_values(m, total, ks) > max_candidates / 2:
+        m *= 2
+    return m
 
 
 def tiled_order_statistics(particles, ks, *, tile: int | None = None,

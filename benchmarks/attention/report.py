@@ -12,6 +12,7 @@ import numpy as np
 
 from . import plan as study_plan
 from . import spaces_study, strong_repulsion
+from .records import load_records
 from .data import load_dataset
 from .methods import METHODS
 from .models import DEFAULT_HEADS
@@ -749,6 +750,9 @@ def write_report(records: Dict[str, dict], plan, paths: Dict[str, Path], quick: 
     results["pending"] = len(study_plan.pending(plan, records))
     results["strong_repulsion"] = strong_repulsion.build(records, plan)
     results["spaces"] = spaces_study.build(records, plan)
+    superseded = Path(paths["records"]).with_name(Path(paths["records"]).stem + "_superseded.jsonl")
+    if superseded.exists():  # runs of retired arms, kept apart (spaces_study.superseded_lines)
+        results["spaces"]["superseded"] = spaces_study.superseded_summary(list(load_records(superseded).values()))
     paths["results"].parent.mkdir(parents=True, exist_ok=True)
     paths["results"].write_text(json.dumps(results, indent=1, sort_keys=True, allow_nan=True) + "\n")
     images = _plots(results, Path(paths["images"]))

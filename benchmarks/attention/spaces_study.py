@@ -265,6 +265,7 @@ def markdown(res: Dict, plan) -> List[str]:
                      f"| {_pm(arm['output_cos_end'], 3)} "
                      f"| {_pm([e - s for s, e in zip(arm['output_cos_start'], arm['output_cos_end'])], 3)} |")
         L.append("")
+    L += superseded_lines(res.get("superseded", []))
     st = res["strong"]
     if not st["trials"]:
         return L + _verdict_lines(res)
@@ -276,6 +277,30 @@ def markdown(res: Dict, plan) -> List[str]:
              + ("pending" if st["chosen"] is None else f"{st['chosen']:g}") + ".")
     L.append("")
     return L + _verdict_lines(res)
+
+
+def superseded_summary(records: List[dict]) -> List[Dict]:
+    """One entry per superseded run (records of a retired arm, kept apart from the study's records):
+    its arm, data set, model, knob value, seed, purpose, dev accuracy and mean training loss over
+    the last 50 steps."""
+    return [{"method": r["config"]["method"], "dataset": r["config"]["dataset"], "model": r["config"]["model"],
+             "value": r["config"]["value"], "seed": r["config"]["seed"], "purpose": r["config"].get("purpose", "eval"),
+             "dev_accuracy": r["dev"]["accuracy"], "train_loss_last50": r["train_loss_last50"]} for r in records]
+
+
+def superseded_lines(entries: List[Dict]) -> List[str]:
+    """A paragraph on the superseded runs, from :func:`superseded_summary` (none: no lines)."""
+    if not entries:
+        return []
+    runs = "; ".join(f"{e['dataset']}/{e['model']} weight {e['value']:g} seed {e['seed']} ({e['purpose']}): dev "
+                     f"{100 * e['dev_accuracy']:.1f}, train loss {e['train_loss_last50']:.3f}" for e in entries)
+    return ["The first function-space penalty (`penalty_outputs`, retired) compared the heads' outputs as they were, "
+            "with the bandwidth computed on detached features: within a step the mean kernel then falls whenever all "
+            "outputs grow, so training inflated them without bound (head-output RMS 0.011 to 27 in 250 steps on mr at "
+            "weight 1) and often stayed at chance. Its runs, kept apart in "
+            "`benchmarks/results/attention_runs_superseded.jsonl` and not used above: " + runs + ". The arm above "
+            "(`penalty_outputs_rms`) divides each feature part by its group's RMS before the kernel, which makes the "
+            "penalty invariant to the outputs' scale.", ""]
 
 
 def _verdict_lines(res: Dict) -> List[str]:

@@ -348,3 +348,26 @@ def test_penalty_outputs_records_are_retired_and_the_normalised_arm_runs_apart()
     model(ids, torch.ones_like(ids))
     value = active.extra_loss(model, {})
     assert value.requires_grad and torch.isfinite(value) and float(value.detach()) > 0
+
+
+def test_superseded_runs_are_summarised_apart_from_the_arms():
+    """Records of a retired arm, read from the records file's ``_superseded`` sibling, are listed in
+    their own paragraph with their own figures, and nothing of them enters an arm."""
+    from benchmarks.attention import spaces_study
+
+    plan = study_plan.FULL
+    recs = []
+    for seed, (acc, loss) in enumerate([(0.504, 0.6935), (0.781, 0.105)]):
+        cfg = plan.config("mr", "transformer", "penalty_outputs", 0.1, seed)
+        recs.append({"config": json.loads(cfg.key()), "dev": {"accuracy": acc}, "train_loss_last50": loss})
+    entries = spaces_study.superseded_summary(recs)
+    assert [(e["seed"], e["dev_accuracy"], e["train_loss_last50"]) for e in entries] == [(0, 0.504, 0.6935),
+                                                                                        (1, 0.781, 0.105)]
+    text = "\n".join(spaces_study.superseded_lines(entries))
+    assert "weight 0.1 seed 0 (eval): dev 50.4, train loss 0.694" in text
+    assert "weight 0.1 seed 1 (eval): dev 78.1, train loss 0.105" in text
+    assert spaces_study.superseded_lines([]) == []
+    res = spaces_study.build({}, plan)
+    assert "penalty_outputs`, retired" not in "\n".join(spaces_study.markdown(res, plan))
+    res["superseded"] = entries
+    assert "penalty_outputs`, retired" in "\n".join(spaces_study.markdown(res, plan))

@@ -119,6 +119,31 @@ def test_bracket_selection_large_n_matches_sort(rng):
     assert tiled_order_statistics(x, ks, tile=300) == [float(v[k]) for k in ks]
 
 
+def test_small_blocks_grow_the_bracket_sample_instead_of_falling_back_to_radix_passes(rng, monkeypatch):
+    """With row blocks so small that the default sample's bracket would keep more values than the
+    blocks may hold, the sample grows (``tiled_sample_size``) and the one bracketing pass stays
+    exact: the radix passes (two more passes over D2) are never run."""
+    from particlesampling import selection, tiled
+    from particlesampling.selection import bracket_sample_size, expected_bracket_values
+
+    y = rng.integers(-1000, 1000, size=(300, 3))
+    x = np.concatenate([y, -y]).astype(np.float64)
+    n, tile = x.shape[0], 20
+    ks = [n * n // 2 - 1, n * n // 2]
+    default = bracket_sample_size(n * n)
+    assert expected_bracket_values(default, n * n, ks) > n * tile  # the old sample: radix fallback
+    m = tiled.tiled_sample_size(n * n, ks, n * tile)
+    assert m > default and expected_bracket_values(m, n * n, ks) <= n * tile / 2
+    assert tiled.tiled_sample_size(n * n, ks, 10**12) == default  # room enough: the default size
+
+    def no_radix(*args, **kwargs):
+        raise AssertionError("the radix passes ran")
+
+    monkeypatch.setattr(selection, "_radix_select", no_radix)
+    v = np.sort(_backend.sqdist(x).reshape(-1))
+    assert tiled_order_statistics(x, ks, tile=tile) == [float(v[k]) for k in ks]
+
+
 @pytest.mark.parametrize("statistic", ["v", "u"])
 @pytest.mark.parametrize("kernel", ["imq", "rbf"])
 @pytest.mark.parametrize("bandwidth", [1.0, "liu_wang"])
