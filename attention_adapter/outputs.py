@@ -5,7 +5,11 @@ system per module (:mod:`attention_adapter.spaces`). At every forward pass with 
 (in training mode: ``model.eval()`` or ``torch.no_grad()`` records nothing) it records, for each module,
 the head features on ``tokens`` (query) token positions drawn without replacement from the batch
 (seeded by ``(seed, step, module index)`` through :func:`attention_adapter.noise.step_seed`, so a run
-is reproducible and every data-parallel rank draws the same positions of its own batch). ``features``
+is reproducible and every data-parallel rank draws the same positions of its own batch). Positions
+are drawn from every (sentence, position) slot of the batch, padded slots included: a query at a
+padded position still attends to the sentence's keys, so its features are finite, but the task's
+loss usually ignores them (masked pooling), and with much padding a share of the ``tokens`` goes
+to them. ``features``
 chooses them (Wang et al., ICLR 2019, compare network *outputs*; a head has two):
 
 * ``"outputs"`` (default): the matrix ``F`` (``M x m``) whose row ``h`` is head ``h``'s output vectors
