@@ -211,14 +211,19 @@ MAX_PAIR_SAMPLE = 1 << 24
 
 def tiled_sample_size(total: int, ks, max_candidates: int) -> int:
     """Pairs in the bracketing sample of the tiled selection of ranks ``ks`` among ``total`` entries:
-    :func:`~particlesampling.selection.bracket_sample_size`, doubled (up to :data:`MAX_PAIR_SAMPLE`)
-    until the bracket is expected to keep at most half of ``max_candidates`` values. The bracket's
-    width in values falls as ``total / sqrt(m)``; past ``max_candidates`` the selection would fall
-    back to the radix passes, two more passes over the whole ``D2`` for float32 (at n = 10^5, with
-    a 1 GiB budget, the default sample of 65,536 pairs would keep about 2 * 10^8 values against a
-    bound of 4 * 10^7). A sample pair costs ``O(d)``, a pass ``O(n^2 d)``."""
+    :func:`~particlesampling.selection.bracket_sample_size`, doubled (while the doubled size stays
+    within ``min(MAX_PAIR_SAMPLE, max_candidates)``) until the bracket is expected to keep at most
+    half of ``max_candidates`` values. The bracket's width in values falls as ``total / sqrt(m)``;
+    past ``max_candidates`` the selection would fall back to the radix passes, two more passes over
+    the whole ``D2`` for float32 (at n = 10^5, with a 1 GiB budget, the default sample of 65,536
+    pairs would keep about 2 * 10^8 values against a bound of 4 * 10^7). A sample pair costs
+    ``O(d)`` work and about four numbers of memory (its two indices, its value, their copy), a pass
+    ``O(n^2 d)``: the sample never grows past ``max_candidates`` pairs, so it takes no more memory
+    than the values the bracket may keep (``O(n * tile)``, the blocks' budget) and never more pairs
+    than there are entries; where that cannot make the bracket fit, the radix passes run."""
     m = bracket_sample_size(total)
-    while m < MAX_PAIR_SAMPLE and expected_bracket_values(m, total, ks) > max_candidates / 2:
+    limit = min(MAX_PAIR_SAMPLE, max_candidates)
+    while 2 * m <= limit and expected_bracket_values(m, total, ks) > max_candidates / 2:
         m *= 2
     return m
 

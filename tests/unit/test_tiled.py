@@ -126,22 +126,35 @@ def test_small_blocks_grow_the_bracket_sample_instead_of_falling_back_to_radix_p
     from particlesampling import selection, tiled
     from particlesampling.selection import bracket_sample_size, expected_bracket_values
 
-    y = rng.integers(-1000, 1000, size=(300, 3))
+    y = rng.integers(-1000, 1000, size=(4000, 3))
     x = np.concatenate([y, -y]).astype(np.float64)
-    n, tile = x.shape[0], 20
+    n, tile = x.shape[0], 150
     ks = [n * n // 2 - 1, n * n // 2]
     default = bracket_sample_size(n * n)
     assert expected_bracket_values(default, n * n, ks) > n * tile  # the old sample: radix fallback
     m = tiled.tiled_sample_size(n * n, ks, n * tile)
-    assert m > default and expected_bracket_values(m, n * n, ks) <= n * tile / 2
+    assert default < m <= n * tile and expected_bracket_values(m, n * n, ks) <= n * tile / 2
     assert tiled.tiled_sample_size(n * n, ks, 10**12) == default  # room enough: the default size
+    reference = tiled_order_statistics(x, ks, tile=1600)  # blocks large enough for the default sample
 
     def no_radix(*args, **kwargs):
         raise AssertionError("the radix passes ran")
 
     monkeypatch.setattr(selection, "_radix_select", no_radix)
-    v = np.sort(_backend.sqdist(x).reshape(-1))
-    assert tiled_order_statistics(x, ks, tile=tile) == [float(v[k]) for k in ks]
+    assert tiled_order_statistics(x, ks, tile=tile) == reference
+
+
+@pytest.mark.parametrize("n, tile", [(512, 1), (600, 8), (600, 20), (2000, 16), (10**5, 50)])
+def test_the_bracket_sample_never_outgrows_the_blocks_budget(n, tile):
+    """The sample (about four numbers a pair) stays within the values the bracket may keep (``n * tile``,
+    the blocks' budget) and never holds more pairs than ``D2`` has entries, however small the blocks
+    (it grew to 2^24 pairs, 520 MB and 12x the time of the whole selection, at n = 512, tile = 1)."""
+    from particlesampling import tiled
+    from particlesampling.selection import bracket_sample_size
+
+    ks = [n * n // 2]
+    m = tiled.tiled_sample_size(n * n, ks, n * tile)
+    assert m <= max(bracket_sample_size(n * n), n * tile) and m <= n * n
 
 
 @pytest.mark.parametrize("statistic", ["v", "u"])
