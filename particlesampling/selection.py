@@ -699,26 +699,41 @@ def _jax_host_values(v, ks: tuple, *, callback: str = "buffer"):
 
     ``callback="buffer"``: through ``jax.experimental.buffer_callback``, which hands the callback
     XLA's buffer of ``v`` itself: NumPy reads the values in place, no copy, no device transfer. Where
-    this JAX has no ``buffer_callback`` (or it refuses the call when traced), and with
-    ``callback="pure"``: through ``jax.pure_callback``, which gives the callback a copy of the values
+    this JAX's ``buffer_callback`` is missing or fails its check (:func:`buffer_callback_usable`), and
+    with ``callback="pure"``: through ``jax.pure_callback``, which gives the callback a copy of the values
     (``4 N`` bytes written and read again before the selection starts)."""
     import jax
 
     if callback not in ("buffer", "pure"):
         raise ValueError(f"expected callback as 'buffer' or 'pure', received {callback!r}")
     out_type = jax.ShapeDtypeStruct((len(ks),), v.dtype)
-    if callback == "buffer":
-        try:
-            from jax.experimental.buffer_callback import buffer_callback
-        except ImportError:  # an older JAX
-            buffer_callback = None
-        if buffer_callback is not None:
-            try:
-                return buffer_callback(functools.partial(_host_values_into, ks=ks), out_type,
-                                       vmap_method="sequential")(v)
-            except (TypeError, NotImplementedError):  # an older signature or primitive
-                pass
+    if callback == "buffer" and buffer_callback_usable():
+        from jax.experimental.buffer_callback import buffer_callback
+
+        return buffer_callback(functools.partial(_host_values_into, ks=ks), out_type, vmap_method="sequential")(v)
     return jax.pure_callback(functools.partial(_host_values, ks=ks), out_type, v, vmap_method="sequential")
+
+
+@functools.lru_cache(maxsize=1)
+def buffer_callback_usable() -> bool:
+    """Whether this JAX's ``jax.experimental.buffer_callback`` (an experimental API) traces,
+    compiles and runs the host selection on the CPU with the exact result, checked once per process
+    on eight values (a few milliseconds): an older or changed JAX then gets ``jax.pure_callback``
+    instead of an error when it traces, lowers or runs the call."""
+    try:
+        import jax
+        import jax.numpy as jnp
+        from jax.experimental.buffer_callback import buffer_callback
+
+        values = np.asarray([3.0, -1.0, 0.5, 7.0, 2.0, -4.0, 1e-40, 0.0], dtype=np.float32)
+        ks = (0, 3, 7)
+        fn = buffer_callback(functools.partial(_host_values_into, ks=ks), jax.ShapeDtypeStruct((3,), jnp.float32),
+                             vmap_method="sequential")
+        with jax.ensure_compile_time_eval():  # run now, also when first asked inside a trace
+            got = np.asarray(jax.jit(fn)(jax.device_put(values, jax.devices("cpu")[0])))
+        return bool(np.array_equal(got.view(np.int32), np.sort(values)[list(ks)].view(np.int32)))
+    except Exception:  # any failure of the experimental API: the pure_callback path
+        return False
 
 
 @functools.lru_cache(maxsize=4)

@@ -151,6 +151,31 @@ def test_cpu_host_selection_reads_xla_buffers_in_place():
         _jax_host_values(v, KS, callback="host")
 
 
+@pytest.mark.skipif(not _has_buffer_callback(), reason="this JAX has no jax.experimental.buffer_callback")
+def test_a_buffer_callback_that_fails_its_check_falls_back_to_pure_callback(monkeypatch):
+    # the experimental API is checked once (trace, compile, run, exact result); where the check
+    # fails (an older or changed JAX, here simulated by a callback that raises) the selection goes
+    # through pure_callback and stays exact
+    from particlesampling import selection
+
+    assert selection.buffer_callback_usable()  # this JAX: the check passes
+    selection.buffer_callback_usable.cache_clear()
+
+    def broken(ctx, out, a, *, ks):
+        raise RuntimeError("a changed buffer_callback")
+
+    monkeypatch.setattr(selection, "_host_values_into", broken)
+    try:
+        assert not selection.buffer_callback_usable()
+        v = jnp.asarray(np.random.default_rng(3).standard_normal(SIZE).astype(np.float32))
+        prims = {e.primitive.name for e in jax.make_jaxpr(lambda a: selection._jax_host_values(a, KS))(v).jaxpr.eqns}
+        assert "pure_callback" in prims and "buffer_callback" not in prims
+        got = np.asarray(jax.jit(lambda a: selection._jax_host_values(a, KS))(v))
+        np.testing.assert_array_equal(got, np.sort(np.asarray(v))[list(KS)])
+    finally:
+        selection.buffer_callback_usable.cache_clear()
+
+
 def test_host_selection_through_buffers_and_pure_callback_agree_bit_for_bit():
     # float32 on the CPU: the buffer_callback path (XLA's operand read in place) and the
     # pure_callback path (a copy), under jit, vmap and grad; both equal the sort
