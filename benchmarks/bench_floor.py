@@ -713,7 +713,8 @@ def main(argv=None) -> int:
     res = json.loads(out.read_text()) if out.exists() else {}
     before = res.get("meta", {}).get("when", {})
     res["meta"] = {"quick": args.quick, "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s) (shared)",
-                   "when": {**before, **({"large_before": before["large"]} if "large" in before else {}),
+                   "when": {**before, **({"large_before": before["large"]} if "large" in before and "large" in sections
+                                          else {}),
                             **{name: time.strftime("%Y-%m-%d %H:%M") for name in sections}}}
     if "floor" in sections:
         res["floor"] = floor_section(cfg, args)

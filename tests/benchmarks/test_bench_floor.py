@@ -37,7 +37,7 @@ def test_quick_run_measures_every_section_and_keeps_the_others(tmp_path):
         else:
             assert abs(row["unchecked_over_floor"] - row["unchecked_ms"] / row["floor_ms"]) < 1e-9
     for row in res["profile"]:  # every part measured, each a fraction of the whole call
-        assert min(row["gemm_only_ms"], row["d2_upper_ms"], row["median_ms"]) > 0
+        assert min(row["gemm_only_ms"], row["d2_upper_ms"], row["median_ms"], row["median_pass_ms"]) > 0
         assert row["d2_and_product_ms"] > row["d2_upper_ms"]  # D2 and then the product take longer than D2
         assert max(row["d2_upper_ms"], row["median_ms"], row["product_ms"]) < row["call_ms"]
     if torch.cuda.is_available():
@@ -55,6 +55,14 @@ def test_quick_run_measures_every_section_and_keeps_the_others(tmp_path):
     assert "## The step against its matrix-multiply floor" in text and "### 10⁵ particles" in text
     assert "### Where the default call's time goes (profile)" in text and "### On the GPU" in text
     assert f"| {res['floor'][0]['n']} | {res['floor'][0]['d']} | 1 |" in text
+
+
+def test_a_run_without_the_large_section_keeps_the_date_of_the_large_run_before(tmp_path):
+    out = tmp_path / "floor.json"
+    out.write_text(json.dumps({"meta": {"when": {"large": "2026-01-02 03:04", "large_before": "2026-01-01 00:00"}}}))
+    assert bench_floor.main(["--quick", "--threads", "1", "--sections", "profile", "--out", str(out)]) == 0
+    when = json.loads(out.read_text())["meta"]["when"]
+    assert when["large"] == "2026-01-02 03:04" and when["large_before"] == "2026-01-01 00:00"
 
 
 def test_report_marks_targets_met_and_not_met():
