@@ -644,11 +644,16 @@ def markdown(res: dict) -> str:
                   "| n | default (s) | floor (s) | default / floor | tiled |", "|---|---|---|---|---|"]
         lines += [f"| {r['n']} | {r['default_s']:.3f} | {r['floor_s']:.3f} | {r['default_s'] / r['floor_s']:.2f} | "
                   f"{r['tiled']} |" for r in res["growth"]]
-        large_when = meta.get("when", {}).get("large")
-        if large_when and res.get("large") and res["growth"][-1]["n"] == res["large"].get("n") \
-                and large_when != meta.get("when", {}).get("growth"):
-            lines += ["", f"The last row is the 10⁵ section's step, measured {large_when} (the other rows: "
-                      f"{meta['when'].get('growth', '?')})."]
+        # the last row is a copy of a 10^5 step (growth_section): the one of the large section now, or of
+        # the run before it when the large section ran again without the growth section
+        last, when = res["growth"][-1], meta.get("when", {})
+        prev = res.get("large_previous") or {}
+        source = next(((big, w) for big, w in ((res.get("large") or {}, when.get("large")), (prev, prev.get("when")))
+                       if w and big.get("n") == last["n"] and big.get("step_s") == last["default_s"]), None)
+        if source and source[1] != when.get("growth"):
+            lines += ["", f"The last row is the 10⁵ section's step measured {source[1]}"
+                      + ("" if source[0] is res.get("large") else " (the run before the one above)")
+                      + f" (the other rows: {when.get('growth', '?')})."]
         lines.append("")
     jx = res.get("jax")
     if jx and "status" not in jx:

@@ -112,3 +112,21 @@ def test_report_says_when_more_threads_made_the_floor_slower():
     assert "numpy float32 n = 1000, d = 100: 30.00 ms with 2 threads against 10.00 ms with 1" in text
     rows[1].update(floor_ms=6.0, default_ms=7.2)
     assert "Thread contention" not in bench_floor.markdown({"floor": rows})
+
+
+def test_growth_table_dates_its_last_row_by_the_10_5_run_it_copies():
+    # growth_section copies the 10^5 step of its own run; a later run of the large section alone
+    # moves that step to large_previous, and the last row must then carry that run's date
+    big = dict(n=100000, d=100, threads=2, budget_bytes=2**30, budget_given=False, tiled=True, finite=True,
+               peak_growth_mb=480.0)
+    old = dict(big, step_s=80.0, floor_s=60.0, step_over_floor=80 / 60, when="2026-01-01 00:05")
+    new = dict(big, step_s=85.0, floor_s=67.0, step_over_floor=85 / 67)
+    growth = [dict(n=1000, d=100, default_s=0.01, floor_s=0.005, tiled=False),
+              dict(n=100000, d=100, default_s=80.0, floor_s=60.0, tiled=True)]
+    res = {"meta": {"when": {"growth": "2026-01-01 00:00", "large": "2026-01-01 00:21"}},
+           "large": new, "large_previous": old, "growth": growth}
+    text = bench_floor.markdown(res)
+    assert "The last row is the 10⁵ section's step measured 2026-01-01 00:05 (the run before the one above)" in text
+    assert "measured 2026-01-01 00:21" not in text
+    growth[-1].update(default_s=85.0, floor_s=67.0)  # the growth section copied the latest step
+    assert "The last row is the 10⁵ section's step measured 2026-01-01 00:21 (the other rows" in bench_floor.markdown(res)
