@@ -154,27 +154,28 @@ def _as_weighted(blocks):
             yield block
 
 
-def _bracket_pass(blocks, lo, hi):
+def _bracket_pass(blocks, lo, hi, threads: int | None = None):
     """The bracketing pass of :func:`bracket_select` over ``blocks`` (arrays, ``(array, weight)``
     pairs or upper-triangle row blocks ``(array, "upper", split)``, :func:`_as_weighted`): the
     number of values below ``lo`` (copies counted) and the list of the kept arrays (a value of
     weight ``w`` listed ``w`` times). A block of at least :data:`PARALLEL_MIN_ENTRIES` entries is
     cut into row ranges counted in parallel (:func:`particlesampling._backend.pool_map`) by as many
     threads as the block's library uses for its own operations (torch's intra-op threads, NumPy's
-    BLAS threads: :func:`particlesampling._backend.intra_op_threads_of`); NumPy and torch release
-    the GIL in these passes, so the pass runs on the cores the GEMMs around it use."""
+    BLAS threads: :func:`particlesampling._backend.intra_op_threads_of`), or ``threads`` where the
+    caller gives it (NumPy views of torch tensors: torch's count); NumPy and torch release the GIL
+    in these passes, so the pass runs on the cores the GEMMs around it use."""
     below, kept = 0, []
     for block in blocks:
         if not isinstance(block, tuple):
             block = (block, 1)
         v, weight, split = (block[0], 1, block[2]) if len(block) == 3 else (block[0], block[1], None)
         size = math.prod(v.shape)
-        threads = intra_op_threads_of(v) if size >= PARALLEL_MIN_ENTRIES else 1
+        use = (intra_op_threads_of(v) if threads is None else threads) if size >= PARALLEL_MIN_ENTRIES else 1
         # pieces of at most PASS_PIECE_ENTRIES, so that a piece's masks stay in cache while it is read
-        pieces = max(threads, -(-size // PASS_PIECE_ENTRIES)) if v.ndim >= 1 and v.shape[0] > 1 else 1
+        pieces = max(use, -(-size // PASS_PIECE_ENTRIES)) if v.ndim >= 1 and v.shape[0] > 1 else 1
         count = lambda part: _bracket_part(part, lo, hi, weight, split)  # noqa: E731
-        if threads > 1 and pieces > 1:
-            parts = pool_map(count, _row_parts(v, pieces), threads)
+        if use > 1 and pieces > 1:
+            parts = pool_map(count, _row_parts(v, pieces), use)
         else:
             parts = [count(part) for part in (_row_parts(v, pieces) if pieces > 1 else [v])]
         for low, inside in parts:
@@ -184,7 +185,8 @@ def _bracket_pass(blocks, lo, hi):
     return below, kept
 
 
-def bracket_select(sample, blocks_fn, total: int, ks, *, max_candidates: int | None = None, exchange=None):
+def bracket_select(sample, blocks_fn, total: int, ks, *, max_candidates: int | None = None, exchange=None,
+                   threads: int | None = None):
     """Exact order statistics ``ks`` (0-based) of ``total`` values, bracketed by a ``sample`` of them.
 
     Parameters
@@ -224,7 +226,7 @@ def bracket_select(sample, blocks_fn, total: int, ks, *, max_candidates: int | N
         return None
     bounds = select_ranks(sample, [i_lo, i_hi])
     lo, hi = float(bounds[i_lo]), float(bounds[i_hi])
-    below, kept = _bracket_pass(blocks_fn(), lo, hi)
+    below, kept = _bracket_pass(blocks_fn(), lo, hi, threads)
     cand = np.concatenate(kept) if kept else np.zeros(0, dtype=sample.dtype)
     n_kept = cand.shape[0]
     if exchange is not None:
@@ -246,12 +248,14 @@ def _sample_positions(total: int, size: int):
     return out
 
 
-def _numpy_select(v, ks):
+def _numpy_select(v, ks, threads: int | None = None):
     """Order statistics ``ks`` of a 1-D NumPy array (values of ``v``'s dtype): bracketing for large
-    arrays, ``numpy.partition`` otherwise and as the bracketing's fallback."""
+    arrays, ``numpy.partition`` otherwise and as the bracketing's fallback. ``threads``: of the
+    bracketing pass (default: NumPy's, :func:`_bracket_pass`)."""
     big_n = v.shape[0]
     if big_n >= 8 * BRACKET_SAMPLE:
-        out = bracket_select(v[_sample_positions(big_n, bracket_sample_size(big_n))], lambda: (v,), big_n, ks)
+        out = bracket_select(v[_sample_positions(big_n, bracket_sample_size(big_n))], lambda: (v,), big_n, ks,
+                             threads=threads)
         if out is not None:
             return [v.dtype.type(t) for t in out]
     part = select_ranks(v, ks)
@@ -289,7 +293,7 @@ def order_statistics(v, ks, *, xp=None, batch_dims: int = 0):
             # benchmarks/bench_choices.py) serves every k at once; the results stay 0-d tensors.
             import torch
 
-            return [torch.as_tensor(t) for t in _numpy_select(v.numpy(), ks)]
+            return [torch.as_tensor(t) for t in _numpy_select(v.numpy(), ks, threads=intra_op_threads_of(v))]
         return [v.kthvalue(k + 1).values for k in ks]
     if _jax_radix_capable(v):
         out = jax_radix_select(v, tuple(ks))
@@ -336,6 +340,7 @@ def symmetric_order_statistics(sq, ks, *, xp=None, block: int = SQDIST_BLOCK_ROW
     """
     packed = isinstance(sq, UpperBlockRows)
     n = sq.shape[-1]
+    threads = intra_op_threads_of(sq.flat if packed else sq)  # torch's count for torch, before the NumPy views
     if packed:
         if not host_view_capable(sq.flat):
             raise TypeError("expected packed upper block rows on the CPU (NumPy, or torch outside autograd)")
@@ -360,7 +365,7 @@ def symmetric_order_statistics(sq, ks, *, xp=None, block: int = SQDIST_BLOCK_ROW
     if n * n >= 8 * BRACKET_SAMPLE:
         m = bracket_sample_size(n * n)
         sample = flat[_packed_sample_positions(n, block, m)] if packed else v[_upper_sample_pairs(n, m)]
-        out = bracket_select(sample, upper_blocks, n * n, ks)
+        out = bracket_select(sample, upper_blocks, n * n, ks, threads=threads)
     if out is None:  # small, or the bracket missed (probability < 1e-6): select among all the entries
         every = np.concatenate([part.reshape(-1) for blk, w in _as_weighted(upper_blocks()) for part in [blk] * w])
         out = [float(t) for t in _numpy_select(every, ks)]

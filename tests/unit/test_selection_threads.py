@@ -173,3 +173,43 @@ def test_pool_map_from_many_threads_while_the_pool_grows():
     _backend._POOL.clear()
     assert not errors, errors[:3]
     assert all(results[(k, rep)] == [(k, i) for i in range(16)] for k in range(8) for rep in range(20))
+
+
+@pytest.mark.parametrize("torch_threads", [1, 2])
+def test_the_pass_on_torch_data_follows_torch_threads_not_numpys(monkeypatch, torch_threads):
+    """The selection reads torch tensors through NumPy views; its pass must still take torch's
+    intra-op thread count (what the GEMMs around it use), not NumPy's BLAS pool: packed rows
+    (the Stein step), the full symmetric matrix and a flat tensor alike."""
+    used = []
+
+    def counted(fn, items, n):
+        used.append(n)
+        return pool_map(fn, items, n)
+
+    monkeypatch.setattr(selection, "pool_map", counted)
+    monkeypatch.setattr(selection, "PARALLEL_MIN_ENTRIES", 1000)
+    real = _backend.intra_op_threads_of
+    # NumPy's pool says 3; torch says torch_threads
+    monkeypatch.setattr(selection, "intra_op_threads_of",
+                        lambda a: 3 if isinstance(a, np.ndarray) else real(a))
+    before = torch.get_num_threads()
+    torch.set_num_threads(torch_threads)
+    try:
+        n = 900
+        x = torch.from_numpy(np.random.default_rng(4).standard_normal((n, 3)).astype(np.float32))
+        xc = x - x.mean(0)
+        xx = (xc * xc).sum(-1)
+        ks = [n * n // 2 - 1, n * n // 2]
+        for sq in (upper_block_rows(xc, xx), symmetric_sqdist(xc, xx)):
+            used.clear()
+            got = selection.symmetric_order_statistics(sq, ks)
+            ref = np.sort(np.asarray(symmetric_sqdist(xc, xx)).reshape(-1))[ks]
+            assert [float(g) for g in got] == [float(r) for r in ref]
+            assert all(u == torch_threads for u in used) and (used or torch_threads == 1)
+        used.clear()
+        flat = symmetric_sqdist(xc, xx).reshape(-1)
+        got = selection.order_statistics(flat, ks)
+        assert [float(g) for g in got] == [float(r) for r in np.sort(flat.numpy())[ks]]
+        assert all(u == torch_threads for u in used) and (used or torch_threads == 1)
+    finally:
+        torch.set_num_threads(before)
