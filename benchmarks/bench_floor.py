@@ -474,8 +474,9 @@ def _mark(ratio: float, target: float) -> str:
 
 
 def _contention_notes(rows: list) -> list:
-    """Where a backend's floor took longer with more threads than with one, the extra thread was not
-    there to use (the shared machine's other jobs held the cores): say so for those rows."""
+    """Where a backend's floor took longer with more threads than with one, the extra thread did not
+    pay off (other jobs holding the cores, or threads that cost more than they save): say so for
+    those rows."""
     one = {(r.get("backend", "torch float32"), r["n"], r["d"]): r for r in rows
            if r.get("threads") == 1 and "floor_ms" in r}
     slower = []
@@ -488,8 +489,9 @@ def _contention_notes(rows: list) -> list:
     if not slower:
         return []
     return ["Thread contention in this run: the floor itself took longer with more threads than with one for "
-            + "; ".join(slower) + ". The other jobs on the shared machine held the cores, so those rows measure "
-            "the contention (threads waiting for a core), not the code; their ratios are reported as measured.", ""]
+            + "; ".join(slower) + ". The extra thread did not pay off in those rows (on a shared machine, other "
+            "jobs holding the cores; on an idle one, a library whose threads cost more than they save at this "
+            "size); their ratios are reported as measured.", ""]
 
 
 def _floor_table(rows: list) -> list:
@@ -573,8 +575,8 @@ def markdown(res: dict) -> str:
         if len(by_threads) > 1 and by_threads[hi]["gemm_only_ms"] > by_threads[lo]["gemm_only_ms"]:
             lines += [f"With {hi} threads the GEMMs alone took longer than with {lo} "
                       f"({by_threads[hi]['gemm_only_ms']:.2f} ms against {by_threads[lo]['gemm_only_ms']:.2f} ms): the "
-                      "shared machine's other jobs held the cores, so the profile with more threads measures contention, "
-                      "not the parts of the call.", ""]
+                      "extra thread did not pay off in this run (other jobs holding the cores, or threads that cost "
+                      "more than they save), so the profile with more threads does not show what threads buy.", ""]
         elif len(by_threads) > 1:
             a, b = by_threads[lo], by_threads[hi]
             lines += [f"With {hi} threads the parts other than the median take {b['call_ms'] - b['median_ms']:.2f} ms "
@@ -680,15 +682,18 @@ def markdown(res: dict) -> str:
                       "host radix passes; the later passes drop the values outside the rank's bin rather than "
                       "counting them in one extra bin, whose adds would run one after another), differentiable "
                       "(`jax.grad`) and batched by `jax.vmap`. On JAX's CPU backend, whose arrays are in host memory, "
-                      "XLA's scatter-add costs several times NumPy's counting pass over the same entries, so float32 "
-                      "order statistics there come from the host selection (the one NumPy arrays use, on integer "
+                      "float32 order statistics come from the host selection (the one NumPy arrays use, on integer "
                       "keys of the floats) through `jax.experimental.buffer_callback`, which hands NumPy XLA's own "
                       "buffer of `D2`: no copy, no device transfer (`jax.pure_callback`, which copies the operand, "
                       "where a JAX has no `buffer_callback`). "
                       "The jitted step's `D2` is the Gram trick as rounded, "
                       "without the transpose of all n² entries that would make it exactly symmetric (the `exp`, the "
                       "product and the median read every entry as it is). The JAX rows of the floor table compare the "
-                      "jitted step with JAX's own three GEMMs.", ""]
+                      "jitted step with JAX's own three GEMMs."
+                      + (f" In this run the host selection took {jx['median_radix_jit_ms']:.2f} ms and the radix "
+                         f"histograms on the CPU device {jx['median_device_jit_ms']:.2f} ms on the same `D2` (JAX with "
+                         f"{jx['threads']} thread(s))."
+                         if "median_radix_jit_ms" in jx and "median_device_jit_ms" in jx else ""), ""]
     return "\n".join(lines)
 
 

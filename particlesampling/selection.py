@@ -91,8 +91,11 @@ def expected_bracket_values(m: int, total: int, ks) -> float:
     return total * (i_hi - i_lo) / m
 
 
-#: fewest entries of a block for which the bracketing pass splits it over the pool's threads
-PARALLEL_MIN_ENTRIES = 1 << 16
+#: fewest entries of a block for which the bracketing pass splits it over the pool's threads: below
+#: about a million entries the pass is shorter on one thread (the packed D2 of n = 1000, 625,216
+#: entries in 256-row blocks: 0.71 ms on one thread against 1.21 ms split over two, on a 2-core machine;
+#: ``benchmarks/bench_floor.py`` profiles the pass)
+PARALLEL_MIN_ENTRIES = 1 << 20
 #: most entries the bracketing pass counts in one piece (larger blocks are cut into row ranges)
 PASS_PIECE_ENTRIES = 1 << 20
 
