@@ -280,6 +280,18 @@ def profile_section(cfg) -> list:
     return rows
 
 
+def _parallel_min_entries() -> int:
+    from particlesampling.selection import PARALLEL_MIN_ENTRIES
+
+    return PARALLEL_MIN_ENTRIES
+
+
+def _block_rows() -> int:
+    from particlesampling._backend import SQDIST_BLOCK_ROWS
+
+    return SQDIST_BLOCK_ROWS
+
+
 def _median_counting_pass(packed, ks):
     """The exact median's counting pass alone, as the call makes it on the packed ``D2``: the
     bracket's bounds from the same sample (:func:`particlesampling.selection.symmetric_order_statistics`),
@@ -582,14 +594,19 @@ def markdown(res: dict) -> str:
             lines += [f"With {hi} threads the parts other than the median take {b['call_ms'] - b['median_ms']:.2f} ms "
                       f"({(b['call_ms'] - b['median_ms']) / b['gemm_only_ms']:.2f}× GEMMs only) against "
                       f"{a['call_ms'] - a['median_ms']:.2f} ms with {lo}; the median takes {b['median_ms']:.2f} ms "
-                      f"against {a['median_ms']:.2f} ms: its counting pass is cut into row ranges counted on as many "
-                      "threads as the GEMMs use (NumPy releases the GIL in them), and its sample's selection, the "
-                      "partition of the values kept and the calls around them stay on one."
+                      f"against {a['median_ms']:.2f} ms: its counting pass cuts a block of at least "
+                      f"{_parallel_min_entries():,} entries into row ranges counted on as many threads as the GEMMs "
+                      "use (NumPy releases the GIL in them)"
+                      + (f", and at n = {b['n']} every block of {_block_rows()} rows is smaller, so the whole median "
+                         "runs on one thread" if _block_rows() * b["n"] < _parallel_min_entries() else
+                         "; its sample's selection, the partition of the values kept and the calls around them stay "
+                         "on one")
+                      + "."
                       + (f" The counting pass is {a['median_pass_ms']:.2f} ms of the median's {a['median_ms']:.2f} with "
                          f"{lo} thread(s) and {b['median_pass_ms']:.2f} of {b['median_ms']:.2f} with {hi}"
                          + (" (split over the threads, the pass is no shorter at this size)"
                             if b["median_pass_ms"] >= a["median_pass_ms"] else "")
-                         + ": most of the median is the part on one thread, and the median alone takes "
+                         + ": the median alone takes "
                          f"{b['median_ms'] / b['gemm_only_ms']:.2f}× the GEMMs with {hi} threads, more than the "
                          "0.3× a 1.3× target leaves for everything besides them."
                          if "median_pass_ms" in a and "median_pass_ms" in b else ""), ""]
