@@ -5,11 +5,16 @@ The untiled path (:func:`particlesampling.stein_direction`) holds the ``n x n`` 
 each block's ``D2[I, :]`` comes from the Gram trick on the (centred) particles, is turned into
 ``K[I, :]`` in place, and is consumed at once by the product ``K[I, :] [X | 1 | S]``. Peak memory is
 ``O(n * tile + n * d)``; the time is the same ``O(n^2 d)`` with one extra ``D2`` product per
-selection pass (below). ``tile`` is chosen from a memory budget in bytes (:func:`tile_rows`).
+selection pass (below). For the RBF kernel with a scalar bandwidth (NumPy, or torch outside
+autograd) the product pass reads the upper block triangle only: block ``K[I, a:]`` adds
+``K[I, a:] [X | 1 | S][a:]`` to rows ``I`` and, transposed, ``K[I, b:]^T [X | 1 | S][I]`` to the rows
+below (:func:`particlesampling.kernels.rbf_upper_product`), so half of ``D2`` and of the ``exp`` is
+computed. ``tile`` is chosen from a memory budget in bytes (:func:`tile_rows`).
 
 **Exact median of n^2 numbers in O(n * tile) memory.** A median bandwidth needs order statistics
 of all ``n^2`` squared distances, which are never stored. A sample of ``D2`` entries at random pairs
-brackets the wanted ranks and one pass over the blocks finishes the selection; if the bracket misses,
+brackets the wanted ranks (a sample that grows until the bracket fits in the blocks' budget,
+:func:`tiled_sample_size`) and one pass over the blocks finishes the selection; if the bracket misses,
 a radix selection on the bit patterns takes 2-3 passes (:func:`particlesampling.selection.blocked_order_statistics`).
 The passes read the upper block triangle only (``D2[I, a:]`` for the row block ``I = a..b-1``, the
 part right of the diagonal square standing also for its mirror), so each costs half a ``D2``
