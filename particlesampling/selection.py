@@ -700,9 +700,8 @@ def _host_values_into(ctx, out, a, *, ks):
 
 def _jax_host_values(v, ks: tuple, *, callback: str = "buffer"):
     """The order statistics ``ks`` of the 1-D float32 JAX array ``v`` computed by the host selection
-    (:func:`_host_values`), for JAX's CPU backend, whose arrays are in host memory already, where a
-    scatter-add histogram pass costs XLA several times NumPy's counting pass (the JAX section of
-    ``docs/benchmarks.md``). Returns a ``(len(ks),)`` float32 array; under ``jax.vmap`` one call per
+    (:func:`_host_values`), for JAX's CPU backend, whose arrays are in host memory already (the JAX
+    section of ``docs/benchmarks.md`` times it beside the radix histograms on the device). Returns a ``(len(ks),)`` float32 array; under ``jax.vmap`` one call per
     batch member (``vmap_method="sequential"``).
 
     ``callback="buffer"``: through ``jax.experimental.buffer_callback``, which hands the callback
@@ -726,7 +725,7 @@ def _jax_host_values(v, ks: tuple, *, callback: str = "buffer"):
 def buffer_callback_usable() -> bool:
     """Whether this JAX's ``jax.experimental.buffer_callback`` (an experimental API) traces,
     compiles and runs the host selection on the CPU with the exact result, checked once per process
-    on eight values (a few milliseconds): an older or changed JAX then gets ``jax.pure_callback``
+    on eight values (tens of milliseconds, mostly compilation): an older or changed JAX then gets ``jax.pure_callback``
     instead of an error when it traces, lowers or runs the call."""
     try:
         import jax
@@ -781,8 +780,8 @@ def jax_radix_select(v, ks: tuple, *, where: str = "auto"):
     entries, is never made.
 
     ``where="auto"``: for float32 on JAX's CPU backend the host selection (:func:`_jax_host_values`:
-    the arrays are in host memory, which NumPy reads in place through ``buffer_callback``, and
-    NumPy's counting pass costs a fraction of XLA's scatter-add histograms there), otherwise the radix passes of :func:`_jax_radix_values`, every decision on
+    the arrays are in host memory, which NumPy reads in place through ``buffer_callback``),
+    otherwise the radix passes of :func:`_jax_radix_values`, every decision on
     the device. ``where="device"``: the radix passes on every backend."""
     import jax.numpy as jnp
 
