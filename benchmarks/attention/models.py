@@ -107,9 +107,11 @@ class SelfAttentiveHops(nn.Module):
         return out, a.unsqueeze(2)
 
 
-#: the adapter's description of the hops: head h is row h of W_s2 (torch layout out x in)
+#: the adapter's description of the hops: head h is row h of W_s2 (torch layout out x in); the
+#: module's first output is the hops' outputs ``(B, 1, r 2u)``, head h's ``M_h`` in its columns
+#: ``h 2u .. (h + 1) 2u`` (no output projection), and its second the maps ``(B, r, 1, T)``
 HOPS_LAYOUT = HeadLayout(num_heads="num_heads", q="ws2.weight", description="Lin et al. (2017) attention hops",
-                         attention="self")
+                         attention="self", head_outputs="module_output", attention_map=1)
 
 
 class SelfAttentiveClassifier(nn.Module):

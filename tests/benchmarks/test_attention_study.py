@@ -371,3 +371,39 @@ def test_superseded_runs_are_summarised_apart_from_the_arms():
     assert "penalty_outputs`, retired" not in "\n".join(spaces_study.markdown(res, plan))
     res["superseded"] = entries
     assert "penalty_outputs`, retired" in "\n".join(spaces_study.markdown(res, plan))
+
+
+@pytest.mark.parametrize("method", ["svgd_outputs", "spos_outputs", "penalty_outputs_rms"])
+def test_the_self_attentive_hops_are_function_space_particles(method):
+    """The hops' own output (no output projection) holds the heads' outputs: the diversity metrics
+    read them, and each function-space arm moves the hop weights W_s2 beyond the task gradient's
+    step (the same step without the arm)."""
+    from benchmarks.attention.methods import activate
+    from benchmarks.attention.metrics import diversity_summary
+
+    ids = torch.randint(1, 50, (4, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[:2, 6:] = 0
+    y = torch.tensor([0, 1, 0, 1])
+    model = build_model("self_attentive", num_classes=2, vocab_size=50, heads=6, seed=0)
+    div = diversity_summary(model, (ids, mask, y))["hops"]
+    assert -1.0 <= div["output_cos"] <= 1.0
+
+    def step(name):
+        m = build_model("self_attentive", num_classes=2, vocab_size=50, heads=6, seed=0)
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        act = activate(name, 1.0, m, train_size=100, seed=0, optimizer=opt) if name else None
+        m.train()
+        before = m.hops.ws2.weight.detach().clone()
+        loss = torch.nn.functional.cross_entropy(m(ids, mask), y)
+        if act is not None and act.extra_loss:
+            loss = loss + act.extra_loss(m, {})
+        opt.zero_grad()
+        loss.backward()
+        if act is not None and act.repulsive is not None:
+            act.repulsive.apply()
+        opt.step()
+        return m.hops.ws2.weight.detach() - before
+
+    plain, arm = step(None), step(method)
+    assert torch.isfinite(arm).all() and float((arm - plain).abs().max()) > 1e-6
