@@ -235,21 +235,25 @@ def test_penalty_with_both_features_is_the_product_kernel():
 
 
 def test_self_attentive_hops_are_compared_by_their_maps():
-    """Lin et al.'s hops (``a_h = softmax(w_h^T tanh(W_s1 H^T))``, no output projection, head outputs not
-    declared): ``features="outputs"`` is refused by name, ``"maps"`` reads the (B, r, 1, T) maps the module
-    returns and matches the hand-made reference on the hop rows."""
+    """Lin et al.'s hops (``a_h = softmax(w_h^T tanh(W_s1 H^T))``, no output projection): with a layout
+    that does not declare where the head outputs are, ``features="outputs"`` is refused by name;
+    ``"maps"`` reads the (B, r, 1, T) maps the module returns and matches the hand-made reference on
+    the hop rows."""
+    import dataclasses
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from benchmarks.attention.models import SelfAttentiveClassifier
+    from attention_adapter import HeadSelection
+    from benchmarks.attention.models import HOPS_LAYOUT, SelfAttentiveClassifier, SelfAttentiveHops
 
     torch.manual_seed(0)
     model = SelfAttentiveClassifier(20, 2, embed=8, units=4, d_a=6, hops=3, hidden=8, dropout=0.0).double()
     ids = torch.randint(1, 20, (2, 5), generator=torch.Generator().manual_seed(1))
     mask = torch.ones(2, 5, dtype=torch.long)
+    undeclared = HeadSelection(layouts={SelfAttentiveHops: dataclasses.replace(HOPS_LAYOUT, head_outputs=None)})
     with pytest.raises(ValueError, match="features='maps'"):
-        RepulsiveHeads(model, space="outputs", selection=model.head_selection())
+        RepulsiveHeads(model, space="outputs", selection=undeclared)
     heads = RepulsiveHeads(model, "svgd", repulsion=0.9, space="outputs", features="maps", tokens=8,
                            selection=model.head_selection())
     (g,) = heads.groups
