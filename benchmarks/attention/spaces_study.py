@@ -296,8 +296,7 @@ def superseded_lines(entries: List[Dict]) -> List[str]:
                      f"{100 * e['dev_accuracy']:.1f}, train loss {e['train_loss_last50']:.3f}" for e in entries)
     return ["The first function-space penalty (`penalty_outputs`, retired) compared the heads' outputs as they were, "
             "with the bandwidth computed on detached features: within a step the mean kernel then falls whenever all "
-            "outputs grow, so training inflated them without bound (head-output RMS 0.011 to 27 in 250 steps on mr at "
-            "weight 1) and often stayed at chance. Its runs, kept apart in "
+            "outputs grow, so training inflated them without bound and often stayed at chance. Its runs, kept apart in "
             "`benchmarks/results/attention_runs_superseded.jsonl` and not used above: " + runs + ". The arm above "
             "(`penalty_outputs_rms`) divides each feature part by its group's RMS before the kernel, which makes the "
             "penalty invariant to the outputs' scale.", ""]
