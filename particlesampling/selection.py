@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 
 import numpy as np
 
@@ -265,6 +266,28 @@ def _numpy_select(v, ks, threads: int | None = None):
     return [part[k] for k in ks]
 
 
+
+def checked_ranks(ks, n: int) -> list:
+    """``ks`` as a list of Python integers, each a 0-based rank in ``[0, n)``; a non-integer rank
+    (``5.5``, ``True``) or one out of range (``-1`` would not mean the largest here) is a ValueError
+    naming what was received."""
+    try:
+        ks = list(ks)
+    except TypeError:
+        raise ValueError(f"expected the ranks as an iterable of integers, received {ks!r}") from None
+    out = []
+    for k in ks:
+        if isinstance(k, bool):
+            raise ValueError(f"expected integer ranks, received {ks!r}")
+        try:
+            out.append(operator.index(k))
+        except TypeError:
+            raise ValueError(f"expected integer ranks, received {ks!r}") from None
+    if any(k < 0 or k >= n for k in out):
+        raise ValueError(f"expected order statistics in [0, {n}), received {out}")
+    return out
+
+
 def order_statistics(v, ks, *, xp=None, batch_dims: int = 0):
     """The ``k``-th smallest entries (0-based) of ``v`` (all entries) for each ``k`` in ``ks``, as 0-d arrays.
 
@@ -283,9 +306,7 @@ def order_statistics(v, ks, *, xp=None, batch_dims: int = 0):
     n = v.shape[-1]
     if n == 0:
         raise ValueError("expected a non-empty array for an order statistic, received an empty one")
-    ks = [int(k) for k in ks]
-    if any(k < 0 or k >= n for k in ks):
-        raise ValueError(f"expected order statistics in [0, {n}), received {ks}")
+    ks = checked_ranks(ks, n)
     if batch_dims:
         return _batched_order_statistics(xp, v, ks)
     if is_numpy_array(v):
@@ -787,4 +808,10 @@ def jax_radix_select(v, ks: tuple, *, where: str = "auto"):
 
     if where not in ("auto", "device"):
         raise ValueError(f"expected where as 'auto' or 'device', received {where!r}")
-    return _jax_select_fn(where)(jnp.reshape(v, (-1,)), tuple(int(k) for k in ks))
+    flat = jnp.reshape(v, (-1,))
+    if flat.shape[0] == 0:
+        raise ValueError("expected a non-empty array for an order statistic, received an empty one")
+    ks = tuple(checked_ranks(ks, flat.shape[0]))
+    if not ks:
+        return jnp.zeros((0,), dtype=flat.dtype)
+    return _jax_select_fn(where)(flat, ks)

@@ -206,3 +206,23 @@ def test_host_selection_through_buffers_and_pure_callback_agree_bit_for_bit():
     expected[np.argsort(batch[0], kind="stable")[list(KS)]] = w
     np.testing.assert_array_equal(grads["buffer"], expected)
     np.testing.assert_array_equal(grads["pure"], expected)
+
+
+@pytest.mark.parametrize("ks", [(-1,), (100,), (5.5,), (True,), (np.float64(3.0),)])
+def test_radix_selection_refuses_ranks_that_are_not_integers_in_range(ks):
+    # -1 does not mean "the largest" and 5.5 is not truncated to 5: each is a clear ValueError
+    v = jnp.arange(100, dtype=jnp.float32)
+    with pytest.raises(ValueError, match=r"integer ranks|order statistics in \[0, 100\)"):
+        jax_radix_select(v, ks)
+    with pytest.raises(ValueError, match=r"integer ranks|order statistics in \[0, 100\)"):
+        order_statistics(np.arange(100.0), ks)
+
+
+def test_radix_selection_of_no_ranks_is_empty_and_of_an_empty_array_is_refused():
+    got = jax_radix_select(jnp.arange(10, dtype=jnp.float32), ())
+    assert got.shape == (0,) and got.dtype == jnp.float32
+    assert order_statistics(np.arange(10.0), ()) == []
+    with pytest.raises(ValueError, match="non-empty"):
+        jax_radix_select(jnp.zeros((0,), dtype=jnp.float32), (0,))
+    # numpy integer ranks are integers
+    assert float(jax_radix_select(jnp.arange(10, dtype=jnp.float32), (np.int64(3),))[0]) == 3.0
