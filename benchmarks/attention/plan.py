@@ -56,7 +56,8 @@ class Plan:
                  spos_models=("self_attentive", "minilm"), space_datasets=("mr", "trec"),
                  space_models=("transformer", "self_attentive"),
                  space_methods=("svgd_circuits", "svgd_outputs", "spos_circuits", "spos_outputs", "penalty_outputs_rms"),
-                 space_minilm_methods=("svgd_circuits", "svgd_outputs", "spos_circuits", "spos_outputs"),
+                 space_minilm_methods=("svgd_circuits", "svgd_outputs", "spos_circuits", "spos_outputs",
+                                       "penalty_outputs_rms"),
                  space_strong_grid=(1.0, 10.0, 100.0)):
         self.steps, self.batch, self.seeds, self.tune_seed = steps, batch, seeds, tune_seed
         self.datasets, self.question_dataset, self.eval_limit = datasets, question_dataset, eval_limit

@@ -530,6 +530,8 @@ def _plots(results: Dict, images: Path) -> Dict[str, str]:
         cells_plot("dropout", q["dropout"]["cells"], "dropout", "dropout")
     if results.get("strong_repulsion"):
         strong_repulsion.plot(results["strong_repulsion"], save)
+    if results.get("spaces"):
+        spaces_study.plot(results["spaces"], save)
     if q.get("data") and q["data"]["cells"]:
         fig, ax = plt.subplots(figsize=(5, 3.4))
         for h in sorted({c["heads"] for c in q["data"]["cells"]}):
@@ -724,7 +726,7 @@ def _markdown(results: Dict, data_info: Dict, images: Dict[str, str], image_dir:
     if sr and plan is not None:
         L += strong_repulsion.markdown(sr, plan, images, image_dir)
     if results.get("spaces") and plan is not None:
-        L += spaces_study.markdown(results["spaces"], plan)
+        L += spaces_study.markdown(results["spaces"], plan, images, image_dir)
     return "\n".join(L) + "\n"
 
 

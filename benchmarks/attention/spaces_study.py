@@ -24,7 +24,9 @@ Phases (names distinct from the other parts of the study):
     if none does), then the seeds on every data set.
 ``spaces_minilm``
     MiniLM at the paper's ``alpha = 0.01`` (as the first study's MiniLM phase, no tuning) with the
-    methods of :attr:`Plan.space_minilm_methods`.
+    methods of :attr:`Plan.space_minilm_methods`. The function-space penalty has no paper value: on
+    MiniLM it takes the weight tuned for the small transformer on the same data set
+    (:data:`TRANSFER_MODEL`; its seeds wait for that tuning), so MiniLM is still never tuned.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import numpy as np
 
 from .train import RunConfig
 
-__all__ = ["PHASES", "METHODS_BY_SPACE", "MOVED", "phase_runs", "strong_trials", "strong_alpha", "build",
+__all__ = ["PHASES", "METHODS_BY_SPACE", "MOVED", "TRANSFER_MODEL", "minilm_value", "phase_runs", "strong_trials", "strong_alpha", "build", "plot",
            "markdown", "verdicts"]
 
 PHASES = ("spaces_core", "spaces_strong", "spaces_minilm")
@@ -49,6 +51,22 @@ METHODS_BY_SPACE = {
 MOVED = 0.01
 STRONG = "svgd_outputs"
 MINILM_ALPHA = 0.01
+#: the model whose tuned knob a MiniLM arm without a paper value (the function-space penalty) takes
+TRANSFER_MODEL = "transformer"
+
+
+def minilm_value(plan, records: Dict[str, dict], dataset: str, method: str) -> Optional[float]:
+    """The knob of ``method`` on MiniLM: the paper's ``alpha`` for the rules in weight, circuit and function
+    space; for the penalties (no paper value) the weight chosen for :data:`TRANSFER_MODEL` on ``dataset``
+    (None until its trials are recorded)."""
+    from .methods import METHODS
+    from .plan import choose
+
+    if METHODS[method].knob == "alpha":
+        return MINILM_ALPHA
+    if METHODS[method].knob is None:
+        return None
+    return choose(records, plan.trials(dataset, TRANSFER_MODEL, method))
 
 
 def strong_trials(plan) -> List[RunConfig]:
@@ -94,8 +112,8 @@ def phase_runs(plan, records: Dict[str, dict], phase: str) -> List[RunConfig]:
     if phase == "spaces_core":
         return _method_runs(plan, records, plan.space_datasets, plan.space_models, plan.space_methods)
     if phase == "spaces_minilm":
-        return [plan.config(ds, "minilm", m, MINILM_ALPHA, s) for ds in plan.space_datasets
-                for m in plan.space_minilm_methods for s in plan.seeds]
+        return [plan.config(ds, "minilm", m, v, s) for ds in plan.space_datasets for m in plan.space_minilm_methods
+                if (v := minilm_value(plan, records, ds, m)) is not None for s in plan.seeds]
     alpha = strong_alpha(plan, records)
     out = strong_trials(plan)
     if alpha is not None:
@@ -114,7 +132,7 @@ def _value(plan, records, dataset, model, method) -> Optional[float]:
     if METHODS[method].knob is None:
         return None
     if model == "minilm":
-        return MINILM_ALPHA if method != "penalty" else None
+        return minilm_value(plan, records, dataset, method) if method != "penalty" else None
     return choose(records, plan.trials(dataset, model, method))
 
 
@@ -141,6 +159,8 @@ def _arm(plan, records, dataset, model, label, method, value, base, weights_runs
             entry[f"{name}_start"] = [fn(r["diversity_start"]) for r in runs]
             entry[f"{name}_end"] = [fn(r["diversity_end"]) for r in runs]
         entry["seconds_per_step"] = [r["seconds_per_step"] for r in runs]
+        if all("pruning" in r for r in runs):
+            entry["pruning"] = [[{"k": p["k"], "accuracy": p["accuracy"]} for p in r["pruning"]] for r in runs]
         if method != "baseline" and base:
             entry["vs_baseline"] = {m: paired(_by_seed(runs, "test", m), _by_seed(base, "test", m), b)
                                     for m, b in (("accuracy", +1), ("nll", -1), ("ece", -1))}
@@ -163,8 +183,6 @@ def build(records: Dict[str, dict], plan) -> Dict:
             arms = [_arm(plan, records, dataset, model, "baseline", "baseline", None, base, None)]
             for rule in ("svgd", "spos", "penalty"):
                 weights_method = METHODS_BY_SPACE[(rule, "weights")]
-                if model == "minilm" and rule == "penalty":
-                    continue
                 wv = _value(plan, records, dataset, model, weights_method)
                 wruns = _runs(plan, records, dataset, model, weights_method, wv) if wv is not None else []
                 for space in ("weights", "circuits", "outputs"):
@@ -172,7 +190,7 @@ def build(records: Dict[str, dict], plan) -> Dict:
                     if method is None or model not in METHODS[method].models:
                         continue
                     if model == "minilm" and method not in ("svgd", "spos") + tuple(plan.space_minilm_methods):
-                        continue
+                        continue  # the weight-space penalty was never run on MiniLM
                     if model != "minilm" and space != "weights" and method not in plan.space_methods:
                         continue
                     value = wv if space == "weights" else _value(plan, records, dataset, model, method)
@@ -182,11 +200,51 @@ def build(records: Dict[str, dict], plan) -> Dict:
                 alpha = strong_alpha(plan, records)
                 arms.append(_arm(plan, records, dataset, model, "svgd / outputs, strong", STRONG, alpha, base, None))
             cells.append({"dataset": dataset, "model": model, "arms": arms})
+    tuning = []
+    for dataset in plan.space_datasets:
+        for model in plan.space_models:
+            for method in plan.space_methods:
+                if model not in METHODS[method].models or METHODS[method].knob is None:
+                    continue
+                ts = plan.trials(dataset, model, method)
+                tuning.append({"dataset": dataset, "model": model, "method": method, "knob": METHODS[method].knob,
+                               "trials": [{"value": t.value, "dev_accuracy": records[t.key()]["dev"]["accuracy"]}
+                                          for t in ts if t.key() in records],
+                               "expected": len(ts), "chosen": _value(plan, records, dataset, model, method)})
     trials = [{"value": t.value, "recorded": t.key() in records,
                "output_cos_change": (_output_cos(records[t.key()]["diversity_end"])
                                      - _output_cos(records[t.key()]["diversity_start"])) if t.key() in records else None}
               for t in strong_trials(plan)]
-    return {"cells": cells, "strong": {"trials": trials, "chosen": strong_alpha(plan, records), "moved": MOVED}}
+    return {"cells": cells, "tuning": tuning,
+            "strong": {"trials": trials, "chosen": strong_alpha(plan, records), "moved": MOVED}}
+
+
+def plot(res: Dict, save) -> List[str]:
+    """One figure per (data set, model) cell: test accuracy after pruning the ``k`` least important heads
+    (mean over the seeds) for every arm with all its seeds; ``save(fig, name)`` writes it. Returns the names."""
+    import matplotlib.pyplot as plt
+
+    names = []
+    for cell in res["cells"]:
+        arms = [a for a in cell["arms"] if a.get("pruning") and len(a["seeds"]) == a["expected"]]
+        if not arms:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+        for i, arm in enumerate(arms):
+            ks = [p["k"] for p in arm["pruning"][0]]
+            acc = np.mean([[p["accuracy"] for p in curve] for curve in arm["pruning"]], axis=0)
+            ax.plot([0] + ks, [np.mean(arm["test_accuracy"])] + list(acc), marker="o", ms=3,
+                    ls="-" if arm["label"].endswith("weights") or arm["method"] == "baseline" else "--",
+                    color=f"C{i % 10}", label=arm["label"])
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlabel("heads pruned (least important first)")
+        ax.set_ylabel("test accuracy (mean over seeds)")
+        ax.set_title(f"{cell['dataset']} / {cell['model']}: pruning, by particle space", fontsize=9)
+        ax.legend(fontsize=6, ncol=2)
+        name = f"spaces_pruning_{cell['dataset']}_{cell['model']}"
+        save(fig, name)
+        names.append(name)
+    return names
 
 
 def _called(c, verdict) -> bool:
@@ -194,10 +252,15 @@ def _called(c, verdict) -> bool:
 
 
 def verdicts(res: Dict) -> List[str]:
-    """One line per comparison called beyond 2 SE, then the answer they add up to (``Answer: ...``)."""
+    """One line per comparison called beyond 2 SE, then the answer they add up to (``Answer: ...``).
+
+    A space gives a *reliable* gain when one of its arms (a rule in that space) is better than the baseline
+    beyond 2 SE in at least two (data set, model) cells and worse in none, or better than the same rule in
+    weight space anywhere; a gain in one cell alone is reported as such, not as reliable."""
     from .report import _diff
 
-    out, better_base, worse_base, better_w, worse_w, compared = [], 0, 0, 0, 0, 0
+    out, worse_base, better_w, worse_w, compared = [], 0, [], 0, 0
+    gains, losses = {}, {}
     for cell in res["cells"]:
         where = f"{cell['dataset']} / {cell['model']}"
         for arm in cell["arms"]:
@@ -210,26 +273,46 @@ def verdicts(res: Dict) -> List[str]:
             for c, ref in ((vb, "the baseline"), (vw, "the same rule in weight space")):
                 if _called(c, "better") or _called(c, "worse"):
                     out.append(f"{where}: {arm['label']} is {c['verdict']} than {ref} in test accuracy ({_diff(c)})")
-            better_base += _called(vb, "better")
-            worse_base += _called(vb, "worse")
-            better_w += _called(vw, "better")
+            if _called(vb, "better"):
+                gains.setdefault(arm["label"], []).append(where)
+            if _called(vb, "worse"):
+                losses.setdefault(arm["label"], []).append(where)
+                worse_base += 1
+            if _called(vw, "better"):
+                better_w.append(f"{arm['label']} on {where}")
             worse_w += _called(vw, "worse")
+    n_gains = sum(len(v) for v in gains.values())
+    reliable = [label for label, cells in gains.items() if len(cells) >= 2 and not losses.get(label)]
     if not compared:
         out.append("Answer: pending: no arm in circuit or function space has been compared with its baseline over two "
                    "seeds yet.")
-    elif better_base == 0 and better_w == 0:
-        out.append(f"Answer: no space gives a reliable gain: of {compared} arm(s) in circuit or function space "
-                   f"compared so far, none is better than the baseline or than weight space beyond 2 SE "
-                   f"({worse_base} worse than the baseline, {worse_w} worse than weight space).")
-    else:
-        out.append(f"Answer: of {compared} arm(s) in circuit or function space compared so far, {better_base} beat the "
-                   f"baseline and {better_w} beat the same rule in weight space beyond 2 SE ({worse_base} and {worse_w} "
-                   "were worse); see the lines above for where.")
+        return out
+    tally = (f"of {compared} arm(s) in circuit or function space compared so far, {n_gains} beat the baseline "
+             f"and {worse_base} were worse, {len(better_w)} beat the same rule in weight space and {worse_w} were "
+             "worse (beyond 2 SE)")
+    if reliable or better_w:
+        held = "; ".join(f"{label} beats the baseline on {' and '.join(gains[label])}" for label in reliable)
+        over = "; ".join(f"{x} beats weight space" for x in better_w)
+        out.append(f"Answer: a space gives a gain that holds beyond one cell: {'; '.join(x for x in (held, over) if x)} "
+                   f"({tally}).")
+        return out
+    if n_gains:
+        where = "; ".join(f"{label} beats the baseline on {' and '.join(cells)}"
+                          + (" only" if len(cells) == 1 else "")
+                          + (f" but is worse on {' and '.join(losses[label])}" if losses.get(label) else "")
+                          for label, cells in gains.items())
+        out.append(f"Answer: no space gives a reliable gain: {where}; no arm beats the same rule in weight space "
+                   f"({tally}).")
+        return out
+    out.append(f"Answer: no space gives a reliable gain: none is better than the baseline or than weight space "
+               f"beyond 2 SE ({tally}).")
     return out
 
 
-def markdown(res: Dict, plan) -> List[str]:
-    """The report section (a list of lines); arms without their seeds recorded say "pending"."""
+def markdown(res: Dict, plan, images: Optional[Dict[str, str]] = None, image_dir: str = "") -> List[str]:
+    """The report section (a list of lines); arms without their seeds recorded say "pending"; ``images``:
+    the names :func:`plot` saved, under ``image_dir``."""
+    images = images or {}
     from .report import _diff, _pm
 
     L = ["", "## Particle spaces head to head: weights, circuits, outputs", "",
@@ -239,10 +322,16 @@ def markdown(res: Dict, plan) -> List[str]:
          "(`RepulsiveHeads(space=...)`, `HeadRepulsionPenalty(space=...)`; `docs/attention_adapter.md`). Same protocol: "
          f"knob tuned on dev with seed {plan.tune_seed}, seeds {', '.join(map(str, plan.seeds))} reported; paired "
          "differences in test accuracy (points) against the baseline and against the same rule in weight space, "
-         "called only beyond 2 SE (▲ better, ▼ worse); other cells are mean ± SD over seeds. Diversity: mean off-diagonal cosine between the heads' "
-         "parameters, circuits and outputs at the end of training (64 dev sentences); the first study's runs were "
-         "recorded before the circuit cosine existed (–); 'output cos change' is end minus start. Rows whose seeds are not all "
-         "recorded say \"pending\".", ""]
+         "called only beyond 2 SE (▲ better, ▼ worse); other cells are mean ± SD over seeds. Diversity: mean "
+         "off-diagonal cosine between the heads' parameters, between their QK/OV circuits, and between their outputs "
+         "`o_h` (the attention-weighted values, before the output projection: the first study's measure, the same "
+         "for every arm), at the end of training on 64 dev sentences; the first study's runs were recorded before "
+         "the circuit cosine existed (–); 'output cos change' is end minus start. The function-space arms act on "
+         "`W_o^h o_h`, each head's term of the output projection's sum, so a function-space repulsion can spread "
+         "those terms while the `o_h` cosine stays where it was. Rows whose seeds are not all recorded say "
+         "\"pending\". On MiniLM nothing is tuned: the rules take the paper's alpha = "
+         f"{MINILM_ALPHA:g}, and the function-space penalty, which has no paper value, the weight chosen for the "
+         f"small transformer ({TRANSFER_MODEL}) on the same data set.", ""]
     for cell in res["cells"]:
         L.append(f"### {cell['dataset']} / {cell['model']}")
         L.append("")
@@ -264,6 +353,20 @@ def markdown(res: Dict, plan) -> List[str]:
                      f"| {_pm(arm['param_cos_end'], 3)} | {_pm(arm['circuit_cos_end'], 3)} "
                      f"| {_pm(arm['output_cos_end'], 3)} "
                      f"| {_pm([e - s for s, e in zip(arm['output_cos_start'], arm['output_cos_end'])], 3)} |")
+        L.append("")
+        name = f"spaces_pruning_{cell['dataset']}_{cell['model']}"
+        if name in images:
+            L += [f"![pruning curves by particle space]({image_dir}/{images[name]})", ""]
+    if res.get("tuning"):
+        L += [f"Tuning trials of the arms in circuit and function space (dev accuracy, seed {plan.tune_seed}; "
+              "the chosen value is the best, ties broken by the lower dev NLL):", "",
+              "| data | model | arm | knob | trials | chosen |", "|---|---|---|---|---|---|"]
+        for t in res["tuning"]:
+            trials = ", ".join(f"{x['value']:g}: {x['dev_accuracy']:.4f}" for x in t["trials"])
+            if len(t["trials"]) < t["expected"]:
+                trials += f" ({len(t['trials'])}/{t['expected']} recorded)"
+            L.append(f"| {t['dataset']} | {t['model']} | {t['method']} | {t['knob']} | {trials} | "
+                     f"{'pending' if t['chosen'] is None else format(t['chosen'], 'g')} |")
         L.append("")
     L += superseded_lines(res.get("superseded", []))
     st = res["strong"]

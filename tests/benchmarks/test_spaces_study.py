@@ -1,0 +1,120 @@
+"""The head-to-head of particle spaces (benchmarks/attention/spaces_study.py): which runs it plans on
+MiniLM, what its answer says, and what its report section shows. Records are built here with known
+figures; every expected value follows from them by hand."""
+
+import json
+
+import pytest
+
+from benchmarks.attention import plan as study_plan
+from benchmarks.attention import spaces_study
+from benchmarks.attention.report import paired
+
+
+def _record(cfg, *, dev=0.5, test=0.5, nll=0.7):
+    div = {"layer0": {"param_cos_q": 0.0, "circuit_cos_qk": 0.1, "output_cos": 0.2}}
+    return {"config": json.loads(cfg.key()), "key": cfg.key(), "dev": {"accuracy": dev, "nll": nll},
+            "test": {"accuracy": test, "nll": nll, "ece": 0.05}, "diversity_start": div, "diversity_end": div,
+            "seconds_per_step": 0.1, "pruning": [{"k": 1, "accuracy": test - 0.01}, {"k": 2, "accuracy": test - 0.02}]}
+
+
+def _add(records, cfg, **kw):
+    records[cfg.key()] = _record(cfg, **kw)
+
+
+def test_minilm_penalty_takes_the_small_transformers_tuned_weight_and_waits_for_it():
+    plan = study_plan.FULL
+    records = {}
+    # the small transformer's penalty trials on mr only: weight 1.0 has the best dev accuracy
+    for v, dev in zip((0.1, 1.0, 10.0), (0.70, 0.74, 0.72)):
+        _add(records, plan.config("mr", "transformer", "penalty_outputs_rms", v, plan.tune_seed, purpose="tune"),
+             dev=dev)
+    runs = spaces_study.phase_runs(plan, records, "spaces_minilm")
+    pen = [c for c in runs if c.method == "penalty_outputs_rms"]
+    assert {(c.dataset, c.model, c.value) for c in pen} == {("mr", "minilm", 1.0)}  # trec: not tuned yet
+    assert sorted(c.seed for c in pen) == list(plan.seeds) and all(c.purpose == "eval" for c in pen)
+    # the rules keep the paper's alpha on MiniLM, untuned, on both data sets
+    for m in ("svgd_circuits", "spos_outputs"):
+        assert {(c.dataset, c.value) for c in runs if c.method == m} == {("mr", 0.01), ("trec", 0.01)}
+    assert spaces_study.minilm_value(plan, records, "trec", "penalty_outputs_rms") is None
+    # the report's MiniLM cell: the function-space penalty at the transferred weight, no weight-space penalty row
+    cell = next(c for c in spaces_study.build(records, plan)["cells"] if (c["dataset"], c["model"]) == ("mr", "minilm"))
+    labels = {a["label"]: a for a in cell["arms"]}
+    assert labels["penalty / outputs"]["value"] == 1.0 and "penalty / weights" not in labels
+
+
+def _arm(label, method, acc, base_acc):
+    seeds = range(5)
+    return {"label": label, "method": method, "seeds": list(seeds), "expected": 5,
+            "vs_baseline": {"accuracy": paired(dict(zip(seeds, acc)), dict(zip(seeds, base_acc)))}}
+
+
+BASE = [0.80, 0.81, 0.79, 0.80, 0.82]
+GAIN = [b + d for b, d in zip(BASE, (0.010, 0.012, 0.011, 0.009, 0.010))]  # +1 point, SE ~ 0.05 point
+SAME = [b + d for b, d in zip(BASE, (0.004, -0.005, 0.001, -0.002, 0.003))]  # no detectable difference
+
+
+def _cells(*gains):
+    """Two cells; ``gains[i]`` says whether ``spos / outputs`` gains in cell ``i``."""
+    out = []
+    for (ds, model), gain in zip((("mr", "transformer"), ("trec", "transformer")), gains):
+        out.append({"dataset": ds, "model": model, "arms": [
+            {"label": "baseline", "method": "baseline", "seeds": list(range(5)), "expected": 5},
+            _arm("spos / weights", "spos", SAME, BASE),
+            _arm("spos / outputs", "spos_outputs", GAIN if gain else SAME, BASE)]})
+    return {"cells": out}
+
+
+def test_a_gain_in_one_cell_is_not_called_reliable():
+    lines = spaces_study.verdicts(_cells(True, False))
+    assert lines[0].startswith("mr / transformer: spos / outputs is better than the baseline")
+    answer = lines[-1]
+    assert answer.startswith("Answer: no space gives a reliable gain: spos / outputs beats the baseline on "
+                             "mr / transformer only;")
+    assert "of 2 arm(s) in circuit or function space compared so far, 1 beat the baseline" in answer
+
+
+def test_a_gain_in_two_cells_is_called_one_that_holds():
+    answer = spaces_study.verdicts(_cells(True, True))[-1]
+    assert answer.startswith("Answer: a space gives a gain that holds beyond one cell: spos / outputs beats the "
+                             "baseline on mr / transformer and trec / transformer")
+
+
+def test_no_gain_anywhere_and_nothing_compared():
+    assert spaces_study.verdicts(_cells(False, False))[-1].startswith(
+        "Answer: no space gives a reliable gain: none is better than the baseline")
+    assert spaces_study.verdicts({"cells": []})[-1].startswith("Answer: pending")
+
+
+def test_section_lists_the_tuning_trials_and_draws_the_pruning_curves(tmp_path):
+    plan = study_plan.QUICK  # mr / transformer, svgd in circuit and function space
+    records = {}
+    for s in plan.seeds:
+        _add(records, plan.config("mr", "transformer", "baseline", None, s), test=0.70)
+    for v, dev in zip((0.01, 0.1, 1.0), (0.61, 0.65, 0.63)):
+        _add(records, plan.config("mr", "transformer", "svgd_circuits", v, plan.tune_seed, purpose="tune"), dev=dev)
+    for s in plan.seeds:
+        _add(records, plan.config("mr", "transformer", "svgd_circuits", 0.1, s), test=0.72)
+    _add(records, plan.config("mr", "transformer", "svgd_outputs", 0.01, plan.tune_seed, purpose="tune"), dev=0.6)
+    res = spaces_study.build(records, plan)
+    rows = {(t["method"]): t for t in res["tuning"]}
+    assert rows["svgd_circuits"]["chosen"] == 0.1 and len(rows["svgd_circuits"]["trials"]) == 3
+    assert rows["svgd_outputs"]["chosen"] is None and len(rows["svgd_outputs"]["trials"]) == 1
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    saved = {}
+
+    def save(fig, name):
+        fig.savefig(tmp_path / f"{name}.png")
+        saved[name] = f"{name}.png"
+
+    names = spaces_study.plot(res, save)
+    assert names == ["spaces_pruning_mr_transformer"] and (tmp_path / "spaces_pruning_mr_transformer.png").is_file()
+    text = "\n".join(spaces_study.markdown(res, plan, saved, "img"))
+    assert "| mr | transformer | svgd_circuits | alpha | 0.01: 0.6100, 0.1: 0.6500, 1: 0.6300 | 0.1 |" in text
+    assert "| mr | transformer | svgd_outputs | alpha | 0.01: 0.6000 (1/3 recorded) | pending |" in text
+    assert "![pruning curves by particle space](img/spaces_pruning_mr_transformer.png)" in text
+    # the circuit arm: +2 points on every seed, so its paired difference has zero spread and is called
+    assert "| svgd / circuits | 0.1 | 0.7200 ± 0.0000 |" in text
