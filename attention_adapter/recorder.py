@@ -10,6 +10,13 @@
 Each snapshot stores, per group, a CPU ``float32`` copy of the ``(M, P)`` particle matrix, so the
 memory is ``4 M P`` bytes per group per snapshot: restrict ``groups`` and raise ``every`` for big
 models (BERT-base: 12 x 768 x 64 x 4 B ≈ 2.4 MB per group and snapshot).
+
+With ``circuits=True`` (default) each snapshot also stores, per attention module of the kept groups,
+the ``(M, M)`` float64 Gram matrices of its heads' QK and OV circuits
+(:func:`attention_adapter.spaces.module_circuits`, :func:`attention_adapter.spaces.circuit_gram`), formed
+from the module's current weights whatever the groups hold (a group of Q rows alone has no circuit):
+``16 M^2`` bytes per module and snapshot, and ``O(M^2 d_head^2 (a + b))`` operations per circuit
+(``a``, ``b`` its factors' row counts, about ``d_model``), done in float64 where the weights are.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from ._compat import warn_renamed
 from .diversity import mean_offdiagonal, pairwise_cosine
 from .particles import HeadParticles, head_particles_of
 from .pca import principal_coordinates
-from .spaces import circuit_similarity, circuit_structure
+from .spaces import circuit_gram, gram_cosine, module_circuits
 
 __all__ = ["HeadRecorder", "principal_coordinates"]
 
@@ -51,6 +58,9 @@ class HeadRecorder:
         Group names to keep (default all); at least one.
     max_snapshots : int, optional
         Keep only the most recent snapshots.
+    circuits : bool
+        Also record the QK/OV circuit Grams of the kept groups' attention modules, for
+        ``similarity(group, "circuits")`` (module docstring: memory and cost).
 
     Attributes
     ----------
@@ -61,7 +71,7 @@ class HeadRecorder:
     """
 
     def __init__(self, heads: Any, *, every: int = 1, groups: Optional[Sequence[str]] = None,
-                 max_snapshots: Optional[int] = None):
+                 max_snapshots: Optional[int] = None, circuits: bool = True):
         self.head_particles = _heads_of(heads)
         every = validation.check_int("every", every, minimum=1)
         max_snapshots = validation.check_int("max_snapshots", max_snapshots, minimum=1, optional=True)
@@ -83,6 +93,18 @@ class HeadRecorder:
         self.max_snapshots = max_snapshots
         self.steps: List[int] = []
         self._snaps: Dict[str, List[torch.Tensor]] = {g.name: [] for g in self._groups}
+        # per module of the kept groups: {"qk"/"ov": CircuitStructure}, or why no circuit can be formed
+        self._circuits: Optional[Dict[str, Any]] = None
+        self._circuit_snaps: Dict[str, List[Dict[str, torch.Tensor]]] = {}
+        if circuits:
+            self._circuits = {}
+            for g in self._groups:
+                if g.site.name not in self._circuits:
+                    try:
+                        self._circuits[g.site.name] = module_circuits(g.site, self.head_particles.include_bias)
+                    except ValueError as err:
+                        self._circuits[g.site.name] = str(err)
+                    self._circuit_snaps[g.site.name] = []
         self._count = 0  # optimizer steps seen by the attach() hook
         self._recorded = 0  # snapshots recorded so far (the default step label)
 
@@ -111,9 +133,13 @@ class HeadRecorder:
         self._recorded += 1
         for g in self._groups:
             self._snaps[g.name].append(g.gather("data").to("cpu", torch.float32, copy=True))
+        for site, structures in (self._circuits or {}).items():
+            grams = {} if isinstance(structures, str) else \
+                {side: circuit_gram(st, st.group.gather("data")).cpu() for side, st in structures.items()}
+            self._circuit_snaps[site].append(grams)
         if self.max_snapshots is not None and len(self.steps) > self.max_snapshots:
             self.steps.pop(0)
-            for v in self._snaps.values():
+            for v in (*self._snaps.values(), *self._circuit_snaps.values()):
                 v.pop(0)
 
     def attach(self, optimizer: torch.optim.Optimizer):
@@ -145,20 +171,59 @@ class HeadRecorder:
     def similarity(self, group: Optional[str] = None, space: str = "weights") -> torch.Tensor:
         """``(T, M, M)``: the heads' cosine similarity in each snapshot of ``group``, in ``space``.
 
-        ``"weights"``: of the recorded particle rows; ``"circuits"``: of the heads' QK/OV circuits
-        made from those rows (:func:`attention_adapter.spaces.circuit_similarity`; a multi-query
-        key/value head, which is no particle, is read as it is now). Similarity of the heads'
-        *outputs* needs data: :func:`attention_adapter.head_diversity` with ``forward=``.
+        ``"weights"``: of the recorded particle rows of ``group``.
+
+        ``"circuits"``: of the heads' QK/OV circuits (Elhage et al. 2021) of ``group``'s attention
+        module, recorded with each snapshot from the module's weights (``circuits=True``), whatever the
+        group holds: keyed per module, the group's roles choose the circuits, as ``roles`` does in circuit
+        space: a group of Q and/or K rows (``"q"``, ``"k"``, ``"qk-circuit"``) gives the QK circuits
+        ``W_q^T W_k``; of V and/or the output columns (``"v"``, ``"out"``, ``"ov-circuit"``) the OV
+        circuits ``W_o W_v``; of both (``"qkv"``, ``"circuits"``, function-space groups) the joint
+        particle, inner products summed over both circuits
+        (:func:`attention_adapter.spaces.circuit_gram`). So the groups ``"q"`` and ``"k"`` of a module
+        give the same matrix. Biases are in the circuits with the selection's ``include_bias``. Under
+        grouped-query attention the particles are the key/value heads with their query heads (``M`` is
+        their number, ``G``); under multi-query attention the query heads, the shared key/value head a
+        constant factor. A module with only Q (Lin et al.'s hops) compares those rows: circuits and
+        weights coincide there.
+
+        ``"outputs"`` is refused: a snapshot holds weights only (and ``RepulsiveHeads(space="outputs")``
+        keeps the kernel of each step's features, not the features), so the outputs' similarity needs a
+        forward pass on a batch: :func:`attention_adapter.head_diversity` with ``forward=``.
         """
-        snaps = self.snapshots(group)
         if space == "weights":
-            return torch.stack([pairwise_cosine(s) for s in snaps])
+            return torch.stack([pairwise_cosine(s) for s in self.snapshots(group)])
         if space == "circuits":
-            g = next(g for g in self._groups if g.name == self._name(group))
-            st = circuit_structure(g, self.head_particles.include_bias)
-            return torch.stack([circuit_similarity(st, s.to(g.blocks[0].param.device, torch.float64)) for s in snaps])
-        raise ValueError(f"expected space 'weights' or 'circuits' for recorded snapshots, received {space!r} (the "
-                         "outputs' similarity needs a forward pass: head_diversity(model, forward=...))")
+            return torch.stack([gram_cosine(g) for g in self._circuit_grams(group)])
+        if space == "outputs":
+            raise ValueError(
+                "HeadRecorder snapshots hold the heads' weights, not their outputs (RepulsiveHeads(space='outputs') "
+                "keeps only the kernel of each step's features, not the features): the outputs' similarity needs a "
+                "forward pass on a batch, head_diversity(model, forward=lambda: model(batch))[module].output_cosine; "
+                "or use space 'weights' or 'circuits' here")
+        raise ValueError(f"expected space 'weights' or 'circuits' for recorded snapshots, received {space!r}")
+
+    def _circuit_grams(self, group: Optional[str]) -> List[torch.Tensor]:
+        """Per snapshot, the ``(M, M)`` float64 circuit Gram of ``group``'s module for its roles
+        (:meth:`similarity`)."""
+        name = self._name(group)
+        if not self.steps:
+            raise ValueError("no snapshot recorded yet; call record() or attach(optimizer) first")
+        if self._circuits is None:
+            raise ValueError("this recorder was made with circuits=False, so its snapshots hold no circuits; "
+                             "make it with HeadRecorder(..., circuits=True)")
+        g = next(g for g in self._groups if g.name == name)
+        structures = self._circuits[g.site.name]
+        if isinstance(structures, str):
+            raise ValueError(f"no circuits for attention module {g.site.name!r}: {structures}")
+        roles = set(g.roles)
+        sides = [side for side, members in (("qk", {"q", "k", "q_bias", "k_bias"}), ("ov", {"v", "out", "v_bias"}))
+                 if roles & members]
+        missing = [side for side in sides if side not in structures]
+        if missing or not sides:
+            raise ValueError(f"group {name!r} (roles {g.roles}) asks for the {'/'.join(missing or ['no'])} "
+                             f"circuit(s) of module {g.site.name!r}, which has {sorted(structures) or 'none'}")
+        return [sum(snap[side] for side in sides) for snap in self._circuit_snaps[g.site.name]]
 
     def mean_similarity(self, group: Optional[str] = None, space: str = "weights") -> torch.Tensor:
         """``(T,)``: mean off-diagonal entry of :meth:`similarity` per snapshot."""

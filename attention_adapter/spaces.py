@@ -73,7 +73,8 @@ from .layouts import ResolvedLayout
 from .particles import HeadParticles, ParticleGroup
 
 __all__ = ["SPACES", "check_space", "CircuitStructure", "circuit_structure", "circuit_particles",
-           "output_particles", "circuit_kernel_similarity", "circuit_similarity", "circuit_direction"]
+           "output_particles", "circuit_kernel_similarity", "circuit_gram", "gram_cosine", "circuit_similarity",
+           "module_circuits", "circuit_direction"]
 
 #: the spaces a head particle can live in
 SPACES = ("weights", "circuits", "outputs")
@@ -368,9 +369,40 @@ def circuit_kernel_similarity(structure: CircuitStructure, rows: torch.Tensor, k
     return (k.sum() - k.diagonal().sum()) / float(m * (m - 1))
 
 
+def circuit_gram(structure: CircuitStructure, rows: torch.Tensor) -> torch.Tensor:
+    """The inner products ``<theta_i, theta_j>`` of the heads' circuits, summed over the terms.
+
+    ``rows`` ``(M, P)``; returns ``(M, M)`` float64 (detached), from ``d_head x d_head`` products only
+    (:func:`particlesampling.circuits.circuit_inner`). Grams of different circuits of the same heads add
+    up to the Gram of their joint particle (as ``particles="joint"`` sums the distances).
+    """
+    return ps.circuits.circuit_inner(structure.to_terms(rows.detach().double())).inner
+
+
+def gram_cosine(inner: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """``inner[i, j] / sqrt(inner[i, i] inner[j, j])``: ``(M, M)`` Gram -> ``(M, M)`` float32 cosines."""
+    norm = inner.diagonal().clamp_min(eps).sqrt()
+    return (inner / norm[:, None] / norm[None, :]).float()
+
+
 def circuit_similarity(structure: CircuitStructure, rows: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Cosine similarity of the heads' circuits, ``<theta_i, theta_j> / (|theta_i| |theta_j|)`` with the
     inner product summed over terms (``(M, M)``, float32, from ``d_head x d_head`` products only)."""
-    inner = ps.circuits.circuit_inner(structure.to_terms(rows.detach().double())).inner
-    norm = inner.diagonal().clamp_min(eps).sqrt()
-    return (inner / norm[:, None] / norm[None, :]).float()
+    return gram_cosine(circuit_gram(structure, rows), eps)
+
+
+def module_circuits(site: ResolvedLayout, include_bias: bool = False) -> Dict[str, CircuitStructure]:
+    """Every circuit of one attention module's heads, whatever a selection keeps of it.
+
+    ``{"qk": structure, "ov": structure}`` (either absent where the module has no such block): the
+    groups :func:`circuit_particles` makes for ``site`` with ``particles="separate"`` and all of Q, K,
+    V (the output projection in the OV circuit wherever the layout declares it; biases with
+    ``include_bias``). Under grouped-query attention a particle is a key/value head with its query heads;
+    a module with only Q or only K (Lin et al.'s hops) has a ``"qk"`` entry that is that block, plain.
+    Raises ValueError where a circuit cannot be formed (as :func:`circuit_particles` does).
+    """
+    out: Dict[str, CircuitStructure] = {}
+    for g in _circuit_groups_of_site(site, "separate", ("q", "k", "v"), include_bias):
+        side = "qk" if {"q", "k"} & set(g.roles) else "ov"
+        out[side] = circuit_structure(g, include_bias)
+    return out
