@@ -79,6 +79,11 @@ def _output_cos(div) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
+def _map_js(div) -> float:
+    vals = [d["map_js"] for d in div.values() if "map_js" in d]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
 def _circuit_cos(div) -> float:
     vals = [float(np.mean(v)) for d in div.values()
             if (v := [x for k, x in d.items() if k.startswith("circuit_cos_")])]
@@ -155,7 +160,8 @@ def _arm(plan, records, dataset, model, label, method, value, base, weights_runs
         entry["test_accuracy"] = [r["test"]["accuracy"] for r in runs]
         entry["test_nll"] = [r["test"]["nll"] for r in runs]
         entry["test_ece"] = [r["test"]["ece"] for r in runs]
-        for name, fn in (("param_cos", _param_cos), ("circuit_cos", _circuit_cos), ("output_cos", _output_cos)):
+        for name, fn in (("param_cos", _param_cos), ("circuit_cos", _circuit_cos), ("output_cos", _output_cos),
+                         ("map_js", _map_js)):
             entry[f"{name}_start"] = [fn(r["diversity_start"]) for r in runs]
             entry[f"{name}_end"] = [fn(r["diversity_end"]) for r in runs]
         entry["seconds_per_step"] = [r["seconds_per_step"] for r in runs]
@@ -211,12 +217,22 @@ def build(records: Dict[str, dict], plan) -> Dict:
                                "trials": [{"value": t.value, "dev_accuracy": records[t.key()]["dev"]["accuracy"]}
                                           for t in ts if t.key() in records],
                                "expected": len(ts), "chosen": _value(plan, records, dataset, model, method)})
+    def change(rec, fn):
+        return fn(rec["diversity_end"]) - fn(rec["diversity_start"])
+
     trials = [{"value": t.value, "recorded": t.key() in records,
-               "output_cos_change": (_output_cos(records[t.key()]["diversity_end"])
-                                     - _output_cos(records[t.key()]["diversity_start"])) if t.key() in records else None}
+               "output_cos_change": change(records[t.key()], _output_cos) if t.key() in records else None,
+               "map_js_change": change(records[t.key()], _map_js) if t.key() in records else None,
+               "output_cos_start": _output_cos(records[t.key()]["diversity_start"]) if t.key() in records else None}
               for t in strong_trials(plan)]
+    first = plan.space_datasets[0] if plan.space_datasets else None
+    base = _runs(plan, records, first, "minilm", "baseline", None) if first and plan.space_strong_grid else []
+    baseline_change = ({"output_cos_change": float(np.mean([change(r, _output_cos) for r in base])),
+                        "map_js_change": float(np.mean([change(r, _map_js) for r in base])), "seeds": len(base)}
+                       if base else None)
     return {"cells": cells, "tuning": tuning,
-            "strong": {"trials": trials, "chosen": strong_alpha(plan, records), "moved": MOVED}}
+            "strong": {"trials": trials, "chosen": strong_alpha(plan, records), "moved": MOVED,
+                       "baseline": baseline_change}}
 
 
 def plot(res: Dict, save) -> List[str]:
@@ -326,7 +342,9 @@ def markdown(res: Dict, plan, images: Optional[Dict[str, str]] = None, image_dir
          "off-diagonal cosine between the heads' parameters, between their QK/OV circuits, and between their outputs "
          "`o_h` (the attention-weighted values, before the output projection: the first study's measure, the same "
          "for every arm), at the end of training on 64 dev sentences; the first study's runs were recorded before "
-         "the circuit cosine existed (–); 'output cos change' is end minus start. The function-space arms act on "
+         "the circuit cosine existed (–); 'output cos change' is end minus start, and 'map JS change' the same "
+         "for the mean Jensen–Shannon divergence between the heads' attention maps (higher: more diverse maps). "
+         "The function-space arms act on "
          "`W_o^h o_h`, each head's term of the output projection's sum, so a function-space repulsion can spread "
          "those terms while the `o_h` cosine stays where it was. Rows whose seeds are not all recorded say "
          "\"pending\". On MiniLM nothing is tuned: the rules take the paper's alpha = "
@@ -336,15 +354,15 @@ def markdown(res: Dict, plan, images: Optional[Dict[str, str]] = None, image_dir
         L.append(f"### {cell['dataset']} / {cell['model']}")
         L.append("")
         L.append("| arm | value | test accuracy | NLL | ECE | vs baseline | vs weight space | param cos | circuit cos "
-                 "| output cos | output cos change |")
-        L.append("|---|---|---|---|---|---|---|---|---|---|---|")
+                 "| output cos | output cos change | map JS change |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for arm in cell["arms"]:
             n, want = len(arm["seeds"]), arm["expected"]
             value = "–" if arm["value"] is None else format(arm["value"], "g")
             if arm["method"] != "baseline" and arm["value"] is None:
                 value = "pending (tuning)"
             if n < want:
-                L.append(f"| {arm['label']} | {value} | pending ({n}/{want} seeds) | | | | | | | | |")
+                L.append(f"| {arm['label']} | {value} | pending ({n}/{want} seeds) | | | | | | | | | |")
                 continue
             vb = (arm.get("vs_baseline") or {}).get("accuracy")
             L.append(f"| {arm['label']} | {value} | {_pm(arm['test_accuracy'])} | {_pm(arm['test_nll'], 3)} "
@@ -352,7 +370,8 @@ def markdown(res: Dict, plan, images: Optional[Dict[str, str]] = None, image_dir
                      f"| {_diff(arm['vs_weights']) if arm.get('vs_weights') else '–'} "
                      f"| {_pm(arm['param_cos_end'], 3)} | {_pm(arm['circuit_cos_end'], 3)} "
                      f"| {_pm(arm['output_cos_end'], 3)} "
-                     f"| {_pm([e - s for s, e in zip(arm['output_cos_start'], arm['output_cos_end'])], 3)} |")
+                     f"| {_pm([e - s for s, e in zip(arm['output_cos_start'], arm['output_cos_end'])], 3)} "
+                     f"| {_pm([e - s for s, e in zip(arm['map_js_start'], arm['map_js_end'])], 3)} |")
         L.append("")
         name = f"spaces_pruning_{cell['dataset']}_{cell['model']}"
         if name in images:
@@ -372,12 +391,32 @@ def markdown(res: Dict, plan, images: Optional[Dict[str, str]] = None, image_dir
     st = res["strong"]
     if not st["trials"]:
         return L + _verdict_lines(res)
+    fmt = lambda x: "pending" if x is None else f"{x:+.3f}"  # noqa: E731
+    b = st.get("baseline")
     L.append(f"MiniLM strong arm (`svgd_outputs`): trials on `{plan.space_datasets[0]}` with seed {plan.tune_seed}, "
-             f"change of the mean head-output cosine over training per alpha: "
-             + ", ".join(f"{t['value']:g}: " + ("pending" if t["output_cos_change"] is None
-                                                 else f"{t['output_cos_change']:+.3f}") for t in st["trials"])
-             + f"; chosen (smallest moving it by at least {st['moved']}): "
+             "change over training of the mean head-output cosine / of the mean map JS divergence per alpha: "
+             + ", ".join(f"{t['value']:g}: {fmt(t['output_cos_change'])} / {fmt(t['map_js_change'])}"
+                         for t in st["trials"])
+             + (f" (the baseline: {b['output_cos_change']:+.3f} / {b['map_js_change']:+.3f}, mean of its "
+                f"{b['seeds']} seeds)" if b else "")
+             + f"; chosen (smallest moving the head-output cosine by at least {st['moved']}, else the largest): "
              + ("pending" if st["chosen"] is None else f"{st['chosen']:g}") + ".")
+    starts = [t["output_cos_start"] for t in st["trials"] if t["output_cos_start"] is not None]
+    if st["chosen"] is not None and starts and all(abs(t["output_cos_change"]) < st["moved"]
+                                                   for t in st["trials"] if t["recorded"]):
+        L.append("")
+        chosen = next(t for t in st["trials"] if t["value"] == st["chosen"])
+        gap = chosen["map_js_change"] - b["map_js_change"] if b else None
+        moved = gap is not None and gap >= st["moved"]
+        L.append(f"No trial moved the head-output cosine by {st['moved']}: the pretrained heads' outputs start "
+                 f"nearly orthogonal (mean cosine {np.mean(starts):+.3f}), so that measure has little room to fall, "
+                 "and the function-space arm acts on the heads' terms of the output projection, not on those outputs "
+                 "themselves. "
+                 + (f"The heads did move: at the chosen value the attention maps' JS divergence changed by "
+                    f"{chosen['map_js_change']:+.3f} against the baseline's {b['map_js_change']:+.3f}, so this arm is a "
+                    "repulsion that measurably changes what the pretrained heads attend to." if moved else
+                    "The attention maps' JS divergence did not move by that much beyond the baseline's change either "
+                    + ("" if b else "(no baseline recorded yet)") + ", so on MiniLM even this arm may be no force."))
     L.append("")
     return L + _verdict_lines(res)
 

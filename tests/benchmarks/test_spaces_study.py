@@ -118,3 +118,31 @@ def test_section_lists_the_tuning_trials_and_draws_the_pruning_curves(tmp_path):
     assert "![pruning curves by particle space](img/spaces_pruning_mr_transformer.png)" in text
     # the circuit arm: +2 points on every seed, so its paired difference has zero spread and is called
     assert "| svgd / circuits | 0.1 | 0.7200 ± 0.0000 |" in text
+
+
+def _div(output_cos, map_js):
+    return {"layer0": {"param_cos_q": 0.0, "output_cos": output_cos, "map_js": map_js},
+            "layer1": {"param_cos_q": 0.0, "output_cos": output_cos, "map_js": map_js}}
+
+
+@pytest.mark.parametrize("strong_js_end, moved", [(0.30, True), (0.21, False)])
+def test_strong_arm_reports_both_measures_and_says_whether_the_heads_moved(strong_js_end, moved):
+    plan = study_plan.FULL
+    records = {}
+    for s in plan.seeds:  # the baseline's maps: 0.20 -> 0.205 (change +0.005)
+        cfg = plan.config("mr", "minilm", "baseline", None, s)
+        records[cfg.key()] = {**_record(cfg), "diversity_start": _div(0.006, 0.20), "diversity_end": _div(0.006, 0.205)}
+    for t in spaces_study.strong_trials(plan):  # no trial moves the output cosine by MOVED
+        records[t.key()] = {**_record(t), "diversity_start": _div(0.006, 0.20),
+                            "diversity_end": _div(0.008, strong_js_end)}
+    res = spaces_study.build(records, plan)
+    assert res["strong"]["chosen"] == plan.space_strong_grid[-1]  # the rule's fallback: the largest
+    assert res["strong"]["baseline"]["map_js_change"] == pytest.approx(0.005)
+    text = "\n".join(spaces_study.markdown(res, plan))
+    change = strong_js_end - 0.20
+    assert f"1: +0.002 / {change:+.3f}" in text and "(the baseline: +0.000 / +0.005, mean of its 5 seeds)" in text
+    assert "mean cosine +0.006" in text
+    if moved:
+        assert f"changed by {change:+.3f} against the baseline's +0.005" in text
+    else:
+        assert "did not move by that much beyond the baseline's change" in text
