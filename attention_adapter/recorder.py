@@ -11,8 +11,8 @@ Each snapshot stores, per group, a CPU ``float32`` copy of the ``(M, P)`` partic
 memory is ``4 M P`` bytes per group per snapshot: restrict ``groups`` and raise ``every`` for big
 models (BERT-base: 12 x 768 x 64 x 4 B ≈ 2.4 MB per group and snapshot).
 
-With ``circuits=True`` (default) each snapshot also stores, per attention module of the kept groups,
-the ``(M, M)`` float64 Gram matrices of its heads' QK and OV circuits
+With ``circuits=True`` (off by default: it is the dearest part of a snapshot) each snapshot also
+stores, per attention module of the kept groups, the ``(M, M)`` float64 Gram matrices of its heads' QK and OV circuits
 (:func:`attention_adapter.spaces.module_circuits`, :func:`attention_adapter.spaces.circuit_gram`), formed
 from the module's current weights whatever the groups hold (a group of Q rows alone has no circuit):
 ``16 M^2`` bytes per module and snapshot, and ``O(M^2 d_head^2 (a + b))`` operations per circuit
@@ -59,8 +59,8 @@ class HeadRecorder:
     max_snapshots : int, optional
         Keep only the most recent snapshots.
     circuits : bool
-        Also record the QK/OV circuit Grams of the kept groups' attention modules, for
-        ``similarity(group, "circuits")`` (module docstring: memory and cost).
+        Also record the QK/OV circuit Grams of the kept groups' attention modules, which
+        ``similarity(group, "circuits")`` needs (default False: module docstring, memory and cost).
 
     Attributes
     ----------
@@ -71,7 +71,7 @@ class HeadRecorder:
     """
 
     def __init__(self, heads: Any, *, every: int = 1, groups: Optional[Sequence[str]] = None,
-                 max_snapshots: Optional[int] = None, circuits: bool = True):
+                 max_snapshots: Optional[int] = None, circuits: bool = False):
         self.head_particles = _heads_of(heads)
         every = validation.check_int("every", every, minimum=1)
         max_snapshots = validation.check_int("max_snapshots", max_snapshots, minimum=1, optional=True)
@@ -96,7 +96,7 @@ class HeadRecorder:
         # per module of the kept groups: {"qk"/"ov": CircuitStructure}, or why no circuit can be formed
         self._circuits: Optional[Dict[str, Any]] = None
         self._circuit_snaps: Dict[str, List[Dict[str, torch.Tensor]]] = {}
-        if circuits:
+        if validation.check_bool("circuits", circuits):
             self._circuits = {}
             for g in self._groups:
                 if g.site.name not in self._circuits:
@@ -129,14 +129,19 @@ class HeadRecorder:
         recorder has recorded before (0, 1, 2, ... when called by hand; :meth:`attach` passes the
         optimizer step instead).
         """
-        self.steps.append(self._recorded if step is None else int(step))
+        label = self._recorded if step is None else int(step)
+        # everything is formed before anything is stored, so a failure (out of memory, say) leaves the
+        # snapshots, their circuits and their step labels aligned
+        snaps = {g.name: g.gather("data").to("cpu", torch.float32, copy=True) for g in self._groups}
+        grams = {site: ({} if isinstance(structures, str) else
+                        {side: circuit_gram(st, st.group.gather("data")).cpu() for side, st in structures.items()})
+                 for site, structures in (self._circuits or {}).items()}
+        self.steps.append(label)
         self._recorded += 1
-        for g in self._groups:
-            self._snaps[g.name].append(g.gather("data").to("cpu", torch.float32, copy=True))
-        for site, structures in (self._circuits or {}).items():
-            grams = {} if isinstance(structures, str) else \
-                {side: circuit_gram(st, st.group.gather("data")).cpu() for side, st in structures.items()}
-            self._circuit_snaps[site].append(grams)
+        for name, snap in snaps.items():
+            self._snaps[name].append(snap)
+        for site, gram in grams.items():
+            self._circuit_snaps[site].append(gram)
         if self.max_snapshots is not None and len(self.steps) > self.max_snapshots:
             self.steps.pop(0)
             for v in (*self._snaps.values(), *self._circuit_snaps.values()):

@@ -266,7 +266,6 @@ def _numpy_select(v, ks, threads: int | None = None):
     return [part[k] for k in ks]
 
 
-
 def checked_ranks(ks, n: int) -> list:
     """``ks`` as a list of Python integers, each a 0-based rank in ``[0, n)``; a non-integer rank
     (``5.5``, ``True``) or one out of range (``-1`` would not mean the largest here) is a ValueError

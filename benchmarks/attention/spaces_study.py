@@ -37,8 +37,8 @@ import numpy as np
 
 from .train import RunConfig
 
-__all__ = ["PHASES", "METHODS_BY_SPACE", "MOVED", "TRANSFER_MODEL", "minilm_value", "phase_runs", "strong_trials", "strong_alpha", "build", "plot",
-           "markdown", "verdicts"]
+__all__ = ["PHASES", "METHODS_BY_SPACE", "MOVED", "TRANSFER_MODEL", "minilm_value", "phase_runs", "strong_trials",
+           "strong_alpha", "build", "plot", "markdown", "verdicts"]
 
 PHASES = ("spaces_core", "spaces_strong", "spaces_minilm")
 #: the arms compared head to head: (rule, space) -> method of :mod:`.methods`
@@ -62,10 +62,14 @@ def minilm_value(plan, records: Dict[str, dict], dataset: str, method: str) -> O
     from .methods import METHODS
     from .plan import choose
 
-    if METHODS[method].knob == "alpha":
+    spec = METHODS[method]
+    if spec.knob == "alpha":
         return MINILM_ALPHA
-    if METHODS[method].knob is None:
+    if spec.knob is None:
         return None
+    if spec.knob != "weight" or TRANSFER_MODEL not in spec.models or not spec.grid:
+        raise ValueError(f"expected a MiniLM arm with knob 'alpha' (the paper's value) or a penalty weight tuned on "
+                         f"the {TRANSFER_MODEL}; received {method!r} (knob {spec.knob!r}, models {spec.models})")
     return choose(records, plan.trials(dataset, TRANSFER_MODEL, method))
 
 
@@ -230,9 +234,20 @@ def build(records: Dict[str, dict], plan) -> Dict:
     baseline_change = ({"output_cos_change": float(np.mean([change(r, _output_cos) for r in base])),
                         "map_js_change": float(np.mean([change(r, _map_js) for r in base])), "seeds": len(base)}
                        if base else None)
+    from .report import paired
+
+    chosen = strong_alpha(plan, records)
+    moved_maps = {}
+    if chosen is not None:
+        for ds in plan.space_datasets:
+            arm = _runs(plan, records, ds, "minilm", STRONG, chosen)
+            bas = _runs(plan, records, ds, "minilm", "baseline", None)
+            if len(arm) == len(plan.seeds) and len(bas) == len(plan.seeds):
+                by_seed = lambda runs: {r["config"]["seed"]: change(r, _map_js) for r in runs}  # noqa: E731
+                moved_maps[ds] = paired(by_seed(arm), by_seed(bas))
     return {"cells": cells, "tuning": tuning,
-            "strong": {"trials": trials, "chosen": strong_alpha(plan, records), "moved": MOVED,
-                       "baseline": baseline_change}}
+            "strong": {"trials": trials, "chosen": chosen, "moved": MOVED, "baseline": baseline_change,
+                       "map_js_vs_baseline": moved_maps}}
 
 
 def plot(res: Dict, save) -> List[str]:
@@ -270,9 +285,11 @@ def _called(c, verdict) -> bool:
 def verdicts(res: Dict) -> List[str]:
     """One line per comparison called beyond 2 SE, then the answer they add up to (``Answer: ...``).
 
-    A space gives a *reliable* gain when one of its arms (a rule in that space) is better than the baseline
-    beyond 2 SE in at least two (data set, model) cells and worse in none, or better than the same rule in
-    weight space anywhere; a gain in one cell alone is reported as such, not as reliable."""
+    Only arms with all their seeds recorded count. A space gives a *reliable* gain when one of its arms (a
+    rule in that space) is better than the baseline beyond 2 SE in at least two (data set, model) cells
+    and worse in none; a gain in one cell alone is reported as such. Beating the same rule in weight space
+    is reported beside it (where the arm is not worse than the baseline there), never as a gain by itself:
+    the weight-space arm may be below the baseline."""
     from .report import _diff
 
     out, worse_base, better_w, worse_w, compared = [], 0, [], 0, 0
@@ -280,10 +297,12 @@ def verdicts(res: Dict) -> List[str]:
     for cell in res["cells"]:
         where = f"{cell['dataset']} / {cell['model']}"
         for arm in cell["arms"]:
-            vb = (arm.get("vs_baseline") or {}).get("accuracy")
-            vw = arm.get("vs_weights")
             if arm["label"].endswith("weights") or arm["method"] == "baseline":
                 continue
+            if len(arm["seeds"]) < arm["expected"]:
+                continue
+            vb = (arm.get("vs_baseline") or {}).get("accuracy")
+            vw = arm.get("vs_weights")
             if vb and vb["n"] >= 2:
                 compared += 1
             for c, ref in ((vb, "the baseline"), (vw, "the same rule in weight space")):
@@ -294,34 +313,32 @@ def verdicts(res: Dict) -> List[str]:
             if _called(vb, "worse"):
                 losses.setdefault(arm["label"], []).append(where)
                 worse_base += 1
-            if _called(vw, "better"):
+            if _called(vw, "better") and not _called(vb, "worse"):
                 better_w.append(f"{arm['label']} on {where}")
             worse_w += _called(vw, "worse")
     n_gains = sum(len(v) for v in gains.values())
     reliable = [label for label, cells in gains.items() if len(cells) >= 2 and not losses.get(label)]
     if not compared:
-        out.append("Answer: pending: no arm in circuit or function space has been compared with its baseline over two "
-                   "seeds yet.")
+        out.append("Answer: pending: no arm in circuit or function space has been compared with its baseline over all "
+                   "its seeds yet.")
         return out
     tally = (f"of {compared} arm(s) in circuit or function space compared so far, {n_gains} beat the baseline "
-             f"and {worse_base} were worse, {len(better_w)} beat the same rule in weight space and {worse_w} were "
-             "worse (beyond 2 SE)")
-    if reliable or better_w:
+             f"and {worse_base} were worse, {len(better_w)} beat the same rule in weight space without being worse "
+             f"than the baseline and {worse_w} were worse than weight space (beyond 2 SE)")
+    over = ("; " + "; ".join(f"{x} beats the same rule in weight space" for x in better_w) if better_w
+            else "; no arm beats the same rule in weight space without being worse than the baseline")
+    if reliable:
         held = "; ".join(f"{label} beats the baseline on {' and '.join(gains[label])}" for label in reliable)
-        over = "; ".join(f"{x} beats weight space" for x in better_w)
-        out.append(f"Answer: a space gives a gain that holds beyond one cell: {'; '.join(x for x in (held, over) if x)} "
-                   f"({tally}).")
+        out.append(f"Answer: a space gives a gain that holds beyond one cell: {held}{over} ({tally}).")
         return out
     if n_gains:
         where = "; ".join(f"{label} beats the baseline on {' and '.join(cells)}"
                           + (" only" if len(cells) == 1 else "")
                           + (f" but is worse on {' and '.join(losses[label])}" if losses.get(label) else "")
                           for label, cells in gains.items())
-        out.append(f"Answer: no space gives a reliable gain: {where}; no arm beats the same rule in weight space "
-                   f"({tally}).")
+        out.append(f"Answer: no space gives a reliable gain: {where}{over} ({tally}).")
         return out
-    out.append(f"Answer: no space gives a reliable gain: none is better than the baseline or than weight space "
-               f"beyond 2 SE ({tally}).")
+    out.append(f"Answer: no space gives a reliable gain: none is better than the baseline beyond 2 SE{over} ({tally}).")
     return out
 
 
@@ -402,21 +419,33 @@ def markdown(res: Dict, plan, images: Optional[Dict[str, str]] = None, image_dir
              + f"; chosen (smallest moving the head-output cosine by at least {st['moved']}, else the largest): "
              + ("pending" if st["chosen"] is None else f"{st['chosen']:g}") + ".")
     starts = [t["output_cos_start"] for t in st["trials"] if t["output_cos_start"] is not None]
-    if st["chosen"] is not None and starts and all(abs(t["output_cos_change"]) < st["moved"]
-                                                   for t in st["trials"] if t["recorded"]):
+    if st["chosen"] is None:
         L.append("")
-        chosen = next(t for t in st["trials"] if t["value"] == st["chosen"])
-        gap = chosen["map_js_change"] - b["map_js_change"] if b else None
-        moved = gap is not None and gap >= st["moved"]
-        L.append(f"No trial moved the head-output cosine by {st['moved']}: the pretrained heads' outputs start "
-                 f"nearly orthogonal (mean cosine {np.mean(starts):+.3f}), so that measure has little room to fall, "
-                 "and the function-space arm acts on the heads' terms of the output projection, not on those outputs "
-                 "themselves. "
-                 + (f"The heads did move: at the chosen value the attention maps' JS divergence changed by "
-                    f"{chosen['map_js_change']:+.3f} against the baseline's {b['map_js_change']:+.3f}, so this arm is a "
-                    "repulsion that measurably changes what the pretrained heads attend to." if moved else
-                    "The attention maps' JS divergence did not move by that much beyond the baseline's change either "
-                    + ("" if b else "(no baseline recorded yet)") + ", so on MiniLM even this arm may be no force."))
+        return L + _verdict_lines(res)
+    L.append("")
+    text = []
+    if starts and all(t["output_cos_change"] is not None and abs(t["output_cos_change"]) < st["moved"]
+                      for t in st["trials"]):
+        text.append(f"No trial moved the head-output cosine by {st['moved']}"
+                    + (f": the pretrained heads' outputs start nearly orthogonal (mean cosine {np.mean(starts):+.3f}), "
+                       "so that measure has little room to fall, and the function-space arm acts on the heads' terms of "
+                       "the output projection, not on those outputs themselves." if abs(np.mean(starts)) < 0.05 else "."))
+    maps = {ds: c for ds, c in (st.get("map_js_vs_baseline") or {}).items() if c and np.isfinite(c.get("mean", np.nan))}
+    if not maps:
+        text.append("Whether the chosen arm moves the heads' attention maps beyond the baseline's change is pending "
+                    "(its seeds or the baseline's, or their map JS, are not all recorded).")
+    else:
+        from .report import _diff
+
+        text.append("At the chosen value, the change of the attention maps' JS divergence over training against the "
+                    "baseline's (paired by seed): " + "; ".join(f"{ds} {_diff(c, scale=1.0, unit='', digits=3)}"
+                                                                for ds, c in maps.items()) + ".")
+        up = [ds for ds, c in maps.items() if c["verdict"] == "better"]
+        text.append(("The heads did move: the arm spreads the pretrained heads' attention maps measurably on "
+                     + " and ".join(up) + "." if up else
+                     "The maps did not move detectably beyond the baseline's change: on MiniLM even this arm may be "
+                     "no force."))
+    L.append(" ".join(text))
     L.append("")
     return L + _verdict_lines(res)
 

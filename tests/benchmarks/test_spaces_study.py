@@ -121,28 +121,91 @@ def test_section_lists_the_tuning_trials_and_draws_the_pruning_curves(tmp_path):
 
 
 def _div(output_cos, map_js):
-    return {"layer0": {"param_cos_q": 0.0, "output_cos": output_cos, "map_js": map_js},
-            "layer1": {"param_cos_q": 0.0, "output_cos": output_cos, "map_js": map_js}}
+    d = {"param_cos_q": 0.0, "output_cos": output_cos}
+    if map_js is not None:
+        d["map_js"] = map_js
+    return {"layer0": dict(d), "layer1": dict(d)}
 
 
-@pytest.mark.parametrize("strong_js_end, moved", [(0.30, True), (0.21, False)])
-def test_strong_arm_reports_both_measures_and_says_whether_the_heads_moved(strong_js_end, moved):
-    plan = study_plan.FULL
+def _strong_records(plan, *, arm_js_end, start_cos=0.006, with_maps=True):
+    """The baseline (maps 0.20 -> 0.205 + 0.001 s), the strong trials, and the strong arm's seeds at the
+    chosen (largest) value with maps 0.20 -> ``arm_js_end`` + 0.001 s, on the first data set."""
     records = {}
-    for s in plan.seeds:  # the baseline's maps: 0.20 -> 0.205 (change +0.005)
+    js = (lambda x: x) if with_maps else (lambda x: None)
+    for s in plan.seeds:
         cfg = plan.config("mr", "minilm", "baseline", None, s)
-        records[cfg.key()] = {**_record(cfg), "diversity_start": _div(0.006, 0.20), "diversity_end": _div(0.006, 0.205)}
+        records[cfg.key()] = {**_record(cfg), "diversity_start": _div(start_cos, js(0.20)),
+                              "diversity_end": _div(start_cos, js(0.205 + 0.001 * s))}
+        cfg = plan.config("mr", "minilm", "svgd_outputs", plan.space_strong_grid[-1], s)
+        records[cfg.key()] = {**_record(cfg), "diversity_start": _div(start_cos, js(0.20)),
+                              "diversity_end": _div(start_cos, js(arm_js_end + 0.001 * s + 0.0005 * (s % 2)))}
     for t in spaces_study.strong_trials(plan):  # no trial moves the output cosine by MOVED
-        records[t.key()] = {**_record(t), "diversity_start": _div(0.006, 0.20),
-                            "diversity_end": _div(0.008, strong_js_end)}
-    res = spaces_study.build(records, plan)
+        records[t.key()] = {**_record(t), "diversity_start": _div(start_cos, js(0.20)),
+                            "diversity_end": _div(start_cos + 0.002, js(arm_js_end))}
+    return records
+
+
+@pytest.mark.parametrize("arm_js_end, moved", [(0.30, True), (0.205, False)])
+def test_strong_arm_reports_both_measures_and_says_whether_the_maps_moved(arm_js_end, moved):
+    plan = study_plan.FULL
+    res = spaces_study.build(_strong_records(plan, arm_js_end=arm_js_end), plan)
     assert res["strong"]["chosen"] == plan.space_strong_grid[-1]  # the rule's fallback: the largest
-    assert res["strong"]["baseline"]["map_js_change"] == pytest.approx(0.005)
+    assert res["strong"]["baseline"]["map_js_change"] == pytest.approx(0.005 + 0.002)  # mean of 0.005 + 0.001 s
     text = "\n".join(spaces_study.markdown(res, plan))
-    change = strong_js_end - 0.20
-    assert f"1: +0.002 / {change:+.3f}" in text and "(the baseline: +0.000 / +0.005, mean of its 5 seeds)" in text
-    assert "mean cosine +0.006" in text
+    change = arm_js_end - 0.20
+    assert f"1: +0.002 / {change:+.3f}" in text and "(the baseline: +0.000 / +0.007, mean of its 5 seeds)" in text
+    assert "start nearly orthogonal (mean cosine +0.006)" in text
+    # paired by seed: arm minus baseline is (arm_js_end - 0.205) + 0.0005 (s odd), mean + 0.0002, SE 0.00012
+    diff = arm_js_end - 0.205 + 0.0002
     if moved:
-        assert f"changed by {change:+.3f} against the baseline's +0.005" in text
+        assert f"mr {diff:+.3f} ± 0.000 (n=5) ▲" in text and "The heads did move" in text
     else:
-        assert "did not move by that much beyond the baseline's change" in text
+        assert "did not move detectably beyond the baseline's change" in text and "The heads did move" not in text
+
+
+def test_strong_arm_makes_no_claim_without_maps_and_no_orthogonality_claim_when_not_orthogonal():
+    plan = study_plan.FULL
+    text = "\n".join(spaces_study.markdown(spaces_study.build(
+        _strong_records(plan, arm_js_end=0.30, with_maps=False), plan), plan))
+    assert "is pending" in text and "The heads did move" not in text and "did not move" not in text
+    text = "\n".join(spaces_study.markdown(spaces_study.build(
+        _strong_records(plan, arm_js_end=0.30, start_cos=0.3), plan), plan))
+    assert "No trial moved the head-output cosine by 0.01." in text and "nearly orthogonal" not in text
+
+
+@pytest.mark.parametrize("method", ["spos_no_noise", "svgd_posterior", "lin_penalty"])
+def test_minilm_value_refuses_arms_without_a_transferable_knob(method):
+    with pytest.raises(ValueError, match=method):
+        spaces_study.minilm_value(study_plan.FULL, {}, "mr", method)
+
+
+def test_beating_weight_space_while_below_the_baseline_is_no_gain():
+    res = _cells(False, False)
+    worse = [b - 0.02 + d for b, d in zip(BASE, (0.001, -0.001, 0.0, 0.001, -0.001))]  # 2 points below
+    much_worse = [b - 0.03 + d for b, d in zip(BASE, (0.0, 0.001, -0.001, 0.0, 0.001))]  # weight space: 3 below
+    arm = _arm("spos / outputs", "spos_outputs", worse, BASE)
+    arm["vs_weights"] = paired(dict(enumerate(worse)), dict(enumerate(much_worse)))
+    assert arm["vs_weights"]["verdict"] == "better" and arm["vs_baseline"]["accuracy"]["verdict"] == "worse"
+    res["cells"][0]["arms"][2] = arm
+    answer = spaces_study.verdicts(res)[-1]
+    assert answer.startswith("Answer: no space gives a reliable gain: none is better than the baseline beyond 2 SE; "
+                             "no arm beats the same rule in weight space without being worse than the baseline")
+    assert "1 were worse" in answer
+
+
+def test_gains_in_two_cells_with_a_loss_elsewhere_are_not_reliable():
+    res = _cells(True, True)
+    res["cells"].append({"dataset": "trec", "model": "self_attentive", "arms": [
+        {"label": "baseline", "method": "baseline", "seeds": list(range(5)), "expected": 5},
+        # the mirror image of the gain: about 1 point below the baseline on every seed
+        _arm("spos / outputs", "spos_outputs", [2 * b - g for b, g in zip(BASE, GAIN)], BASE)]})
+    answer = spaces_study.verdicts(res)[-1]
+    assert answer.startswith("Answer: no space gives a reliable gain: spos / outputs beats the baseline on "
+                             "mr / transformer and trec / transformer but is worse on trec / self_attentive")
+
+
+def test_arms_with_seeds_missing_are_not_counted():
+    res = _cells(True, True)
+    for cell in res["cells"]:
+        cell["arms"][2]["seeds"] = [0, 1, 2]  # 3 of 5 recorded
+    assert spaces_study.verdicts(res)[-1].startswith("Answer: pending")

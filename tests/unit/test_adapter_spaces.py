@@ -520,7 +520,7 @@ def test_head_diversity_reports_circuit_similarity_invariant_under_the_symmetry(
 def test_recorder_similarity_in_weights_and_circuits():
     model = _bert()
     heads = RepulsiveHeads(model, "svgd", space="circuits")
-    rec = HeadRecorder(heads)
+    rec = HeadRecorder(heads, circuits=True)
     rec.record()
     _reparametrise_bert(model)
     rec.record()

@@ -66,7 +66,7 @@ def test_recorder_circuits_on_the_default_selection_are_the_explicit_circuits_an
     mha = nn.MultiheadAttention(E, H, batch_first=True).double()
     with torch.no_grad():
         mha.in_proj_bias.normal_()  # moved by S: not in the circuits (include_bias=False), so harmless
-    rec = HeadRecorder(mha)
+    rec = HeadRecorder(mha, circuits=True)
     assert rec.group_names == [":q", ":k", ":v"]
     rec.record()
     x = torch.randn(2, 5, E, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -90,7 +90,7 @@ def test_recorder_circuits_on_the_default_selection_are_the_explicit_circuits_an
 def test_recorder_joint_groups_sum_both_circuits_and_biases_follow_the_selection():
     torch.manual_seed(2)
     mha = nn.MultiheadAttention(E, H, batch_first=True).double()
-    rec = HeadRecorder(HeadSelection(particles="joint").build(nn.Sequential(mha)), groups="0:qkv")
+    rec = HeadRecorder(HeadSelection(particles="joint").build(nn.Sequential(mha)), groups="0:qkv", circuits=True)
     rec.record()
     qk, ov = _mha_circuits(mha)
     torch.testing.assert_close(rec.similarity("0:qkv", "circuits")[0], _cosine(torch.cat([qk, ov], dim=1)),
@@ -98,7 +98,7 @@ def test_recorder_joint_groups_sum_both_circuits_and_biases_follow_the_selection
     # with include_bias the QK circuit is [W_q^T; b_q^T][W_k^T; b_k^T]^T (the bias augments the input)
     with torch.no_grad():
         mha.in_proj_bias.normal_(generator=torch.Generator().manual_seed(3))
-    biased = HeadRecorder(HeadSelection(include_bias=True).build(nn.Sequential(mha)), groups="0:q")
+    biased = HeadRecorder(HeadSelection(include_bias=True).build(nn.Sequential(mha)), groups="0:q", circuits=True)
     biased.record()
     w, b = mha.in_proj_weight.detach(), mha.in_proj_bias.detach()
     aug = lambda base, h: torch.cat([w[base + h * D:base + (h + 1) * D].T,  # noqa: E731
@@ -110,7 +110,7 @@ def test_recorder_joint_groups_sum_both_circuits_and_biases_follow_the_selection
 def test_recorder_circuits_follow_max_snapshots_and_can_be_left_out():
     torch.manual_seed(4)
     mha = nn.MultiheadAttention(E, H).double()
-    rec = HeadRecorder(mha, max_snapshots=2)
+    rec = HeadRecorder(mha, max_snapshots=2, circuits=True)
     kept = []
     for i in range(3):
         with torch.no_grad():
@@ -121,13 +121,13 @@ def test_recorder_circuits_follow_max_snapshots_and_can_be_left_out():
     assert sims.shape == (2, H, H)
     for got, want in zip(sims, kept[1:]):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    bare = HeadRecorder(mha, circuits=False)
+    bare = HeadRecorder(mha)  # circuits are opt-in
     bare.record()
     assert bare.similarity(":q").shape == (1, H, H)
     with pytest.raises(ValueError, match="circuits=False"):
         bare.similarity(":q", "circuits")
     with pytest.raises(ValueError, match="no snapshot"):
-        HeadRecorder(mha).similarity(":q", "circuits")
+        HeadRecorder(mha, circuits=True).similarity(":q", "circuits")
 
 
 def test_recorder_refuses_outputs_and_names_what_to_use():
@@ -136,7 +136,7 @@ def test_recorder_refuses_outputs_and_names_what_to_use():
                                   intermediate_size=32, attn_implementation="eager")
     model = transformers.BertModel(cfg)
     heads = RepulsiveHeads(model, "svgd", space="outputs")
-    rec = HeadRecorder(heads)
+    rec = HeadRecorder(heads, circuits=True)
     model(torch.tensor([[1, 5, 7]])).last_hidden_state.pow(2).mean().backward()
     heads.apply()
     rec.record()
@@ -192,7 +192,7 @@ def test_cross_attention_with_other_key_and_value_widths():
         torch.testing.assert_close(qk[h], mha.q_proj_weight[s].T @ mha.k_proj_weight[s])
         torch.testing.assert_close(ov[h], mha.out_proj.weight[:, s] @ mha.v_proj_weight[s])
     # and the recorder compares the heads by these circuits too
-    rec = HeadRecorder(mha)
+    rec = HeadRecorder(mha, circuits=True)
     rec.record()
     torch.testing.assert_close(rec.similarity(":v", "circuits")[0], _cosine(ov.reshape(H, -1)), rtol=1e-5, atol=1e-6)
 
@@ -246,8 +246,31 @@ def test_self_attentive_hops_update_is_the_same_in_circuit_and_weight_space(meth
         heads.apply()
         grads[space] = model.hops.ws2.weight.grad
         assert float((grads[space] - before).abs().max()) > 1e-6  # the update did change the gradient
-        rec = HeadRecorder(heads)
+        rec = HeadRecorder(heads, circuits=True)
         rec.record()
         torch.testing.assert_close(rec.similarity(g.name, "circuits"), rec.similarity(g.name, "weights"),
                                    rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grads["circuits"], grads["weights"], rtol=1e-10, atol=1e-12)
+
+
+def test_a_failed_record_leaves_the_snapshots_aligned(monkeypatch):
+    """A snapshot whose circuits fail to form (out of memory, say) stores nothing: the step labels, the
+    particle snapshots and the circuit Grams keep one entry per successful record()."""
+    import attention_adapter.recorder as recorder_module
+
+    mha = nn.MultiheadAttention(E, H).double()
+    rec = HeadRecorder(mha, circuits=True)
+    rec.record()
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(recorder_module, "circuit_gram", fail)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        rec.record()
+    monkeypatch.undo()
+    rec.record()
+    assert rec.steps == [0, 1] and len(rec) == 2
+    assert rec.snapshots(":q").shape[0] == 2 and rec.similarity(":q", "circuits").shape == (2, H, H)
+    with pytest.raises((TypeError, ValueError), match="circuits"):
+        HeadRecorder(mha, circuits="yes")
