@@ -375,9 +375,7 @@ def symmetric_order_statistics(sq, ks, *, xp=None, block: int = SQDIST_BLOCK_ROW
         if sq.ndim != 2 or sq.shape[0] != n or not host_view_capable(sq):
             return order_statistics(sq, ks, xp=xp)
         v = sq if is_numpy_array(sq) else sq.numpy()
-    ks = [int(k) for k in ks]
-    if any(k < 0 or k >= n * n for k in ks):
-        raise ValueError(f"expected order statistics in [0, {n * n}), received {ks}")
+    ks = checked_ranks(ks, n * n)
 
     def upper_blocks():
         for j, a in enumerate(range(0, n, block)):
@@ -564,8 +562,7 @@ def gathered_order_statistics(blocks_fn, ks, exchange):
     ``exchange`` as there (only its ``values`` is called). Python floats, the same on every holder."""
     mine = [to_numpy(b).reshape(-1) for b, w in _as_weighted(blocks_fn()) for _ in range(w)]
     every = np.asarray(exchange.values(np.concatenate(mine) if mine else np.zeros(0)))
-    if any(k < 0 or k >= every.shape[0] for k in ks):
-        raise ValueError(f"expected order statistics in [0, {every.shape[0]}), received {list(ks)}")
+    ks = checked_ranks(ks, every.shape[0])
     part = select_ranks(every, ks)
     return [float(part[k]) for k in ks]
 
